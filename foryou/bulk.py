@@ -1,0 +1,101 @@
+"""Bulk import of JSON Lines files (Item and Event objects, one per line), validated like the API and
+applied in batches of up to 10,000. A bad line stops the import with its line number; the batches
+before it are kept (each batch is all-or-nothing)."""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from foryou.engine import Engine
+from foryou.errors import FieldError, InvalidInput
+from foryou.http.errors import field_error
+from foryou.types import EventIn, ItemIn
+
+BATCH = 10_000
+_ITEMS = TypeAdapter(list[ItemIn])
+_EVENTS = TypeAdapter(list[EventIn])
+
+
+@dataclass
+class LoadReport:
+    items: int = 0
+    events: int = 0
+    duplicates: int = 0
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def _batches(path: Path) -> Iterator[tuple[list[int], list[bytes]]]:
+    """(line numbers, lines) of non-blank lines, BATCH at a time."""
+    numbers: list[int] = []
+    batch: list[bytes] = []
+    with _open(path) as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                numbers.append(number)
+                batch.append(line)
+                if len(batch) >= BATCH:
+                    yield numbers, batch
+                    numbers, batch = [], []
+    if batch:
+        yield numbers, batch
+
+
+def _located(path: Path, numbers: list[int], errors: list[FieldError]) -> InvalidInput:
+    """Name the file and line of each error instead of its index in the batch."""
+    located = []
+    for e in errors:
+        where = f"{path}:{numbers[e.index]}" if e.index is not None and e.index < len(numbers) else str(path)
+        located.append(FieldError(e.field, f"{where}: {e.field}: {e.message}"))
+    return InvalidInput(located)
+
+
+def _validate(adapter: TypeAdapter, path: Path, numbers: list[int], lines: list[bytes]) -> list:  # type: ignore[type-arg]
+    try:
+        return adapter.validate_json(b"[" + b",".join(lines) + b"]")
+    except ValidationError as exc:
+        problems = exc.errors()
+        if any(p["type"] == "json_invalid" for p in problems):
+            for number, line in zip(numbers, lines, strict=True):
+                try:
+                    orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise InvalidInput([FieldError("line", f"{path}:{number}: malformed JSON")]) from None
+        errors = [field_error({**p, "loc": ("items", *p["loc"])}) for p in problems]
+        raise _located(path, numbers, errors) from None
+
+
+def load_files(engine: Engine, items: Path | None, events: Path | None, progress: bool = True) -> LoadReport:
+    from tqdm import tqdm
+
+    report = LoadReport()
+    with tqdm(disable=not progress, unit=" rows", file=sys.stderr, desc="items") as bar:
+        if items is not None:
+            for numbers, lines in _batches(items):
+                report.items += engine.items.upsert(_validate(_ITEMS, items, numbers, lines))
+                bar.update(len(lines))
+    with tqdm(disable=not progress, unit=" events", file=sys.stderr, desc="events") as bar:
+        if events is not None:
+            for numbers, lines in _batches(events):
+                batch = _validate(_EVENTS, events, numbers, lines)
+                try:
+                    result = engine.events.ingest(batch)
+                except InvalidInput as exc:
+                    raise _located(events, numbers, exc.errors) from None
+                report.events += result.accepted
+                report.duplicates += result.duplicates
+                bar.update(len(lines))
+    engine.live.checkpoint()
+    return report

@@ -1,0 +1,135 @@
+"""The in-memory catalogue index: items as columns of arrays, posting lists by tag/topic/creator/sound,
+and the live item counters. Pure data structure: no I/O (the service loads and saves it)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from foryou.types import STAT_NAMES, ItemRecord
+
+# Columns of `Catalog.stats`: the public counters, then the internal ones.
+STATS = {name: i for i, name in enumerate((*STAT_NAMES, "early_swipes"))}
+ALL_REGIONS = np.int64(-1)
+
+
+class Vocab:
+    """String <-> dense int id."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> int:
+        code = self.ids.get(name)
+        if code is None:
+            code = self.ids[name] = len(self.names)
+            self.names.append(name)
+        return code
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class Catalog:
+    """Items by dense index. Posting lists may hold stale entries after a re-upsert changes an item's
+    tags; readers check membership (`has_feature`) rather than paying to rewrite lists."""
+
+    def __init__(self, regions: tuple[str, ...], capacity: int = 1024) -> None:
+        self.regions = regions
+        self.region_bit = {r: 1 << i for i, r in enumerate(regions)}
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.tags: Vocab = Vocab()  # tags and topics share one vocabulary
+        self.creators: Vocab = Vocab()
+        self.sounds: Vocab = Vocab()
+        self.item_tags: list[tuple[int, ...]] = []
+        self.by_tag: dict[int, list[int]] = {}
+        self.by_topic: dict[int, list[int]] = {}
+        self.by_creator: dict[int, list[int]] = {}
+        self.by_sound: dict[int, list[int]] = {}
+        self.arrivals: list[int] = []  # item indexes in order of first upsert (for "fresh")
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        n = len(self.ids)
+
+        def grow(old: np.ndarray | None, dtype: type, fill: float | int = 0, width: int = 0) -> np.ndarray:
+            shape: tuple[int, ...] = (capacity, width) if width else (capacity,)
+            new: np.ndarray = np.full(shape, fill, dtype=dtype)
+            if old is not None:
+                new[:n] = old[:n]
+            return new
+
+        get = self.__dict__.get
+        self.creator = grow(get("creator"), np.int32)
+        self.sound = grow(get("sound"), np.int32, -1)
+        self.topic = grow(get("topic"), np.int32, -1)
+        self.duration = grow(get("duration"), np.float64, 1.0)
+        self.created_at = grow(get("created_at"), np.float64)
+        self.alive = grow(get("alive"), np.bool_, False)
+        self.mature = grow(get("mature"), np.bool_, False)
+        self.region_mask = grow(get("region_mask"), np.int64, -1)
+        self.stats = grow(get("stats"), np.float64, 0, len(STATS))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def put(self, item: ItemRecord) -> int:
+        """Add or replace an item's fields (counters are kept); returns its index."""
+        idx = self.index.get(item.id)
+        old_tags: tuple[int, ...] = ()
+        if idx is None:
+            idx = len(self.ids)
+            if idx >= len(self.alive):
+                self._alloc(max(1024, 2 * len(self.alive)))
+            self.ids.append(item.id)
+            self.index[item.id] = idx
+            self.item_tags.append(())
+            self.arrivals.append(idx)
+            old_creator, old_sound, old_topic = -1, -1, -1
+        else:
+            old_tags = self.item_tags[idx]
+            old_creator, old_sound, old_topic = int(self.creator[idx]), int(self.sound[idx]), int(self.topic[idx])
+        tags = tuple(dict.fromkeys(self.tags(t) for t in item.tags))
+        topic_name = item.topic if item.topic is not None else (item.tags[0] if item.tags else None)
+        topic = self.tags(topic_name) if topic_name is not None else -1
+        creator = self.creators(item.creator)
+        sound = self.sounds(item.sound) if item.sound is not None else -1
+        self.item_tags[idx] = tags
+        self.creator[idx], self.sound[idx], self.topic[idx] = creator, sound, topic
+        self.duration[idx] = item.duration_s
+        self.created_at[idx] = item.created_at
+        self.alive[idx] = not item.down
+        self.mature[idx] = item.mature
+        if item.regions is None:
+            self.region_mask[idx] = ALL_REGIONS
+        else:
+            self.region_mask[idx] = sum(self.region_bit.get(r, 0) for r in set(item.regions))
+        for t in tags:
+            if t not in old_tags:
+                self.by_tag.setdefault(t, []).append(idx)
+        if topic >= 0 and topic != old_topic:
+            self.by_topic.setdefault(topic, []).append(idx)
+        if creator != old_creator:
+            self.by_creator.setdefault(creator, []).append(idx)
+        if sound >= 0 and sound != old_sound:
+            self.by_sound.setdefault(sound, []).append(idx)
+        return idx
+
+    def eligible(self, candidates: np.ndarray, region: str, adult: bool) -> np.ndarray:
+        """Mask over `candidates`: alive, allowed in `region`, and not mature unless `adult`."""
+        ok = self.alive[candidates] & ((self.region_mask[candidates] & self.region_bit[region]) != 0)
+        if not adult:
+            ok &= ~self.mature[candidates]
+        return ok
+
+    def eligible_all(self, region: str, adult: bool) -> np.ndarray:
+        n = len(self.ids)
+        ok = self.alive[:n] & ((self.region_mask[:n] & self.region_bit[region]) != 0)
+        if not adult:
+            ok &= ~self.mature[:n]
+        return ok
+
+    def stats_of(self, idx: int) -> dict[str, float | int]:
+        row = self.stats[idx]
+        return {n: (float(row[i]) if n == "watch_s" else int(row[i])) for i, n in enumerate(STAT_NAMES)}

@@ -1,0 +1,138 @@
+"""The command line: serve, load, demo, convert-kuairand. Each command parses, calls, and reports."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from foryou.config import Settings, load_settings
+from foryou.errors import ForYouError
+
+DEMO_DIR = Path(__file__).parent / "demo_data"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, overrides={
+        "server.data": getattr(args, "data", None), "server.host": getattr(args, "host", None),
+        "server.port": getattr(args, "port", None), "server.regions": getattr(args, "regions", None),
+    })
+
+
+def _server_args(p: argparse.ArgumentParser, serving: bool = True) -> None:
+    p.add_argument("--data", help="data directory (default ./foryou-data)")
+    p.add_argument("--regions", help="comma-separated region codes held here; the first is the default")
+    p.add_argument("--config", help="TOML settings file (see docs/configuration.md)")
+    if serving:
+        p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default 8000)")
+
+
+def _serve(settings: Settings, banner: list[str] | None = None) -> None:
+    import uvicorn
+
+    from foryou.engine import Engine
+    from foryou.http import create_app
+
+    started = time.perf_counter()
+    engine = Engine.open(settings)
+    took = time.perf_counter() - started
+    host, port = settings.server.host, settings.server.port
+    print(f"ForYou: {len(engine.live.catalog)} items loaded from {settings.server.data} in {took:.1f}s; "
+          f"regions {','.join(settings.server.regions)}", flush=True)
+    for line in banner or []:
+        print(line, flush=True)
+    print(f"Serving on http://{host}:{port} - interactive API docs: http://{host}:{port}/docs", flush=True)
+    try:
+        uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        engine.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _serve(_settings(args))
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from foryou.bulk import load_files
+    from foryou.engine import Engine
+
+    if args.items is None and args.events is None:
+        raise ForYouError("give --items and/or --events", field="args")
+    started = time.perf_counter()
+    with Engine.open(_settings(args)) as engine:
+        report = load_files(engine, args.items and Path(args.items), args.events and Path(args.events),
+                            progress=not args.quiet)
+    took = time.perf_counter() - started
+    print(f"loaded {report.items} items, {report.events} events ({report.duplicates} duplicates) "
+          f"in {took:.1f}s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from foryou.bulk import load_files
+    from foryou.engine import Engine
+
+    settings = _settings(args)
+    with Engine.open(settings) as engine:
+        if len(engine.live.catalog) == 0:
+            print("Loading the bundled demo catalogue (KuaiRand-Pure sample, CC BY-SA 4.0)...", flush=True)
+            load_files(engine, DEMO_DIR / "items.jsonl.gz", DEMO_DIR / "events.jsonl.gz", progress=True)
+        some_user = engine.live.store.find_user_region("u0") and "u0"
+    base = f"http://{settings.server.host}:{settings.server.port}"
+    _serve(settings, [f"Try: curl '{base}/v1/users/{some_user or 'demo-user'}/feed?n=5'"])
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from foryou.kuairand import convert
+
+    items, events = convert(Path(args.src), Path(args.out), args.max_rows)
+    print(f"wrote {items} items and {events} events to {args.out}/items.jsonl, events.jsonl")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="foryou", description="ForYou: a real-time For You feed engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the HTTP API")
+    _server_args(s)
+    s.set_defaults(run=cmd_serve)
+    s = sub.add_parser("load", help="bulk-import JSON Lines files of items and events")
+    _server_args(s, serving=False)
+    s.add_argument("--items", help="items.jsonl (or .jsonl.gz)")
+    s.add_argument("--events", help="events.jsonl (or .jsonl.gz)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=cmd_load)
+    s = sub.add_parser("demo", help="load the bundled demo catalogue (once) and serve it")
+    _server_args(s)
+    s.set_defaults(run=cmd_demo)
+    s = sub.add_parser("convert-kuairand", help="convert KuaiRand-Pure CSVs into items/events JSONL")
+    s.add_argument("--src", required=True, help="folder holding the KuaiRand-Pure files")
+    s.add_argument("--out", required=True, help="folder to write items.jsonl and events.jsonl into")
+    s.add_argument("--max-rows", type=int, help="keep only the first N log rows (by time)")
+    s.set_defaults(run=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: Any = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ForYouError as exc:
+        for e in exc.errors:
+            print(f"error: {e.field + ': ' if e.field and e.field not in e.message else ''}{e.message}",
+                  file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

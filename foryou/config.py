@@ -1,0 +1,149 @@
+"""Settings: one documented place. Defaults here, overridden by a TOML file (`--config`), then by
+`FORYOU_<SECTION>_<KEY>` environment variables, then by command-line flags.
+
+Every field below is listed in docs/configuration.md; a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from foryou.errors import ForYouError
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    data: str = "./foryou-data"  # data directory: one SQLite file per region plus the shared catalogue
+    host: str = "127.0.0.1"
+    port: int = 8000
+    regions: tuple[str, ...] = ("us",)  # regions this server holds; the first is the default
+    max_body_mb: float = 64.0  # larger request bodies get 413
+
+
+@dataclass(frozen=True)
+class ValueWeights:
+    """Ranking value = sum over actions of P(action) x weight(action)."""
+
+    complete: float = 1.0
+    like: float = 2.0
+    comment: float = 3.0
+    share: float = 4.0
+    follow: float = 6.0
+
+
+@dataclass(frozen=True)
+class SourceBudgets:
+    """How many candidates each retrieval source may propose per request."""
+
+    interest: int = 300
+    follows: int = 60
+    trending: int = 150
+    fresh: int = 40
+    coengagement: int = 120
+    fallback: int = 100
+
+
+@dataclass(frozen=True)
+class SignalSettings:
+    interest_half_life_h: float = 72.0  # how fast a user's interest in a tag/creator/sound fades
+    trending_half_life_h: float = 12.0  # how fast an item's regional engagement fades
+    fresh_window_h: float = 48.0  # an item is "new" for this long after created_at
+    fresh_max_views: int = 200  # ... and while it has fewer views than this
+    event_id_ttl_days: float = 7.0  # idempotency keys are remembered at least this long
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    checkpoint_interval_s: float = 5.0  # derived state (counters, interests) is persisted this often
+    user_cache: int = 50_000  # users whose state is kept in memory (least recently used are evicted)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    weights: ValueWeights = field(default_factory=ValueWeights)
+    budgets: SourceBudgets = field(default_factory=SourceBudgets)
+    signals: SignalSettings = field(default_factory=SignalSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+
+
+class ConfigError(ForYouError):
+    """A setting has an unknown name or a value of the wrong type."""
+
+
+def setting_names(settings: Settings | None = None) -> list[str]:
+    """Every setting as `section.key` (what the docs must list)."""
+    settings = settings or Settings()
+    return [f"{s.name}.{f.name}" for s in fields(settings) for f in fields(getattr(settings, s.name))]
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    kind = kind if isinstance(kind, type) else type(kind)
+    try:
+        if kind is tuple:
+            parts = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(p).strip() for p in parts if str(p).strip())
+        if kind is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind is float and isinstance(value, int | float | str):
+            return float(value)
+        if kind is int and isinstance(value, int | str) and not isinstance(value, bool):
+            return int(value)
+        if kind is str:
+            return str(value)
+    except ValueError:
+        pass
+    raise ConfigError(f"setting {name} must be of type {kind.__name__}, got {value!r}", field=name)
+
+
+def _apply(settings: Settings, section: str, key: str, value: Any) -> Settings:
+    current = getattr(settings, section, None)
+    if not is_dataclass(current) or key not in {f.name for f in fields(current)}:
+        raise ConfigError(f"unknown setting {section}.{key}", field=f"{section}.{key}")
+    new_value = _coerce(f"{section}.{key}", getattr(current, key), value)
+    updated: Any = replace(current, **{key: new_value})  # type: ignore[type-var]
+    return replace(settings, **{section: updated})
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults <- TOML file <- FORYOU_* environment <- explicit overrides (`section.key`: value)."""
+    settings = Settings()
+    if config_file is not None:
+        try:
+            table = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}", field="config") from None
+        for section, values in table.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section [{section}] must be a table", field=section)
+            for key, value in values.items():
+                settings = _apply(settings, section, key, value)
+    env = os.environ if env is None else env
+    known = {name.replace(".", "_").upper(): name for name in setting_names(settings)}
+    for var, value in env.items():
+        if var.startswith("FORYOU_") and var[7:] in known:
+            section, key = known[var[7:]].split(".")
+            settings = _apply(settings, section, key, value)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            section, key = name.split(".")
+            settings = _apply(settings, section, key, value)
+    if not settings.server.regions:
+        raise ConfigError("server.regions must name at least one region", field="server.regions")
+    import re
+
+    for region in settings.server.regions:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,15}", region):
+            raise ConfigError(f"region code {region!r} must be lowercase letters/digits", field="server.regions")
+    return settings

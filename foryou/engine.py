@@ -1,0 +1,52 @@
+"""The engine: opens the store, loads the live state and holds the services. It holds parts; the
+behaviour lives in the services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from foryou.config import Settings
+from foryou.feed import FeedService
+from foryou.ingest import IngestService
+from foryou.items import ItemService
+from foryou.live import Live
+from foryou.store import Store, open_store
+from foryou.users import UserService
+
+
+class Engine:
+    """`Engine.open(settings)` -> a ready engine. Pass `clock` to run in event time (replay,
+    simulation); it defaults to the wall clock. Not thread-safe: call it from one thread."""
+
+    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time,
+                 seed: int | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.live = Live(store, settings, clock)
+        self.items = ItemService(self.live)
+        self.users = UserService(self.live)
+        self.events = IngestService(self.live)
+        self.feeds = FeedService(self.live, seed=seed)
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,
+             store_url: str | None = None, seed: int | None = None) -> Engine:
+        settings = settings or Settings()
+        url = store_url or str(Path(settings.server.data))
+        engine = cls(open_store(url, settings.server.regions), settings, clock, seed)
+        engine.live.load()
+        return engine
+
+    def close(self) -> None:
+        """Checkpoint derived state and close the store."""
+        self.live.checkpoint()
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

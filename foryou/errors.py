@@ -1,0 +1,59 @@
+"""The one small tree of errors the engine raises; the HTTP edge maps each to a status code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field; `index` is the entry's position in a batch."""
+
+    field: str
+    message: str
+    index: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"field": self.field, "message": self.message}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+class ForYouError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str = "", errors: list[FieldError] | None = None):
+        super().__init__(message)
+        self.errors = errors if errors is not None else [FieldError(field, message)]
+
+
+class MalformedRequest(ForYouError):
+    """The request could not be parsed at all (bad JSON, wrong content)."""
+
+    status = 400
+
+
+class InvalidInput(ForYouError):
+    """Parsed, but some field breaks the contract; nothing was applied."""
+
+    status = 422
+
+    def __init__(self, errors: list[FieldError]):
+        super().__init__(errors[0].message if errors else "invalid input", errors=errors)
+
+
+class NotFound(ForYouError):
+    status = 404
+
+
+class Conflict(ForYouError):
+    """The request contradicts stored state (e.g. changing a user's fixed region)."""
+
+    status = 409
+
+
+class PayloadTooLarge(ForYouError):
+    status = 413

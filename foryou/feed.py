@@ -1,0 +1,91 @@
+"""The feed service: gather candidates from every source, keep the eligible ones, rank them by value,
+arrange them under the adjacency rule, and durably record what was served."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from foryou import retrieval
+from foryou.interest import decay
+from foryou.live import Live, LiveUser
+from foryou.policy import arrange
+from foryou.ranking import HeuristicRanker, value
+from foryou.reasons import reason
+from foryou.types import FeedItem, ServedRecord
+
+SMALL_CATALOG = 5000  # up to this size the fallback considers every eligible item
+
+
+@dataclass
+class Feed:
+    user: str
+    request_id: str
+    items: list[FeedItem]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"user": self.user, "request_id": self.request_id,
+                "items": [{"id": i.id, "score": i.score, "reasons": i.reasons} for i in self.items]}
+
+
+class FeedService:
+    def __init__(self, live: Live, ranker: HeuristicRanker | None = None, seed: int | None = None) -> None:
+        self.live = live
+        self.ranker = ranker or HeuristicRanker()
+        self.rng = np.random.default_rng(seed)
+
+    def candidates(self, user: LiveUser) -> retrieval.Candidates:
+        live, catalog, state = self.live, self.live.catalog, user.state
+        budgets, signals = live.settings.budgets, live.settings.signals
+        now = live.clock()
+        cands = retrieval.Candidates(state.excluded)
+        retrieval.interest(cands, catalog, state, budgets.interest, self.rng)
+        retrieval.follows(cands, catalog, state, budgets.follows)
+        retrieval.trending(cands, live.trending.top(user.profile.region, budgets.trending * 3, now),
+                           budgets.trending)
+        retrieval.fresh(cands, catalog, now, signals.fresh_window_h * 3600, signals.fresh_max_views,
+                        budgets.fresh)
+        neighbours = [[catalog.index[b] for b, _ in live.store.coengaged(catalog.ids[a], 50)
+                       if b in catalog.index] for a in state.recent[-4:]]
+        retrieval.coengagement(cands, neighbours, budgets.coengagement)
+        small = len(catalog) <= SMALL_CATALOG
+        retrieval.fallback(cands, self._eligible_mask(user) if small else None, len(catalog),
+                           budgets.fallback, self.rng)
+        return cands
+
+    def _eligible_mask(self, user: LiveUser) -> np.ndarray:
+        return self.live.catalog.eligible_all(user.profile.region, user.profile.age_band == "18+")
+
+    def _eligible(self, user: LiveUser, cands: retrieval.Candidates) -> np.ndarray:
+        idx = np.fromiter(cands.sources.keys(), np.int64, len(cands.sources))
+        return idx[self.live.catalog.eligible(idx, user.profile.region, user.profile.age_band == "18+")]
+
+    def feed(self, user_id: str, n: int = 10) -> Feed:
+        live, catalog = self.live, self.live.catalog
+        user = live.user(user_id)
+        if not user.stored:
+            live.persist_user(user)
+        cands = self.candidates(user)
+        idx = self._eligible(user, cands)
+        if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
+            retrieval.fallback(cands, self._eligible_mask(user), len(catalog), n * 4, self.rng)
+            idx = self._eligible(user, cands)
+        preds = self.ranker.predict(catalog, user.state, idx, decay(user.state, live.clock(), live.tau),
+                                    live.totals())
+        scores = value(preds, live.settings.weights)
+        order = np.argsort(-scores, kind="stable")
+        picks = arrange(order, catalog.creator[idx], catalog.sound[idx], n,
+                        user.state.last_creator, user.state.last_sound)
+        request_id = uuid.uuid4().hex
+        chosen = [int(idx[p]) for p in picks]
+        items = [FeedItem(catalog.ids[i], round(float(scores[p]), 6),
+                          [reason(catalog, s, f) for s, f in cands.sources[i][:3]])
+                 for p, i in zip(picks, chosen, strict=True)]
+        if chosen:
+            now = live.clock()
+            seqs = live.store.record_served(
+                user.profile.region, [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in chosen])
+            live.apply_served(user.profile.region, user, chosen, seqs[-1])
+        return Feed(user_id, request_id, items)

@@ -1,0 +1,5 @@
+"""The HTTP edge: parse, call one service, format."""
+
+from foryou.http.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,141 @@
+"""The HTTP API (FastAPI, documented at /docs). Handlers are async and call the engine directly:
+the engine is single-threaded by design, and its work per request is short."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ValidationError
+from starlette.responses import PlainTextResponse, Response
+
+from foryou import __version__
+from foryou.engine import Engine
+from foryou.errors import InvalidInput, MalformedRequest
+from foryou.http import errors
+from foryou.http.middleware import BodyLimit, RequestMetrics
+from foryou.metrics import Metrics
+from foryou.types import ID_PATTERN, EventBatch, ItemBatch, UserIn
+
+IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:-]")]
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+M = TypeVar("M", bound=BaseModel)
+_BODIES: dict[str, type[BaseModel]] = {}
+
+
+def _body(model: type[M]) -> dict[str, Any]:
+    """OpenAPI for a body we parse ourselves (JSON whatever the Content-Type, with orjson speed)."""
+    _BODIES[model.__name__] = model
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    if not raw.strip():
+        raise MalformedRequest("a JSON body is required", field="body")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = exc.errors()
+        if any(p["type"] == "json_invalid" for p in problems):
+            raise MalformedRequest("malformed JSON", field="body") from None
+        if any(p["type"] == "model_type" and not p["loc"] for p in problems):
+            raise MalformedRequest("the body must be a JSON object", field="body") from None
+        raise InvalidInput([errors.field_error(dict(p)) for p in problems]) from None
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, model in _BODIES.items():
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[name] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
+    metrics = metrics or Metrics()
+    app = FastAPI(title="ForYou", version=__version__, default_response_class=JSON,
+                  description="A real-time For You feed engine: catalogue, events, feeds.")
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=int(engine.settings.server.max_body_mb * 1024 * 1024))
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.state.engine = engine
+    app.state.metrics = metrics
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSON:
+        return JSON({"status": "ok"})
+
+    @app.post("/v1/items", tags=["catalogue"], openapi_extra=_body(ItemBatch))
+    async def upsert_items(request: Request) -> JSON:
+        """Upsert up to 10,000 items by id; counters and takedown state are kept."""
+        batch = await parse(request, ItemBatch)
+        return JSON({"upserted": engine.items.upsert(batch.items)})
+
+    @app.get("/v1/items/{item_id}", tags=["catalogue"])
+    async def get_item(item_id: IdPath) -> JSON:
+        """The item with its live counters (`stats`)."""
+        return JSON(engine.items.get(item_id))
+
+    @app.delete("/v1/items/{item_id}", tags=["catalogue"])
+    async def take_down(item_id: IdPath) -> JSON:
+        """Take an item down: it is never served again (until restored)."""
+        return JSON(engine.items.set_down(item_id, True))
+
+    @app.post("/v1/items/{item_id}/restore", tags=["catalogue"])
+    async def restore(item_id: IdPath) -> JSON:
+        return JSON(engine.items.set_down(item_id, False))
+
+    @app.put("/v1/users/{user_id}", tags=["users"], openapi_extra=_body(UserIn))
+    async def put_user(user_id: IdPath, request: Request) -> JSON:
+        """Set the fields given; the rest are left as they are. A region is fixed once set."""
+        return JSON(engine.users.put(user_id, await parse(request, UserIn)))
+
+    @app.get("/v1/users/{user_id}", tags=["users"])
+    async def get_user(user_id: IdPath) -> JSON:
+        return JSON(engine.users.get(user_id))
+
+    @app.post("/v1/events", tags=["events"], openapi_extra=_body(EventBatch))
+    async def post_events(request: Request) -> JSON:
+        """Up to 10,000 events; a 200 means they are durable. Repeated event ids count once."""
+        batch = await parse(request, EventBatch)
+        result = engine.events.ingest(batch.events)
+        metrics.inc("events_ingested_total", result.accepted)
+        metrics.inc("events_duplicate_total", result.duplicates)
+        return JSON({"accepted": result.accepted, "duplicates": result.duplicates})
+
+    @app.get("/v1/users/{user_id}/feed", tags=["feed"])
+    async def feed(user_id: IdPath, n: Annotated[int, Query(ge=1, le=100)] = 10) -> JSON:
+        """The user's next `n` videos; each served item is recorded and never served again."""
+        metrics.inc("feeds_served_total")
+        return JSON(engine.feeds.feed(user_id, n).as_dict())
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        live = engine.live
+        gauges = {
+            "catalog_items": float(len(live.catalog)),
+            "catalog_items_live": float(live.catalog.alive[: len(live.catalog)].sum()),
+            "users_cached": float(len(live.users)),
+            "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
+        }
+        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,67 @@
+"""Every error response is `{"errors": [{"field", "message", ("index")}]}`; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from foryou.errors import FieldError, ForYouError
+
+log = logging.getLogger("foryou.http")
+
+_BATCH_KEYS = ("items", "events")
+
+
+def error_response(status: int, errors: list[FieldError], headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"errors": [e.as_dict() for e in errors]})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def field_error(err: dict[str, Any]) -> FieldError:
+    loc = list(err.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    index = None
+    if len(loc) >= 2 and loc[0] in _BATCH_KEYS and isinstance(loc[1], int):
+        index, loc = loc[1], loc[2:]
+    # pydantic names the model-level check by the validator; report the field it is about
+    loc = [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tagged-union")))]
+    message = str(err.get("msg", "invalid value"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    field = ".".join(str(p) for p in loc)
+    if not field and "watch_s" in message:
+        field = "watch_s"
+    return FieldError(field, message, index)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ForYouError)
+    async def _engine_error(_: Request, exc: ForYouError) -> Response:
+        return error_response(exc.status, exc.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, [FieldError("body", "malformed JSON")])
+        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+            return error_response(400, [FieldError("body", "a JSON body is required")])
+        return error_response(422, [field_error(e) for e in errors])
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:
+        message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        field = "body" if exc.status_code == 413 else ""
+        return error_response(exc.status_code, [FieldError(field, message)], getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, [FieldError("", "internal error")])

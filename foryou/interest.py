@@ -1,0 +1,136 @@
+"""A user's interest state and how events change it (river-style `learn_one`).
+
+Weights decay exponentially with event time. Rather than decaying every weight on every event, each
+user keeps a reference time `ref`: stored weights are in units of `ref`, an event at time t adds
+`delta * exp((t - ref) / tau)`, and the effective weight at `now` is `stored * exp((ref - now) / tau)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import orjson
+
+from foryou.catalog import Catalog
+from foryou.signals import event_strength
+
+TAG, TOPIC, CREATOR, SOUND = 0, 1, 2, 3
+_KIND_SHIFT = 32
+_KIND_NAME = {TAG: "t", TOPIC: "o", CREATOR: "c", SOUND: "s"}
+_NAME_KIND = {v: k for k, v in _KIND_NAME.items()}
+RECENT = 8  # recent positives kept for item-to-item retrieval
+
+
+def key(kind: int, code: int) -> int:
+    return (kind << _KIND_SHIFT) | code
+
+
+def kind_of(feature: int) -> int:
+    return feature >> _KIND_SHIFT
+
+
+def code_of(feature: int) -> int:
+    return feature & ((1 << _KIND_SHIFT) - 1)
+
+
+@dataclass
+class UserState:
+    ref: float = 0.0
+    weights: dict[int, float] = field(default_factory=dict)
+    follows: set[int] = field(default_factory=set)  # creator codes
+    recent: list[int] = field(default_factory=list)  # item indexes of recent strong positives
+    last_creator: int = -1  # the last item served, for the no-adjacent-creator/sound rule
+    last_sound: int = -1
+    excluded: set[int] = field(default_factory=set)  # served or viewed: never served again
+
+
+def item_features(catalog: Catalog, idx: int) -> list[tuple[int, float]]:
+    """(feature, share of an event's strength) for an item: tags split one unit, topic, creator, sound."""
+    tags = catalog.item_tags[idx]
+    out = [(key(TAG, t), 1.0 / math.sqrt(len(tags))) for t in tags]
+    topic = int(catalog.topic[idx])
+    if topic >= 0:
+        out.append((key(TOPIC, topic), 1.0))
+    out.append((key(CREATOR, int(catalog.creator[idx])), 0.8))
+    sound = int(catalog.sound[idx])
+    if sound >= 0:
+        out.append((key(SOUND, sound), 0.5))
+    return out
+
+
+def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: float, ts: float,
+              tau: float) -> float:
+    """Update `state` with one event on item `idx`; returns the event's strength."""
+    strength = event_strength(kind, watch_s, float(catalog.duration[idx]))
+    if state.ref == 0.0:
+        state.ref = ts
+    exponent = (ts - state.ref) / tau
+    if exponent > 30.0:  # rebase before the stored weights overflow
+        scale = math.exp(-exponent)
+        state.weights = {k: w * scale for k, w in state.weights.items() if abs(w * scale) > 1e-6}
+        state.ref, exponent = ts, 0.0
+    gain = strength * math.exp(exponent)
+    weights = state.weights
+    for feature, share in item_features(catalog, idx):
+        weights[feature] = weights.get(feature, 0.0) + gain * share
+    if kind == "follow":
+        state.follows.add(int(catalog.creator[idx]))
+    if kind == "view":
+        state.excluded.add(idx)
+    if strength >= 1.0:
+        if idx in state.recent:
+            state.recent.remove(idx)
+        state.recent.append(idx)
+        del state.recent[:-RECENT]
+    return strength
+
+
+def seed_interests(state: UserState, catalog: Catalog, tags: tuple[str, ...], now: float,
+                   tau: float) -> None:
+    """Onboarding interests count like one completed view per tag."""
+    if state.ref == 0.0:
+        state.ref = now
+    scale = math.exp(min(30.0, (now - state.ref) / tau))
+    for name in tags:
+        code = catalog.tags.ids.get(name)
+        if code is not None:
+            for f in (key(TAG, code), key(TOPIC, code)):
+                state.weights[f] = max(state.weights.get(f, 0.0), 1.0 * scale)
+
+
+def decay(state: UserState, now: float, tau: float) -> float:
+    """Factor turning stored weights into weights at `now`."""
+    return math.exp(max(-50.0, min(50.0, (state.ref - now) / tau))) if state.ref else 1.0
+
+
+def dumps(state: UserState, catalog: Catalog) -> bytes:
+    """Serialize by name: vocabulary codes are not stable across restarts."""
+    vocab = {TAG: catalog.tags.names, TOPIC: catalog.tags.names, CREATOR: catalog.creators.names,
+             SOUND: catalog.sounds.names}
+    return orjson.dumps({
+        "ref": state.ref,
+        "w": {f"{_KIND_NAME[kind_of(f)]}:{vocab[kind_of(f)][code_of(f)]}": w
+              for f, w in state.weights.items() if abs(w) > 1e-9},
+        "follows": [catalog.creators.names[c] for c in state.follows],
+        "recent": [catalog.ids[i] for i in state.recent],
+        "last": [catalog.creators.names[state.last_creator] if state.last_creator >= 0 else None,
+                 catalog.sounds.names[state.last_sound] if state.last_sound >= 0 else None],
+    })
+
+
+def loads(blob: bytes, catalog: Catalog) -> UserState:
+    data = orjson.loads(blob)
+    vocab = {TAG: catalog.tags, TOPIC: catalog.tags, CREATOR: catalog.creators, SOUND: catalog.sounds}
+    weights = {}
+    for name, w in data["w"].items():
+        kind = _NAME_KIND[name[0]]
+        weights[key(kind, vocab[kind](name[2:]))] = w
+    last_creator, last_sound = data["last"]
+    return UserState(
+        ref=data["ref"], weights=weights,
+        follows={catalog.creators(c) for c in data["follows"]},
+        recent=[catalog.index[i] for i in data["recent"] if i in catalog.index],
+        last_creator=catalog.creators(last_creator) if last_creator is not None else -1,
+        last_sound=catalog.sounds(last_sound) if last_sound is not None else -1,
+    )

@@ -1,0 +1,213 @@
+"""The engine's derived state, in memory: catalogue index and counters, regional trending, and the
+interest state of recently active users. It is rebuilt at start from the last checkpoint plus the
+events and served rows logged after it, and checkpointed back to the store every few seconds."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from foryou.catalog import STATS, Catalog
+from foryou.config import Settings
+from foryou.interest import UserState, dumps, learn_one, loads, seed_interests
+from foryou.signals import is_completion, is_early_swipe, trend_weight
+from foryou.store import Store
+from foryou.trending import Trending
+from foryou.types import STAT_NAMES, EventRecord, UserRecord
+
+_ACTION_COLUMN = {k: STATS[v] for k, v in (
+    ("like", "likes"), ("comment", "comments"), ("share", "shares"), ("follow", "follows"),
+    ("not_interested", "not_interested"), ("report", "reports"))}
+_VIEWS, _WATCH, _COMPLETIONS, _EARLY, _SERVED = (
+    STATS["views"], STATS["watch_s"], STATS["completions"], STATS["early_swipes"], STATS["served"])
+
+
+@dataclass
+class LiveUser:
+    profile: UserRecord
+    state: UserState
+    dirty: bool = False
+    stored: bool = True  # False until the profile is written to the store
+
+
+class Live:
+    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        regions = settings.server.regions
+        self.catalog = Catalog(regions)
+        self.trending = Trending(regions, settings.signals.trending_half_life_h * 3600 / math.log(2))
+        self.tau = settings.signals.interest_half_life_h * 3600 / math.log(2)
+        self.users: OrderedDict[str, LiveUser] = OrderedDict()
+        self.user_region: dict[str, str] = {}
+        self.dirty_items: set[int] = set()
+        self.coeng: dict[tuple[str, str], float] = {}
+        self.event_mark = {r: 0 for r in regions}
+        self.served_mark = {r: 0 for r in regions}
+        self.last_checkpoint = 0.0
+        self._totals: tuple[float, np.ndarray] | None = None
+
+    # -- start-up --
+    def load(self) -> None:
+        store, catalog = self.store, self.catalog
+        for item in store.iter_items():
+            catalog.put(item)
+        for item_id, row in store.iter_item_stats():
+            idx = catalog.index.get(item_id)
+            if idx is not None:
+                catalog.stats[idx, : len(row)] = row
+        self.trending.t0 = float(store.get_meta("trend_t0") or 0.0)
+        self.trending.ensure(len(catalog))
+        for region in catalog.regions:
+            arr = self.trending.scores[region]
+            for item_id, score in store.iter_trend(region):
+                idx = catalog.index.get(item_id)
+                if idx is not None:
+                    arr[idx] = score
+        marks = store.item_watermarks()
+        for region in catalog.regions:
+            item_events, item_served = marks.get(region, (0, 0))
+            state_mark = store.user_state_watermark(region)
+            for event in store.events_after(region, min(item_events, state_mark)):
+                self.apply_event(region, event, items=event.seq > item_events, user=event.seq > state_mark)
+            for served in store.served_after(region, item_served):
+                idx = catalog.index.get(served.item)
+                if idx is not None:
+                    catalog.stats[idx, _SERVED] += 1
+                    self.dirty_items.add(idx)
+                self.served_mark[region] = served.seq
+            self.event_mark[region] = max(self.event_mark[region], item_events, state_mark)
+            self.served_mark[region] = max(self.served_mark[region], item_served)
+        self.last_checkpoint = self.clock()
+
+    # -- users --
+    def region_of(self, user_id: str) -> str | None:
+        region = self.user_region.get(user_id)
+        if region is None:
+            region = self.store.find_user_region(user_id)
+            if region is not None:
+                self.user_region[user_id] = region
+        return region
+
+    def user(self, user_id: str, region: str | None = None) -> LiveUser:
+        """The user's live state, loaded on demand; a user never seen is created in `region`
+        (default: the server's first region) but not stored until `persist_user`."""
+        live = self.users.get(user_id)
+        if live is not None:
+            self.users.move_to_end(user_id)
+            return live
+        catalog = self.catalog
+        found = self.region_of(user_id)
+        profile = self.store.get_user(found, user_id) if found else None
+        if profile is None:
+            region = region or self.settings.server.regions[0]
+            live = LiveUser(UserRecord(user_id, region, created_at=self.clock()), UserState(), stored=False)
+        else:
+            blob = self.store.load_user_state(profile.region, user_id)
+            state = loads(blob, catalog) if blob else UserState()
+            if not blob and profile.interests:
+                seed_interests(state, catalog, profile.interests, self.clock(), self.tau)
+            state.excluded = {catalog.index[i] for i in self.store.excluded_items(profile.region, user_id)
+                              if i in catalog.index}
+            live = LiveUser(profile, state)
+        self.users[user_id] = live
+        self.user_region[user_id] = live.profile.region
+        self._trim()
+        return live
+
+    def persist_user(self, live: LiveUser) -> None:
+        self.store.put_user(live.profile)
+        live.stored = True
+
+    def _trim(self) -> None:
+        limit = self.settings.store.user_cache
+        if len(self.users) <= limit:
+            return
+        for user_id in list(self.users):
+            if len(self.users) <= limit:
+                break
+            if not self.users[user_id].dirty and self.users[user_id].stored:
+                del self.users[user_id]
+
+    # -- applying what happened --
+    def apply_event(self, region: str, event: EventRecord, items: bool = True, user: bool = True) -> None:
+        catalog = self.catalog
+        idx = catalog.index.get(event.item)
+        if idx is None:
+            return
+        if items:
+            row = catalog.stats[idx]
+            duration = float(catalog.duration[idx])
+            if event.type == "view":
+                row[_VIEWS] += 1
+                row[_WATCH] += event.watch_s
+                if is_completion(event.watch_s, duration):
+                    row[_COMPLETIONS] += 1
+                elif is_early_swipe(event.watch_s, duration):
+                    row[_EARLY] += 1
+            else:
+                row[_ACTION_COLUMN[event.type]] += 1
+            self.trending.add(region, idx, trend_weight(event.type, event.watch_s, duration), event.ts)
+            self.dirty_items.add(idx)
+        if user:
+            live = self.user(event.user, region)
+            recent = list(live.state.recent)
+            strength = learn_one(live.state, catalog, idx, event.type, event.watch_s, event.ts, self.tau)
+            live.dirty = True
+            if strength >= 1.0 and items:
+                for other in recent[-4:]:
+                    if other != idx:
+                        a, b = catalog.ids[other], catalog.ids[idx]
+                        self.coeng[(a, b)] = self.coeng.get((a, b), 0.0) + 1.0
+                        self.coeng[(b, a)] = self.coeng.get((b, a), 0.0) + 1.0
+        self.event_mark[region] = max(self.event_mark[region], event.seq)
+
+    def apply_served(self, region: str, live: LiveUser, idxs: list[int], last_seq: int) -> None:
+        catalog = self.catalog
+        for idx in idxs:
+            catalog.stats[idx, _SERVED] += 1
+            live.state.excluded.add(idx)
+            self.dirty_items.add(idx)
+        if idxs:
+            live.state.last_creator = int(catalog.creator[idxs[-1]])
+            live.state.last_sound = int(catalog.sound[idxs[-1]])
+            live.dirty = True
+        self.served_mark[region] = max(self.served_mark[region], last_seq)
+
+    def totals(self, max_age_s: float = 1.0) -> np.ndarray:
+        """Column sums of the item counters, recomputed at most every `max_age_s`."""
+        now = self.clock()
+        if self._totals is None or now - self._totals[0] >= max_age_s:
+            self._totals = (now, self.catalog.stats[: len(self.catalog)].sum(axis=0))
+        return self._totals[1]
+
+    # -- persistence of derived state --
+    def maybe_checkpoint(self) -> None:
+        if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        catalog, trending = self.catalog, self.trending
+        width = len(STAT_NAMES) + 1
+        stats = {catalog.ids[i]: catalog.stats[i, :width].tolist() for i in self.dirty_items}
+        trend = {r: {catalog.ids[i]: float(trending.scores[r][i]) for i in d if i < len(catalog)}
+                 for r, d in trending.dirty.items()}
+        marks = {r: (self.event_mark[r], self.served_mark[r]) for r in catalog.regions}
+        self.store.save_item_aggregates(stats, trend, self.coeng, marks, {"trend_t0": repr(trending.t0)})
+        self.dirty_items = set()
+        self.coeng = {}
+        for dirty in trending.dirty.values():
+            dirty.clear()
+        for region in catalog.regions:
+            states = {uid: dumps(u.state, catalog) for uid, u in self.users.items()
+                      if u.dirty and u.profile.region == region}
+            self.store.save_user_states(region, states, self.event_mark[region])
+        for live in self.users.values():
+            live.dirty = False
+        self.last_checkpoint = self.clock()
+        self._trim()

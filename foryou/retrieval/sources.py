@@ -1,0 +1,120 @@
+"""The five candidate sources of the engine plus a fallback that keeps a feed from running dry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from foryou.catalog import Catalog
+from foryou.interest import CREATOR, SOUND, TAG, TOPIC, UserState, code_of, kind_of
+
+
+class Candidates:
+    """Merged proposals: item index -> the sources (and interest features) that proposed it."""
+
+    def __init__(self, excluded: set[int]) -> None:
+        self.excluded = excluded
+        self.sources: dict[int, list[tuple[str, int]]] = {}
+
+    def add(self, idxs: Iterable[int], source: str, feature: int = -1, budget: int = 10**9) -> int:
+        added = 0
+        for idx in idxs:
+            if added >= budget:
+                break
+            if idx in self.excluded:
+                continue
+            entry = self.sources.get(idx)
+            if entry is None:
+                self.sources[idx] = [(source, feature)]
+                added += 1
+            elif entry[-1][0] != source:
+                entry.append((source, feature))
+        return added
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+def _postings(catalog: Catalog, feature: int) -> list[int]:
+    kind, code = kind_of(feature), code_of(feature)
+    table = {TAG: catalog.by_tag, TOPIC: catalog.by_topic, CREATOR: catalog.by_creator,
+             SOUND: catalog.by_sound}[kind]
+    return table.get(code, [])
+
+
+def _window(postings: list[int], start: int, limit: int) -> Iterable[int]:
+    """Up to `limit` entries from a random offset, wrapping around."""
+    n = len(postings)
+    for k in range(min(n, limit)):
+        yield postings[(start + k) % n]
+
+
+def interest(cands: Candidates, catalog: Catalog, state: UserState, budget: int,
+             rng: np.random.Generator, max_features: int = 8) -> None:
+    """Items sharing the user's strongest positive tags, topics, creators and sounds; each feature gets
+    a share of the budget in proportion to its weight."""
+    positive = [(w, f) for f, w in state.weights.items() if w > 0]
+    if not positive or budget <= 0:
+        return
+    positive.sort(reverse=True)
+    top = positive[:max_features]
+    total = sum(w for w, _ in top)
+    for weight, feature in top:
+        share = max(1, int(budget * weight / total))
+        postings = _postings(catalog, feature)
+        if postings:
+            start = int(rng.integers(len(postings)))
+            cands.add(_window(postings, start, 4 * share), "interest", feature, share)
+
+
+def follows(cands: Candidates, catalog: Catalog, state: UserState, budget: int) -> None:
+    """The newest items of followed creators."""
+    if not state.follows or budget <= 0:
+        return
+    share = max(1, budget // len(state.follows))
+    for creator in state.follows:
+        postings = catalog.by_creator.get(creator, [])
+        cands.add(reversed(postings[-4 * share:]), "follows", budget=share)
+
+
+def trending(cands: Candidates, top: np.ndarray, budget: int) -> None:
+    """Highest time-decayed engagement in the user's region."""
+    cands.add(top.tolist(), "trending", budget=budget)
+
+
+def fresh(cands: Candidates, catalog: Catalog, now: float, window_s: float, max_views: int,
+          budget: int, scan: int = 2000) -> None:
+    """Recent uploads with few views, least-shown first, so that new videos get seen."""
+    if budget <= 0:
+        return
+    recent = np.asarray(catalog.arrivals[-scan:], dtype=np.int64)
+    if len(recent) == 0:
+        return
+    young = recent[(catalog.created_at[recent] >= now - window_s) & (catalog.stats[recent, 1] < max_views)
+                   & catalog.alive[recent]]
+    order = young[np.argsort(catalog.stats[young, 0], kind="stable")]
+    cands.add(order.tolist(), "fresh", budget=budget)
+
+
+def coengagement(cands: Candidates, neighbours: list[list[int]], budget: int) -> None:
+    """Items that people who finished the user's recent favourites also finished."""
+    if not neighbours or budget <= 0:
+        return
+    share = max(1, budget // len(neighbours))
+    for items in neighbours:
+        cands.add(items, "coengagement", budget=share)
+
+
+def fallback(cands: Candidates, eligible: np.ndarray | None, n_items: int, budget: int,
+             rng: np.random.Generator) -> None:
+    """Random items, so the feed never runs dry while eligible items remain. With `eligible` (a mask
+    over the whole catalogue) it draws from every eligible item; otherwise it samples indexes."""
+    if budget <= 0 or n_items == 0:
+        return
+    if eligible is not None:
+        pool = np.flatnonzero(eligible)
+        rng.shuffle(pool)
+        cands.add(pool.tolist(), "fallback", budget=budget)
+    else:
+        cands.add(rng.integers(0, n_items, size=2 * budget).tolist(), "fallback", budget=budget)

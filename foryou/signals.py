@@ -1,0 +1,50 @@
+"""What an event says about a user's interest: the engine-wide definitions, as pure functions."""
+
+from __future__ import annotations
+
+
+def is_completion(watch_s: float, duration_s: float) -> bool:
+    """A view watched to at least 90% (or looped)."""
+    return watch_s >= 0.9 * duration_s
+
+
+def is_early_swipe(watch_s: float, duration_s: float) -> bool:
+    """A swipe away in the first seconds: under min(2 s, 20% of the video)."""
+    return watch_s < min(2.0, 0.2 * duration_s)
+
+
+# Interest given by each explicit action (on the item's tags, topic, creator and sound).
+ACTION_STRENGTH = {
+    "like": 1.0,
+    "comment": 1.5,
+    "share": 2.0,
+    "follow": 2.0,
+    "not_interested": -4.0,
+    "report": -6.0,
+}
+
+# Engagement each event adds to an item's trending score.
+TREND_WEIGHT = {"like": 1.0, "comment": 1.5, "share": 2.0, "follow": 2.0, "not_interested": -1.0, "report": -2.0}
+
+
+def view_strength(watch_s: float, duration_s: float) -> float:
+    """Watch time relative to duration: completion is a strong positive (looping stronger still), an
+    early swipe a negative, and partial views are graded in between."""
+    if is_early_swipe(watch_s, duration_s):
+        return -0.5
+    ratio = watch_s / duration_s
+    if ratio >= 0.9:
+        return 1.0 + 0.5 * min(max(ratio - 1.0, 0.0), 1.0)
+    return ratio - 0.25
+
+
+def event_strength(kind: str, watch_s: float, duration_s: float) -> float:
+    if kind == "view":
+        return view_strength(watch_s, duration_s)
+    return ACTION_STRENGTH[kind]
+
+
+def trend_weight(kind: str, watch_s: float, duration_s: float) -> float:
+    if kind == "view":
+        return 1.0 if is_completion(watch_s, duration_s) else (0.0 if is_early_swipe(watch_s, duration_s) else 0.3)
+    return TREND_WEIGHT[kind]

@@ -1,0 +1,97 @@
+"""The storage contract. Every backend (SQLite now, Redis for scale-out later) implements `Store`
+and passes the one conformance suite in tests/contracts/.
+
+Layout of data: the catalogue, item counters, trending scores and co-engagement are shared (item-level
+aggregates only); everything about a user (profile, events, served set, interest state) lives in the
+store of that user's region. Events and served rows are the durable source of truth, written before
+a request is acknowledged; the derived state is checkpointed with a per-region watermark (the last
+sequence number it includes), and on start the engine replays only what came after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
+
+
+class Store(Protocol):
+    regions: tuple[str, ...]
+
+    # -- catalogue (shared) --
+    def upsert_items(self, items: Sequence[ItemRecord]) -> None:
+        """Insert or replace items by id, atomically; `down` is stored as given."""
+
+    def get_item(self, item_id: str) -> ItemRecord | None: ...
+
+    def iter_items(self) -> Iterator[ItemRecord]:
+        """Every item, in insertion order."""
+
+    # -- item aggregates (shared) --
+    def save_item_aggregates(
+        self,
+        stats: Mapping[str, Sequence[float]],
+        trend: Mapping[str, Mapping[str, float]],
+        coengagement: Mapping[tuple[str, str], float],
+        watermarks: Mapping[str, tuple[int, int]],
+        meta: Mapping[str, str],
+    ) -> None:
+        """Atomically: overwrite the given items' counters and per-region trend scores, add the
+        co-engagement deltas, and set each region's (event seq, served seq) watermark and meta keys."""
+
+    def iter_item_stats(self) -> Iterator[tuple[str, list[float]]]: ...
+
+    def iter_trend(self, region: str) -> Iterator[tuple[str, float]]: ...
+
+    def item_watermarks(self) -> dict[str, tuple[int, int]]:
+        """Region -> (event seq, served seq) included in the saved aggregates; (0, 0) if none."""
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
+        """Items most co-engaged with `item_id`, strongest first."""
+
+    # -- users (per region) --
+    def get_user(self, region: str, user_id: str) -> UserRecord | None: ...
+
+    def put_user(self, user: UserRecord) -> None:
+        """Insert or replace the profile in the store of `user.region`."""
+
+    def find_user_region(self, user_id: str) -> str | None:
+        """The region whose store holds this user, if any."""
+
+    # -- events (per region) --
+    def known_event_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these idempotency keys any region already holds."""
+
+    def append_events(
+        self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord]
+    ) -> list[int]:
+        """Durably and atomically append events (and create the new users); returns their seqs."""
+
+    def events_after(self, region: str, seq: int) -> Iterator[EventRecord]: ...
+
+    def user_events(self, region: str, user_id: str) -> list[EventRecord]: ...
+
+    def forget_event_ids(self, before_ts: float) -> int:
+        """Drop idempotency keys of events older than `before_ts`; returns how many."""
+
+    # -- served (per region) --
+    def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
+        """Durably and atomically record items shown to a user; returns their seqs."""
+
+    def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]: ...
+
+    def excluded_items(self, region: str, user_id: str) -> set[str]:
+        """Items this user must never be served again: served before, or viewed."""
+
+    # -- interest state (per region) --
+    def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:
+        """Atomically store users' serialized interest state and the event seq it includes."""
+
+    def load_user_state(self, region: str, user_id: str) -> bytes | None: ...
+
+    def user_state_watermark(self, region: str) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,270 @@
+"""The embedded default: SQLite in WAL mode, one file for the shared catalogue and one per region.
+
+`synchronous=NORMAL` in WAL mode means a committed transaction survives a kill of the process (the
+WAL is in the OS's hands); only a power loss can lose the last commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
+
+_EVENT_TYPES = ("view", "like", "comment", "share", "follow", "not_interested", "report")
+_TYPE_CODE = {t: i for i, t in enumerate(_EVENT_TYPES)}
+
+_CATALOG_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, creator TEXT NOT NULL, duration_s REAL NOT NULL,
+    created_at REAL NOT NULL, caption TEXT, tags TEXT NOT NULL, topic TEXT, sound TEXT, lang TEXT,
+    regions TEXT, mature INTEGER NOT NULL, down INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS item_stats (id TEXT PRIMARY KEY, {", ".join(f"{n} REAL NOT NULL" for n in STAT_NAMES)},
+    early_swipes REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trend (region TEXT, id TEXT, score REAL NOT NULL, PRIMARY KEY (region, id))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS coeng (a TEXT, b TEXT, w REAL NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watermarks (region TEXT PRIMARY KEY, events INTEGER NOT NULL,
+    served INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_REGION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, interests TEXT NOT NULL, lang TEXT,
+    age_band TEXT, created_at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
+    type INTEGER NOT NULL, watch_s REAL NOT NULL, ts REAL NOT NULL, id TEXT, request_id TEXT);
+CREATE INDEX IF NOT EXISTS events_user ON events (user);
+CREATE TABLE IF NOT EXISTS event_ids (id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
+    request_id TEXT NOT NULL, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS served_user ON served (user);
+CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _connect(path: Path, schema: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.executescript(schema)
+    return conn
+
+
+@contextmanager
+def _tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _item_row(i: ItemRecord) -> tuple[object, ...]:
+    return (
+        i.id, i.creator, i.duration_s, i.created_at, i.caption, orjson.dumps(list(i.tags)).decode(),
+        i.topic, i.sound, i.lang, None if i.regions is None else ",".join(i.regions), int(i.mature),
+        int(i.down),
+    )
+
+
+def _item(row: tuple) -> ItemRecord:  # type: ignore[type-arg]
+    return ItemRecord(
+        id=row[0], creator=row[1], duration_s=row[2], created_at=row[3], caption=row[4],
+        tags=tuple(orjson.loads(row[5])), topic=row[6], sound=row[7], lang=row[8],
+        regions=None if row[9] is None else tuple(r for r in row[9].split(",") if r),
+        mature=bool(row[10]), down=bool(row[11]),
+    )
+
+
+_ITEM_COLS = "id, creator, duration_s, created_at, caption, tags, topic, sound, lang, regions, mature, down"
+
+
+class SQLiteStore:
+    """`Store` on SQLite files in `directory`: `catalog.db` and `region-<code>.db` per region."""
+
+    def __init__(self, directory: str | Path, regions: Sequence[str]):
+        self.directory = Path(directory)
+        self.regions = tuple(regions)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._catalog = _connect(self.directory / "catalog.db", _CATALOG_SCHEMA)
+        self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
+
+    # -- catalogue --
+    def upsert_items(self, items: Sequence[ItemRecord]) -> None:
+        with _tx(self._catalog) as c:
+            c.executemany(
+                f"INSERT INTO items ({_ITEM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "creator=excluded.creator, duration_s=excluded.duration_s, created_at=excluded.created_at, "
+                "caption=excluded.caption, tags=excluded.tags, topic=excluded.topic, sound=excluded.sound, "
+                "lang=excluded.lang, regions=excluded.regions, mature=excluded.mature, down=excluded.down",
+                [_item_row(i) for i in items],
+            )
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        row = self._catalog.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=?", (item_id,)).fetchone()
+        return None if row is None else _item(row)
+
+    def iter_items(self) -> Iterator[ItemRecord]:
+        for row in self._catalog.execute(f"SELECT {_ITEM_COLS} FROM items ORDER BY seq"):
+            yield _item(row)
+
+    # -- item aggregates --
+    def save_item_aggregates(
+        self,
+        stats: Mapping[str, Sequence[float]],
+        trend: Mapping[str, Mapping[str, float]],
+        coengagement: Mapping[tuple[str, str], float],
+        watermarks: Mapping[str, tuple[int, int]],
+        meta: Mapping[str, str],
+    ) -> None:
+        marks = ",".join("?" * (len(STAT_NAMES) + 2))
+        with _tx(self._catalog) as c:
+            c.executemany(f"INSERT OR REPLACE INTO item_stats VALUES ({marks})",
+                          [(k, *v) for k, v in stats.items()])
+            for region, scores in trend.items():
+                c.executemany("INSERT OR REPLACE INTO trend VALUES (?,?,?)",
+                              [(region, k, s) for k, s in scores.items()])
+            c.executemany(
+                "INSERT INTO coeng VALUES (?,?,?) ON CONFLICT(a, b) DO UPDATE SET w = w + excluded.w",
+                [(a, b, w) for (a, b), w in coengagement.items()],
+            )
+            c.executemany("INSERT OR REPLACE INTO watermarks VALUES (?,?,?)",
+                          [(r, e, s) for r, (e, s) in watermarks.items()])
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", list(meta.items()))
+
+    def iter_item_stats(self) -> Iterator[tuple[str, list[float]]]:
+        for row in self._catalog.execute("SELECT * FROM item_stats"):
+            yield row[0], list(row[1:])
+
+    def iter_trend(self, region: str) -> Iterator[tuple[str, float]]:
+        yield from self._catalog.execute("SELECT id, score FROM trend WHERE region=?", (region,))
+
+    def item_watermarks(self) -> dict[str, tuple[int, int]]:
+        marks = {r: (0, 0) for r in self.regions}
+        for region, events, served in self._catalog.execute("SELECT * FROM watermarks"):
+            marks[region] = (events, served)
+        return marks
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._catalog.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
+        rows = self._catalog.execute("SELECT b, w FROM coeng WHERE a=?", (item_id,)).fetchall()
+        rows.sort(key=lambda r: -r[1])
+        return rows[:limit]
+
+    # -- users --
+    def get_user(self, region: str, user_id: str) -> UserRecord | None:
+        row = self._region[region].execute(
+            "SELECT interests, lang, age_band, created_at FROM users WHERE id=?", (user_id,)).fetchone()
+        if row is None:
+            return None
+        return UserRecord(user_id, region, tuple(orjson.loads(row[0])), row[1], row[2], row[3])
+
+    def put_user(self, user: UserRecord) -> None:
+        with _tx(self._region[user.region]) as c:
+            c.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?,?)", _user_row(user))
+
+    def find_user_region(self, user_id: str) -> str | None:
+        for region, conn in self._region.items():
+            if conn.execute("SELECT 1 FROM users WHERE id=?", (user_id,)).fetchone():
+                return region
+        return None
+
+    # -- events --
+    def known_event_ids(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for conn in self._region.values():
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                q = f"SELECT id FROM event_ids WHERE id IN ({','.join('?' * len(chunk))})"
+                found.update(r[0] for r in conn.execute(q, chunk))
+        return found
+
+    def append_events(
+        self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord]
+    ) -> list[int]:
+        with _tx(self._region[region]) as c:
+            c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?)", [_user_row(u) for u in new_users])
+            first = (c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]) + 1
+            c.executemany(
+                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
+                [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id)
+                 for n, e in enumerate(events)],
+            )
+            c.executemany("INSERT INTO event_ids VALUES (?,?)", [(e.id, e.ts) for e in events if e.id])
+        return list(range(first, first + len(events)))
+
+    def events_after(self, region: str, seq: int) -> Iterator[EventRecord]:
+        q = "SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE seq>? ORDER BY seq"
+        for row in self._region[region].execute(q, (seq,)):
+            yield _event(row)
+
+    def user_events(self, region: str, user_id: str) -> list[EventRecord]:
+        q = ("SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE user=? "
+             "ORDER BY seq")
+        return [_event(r) for r in self._region[region].execute(q, (user_id,))]
+
+    def forget_event_ids(self, before_ts: float) -> int:
+        removed = 0
+        for conn in self._region.values():
+            with _tx(conn) as c:
+                removed += c.execute("DELETE FROM event_ids WHERE ts<?", (before_ts,)).rowcount
+        return removed
+
+    # -- served --
+    def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
+        with _tx(self._region[region]) as c:
+            first = (c.execute("SELECT coalesce(max(seq), 0) FROM served").fetchone()[0]) + 1
+            c.executemany("INSERT INTO served VALUES (?,?,?,?,?)",
+                          [(first + n, r.user, r.item, r.request_id, r.ts) for n, r in enumerate(rows)])
+        return list(range(first, first + len(rows)))
+
+    def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]:
+        q = "SELECT seq, user, item, request_id, ts FROM served WHERE seq>? ORDER BY seq"
+        for s, user, item, request_id, ts in self._region[region].execute(q, (seq,)):
+            yield ServedRecord(user, item, request_id, ts, s)
+
+    def excluded_items(self, region: str, user_id: str) -> set[str]:
+        conn = self._region[region]
+        out = {r[0] for r in conn.execute("SELECT item FROM served WHERE user=?", (user_id,))}
+        out.update(r[0] for r in conn.execute("SELECT item FROM events WHERE user=? AND type=0", (user_id,)))
+        return out
+
+    # -- interest state --
+    def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:
+        with _tx(self._region[region]) as c:
+            c.executemany("INSERT OR REPLACE INTO user_state VALUES (?,?)", list(states.items()))
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('state_watermark', ?)", (str(watermark),))
+
+    def load_user_state(self, region: str, user_id: str) -> bytes | None:
+        row = self._region[region].execute("SELECT state FROM user_state WHERE user=?", (user_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def user_state_watermark(self, region: str) -> int:
+        row = self._region[region].execute("SELECT value FROM meta WHERE key='state_watermark'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        for conn in (self._catalog, *self._region.values()):
+            conn.close()
+
+
+def _user_row(u: UserRecord) -> tuple[object, ...]:
+    return (u.id, orjson.dumps(list(u.interests)).decode(), u.lang, u.age_band, u.created_at)
+
+
+def _event(row: tuple) -> EventRecord:  # type: ignore[type-arg]
+    seq, user, item, type_code, watch_s, ts, event_id, request_id = row
+    return EventRecord(user, item, _EVENT_TYPES[type_code], watch_s, ts, event_id, request_id, seq)

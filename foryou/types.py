@@ -1,0 +1,181 @@
+"""The public data contract: what clients send (validated models) and the records the engine keeps.
+
+Timestamps are RFC 3339 strings with an offset on the wire and float epoch seconds inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+REGION_PATTERN = r"^[a-z][a-z0-9-]{0,15}$"
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+EVENT_TYPES = ("view", "like", "comment", "share", "follow", "not_interested", "report")
+EventType = Literal["view", "like", "comment", "share", "follow", "not_interested", "report"]
+AgeBand = Literal["under13", "13-17", "18+"]
+
+# The public item counters, in the order the engine stores them.
+STAT_NAMES = (
+    "served", "views", "watch_s", "completions", "likes", "comments",
+    "shares", "follows", "not_interested", "reports",
+)
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 with an explicit offset -> epoch seconds."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2024-05-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ValueError("must carry a UTC offset (e.g. Z or +02:00)")
+    return moment.timestamp()
+
+
+def format_time(ts: float) -> str:
+    """Epoch seconds -> RFC 3339 in UTC."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _check_time(value: str) -> str:
+    parse_time(value)
+    return value
+
+
+Timestamp = Annotated[str, StringConstraints(max_length=64), AfterValidator(_check_time)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ItemIn(_Strict):
+    """A video, as a platform sends it."""
+
+    id: Id
+    creator: Id
+    duration_s: float = Field(gt=0, le=3600)
+    caption: str | None = Field(default=None, max_length=4000)
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+    topic: Tag | None = None
+    sound: Id | None = None
+    lang: str | None = Field(default=None, min_length=1, max_length=35)
+    regions: list[Region] | None = Field(default=None, max_length=256)
+    created_at: Timestamp | None = None
+    mature: bool = False
+
+
+class UserIn(_Strict):
+    """`PUT /v1/users/{id}`: only the fields given are changed."""
+
+    region: Region | None = None
+    interests: list[Tag] | None = Field(default=None, max_length=64)
+    lang: str | None = Field(default=None, min_length=1, max_length=35)
+    age_band: AgeBand | None = None
+
+
+class EventIn(_Strict):
+    """One thing a user did."""
+
+    user: Id
+    item: Id
+    type: EventType
+    watch_s: float | None = Field(default=None, ge=0, le=86400)
+    ts: Timestamp | None = None
+    id: str | None = Field(default=None, min_length=1, max_length=256)
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _watch_for_views(self) -> EventIn:
+        if self.type == "view" and self.watch_s is None:
+            raise ValueError("watch_s is required for a view")
+        return self
+
+
+class ItemBatch(_Strict):
+    items: list[ItemIn] = Field(max_length=10_000)
+
+
+class EventBatch(_Strict):
+    events: list[EventIn] = Field(max_length=10_000)
+
+
+@dataclass
+class ItemRecord:
+    """An item as stored: the client's fields plus takedown state."""
+
+    id: str
+    creator: str
+    duration_s: float
+    created_at: float
+    caption: str | None = None
+    tags: tuple[str, ...] = ()
+    topic: str | None = None
+    sound: str | None = None
+    lang: str | None = None
+    regions: tuple[str, ...] | None = None
+    mature: bool = False
+    down: bool = False
+
+    def public(self) -> dict[str, object]:
+        return {
+            "id": self.id, "creator": self.creator, "duration_s": self.duration_s,
+            "caption": self.caption, "tags": list(self.tags), "topic": self.topic,
+            "sound": self.sound, "lang": self.lang,
+            "regions": list(self.regions) if self.regions is not None else None,
+            "created_at": format_time(self.created_at), "mature": self.mature, "taken_down": self.down,
+        }
+
+
+@dataclass
+class UserRecord:
+    id: str
+    region: str
+    interests: tuple[str, ...] = ()
+    lang: str | None = None
+    age_band: str | None = None
+    created_at: float = 0.0
+
+    def public(self) -> dict[str, object]:
+        return {
+            "id": self.id, "region": self.region, "interests": list(self.interests),
+            "lang": self.lang, "age_band": self.age_band, "created_at": format_time(self.created_at),
+        }
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An accepted event, as appended to the user's region log."""
+
+    user: str
+    item: str
+    type: str
+    watch_s: float
+    ts: float
+    id: str | None = None
+    request_id: str | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class ServedRecord:
+    user: str
+    item: str
+    request_id: str
+    ts: float
+    seq: int = 0
+
+
+@dataclass
+class FeedItem:
+    id: str
+    score: float
+    reasons: list[str] = field(default_factory=list)
