@@ -91,7 +91,7 @@ def load_files(engine: Engine, items: Path | None, events: Path | None, progress
             for numbers, lines in _batches(events):
                 batch = _validate(_EVENTS, events, numbers, lines)
                 try:
-                    result = engine.events.ingest(batch)
+                    result = engine.events.ingest(batch, checkpoint=False)
                 except InvalidInput as exc:
                     raise _located(events, numbers, exc.errors) from None
                 report.events += result.accepted

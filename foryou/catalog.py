@@ -48,6 +48,11 @@ class Catalog:
         self.by_creator: dict[int, list[int]] = {}
         self.by_sound: dict[int, list[int]] = {}
         self.arrivals: list[int] = []  # item indexes in order of first upsert (for "fresh")
+        # Python-list mirrors of hot columns: scalar reads from lists are several times faster than numpy's
+        self.creator_l: list[int] = []
+        self.sound_l: list[int] = []
+        self.topic_l: list[int] = []
+        self.duration_l: list[float] = []
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -86,6 +91,10 @@ class Catalog:
             self.index[item.id] = idx
             self.item_tags.append(())
             self.arrivals.append(idx)
+            self.creator_l.append(-1)
+            self.sound_l.append(-1)
+            self.topic_l.append(-1)
+            self.duration_l.append(1.0)
             old_creator, old_sound, old_topic = -1, -1, -1
         else:
             old_tags = self.item_tags[idx]
@@ -96,6 +105,8 @@ class Catalog:
         creator = self.creators(item.creator)
         sound = self.sounds(item.sound) if item.sound is not None else -1
         self.item_tags[idx] = tags
+        self.creator_l[idx], self.sound_l[idx], self.topic_l[idx] = creator, sound, topic
+        self.duration_l[idx] = item.duration_s
         self.creator[idx], self.sound[idx], self.topic[idx] = creator, sound, topic
         self.duration[idx] = item.duration_s
         self.created_at[idx] = item.created_at

@@ -88,4 +88,5 @@ class FeedService:
             seqs = live.store.record_served(
                 user.profile.region, [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in chosen])
             live.apply_served(user.profile.region, user, chosen, seqs[-1])
+        live.maybe_checkpoint()
         return Feed(user_id, request_id, items)

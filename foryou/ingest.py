@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from foryou.errors import FieldError, InvalidInput
-from foryou.live import Live
-from foryou.types import EventIn, EventRecord, UserRecord, parse_time
+from foryou.live import Live, LiveUser
+from foryou.types import EventIn, EventRecord
 
 MAX_FUTURE_S = 300.0
 
@@ -23,7 +23,7 @@ class IngestService:
     def __init__(self, live: Live) -> None:
         self.live = live
 
-    def ingest(self, events: Sequence[EventIn]) -> IngestResult:
+    def ingest(self, events: Sequence[EventIn], checkpoint: bool = True) -> IngestResult:
         live = self.live
         now = live.clock()
         index = live.catalog.index
@@ -32,21 +32,22 @@ class IngestService:
         for i, e in enumerate(events):
             if e.item not in index:
                 errors.append(FieldError("item", f"unknown item {e.item!r}: upsert it first", i))
-            ts = parse_time(e.ts) if e.ts is not None else now
+            ts = e.ts if e.ts is not None else now
             if ts > now + MAX_FUTURE_S:
                 errors.append(FieldError("ts", "is more than 5 minutes in the future", i))
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
         if errors:
             raise InvalidInput(errors)
-        return self.append(records)
+        return self.append(records, checkpoint)
 
-    def append(self, records: Sequence[EventRecord]) -> IngestResult:
-        """Append already-validated records (also the bulk loader's entry point)."""
+    def append(self, records: Sequence[EventRecord], checkpoint: bool = True) -> IngestResult:
+        """Append already-validated records. The bulk loader passes `checkpoint=False` and
+        checkpoints once at the end."""
         live = self.live
         ids = [r.id for r in records if r.id is not None]
         known = live.store.known_event_ids(ids) if ids else set()
         by_region: dict[str, list[EventRecord]] = {}
-        new_users: dict[str, list[UserRecord]] = {}
+        new_users: dict[str, LiveUser] = {}
         duplicates = 0
         for r in records:
             if r.id is not None:
@@ -58,14 +59,16 @@ class IngestService:
             if region is None:
                 user = live.user(r.user)
                 region = user.profile.region
-                if not user.stored:
-                    user.stored = True
-                    new_users.setdefault(region, []).append(user.profile)
+                if r.user not in new_users:
+                    new_users[r.user] = user
             by_region.setdefault(region, []).append(r)
         for region, batch in by_region.items():
-            seqs = live.store.append_events(region, batch, new_users.get(region, []))
+            created = [u for u in new_users.values() if u.profile.region == region]
+            seqs = live.store.append_events(region, batch, [u.profile for u in created])
+            for new_user in created:
+                live.mark_stored(new_user)
             for r, seq in zip(batch, seqs, strict=True):
-                live.apply_event(region, EventRecord(r.user, r.item, r.type, r.watch_s, r.ts, r.id,
-                                                     r.request_id, seq))
-        live.maybe_checkpoint()
+                live.apply_event(region, r, seq)
+        if checkpoint:
+            live.maybe_checkpoint()
         return IngestResult(len(records) - duplicates, duplicates)

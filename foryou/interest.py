@@ -43,26 +43,31 @@ class UserState:
     last_creator: int = -1  # the last item served, for the no-adjacent-creator/sound rule
     last_sound: int = -1
     excluded: set[int] = field(default_factory=set)  # served or viewed: never served again
+    seq: int = 0  # the last event (in the user's region log) this state includes
+
+
+_TAG_SHARE = [0.0] + [1.0 / math.sqrt(n) for n in range(1, 65)]
 
 
 def item_features(catalog: Catalog, idx: int) -> list[tuple[int, float]]:
     """(feature, share of an event's strength) for an item: tags split one unit, topic, creator, sound."""
     tags = catalog.item_tags[idx]
-    out = [(key(TAG, t), 1.0 / math.sqrt(len(tags))) for t in tags]
-    topic = int(catalog.topic[idx])
+    share = _TAG_SHARE[len(tags)]
+    out = [(t, share) for t in tags]  # TAG is kind 0: the tag code is the feature
+    topic = catalog.topic_l[idx]
     if topic >= 0:
-        out.append((key(TOPIC, topic), 1.0))
-    out.append((key(CREATOR, int(catalog.creator[idx])), 0.8))
-    sound = int(catalog.sound[idx])
+        out.append(((TOPIC << _KIND_SHIFT) | topic, 1.0))
+    out.append(((CREATOR << _KIND_SHIFT) | catalog.creator_l[idx], 0.8))
+    sound = catalog.sound_l[idx]
     if sound >= 0:
-        out.append((key(SOUND, sound), 0.5))
+        out.append(((SOUND << _KIND_SHIFT) | sound, 0.5))
     return out
 
 
 def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: float, ts: float,
               tau: float) -> float:
     """Update `state` with one event on item `idx`; returns the event's strength."""
-    strength = event_strength(kind, watch_s, float(catalog.duration[idx]))
+    strength = event_strength(kind, watch_s, catalog.duration_l[idx])
     if state.ref == 0.0:
         state.ref = ts
     exponent = (ts - state.ref) / tau
@@ -75,7 +80,7 @@ def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: 
     for feature, share in item_features(catalog, idx):
         weights[feature] = weights.get(feature, 0.0) + gain * share
     if kind == "follow":
-        state.follows.add(int(catalog.creator[idx]))
+        state.follows.add(catalog.creator_l[idx])
     if kind == "view":
         state.excluded.add(idx)
     if strength >= 1.0:
@@ -106,12 +111,13 @@ def decay(state: UserState, now: float, tau: float) -> float:
 
 def dumps(state: UserState, catalog: Catalog) -> bytes:
     """Serialize by name: vocabulary codes are not stable across restarts."""
-    vocab = {TAG: catalog.tags.names, TOPIC: catalog.tags.names, CREATOR: catalog.creators.names,
-             SOUND: catalog.sounds.names}
+    names = (catalog.tags.names, catalog.tags.names, catalog.creators.names, catalog.sounds.names)
+    prefixes = ("t:", "o:", "c:", "s:")
+    mask = (1 << _KIND_SHIFT) - 1
     return orjson.dumps({
         "ref": state.ref,
-        "w": {f"{_KIND_NAME[kind_of(f)]}:{vocab[kind_of(f)][code_of(f)]}": w
-              for f, w in state.weights.items() if abs(w) > 1e-9},
+        "seq": state.seq,
+        "w": {prefixes[f >> _KIND_SHIFT] + names[f >> _KIND_SHIFT][f & mask]: w for f, w in state.weights.items()},
         "follows": [catalog.creators.names[c] for c in state.follows],
         "recent": [catalog.ids[i] for i in state.recent],
         "last": [catalog.creators.names[state.last_creator] if state.last_creator >= 0 else None,
@@ -128,7 +134,7 @@ def loads(blob: bytes, catalog: Catalog) -> UserState:
         weights[key(kind, vocab[kind](name[2:]))] = w
     last_creator, last_sound = data["last"]
     return UserState(
-        ref=data["ref"], weights=weights,
+        ref=data["ref"], weights=weights, seq=data.get("seq", 0),
         follows={catalog.creators(c) for c in data["follows"]},
         recent=[catalog.index[i] for i in data["recent"] if i in catalog.index],
         last_creator=catalog.creators(last_creator) if last_creator is not None else -1,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from foryou.errors import NotFound
 from foryou.live import Live
-from foryou.types import ItemIn, ItemRecord, parse_time
+from foryou.types import ItemIn, ItemRecord
 
 
 class ItemService:
@@ -22,7 +22,7 @@ class ItemService:
             idx = live.catalog.index.get(it.id)
             previous = latest.get(it.id)
             if it.created_at is not None:
-                created = parse_time(it.created_at)
+                created = it.created_at
             elif previous is not None:
                 created = previous.created_at
             elif idx is not None:

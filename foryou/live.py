@@ -30,8 +30,12 @@ _VIEWS, _WATCH, _COMPLETIONS, _EARLY, _SERVED = (
 class LiveUser:
     profile: UserRecord
     state: UserState
-    dirty: bool = False
+    dirty_since: int = 0  # seq of the first logged event not yet in the saved state; 0 when saved
     stored: bool = True  # False until the profile is written to the store
+
+    @property
+    def dirty(self) -> bool:
+        return self.dirty_since > 0
 
 
 class Live:
@@ -46,15 +50,21 @@ class Live:
         self.users: OrderedDict[str, LiveUser] = OrderedDict()
         self.user_region: dict[str, str] = {}
         self.dirty_items: set[int] = set()
+        # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
+        self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
         self.coeng: dict[tuple[str, str], float] = {}
         self.event_mark = {r: 0 for r in regions}
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
         self._totals: tuple[float, np.ndarray] | None = None
+        self._in_progress = False
 
     # -- start-up --
     def load(self) -> None:
         store, catalog = self.store, self.catalog
+        for region in catalog.regions:
+            for user_id in store.iter_user_ids(region):
+                self.user_region[user_id] = region
         for item in store.iter_items():
             catalog.put(item)
         for item_id, row in store.iter_item_stats():
@@ -74,7 +84,7 @@ class Live:
             item_events, item_served = marks.get(region, (0, 0))
             state_mark = store.user_state_watermark(region)
             for event in store.events_after(region, min(item_events, state_mark)):
-                self.apply_event(region, event, items=event.seq > item_events, user=event.seq > state_mark)
+                self.apply_event(region, event, event.seq, items=event.seq > item_events, user=event.seq > state_mark)
             for served in store.served_after(region, item_served):
                 idx = catalog.index.get(served.item)
                 if idx is not None:
@@ -87,12 +97,11 @@ class Live:
 
     # -- users --
     def region_of(self, user_id: str) -> str | None:
-        region = self.user_region.get(user_id)
-        if region is None:
-            region = self.store.find_user_region(user_id)
-            if region is not None:
-                self.user_region[user_id] = region
-        return region
+        """The region of a stored user (all user ids are indexed in memory at start-up)."""
+        live = self.users.get(user_id)
+        if live is not None:
+            return live.profile.region if live.stored else None
+        return self.user_region.get(user_id)
 
     def user(self, user_id: str, region: str | None = None) -> LiveUser:
         """The user's live state, loaded on demand; a user never seen is created in `region`
@@ -102,7 +111,7 @@ class Live:
             self.users.move_to_end(user_id)
             return live
         catalog = self.catalog
-        found = self.region_of(user_id)
+        found = self.user_region.get(user_id)
         profile = self.store.get_user(found, user_id) if found else None
         if profile is None:
             region = region or self.settings.server.regions[0]
@@ -116,13 +125,16 @@ class Live:
                               if i in catalog.index}
             live = LiveUser(profile, state)
         self.users[user_id] = live
-        self.user_region[user_id] = live.profile.region
         self._trim()
         return live
 
     def persist_user(self, live: LiveUser) -> None:
         self.store.put_user(live.profile)
+        self.mark_stored(live)
+
+    def mark_stored(self, live: LiveUser) -> None:
         live.stored = True
+        self.user_region[live.profile.id] = live.profile.region
 
     def _trim(self) -> None:
         limit = self.settings.store.user_cache
@@ -131,18 +143,26 @@ class Live:
         for user_id in list(self.users):
             if len(self.users) <= limit:
                 break
-            if not self.users[user_id].dirty and self.users[user_id].stored:
+            if not self.users[user_id].dirty_since and self.users[user_id].stored:
                 del self.users[user_id]
 
+    def touch(self, live: LiveUser, seq: int = 0) -> None:
+        """Mark a user's state changed by event `seq` (or by something not in the event log)."""
+        if not live.dirty_since:
+            region = live.profile.region
+            live.dirty_since = seq or self.event_mark[region] + 1
+            self.dirty_users[region][live.profile.id] = live
+
     # -- applying what happened --
-    def apply_event(self, region: str, event: EventRecord, items: bool = True, user: bool = True) -> None:
+    def apply_event(self, region: str, event: EventRecord, seq: int, items: bool = True, user: bool = True) -> None:
+        """Apply one logged event (sequence number `seq` in its region's log) to items and/or the user."""
         catalog = self.catalog
         idx = catalog.index.get(event.item)
         if idx is None:
             return
         if items:
             row = catalog.stats[idx]
-            duration = float(catalog.duration[idx])
+            duration = catalog.duration_l[idx]
             if event.type == "view":
                 row[_VIEWS] += 1
                 row[_WATCH] += event.watch_s
@@ -154,18 +174,20 @@ class Live:
                 row[_ACTION_COLUMN[event.type]] += 1
             self.trending.add(region, idx, trend_weight(event.type, event.watch_s, duration), event.ts)
             self.dirty_items.add(idx)
-        if user:
-            live = self.user(event.user, region)
+        live = self.user(event.user, region) if user else None
+        if live is not None and seq > live.state.seq:  # else: already in the saved state (replay)
+            live.state.seq = seq
             recent = list(live.state.recent)
             strength = learn_one(live.state, catalog, idx, event.type, event.watch_s, event.ts, self.tau)
-            live.dirty = True
+            self.touch(live, seq)
             if strength >= 1.0 and items:
                 for other in recent[-4:]:
                     if other != idx:
                         a, b = catalog.ids[other], catalog.ids[idx]
                         self.coeng[(a, b)] = self.coeng.get((a, b), 0.0) + 1.0
                         self.coeng[(b, a)] = self.coeng.get((b, a), 0.0) + 1.0
-        self.event_mark[region] = max(self.event_mark[region], event.seq)
+        if seq > self.event_mark[region]:
+            self.event_mark[region] = seq
 
     def apply_served(self, region: str, live: LiveUser, idxs: list[int], last_seq: int) -> None:
         catalog = self.catalog
@@ -176,7 +198,7 @@ class Live:
         if idxs:
             live.state.last_creator = int(catalog.creator[idxs[-1]])
             live.state.last_sound = int(catalog.sound[idxs[-1]])
-            live.dirty = True
+            self.touch(live)
         self.served_mark[region] = max(self.served_mark[region], last_seq)
 
     def totals(self, max_age_s: float = 1.0) -> np.ndarray:
@@ -187,11 +209,18 @@ class Live:
         return self._totals[1]
 
     # -- persistence of derived state --
-    def maybe_checkpoint(self) -> None:
-        if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s:
-            self.checkpoint()
+    def maybe_checkpoint(self, max_users: int = 2000) -> None:
+        """Called after requests: every `checkpoint_interval_s`, save a bounded slice of state, so that
+        no single request pays for a whole checkpoint; the slices continue until nothing is dirty."""
+        pending = any(self.dirty_users.values())
+        if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s or (
+                pending and self._in_progress):
+            self._in_progress = not self.checkpoint(max_users)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, max_users: int | None = None) -> bool:
+        """Save dirty item aggregates and (up to `max_users`, oldest first) users' interest state.
+        Each region's state watermark stays below the oldest change still unsaved, so replay after a
+        crash re-applies exactly what is missing. Returns True when nothing is left dirty."""
         catalog, trending = self.catalog, self.trending
         width = len(STAT_NAMES) + 1
         stats = {catalog.ids[i]: catalog.stats[i, :width].tolist() for i in self.dirty_items}
@@ -203,11 +232,19 @@ class Live:
         self.coeng = {}
         for dirty in trending.dirty.values():
             dirty.clear()
-        for region in catalog.regions:
-            states = {uid: dumps(u.state, catalog) for uid, u in self.users.items()
-                      if u.dirty and u.profile.region == region}
-            self.store.save_user_states(region, states, self.event_mark[region])
-        for live in self.users.values():
-            live.dirty = False
+        budget = max_users if max_users is not None else sum(len(d) for d in self.dirty_users.values())
+        share = max(1, budget // len(catalog.regions))
+        done = True
+        for region, dirty_users in self.dirty_users.items():
+            batch = list(dirty_users.items())[:share] if len(dirty_users) > share else list(dirty_users.items())
+            states = {uid: dumps(u.state, catalog) for uid, u in batch}
+            for uid, u in batch:
+                u.dirty_since = 0
+                del dirty_users[uid]
+            rest = next(iter(dirty_users.values()), None)
+            mark = rest.dirty_since - 1 if rest is not None else self.event_mark[region]
+            self.store.save_user_states(region, states, mark)
+            done = done and rest is None
         self.last_checkpoint = self.clock()
         self._trim()
+        return done

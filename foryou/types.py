@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 REGION_PATTERN = r"^[a-z][a-z0-9-]{0,15}$"
@@ -45,12 +53,14 @@ def format_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def _check_time(value: str) -> str:
-    parse_time(value)
-    return value
+def _time_value(value: object) -> float:
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("must be an RFC 3339 timestamp string with an offset, e.g. 2024-05-01T12:00:00Z")
+    return parse_time(value)
 
 
-Timestamp = Annotated[str, StringConstraints(max_length=64), AfterValidator(_check_time)]
+# On the wire an RFC 3339 string; once validated, epoch seconds.
+Timestamp = Annotated[float, PlainValidator(_time_value), WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 class _Strict(BaseModel):

@@ -27,7 +27,7 @@ class UserService:
         if body.interests is not None:
             profile.interests = tuple(dict.fromkeys(body.interests))
             seed_interests(user.state, live.catalog, profile.interests, live.clock(), live.tau)
-            user.dirty = True
+            live.touch(user)
         if body.lang is not None:
             profile.lang = body.lang
         if "age_band" in body.model_fields_set:

@@ -61,6 +61,9 @@ class Store(Protocol):
     def find_user_region(self, user_id: str) -> str | None:
         """The region whose store holds this user, if any."""
 
+    def iter_user_ids(self, region: str) -> Iterator[str]:
+        """Every user id held in the region's store."""
+
     # -- events (per region) --
     def known_event_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of these idempotency keys any region already holds."""

@@ -182,6 +182,10 @@ class SQLiteStore:
                 return region
         return None
 
+    def iter_user_ids(self, region: str) -> Iterator[str]:
+        for (user_id,) in self._region[region].execute("SELECT id FROM users"):
+            yield user_id
+
     # -- events --
     def known_event_ids(self, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()

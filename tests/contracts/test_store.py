@@ -1,0 +1,522 @@
+"""The one conformance suite for the `Store` protocol (foryou/store/base.py).
+
+Every backend must pass it. To add one (e.g. Redis), add an entry to `BACKENDS`: a function that opens
+the backend's store for a given namespace (a fresh directory per test) and regions. Opening the same
+namespace again must reach the same data, which is how durability across close/reopen is checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from foryou.store import Store, open_store
+from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
+
+REGIONS = ("us", "eu")
+STATS_WIDTH = len(STAT_NAMES) + 1  # the public counters plus early swipes
+
+
+def _open_sqlite(namespace: Path, regions: Sequence[str]) -> Store:
+    return open_store("sqlite:///" + str(namespace), regions)
+
+
+BACKENDS: dict[str, Callable[[Path, Sequence[str]], Store]] = {
+    "sqlite": _open_sqlite,
+}
+
+
+class Boom(Exception):
+    """Raised from inside an input to check that a write is all-or-nothing."""
+
+
+class ExplodingSeq(Sequence):  # type: ignore[type-arg]
+    """A sequence that hands out its first entries and then raises while being read."""
+
+    def __init__(self, good: list[object]) -> None:
+        self.good = good
+
+    def __len__(self) -> int:
+        return len(self.good) + 1
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if i < len(self.good):
+            return self.good[i]
+        if i == len(self.good):
+            raise Boom("input failed half-way")
+        raise IndexError(i)
+
+    def __iter__(self) -> Iterator[object]:
+        yield from self.good
+        raise Boom("input failed half-way")
+
+
+class ExplodingMap(Mapping):  # type: ignore[type-arg]
+    """A mapping that yields its first entries and then raises while being read."""
+
+    def __init__(self, good: dict[object, object]) -> None:
+        self.good = good
+
+    def __getitem__(self, k):  # type: ignore[no-untyped-def]
+        return self.good[k]
+
+    def __len__(self) -> int:
+        return len(self.good) + 1
+
+    def __iter__(self) -> Iterator[object]:
+        yield from self.good
+        raise Boom("input failed half-way")
+
+
+def item(item_id: str, **kw: object) -> ItemRecord:
+    fields: dict[str, object] = {"creator": "c-" + item_id, "duration_s": 15.0, "created_at": 1_700_000_000.0}
+    fields.update(kw)
+    return ItemRecord(id=item_id, **fields)  # type: ignore[arg-type]
+
+
+def event(user: str, item_id: str, kind: str = "view", watch_s: float = 3.0, ts: float = 1_700_000_100.0,
+          event_id: str | None = None, request_id: str | None = None) -> EventRecord:
+    return EventRecord(user, item_id, kind, watch_s, ts, event_id, request_id)
+
+
+def strip_seq(e: EventRecord) -> tuple[object, ...]:
+    return (e.user, e.item, e.type, e.watch_s, e.ts, e.id, e.request_id)
+
+
+def stats_row(base: float) -> list[float]:
+    return [base + k for k in range(STATS_WIDTH)]
+
+
+class Opener:
+    """Opens (and reopens) one backend's store on one namespace; closes everything at the end."""
+
+    def __init__(self, factory: Callable[[Path, Sequence[str]], Store], namespace: Path) -> None:
+        self.factory = factory
+        self.namespace = namespace
+        self.opened: list[Store] = []
+
+    def __call__(self, regions: Sequence[str] = REGIONS) -> Store:
+        store = self.factory(self.namespace, regions)
+        self.opened.append(store)
+        return store
+
+    def reopen(self, store: Store, regions: Sequence[str] = REGIONS) -> Store:
+        store.close()
+        self.opened.remove(store)
+        return self(regions)
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+        self.opened.clear()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    op = Opener(BACKENDS[request.param], tmp_path / "store")
+    yield op
+    op.close_all()
+
+
+@pytest.fixture
+def store(opener: Opener) -> Store:
+    return opener()
+
+
+class TestCatalogue:
+    def test_regions_attribute(self, store: Store) -> None:
+        assert tuple(store.regions) == REGIONS
+
+    def test_get_item_unknown_is_none(self, store: Store) -> None:
+        assert store.get_item("nope") is None
+        store.upsert_items([item("a")])
+        assert store.get_item("nope") is None
+        assert store.get_item("A") is None  # ids are case-sensitive
+
+    def test_round_trip_every_field(self, store: Store) -> None:
+        full = ItemRecord(
+            id="v1", creator="alice", duration_s=12.5, created_at=1_700_000_123.25, caption="héllo, world",
+            tags=("cats", "funny pets", "x,y"), topic="animals", sound="s9", lang="pt-BR", regions=("us", "eu"),
+            mature=True, down=True,
+        )
+        bare = ItemRecord(id="v2", creator="bob", duration_s=3.0, created_at=5.0)
+        nowhere = item("v3", regions=())  # an empty region list (allowed nowhere) is not "everywhere"
+        store.upsert_items([full, bare, nowhere])
+        assert store.get_item("v1") == full
+        assert store.get_item("v2") == bare
+        got = store.get_item("v3")
+        assert got is not None and got.regions == ()
+
+    def test_iter_items_keeps_insertion_order_across_replacements(self, store: Store) -> None:
+        store.upsert_items([item("c"), item("a"), item("b")])
+        store.upsert_items([item("d")])
+        store.upsert_items([item("a", creator="zed", tags=("new",), down=True), item("e")])
+        items = list(store.iter_items())
+        assert [i.id for i in items] == ["c", "a", "b", "d", "e"]
+        replaced = items[1]
+        assert (replaced.creator, replaced.tags, replaced.down) == ("zed", ("new",), True)
+        assert store.get_item("a") == replaced
+
+    def test_down_is_stored_as_given(self, store: Store) -> None:
+        store.upsert_items([item("a", down=True)])
+        assert store.get_item("a").down is True  # type: ignore[union-attr]
+        store.upsert_items([item("a", down=False)])
+        assert store.get_item("a").down is False  # type: ignore[union-attr]
+
+    def test_repeated_id_in_one_batch_keeps_one_row_the_last(self, store: Store) -> None:
+        store.upsert_items([item("a", creator="first"), item("b"), item("a", creator="last")])
+        assert [i.id for i in store.iter_items()] == ["a", "b"]
+        assert store.get_item("a").creator == "last"  # type: ignore[union-attr]
+
+    def test_upsert_is_atomic(self, store: Store) -> None:
+        store.upsert_items([item("keep", creator="old")])
+        with pytest.raises(Boom):
+            store.upsert_items(ExplodingSeq([item("new1"), item("keep", creator="changed")]))  # type: ignore[arg-type]
+        assert [i.id for i in store.iter_items()] == ["keep"]
+        assert store.get_item("keep").creator == "old"  # type: ignore[union-attr]
+        assert store.get_item("new1") is None
+
+
+class TestItemAggregates:
+    def test_empty_store(self, store: Store) -> None:
+        assert list(store.iter_item_stats()) == []
+        for region in REGIONS:
+            assert list(store.iter_trend(region)) == []
+        assert store.item_watermarks() == {r: (0, 0) for r in REGIONS}
+        assert store.get_meta("trend_t0") is None
+        assert store.coengaged("a", 10) == []
+
+    def test_stats_overwrite_only_given_items(self, store: Store) -> None:
+        store.save_item_aggregates({"a": stats_row(1), "b": stats_row(100)}, {}, {}, {}, {})
+        store.save_item_aggregates({"a": stats_row(7)}, {}, {}, {}, {})
+        stats = dict(store.iter_item_stats())
+        assert stats == {"a": stats_row(7), "b": stats_row(100)}
+        assert all(len(row) == STATS_WIDTH for row in stats.values())
+
+    def test_stats_keep_fractions(self, store: Store) -> None:
+        row = [0.5 * k + 0.125 for k in range(STATS_WIDTH)]
+        store.save_item_aggregates({"a": row}, {}, {}, {}, {})
+        assert dict(store.iter_item_stats())["a"] == pytest.approx(row)
+
+    def test_trend_is_per_region_and_overwritten(self, store: Store) -> None:
+        store.save_item_aggregates({}, {"us": {"a": 1.5, "b": 2.0}, "eu": {"a": 9.0}}, {}, {}, {})
+        store.save_item_aggregates({}, {"us": {"a": 4.25}}, {}, {}, {})
+        assert dict(store.iter_trend("us")) == {"a": 4.25, "b": 2.0}
+        assert dict(store.iter_trend("eu")) == {"a": 9.0}
+
+    def test_coengagement_deltas_add_up(self, store: Store) -> None:
+        store.save_item_aggregates({}, {}, {("a", "b"): 1.0, ("a", "c"): 2.0}, {}, {})
+        store.save_item_aggregates({}, {}, {("a", "b"): 2.5, ("b", "a"): 1.0}, {}, {})
+        store.save_item_aggregates({}, {}, {("a", "b"): 0.5}, {}, {})
+        assert store.coengaged("a", 10) == [("b", pytest.approx(4.0)), ("c", pytest.approx(2.0))]
+        assert store.coengaged("b", 10) == [("a", pytest.approx(1.0))]
+        assert store.coengaged("c", 10) == []
+
+    def test_coengaged_strongest_first_and_limit(self, store: Store) -> None:
+        weights = {"n1": 3.0, "n2": 7.0, "n3": 1.0, "n4": 5.0, "n5": 2.0}
+        store.save_item_aggregates({}, {}, {("x", b): w for b, w in weights.items()}, {}, {})
+        store.save_item_aggregates({}, {}, {("x", "n3"): 10.0}, {}, {})  # n3 climbs to 11 -> first
+        assert store.coengaged("x", 10) == [("n3", 11.0), ("n2", 7.0), ("n4", 5.0), ("n1", 3.0), ("n5", 2.0)]
+        assert store.coengaged("x", 3) == [("n3", 11.0), ("n2", 7.0), ("n4", 5.0)]
+        assert store.coengaged("x", 1) == [("n3", 11.0)]
+        assert store.coengaged("x", 0) == []
+
+    def test_watermarks_per_region(self, store: Store) -> None:
+        store.save_item_aggregates({}, {}, {}, {"us": (5, 7)}, {})
+        assert store.item_watermarks() == {"us": (5, 7), "eu": (0, 0)}
+        store.save_item_aggregates({}, {}, {}, {"eu": (1, 2)}, {})
+        assert store.item_watermarks() == {"us": (5, 7), "eu": (1, 2)}
+        store.save_item_aggregates({}, {}, {}, {"us": (9, 8), "eu": (3, 4)}, {})
+        assert store.item_watermarks() == {"us": (9, 8), "eu": (3, 4)}
+
+    def test_meta(self, store: Store) -> None:
+        store.save_item_aggregates({}, {}, {}, {}, {"trend_t0": "123.5", "other": "x"})
+        store.save_item_aggregates({}, {}, {}, {}, {"trend_t0": "200.0"})
+        assert store.get_meta("trend_t0") == "200.0"
+        assert store.get_meta("other") == "x"
+        assert store.get_meta("missing") is None
+
+    def test_save_is_atomic(self, store: Store) -> None:
+        store.save_item_aggregates({"a": stats_row(1)}, {"us": {"a": 1.0}}, {("a", "b"): 1.0}, {"us": (1, 1)},
+                                   {"k": "v1"})
+        with pytest.raises(Boom):
+            store.save_item_aggregates(
+                {"a": stats_row(50), "z": stats_row(60)}, {"us": {"a": 5.0, "z": 6.0}},
+                ExplodingMap({("a", "b"): 10.0}),  # type: ignore[arg-type]
+                {"us": (9, 9)}, {"k": "v2"},
+            )
+        assert dict(store.iter_item_stats()) == {"a": stats_row(1)}
+        assert dict(store.iter_trend("us")) == {"a": 1.0}
+        assert store.coengaged("a", 5) == [("b", 1.0)]
+        assert store.item_watermarks()["us"] == (1, 1)
+        assert store.get_meta("k") == "v1"
+
+
+class TestUsers:
+    def test_put_get_find(self, store: Store) -> None:
+        assert store.get_user("us", "u1") is None
+        assert store.find_user_region("u1") is None
+        u1 = UserRecord("u1", "us", ("cats", "dogs"), "en", "18+", 1_700_000_000.5)
+        u2 = UserRecord("u2", "eu", (), None, None, 3.0)
+        store.put_user(u1)
+        store.put_user(u2)
+        assert store.get_user("us", "u1") == u1
+        assert store.get_user("eu", "u2") == u2
+        assert store.find_user_region("u1") == "us"
+        assert store.find_user_region("u2") == "eu"
+        assert store.find_user_region("u3") is None
+
+    def test_put_replaces(self, store: Store) -> None:
+        store.put_user(UserRecord("u1", "us", ("cats",), "en", "13-17", 1.0))
+        replaced = UserRecord("u1", "us", ("dogs", "birds"), "fr", None, 1.0)
+        store.put_user(replaced)
+        assert store.get_user("us", "u1") == replaced
+
+    def test_user_only_in_its_region(self, store: Store) -> None:
+        store.put_user(UserRecord("u2", "eu", ("x",), None, None, 3.0))
+        assert store.get_user("us", "u2") is None
+
+    def test_append_creates_new_users_in_that_region(self, store: Store) -> None:
+        newbie = UserRecord("n1", "eu", (), None, None, 42.0)
+        store.append_events("eu", [event("n1", "a")], [newbie])
+        assert store.get_user("eu", "n1") == newbie
+        assert store.get_user("us", "n1") is None
+        assert store.find_user_region("n1") == "eu"
+
+
+class TestEvents:
+    def test_append_returns_increasing_seqs_per_region(self, store: Store) -> None:
+        first = store.append_events("us", [event("u", "a"), event("u", "b"), event("v", "c")], [])
+        second = store.append_events("us", [event("u", "d")], [])
+        other = store.append_events("eu", [event("w", "a"), event("w", "b")], [])
+        third = store.append_events("us", [event("v", "e"), event("v", "f")], [])
+        assert len(first) == 3 and len(second) == 1 and len(other) == 2 and len(third) == 2
+        us = first + second + third
+        assert us == sorted(us) and len(set(us)) == len(us)
+        assert all(s > 0 for s in us + other)
+        assert other == sorted(other) and len(set(other)) == 2
+        assert store.append_events("us", [], []) == []
+
+    def test_events_after(self, store: Store) -> None:
+        batch = [event("u", "a", "view", 1.5, 10.0, "e1", "r1"), event("u", "b", "like", 0.0, 11.0),
+                 event("v", "a", "report", 0.0, 12.0, "e3")]
+        seqs = store.append_events("us", batch, [])
+        seqs += store.append_events("us", [event("v", "c", "share", 0.0, 13.0)], [])
+        store.append_events("eu", [event("w", "z")], [])
+        everything = list(store.events_after("us", 0))
+        assert [e.seq for e in everything] == seqs
+        assert [strip_seq(e) for e in everything] == [strip_seq(e) for e in batch] + [
+            ("v", "c", "share", 0.0, 13.0, None, None)]
+        assert [e.seq for e in store.events_after("us", seqs[1])] == seqs[2:]
+        assert list(store.events_after("us", seqs[-1])) == []
+        assert [e.item for e in store.events_after("eu", 0)] == ["z"]
+
+    def test_every_event_type_round_trips(self, store: Store) -> None:
+        kinds = ("view", "like", "comment", "share", "follow", "not_interested", "report")
+        store.append_events("us", [event("u", f"i{k}", kind, float(k)) for k, kind in enumerate(kinds)], [])
+        got = list(store.events_after("us", 0))
+        assert [(e.type, e.watch_s, e.item) for e in got] == [(kind, float(k), f"i{k}") for k, kind in enumerate(kinds)]
+
+    def test_user_events(self, store: Store) -> None:
+        store.append_events("us", [event("u", "a"), event("v", "b"), event("u", "c", "like")], [])
+        store.append_events("us", [event("u", "d", "follow")], [])
+        store.append_events("eu", [event("u", "zz")], [])  # same id in another region: not this user's rows
+        got = store.user_events("us", "u")
+        assert [(e.item, e.type) for e in got] == [("a", "view"), ("c", "like"), ("d", "follow")]
+        assert [e.seq for e in got] == sorted(e.seq for e in got) and all(e.seq > 0 for e in got)
+        assert [e.item for e in store.user_events("us", "v")] == ["b"]
+        assert store.user_events("us", "nobody") == []
+
+    def test_known_event_ids_across_regions(self, store: Store) -> None:
+        store.append_events("us", [event("u", "a", event_id="k1"), event("u", "b"), event("u", "c", event_id="k2")],
+                            [])
+        store.append_events("eu", [event("w", "a", event_id="k3")], [])
+        assert store.known_event_ids(["k1", "k2", "k3", "k4"]) == {"k1", "k2", "k3"}
+        assert store.known_event_ids(["k4"]) == set()
+        assert store.known_event_ids([]) == set()
+
+    def test_known_event_ids_many(self, store: Store) -> None:
+        store.append_events("us", [event("u", "a", event_id=f"id{k}") for k in range(0, 3000, 2)], [])
+        asked = [f"id{k}" for k in range(3000)]
+        assert store.known_event_ids(asked) == {f"id{k}" for k in range(0, 3000, 2)}
+
+    def test_forget_event_ids(self, store: Store) -> None:
+        store.append_events("us", [event("u", "a", ts=100.0, event_id="old-us"),
+                                   event("u", "b", ts=200.0, event_id="edge"),
+                                   event("u", "c", ts=300.0, event_id="new-us")], [])
+        store.append_events("eu", [event("w", "a", ts=50.0, event_id="old-eu"), event("w", "b", ts=150.0)], [])
+        assert store.forget_event_ids(200.0) == 2
+        assert store.known_event_ids(["old-us", "edge", "new-us", "old-eu"]) == {"edge", "new-us"}
+        assert store.forget_event_ids(200.0) == 0
+        # the events themselves stay
+        assert len(list(store.events_after("us", 0))) == 3
+        assert len(list(store.events_after("eu", 0))) == 2
+
+    def test_append_is_atomic(self, store: Store) -> None:
+        store.append_events("us", [event("u", "a", event_id="k0")], [])
+        with pytest.raises(Boom):
+            store.append_events("us", ExplodingSeq([event("u", "b", event_id="k1")]),  # type: ignore[arg-type]
+                                [UserRecord("n1", "us", (), None, None, 1.0)])
+        assert [e.item for e in store.events_after("us", 0)] == ["a"]
+        assert store.known_event_ids(["k0", "k1"]) == {"k0"}
+        assert store.get_user("us", "n1") is None
+        assert store.find_user_region("n1") is None
+
+
+class TestServed:
+    def test_record_and_served_after(self, store: Store) -> None:
+        rows = [ServedRecord("u", "a", "r1", 10.0), ServedRecord("u", "b", "r1", 10.0)]
+        seqs = store.record_served("us", rows)
+        seqs += store.record_served("us", [ServedRecord("v", "a", "r2", 11.5)])
+        store.record_served("eu", [ServedRecord("w", "q", "r3", 12.0)])
+        assert len(seqs) == 3 and seqs == sorted(seqs) and len(set(seqs)) == 3
+        got = list(store.served_after("us", 0))
+        assert [(s.user, s.item, s.request_id, s.ts) for s in got] == [
+            ("u", "a", "r1", 10.0), ("u", "b", "r1", 10.0), ("v", "a", "r2", 11.5)]
+        assert [s.seq for s in got] == seqs
+        assert [s.item for s in store.served_after("us", seqs[0])] == ["b", "a"]
+        assert list(store.served_after("us", seqs[-1])) == []
+        assert [s.item for s in store.served_after("eu", 0)] == ["q"]
+        assert store.record_served("us", []) == []
+
+    def test_excluded_items_are_served_or_viewed(self, store: Store) -> None:
+        store.record_served("us", [ServedRecord("u", "s1", "r", 1.0), ServedRecord("u", "s2", "r", 1.0),
+                                   ServedRecord("v", "s3", "r", 1.0)])
+        store.append_events("us", [event("u", "v1", "view", 0.5), event("u", "l1", "like"),
+                                   event("u", "s1", "view"), event("v", "v2", "view"),
+                                   event("u", "n1", "not_interested")], [])
+        store.record_served("eu", [ServedRecord("u", "e1", "r", 1.0)])
+        store.append_events("eu", [event("u", "e2")], [])
+        assert store.excluded_items("us", "u") == {"s1", "s2", "v1"}
+        assert store.excluded_items("us", "v") == {"s3", "v2"}
+        assert store.excluded_items("eu", "u") == {"e1", "e2"}
+        assert store.excluded_items("us", "nobody") == set()
+
+    def test_record_served_is_atomic(self, store: Store) -> None:
+        with pytest.raises(Boom):
+            store.record_served("us", ExplodingSeq([ServedRecord("u", "a", "r", 1.0)]))  # type: ignore[arg-type]
+        assert list(store.served_after("us", 0)) == []
+        assert store.excluded_items("us", "u") == set()
+
+
+class TestUserStates:
+    def test_save_load_and_watermark(self, store: Store) -> None:
+        assert store.load_user_state("us", "u") is None
+        assert store.user_state_watermark("us") == 0
+        blob = bytes(range(256))
+        store.save_user_states("us", {"u": blob, "v": b"{}"}, 5)
+        assert store.load_user_state("us", "u") == blob
+        assert store.load_user_state("us", "v") == b"{}"
+        assert store.user_state_watermark("us") == 5
+        assert store.user_state_watermark("eu") == 0
+        assert store.load_user_state("eu", "u") is None
+        store.save_user_states("us", {"u": b"second"}, 9)
+        assert store.load_user_state("us", "u") == b"second"
+        assert store.load_user_state("us", "v") == b"{}"
+        assert store.user_state_watermark("us") == 9
+        store.save_user_states("us", {}, 12)  # nothing dirty: the watermark still moves
+        assert store.user_state_watermark("us") == 12
+        assert store.load_user_state("us", "u") == b"second"
+
+    def test_save_is_atomic(self, store: Store) -> None:
+        store.save_user_states("us", {"u": b"one"}, 3)
+        with pytest.raises(Boom):
+            store.save_user_states("us", ExplodingMap({"u": b"two", "w": b"three"}), 8)  # type: ignore[arg-type]
+        assert store.load_user_state("us", "u") == b"one"
+        assert store.load_user_state("us", "w") is None
+        assert store.user_state_watermark("us") == 3
+
+
+def _fill(store: Store) -> dict[str, object]:
+    """Write some of everything; returns the seqs handed out."""
+    store.upsert_items([item("a", tags=("t1",), regions=("us",)), item("b", mature=True), item("c", down=True)])
+    store.put_user(UserRecord("u1", "us", ("t1",), "en", "18+", 10.0))
+    ev_us = store.append_events("us", [event("u1", "a", event_id="k1"), event("u1", "b", "like")],
+                                [UserRecord("u1", "us", ("t1",), "en", "18+", 10.0)])
+    ev_eu = store.append_events("eu", [event("u2", "c", "view", 9.0, event_id="k2")],
+                                [UserRecord("u2", "eu", (), None, None, 20.0)])
+    sv_us = store.record_served("us", [ServedRecord("u1", "c", "r1", 30.0)])
+    sv_eu = store.record_served("eu", [ServedRecord("u2", "a", "r2", 31.0)])
+    store.save_item_aggregates({"a": stats_row(1), "b": stats_row(2)}, {"us": {"a": 2.0}, "eu": {"b": 3.0}},
+                               {("a", "b"): 1.5, ("b", "a"): 1.5}, {"us": (ev_us[-1], sv_us[-1])},
+                               {"trend_t0": "99.5"})
+    store.save_user_states("us", {"u1": b"state-1"}, ev_us[-1])
+    store.save_user_states("eu", {"u2": b"state-2"}, ev_eu[-1])
+    return {"ev_us": ev_us, "ev_eu": ev_eu, "sv_us": sv_us, "sv_eu": sv_eu}
+
+
+def _snapshot(store: Store) -> dict[str, object]:
+    return {
+        "items": list(store.iter_items()),
+        "stats": dict(store.iter_item_stats()),
+        "trend": {r: dict(store.iter_trend(r)) for r in REGIONS},
+        "coeng": {x: store.coengaged(x, 10) for x in ("a", "b", "c")},
+        "marks": store.item_watermarks(),
+        "meta": store.get_meta("trend_t0"),
+        "users": [store.get_user("us", "u1"), store.get_user("eu", "u2"), store.find_user_region("u2")],
+        "events": {r: list(store.events_after(r, 0)) for r in REGIONS},
+        "user_events": store.user_events("us", "u1"),
+        "served": {r: list(store.served_after(r, 0)) for r in REGIONS},
+        "excluded": [store.excluded_items("us", "u1"), store.excluded_items("eu", "u2")],
+        "known": store.known_event_ids(["k1", "k2", "k3"]),
+        "states": [store.load_user_state("us", "u1"), store.load_user_state("eu", "u2")],
+        "state_marks": [store.user_state_watermark(r) for r in REGIONS],
+    }
+
+
+class TestRegionIsolation:
+    def test_a_users_rows_live_only_in_its_region(self, store: Store) -> None:
+        store.append_events("eu", [event("eve", "a", event_id="ke"), event("eve", "b", "like")],
+                            [UserRecord("eve", "eu", (), None, None, 1.0)])
+        store.record_served("eu", [ServedRecord("eve", "c", "r", 2.0)])
+        store.save_user_states("eu", {"eve": b"s"}, 2)
+        assert store.get_user("us", "eve") is None
+        assert store.user_events("us", "eve") == []
+        assert list(store.events_after("us", 0)) == []
+        assert list(store.served_after("us", 0)) == []
+        assert store.excluded_items("us", "eve") == set()
+        assert store.load_user_state("us", "eve") is None
+        assert store.user_state_watermark("us") == 0
+        # ... and all of it is in the user's region
+        assert store.find_user_region("eve") == "eu"
+        assert [e.item for e in store.user_events("eu", "eve")] == ["a", "b"]
+        assert store.excluded_items("eu", "eve") == {"a", "c"}
+        assert store.load_user_state("eu", "eve") == b"s"
+
+
+class TestDurability:
+    def test_reopen_keeps_everything(self, opener: Opener) -> None:
+        store = opener()
+        _fill(store)
+        before = _snapshot(store)
+        reopened = opener.reopen(store)
+        assert _snapshot(reopened) == before
+        # the snapshot is not trivially empty
+        assert len(before["items"]) == 3  # type: ignore[arg-type]
+        assert before["known"] == {"k1", "k2"}
+
+    def test_seqs_keep_increasing_after_reopen(self, opener: Opener) -> None:
+        store = opener()
+        seqs = _fill(store)
+        reopened = opener.reopen(store)
+        ev = reopened.append_events("us", [event("u1", "c")], [])
+        sv = reopened.record_served("us", [ServedRecord("u1", "b", "r9", 40.0)])
+        assert ev[0] > max(seqs["ev_us"])  # type: ignore[call-overload]
+        assert sv[0] > max(seqs["sv_us"])  # type: ignore[call-overload]
+        assert [e.seq for e in reopened.events_after("us", max(seqs["ev_us"]))] == ev  # type: ignore[call-overload]
+
+    def test_reopen_with_an_added_region(self, opener: Opener) -> None:
+        store = opener(("us",))
+        store.put_user(UserRecord("u1", "us", (), None, None, 1.0))
+        store.append_events("us", [event("u1", "a")], [])
+        reopened = opener.reopen(store, ("us", "eu"))
+        assert reopened.find_user_region("u1") == "us"
+        assert reopened.item_watermarks() == {"us": (0, 0), "eu": (0, 0)}
+        assert list(reopened.events_after("eu", 0)) == []
+        assert len(list(reopened.events_after("us", 0))) == 1
