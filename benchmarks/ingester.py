@@ -21,8 +21,8 @@ def body(rng: random.Random, prefix: str, start: int, batch: int, users: int, it
     events = []
     for k in range(batch):
         r = rng.random()
-        e = {"id": f"{prefix}-{start + k}", "user": f"u{rng.randrange(users)}", "item": f"i{rng.randrange(items)}",
-             "type": "view", "ts": ts}
+        e: dict[str, object] = {"id": f"{prefix}-{start + k}", "user": f"u{rng.randrange(users)}",
+                                "item": f"i{rng.randrange(items)}", "type": "view", "ts": ts}
         if r < 0.88:
             e["watch_s"] = round(rng.random() * 40, 2)
         else:

@@ -3,6 +3,8 @@ and the live item counters. Pure data structure: no I/O (the service loads and s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from foryou.types import STAT_NAMES, ItemRecord
@@ -126,6 +128,62 @@ class Catalog:
         if sound >= 0 and sound != old_sound:
             self.by_sound.setdefault(sound, []).append(idx)
         return idx
+
+    def put_many(self, items: Iterable[ItemRecord]) -> None:
+        """`put` for many items; new ones are added column-wise (start-up loads a million this way)."""
+        new: list[ItemRecord] = []
+        pending: set[str] = set()
+        for item in items:
+            if item.id in self.index or item.id in pending:
+                self._extend(new)
+                new, pending = [], set()
+                self.put(item)
+            else:
+                new.append(item)
+                pending.add(item.id)
+        self._extend(new)
+
+    def _extend(self, items: list[ItemRecord]) -> None:
+        if not items:
+            return
+        start, n = len(self.ids), len(items)
+        if start + n > len(self.alive):
+            self._alloc(max(1024, 2 * (start + n)))
+        tag_code, creator_code, sound_code = self.tags, self.creators, self.sounds
+        creators = [creator_code(i.creator) for i in items]
+        sounds = [sound_code(i.sound) if i.sound is not None else -1 for i in items]
+        tags = [tuple(dict.fromkeys(tag_code(t) for t in i.tags)) for i in items]
+        topics = [tag_code(i.topic) if i.topic is not None else (t[0] if t else -1)
+                  for i, t in zip(items, tags, strict=True)]
+        durations = [i.duration_s for i in items]
+        stop = start + n
+        self.creator[start:stop], self.sound[start:stop], self.topic[start:stop] = creators, sounds, topics
+        self.duration[start:stop] = durations
+        self.created_at[start:stop] = [i.created_at for i in items]
+        self.alive[start:stop] = [not i.down for i in items]
+        self.mature[start:stop] = [i.mature for i in items]
+        bits = self.region_bit
+        self.region_mask[start:stop] = [
+            ALL_REGIONS if i.regions is None else sum(bits.get(r, 0) for r in set(i.regions)) for i in items]
+        for k, item in enumerate(items):
+            self.index[item.id] = start + k
+        self.ids.extend(i.id for i in items)
+        self.item_tags.extend(tags)
+        self.arrivals.extend(range(start, stop))
+        self.creator_l.extend(creators)
+        self.sound_l.extend(sounds)
+        self.topic_l.extend(topics)
+        self.duration_l.extend(durations)
+        by_tag, by_topic, by_creator, by_sound = self.by_tag, self.by_topic, self.by_creator, self.by_sound
+        for idx in range(start, stop):
+            k = idx - start
+            for t in tags[k]:
+                by_tag.setdefault(t, []).append(idx)
+            if topics[k] >= 0:
+                by_topic.setdefault(topics[k], []).append(idx)
+            by_creator.setdefault(creators[k], []).append(idx)
+            if sounds[k] >= 0:
+                by_sound.setdefault(sounds[k], []).append(idx)
 
     def eligible(self, candidates: np.ndarray, region: str, adult: bool) -> np.ndarray:
         """Mask over `candidates`: alive, allowed in `region`, and not mature unless `adult`."""

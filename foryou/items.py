@@ -37,8 +37,7 @@ class ItemService:
             )
         records = list(latest.values())
         live.store.upsert_items(records)
-        for record in records:
-            live.catalog.put(record)
+        live.catalog.put_many(records)
         live.trending.ensure(len(live.catalog))
         return len(items)
 

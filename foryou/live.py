@@ -5,6 +5,7 @@ events and served rows logged after it, and checkpointed back to the store every
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Live:
         self.last_checkpoint = 0.0
         self._totals: tuple[float, np.ndarray] | None = None
         self._in_progress = False
+        self._last_purge = 0.0
 
     # -- start-up --
     def load(self) -> None:
@@ -65,12 +67,15 @@ class Live:
         for region in catalog.regions:
             for user_id in store.iter_user_ids(region):
                 self.user_region[user_id] = region
-        for item in store.iter_items():
-            catalog.put(item)
+        catalog.put_many(store.iter_items())
+        rows, where = [], []
         for item_id, row in store.iter_item_stats():
             idx = catalog.index.get(item_id)
             if idx is not None:
-                catalog.stats[idx, : len(row)] = row
+                where.append(idx)
+                rows.append(row)
+        if rows:
+            catalog.stats[np.asarray(where), : len(rows[0])] = np.asarray(rows)
         self.trending.t0 = float(store.get_meta("trend_t0") or 0.0)
         self.trending.ensure(len(catalog))
         for region in catalog.regions:
@@ -211,7 +216,12 @@ class Live:
     # -- persistence of derived state --
     def maybe_checkpoint(self, max_users: int = 2000) -> None:
         """Called after requests: every `checkpoint_interval_s`, save a bounded slice of state, so that
-        no single request pays for a whole checkpoint; the slices continue until nothing is dirty."""
+        no single request pays for a whole checkpoint; the slices continue until nothing is dirty.
+        Once an hour, idempotency keys past their time to live are dropped."""
+        wall = time.time()
+        if wall - self._last_purge >= 3600:
+            self._last_purge = wall
+            self.store.forget_event_ids(wall - self.settings.signals.event_id_ttl_days * 86400)
         pending = any(self.dirty_users.values())
         if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s or (
                 pending and self._in_progress):

@@ -3,6 +3,8 @@ the item/user/event semantics that the HTTP contract promises. Error cases live 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import re
 import time
@@ -44,10 +46,8 @@ def make_client(tmp_path: Path) -> Iterator[MakeClient]:
     yield make
     for client, engine in opened:
         client.close()
-        try:
+        with contextlib.suppress(Exception):  # already closed by a test that reopens the same data dir
             engine.close()
-        except Exception:  # already closed by a test that reopens the same data dir
-            pass
 
 
 @pytest.fixture
@@ -497,7 +497,7 @@ def test_no_adjacent_creator_or_sound(client: TestClient) -> None:
     meta = {i["id"]: (i["creator"], i.get("sound")) for i in items}
     served = feed_ids(client, "adj", 4) + feed_ids(client, "adj", 6) + feed_ids(client, "adj", 5)
     assert len(served) == 15
-    for prev, cur in zip(served, served[1:], strict=False):
+    for prev, cur in itertools.pairwise(served):
         pc, ps = meta[prev]
         cc, cs = meta[cur]
         assert pc != cc, f"{prev} then {cur}: same creator"

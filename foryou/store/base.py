@@ -78,7 +78,7 @@ class Store(Protocol):
     def user_events(self, region: str, user_id: str) -> list[EventRecord]: ...
 
     def forget_event_ids(self, before_ts: float) -> int:
-        """Drop idempotency keys of events older than `before_ts`; returns how many."""
+        """Drop idempotency keys accepted (wall-clock time) before `before_ts`; returns how many."""
 
     # -- served (per region) --
     def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:

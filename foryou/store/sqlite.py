@@ -7,6 +7,7 @@ WAL is in the OS's hands); only a power loss can lose the last commits.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,7 +208,8 @@ class SQLiteStore:
                 [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id)
                  for n, e in enumerate(events)],
             )
-            c.executemany("INSERT INTO event_ids VALUES (?,?)", [(e.id, e.ts) for e in events if e.id])
+            accepted = time.time()  # ids are remembered from acceptance, whatever the event's own time
+            c.executemany("INSERT INTO event_ids VALUES (?,?)", [(e.id, accepted) for e in events if e.id])
         return list(range(first, first + len(events)))
 
     def events_after(self, region: str, seq: int) -> Iterator[EventRecord]:

@@ -1,0 +1,224 @@
+"""A user's interest state: learn_one moves weights the right way, decays with time, round-trips by name."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from foryou.catalog import Catalog
+from foryou.interest import (
+    CREATOR,
+    RECENT,
+    SOUND,
+    TAG,
+    TOPIC,
+    UserState,
+    decay,
+    dumps,
+    item_features,
+    key,
+    learn_one,
+    loads,
+    seed_interests,
+)
+from foryou.types import ItemRecord
+
+HALF_LIFE = 72 * 3600.0
+TAU = HALF_LIFE / math.log(2)
+T = 1_700_000_000.0
+
+
+def item(item_id: str, **kw: object) -> ItemRecord:
+    fields: dict[str, object] = {"creator": "c-" + item_id, "duration_s": 10.0, "created_at": 0.0}
+    fields.update(kw)
+    return ItemRecord(id=item_id, **fields)  # type: ignore[arg-type]
+
+
+def world() -> Catalog:
+    cat = Catalog(("us",))
+    cat.put(item("cat1", creator="alice", tags=("cats", "pets"), topic="animals", sound="meow"))
+    cat.put(item("cat2", creator="alice", tags=("cats",), topic="animals"))
+    cat.put(item("car1", creator="bob", tags=("cars",), topic="motors", sound="vroom"))
+    for k in range(12):
+        cat.put(item(f"f{k}", creator=f"fc{k}", tags=("food",)))
+    return cat
+
+
+def f(cat: Catalog, kind: int, name: str) -> int:
+    vocab = {TAG: cat.tags, TOPIC: cat.tags, CREATOR: cat.creators, SOUND: cat.sounds}[kind]
+    return key(kind, vocab.ids[name])
+
+
+def by_name(state: UserState, cat: Catalog, now: float) -> dict[str, float]:
+    """Effective weights at `now`, keyed by name (independent of vocabulary codes)."""
+    data = orjson.loads(dumps(state, cat))
+    factor = decay(state, now, TAU)
+    return {k: w * factor for k, w in data["w"].items()}
+
+
+def test_item_features() -> None:
+    cat = world()
+    feats = dict(item_features(cat, cat.index["cat1"]))
+    assert feats == {
+        f(cat, TAG, "cats"): pytest.approx(1 / math.sqrt(2)), f(cat, TAG, "pets"): pytest.approx(1 / math.sqrt(2)),
+        f(cat, TOPIC, "animals"): 1.0, f(cat, CREATOR, "alice"): 0.8, f(cat, SOUND, "meow"): 0.5,
+    }
+    assert f(cat, TAG, "cats") != f(cat, TOPIC, "cats")
+
+
+def test_completion_raises_every_feature_of_the_item() -> None:
+    cat = world()
+    s = UserState()
+    strength = learn_one(s, cat, cat.index["cat1"], "view", 10.0, T, TAU)
+    assert strength == pytest.approx(1.0)
+    for kind, name in ((TAG, "cats"), (TAG, "pets"), (TOPIC, "animals"), (CREATOR, "alice"), (SOUND, "meow")):
+        assert s.weights[f(cat, kind, name)] > 0
+    assert f(cat, TAG, "cars") not in s.weights
+    assert s.weights[f(cat, TOPIC, "animals")] == pytest.approx(1.0)
+    assert s.weights[f(cat, CREATOR, "alice")] == pytest.approx(0.8)
+
+
+def test_early_swipe_lowers_and_completion_beats_partial() -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["car1"], "view", 0.5, T, TAU)
+    assert s.weights[f(cat, TOPIC, "motors")] < 0
+    assert s.weights[f(cat, CREATOR, "bob")] < 0
+    full, partial = UserState(), UserState()
+    learn_one(full, cat, cat.index["cat1"], "view", 10.0, T, TAU)
+    learn_one(partial, cat, cat.index["cat1"], "view", 6.0, T, TAU)
+    topic = f(cat, TOPIC, "animals")
+    assert full.weights[topic] > partial.weights[topic] > 0
+
+
+@pytest.mark.parametrize(("kind", "sign"), [
+    ("like", 1), ("comment", 1), ("share", 1), ("follow", 1), ("not_interested", -1), ("report", -1)])
+def test_actions_move_weights_by_sign(kind: str, sign: int) -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["cat2"], kind, 0.0, T, TAU)
+    assert s.weights[f(cat, TOPIC, "animals")] * sign > 0
+    assert s.weights[f(cat, CREATOR, "alice")] * sign > 0
+
+
+def test_report_outweighs_a_like() -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["cat2"], "like", 0.0, T, TAU)
+    learn_one(s, cat, cat.index["cat2"], "report", 0.0, T, TAU)
+    assert s.weights[f(cat, TOPIC, "animals")] < 0
+
+
+def test_views_are_excluded_and_follows_recorded() -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["cat1"], "view", 0.1, T, TAU)
+    learn_one(s, cat, cat.index["car1"], "like", 0.0, T, TAU)
+    assert s.excluded == {cat.index["cat1"]}
+    assert s.follows == set()
+    learn_one(s, cat, cat.index["car1"], "follow", 0.0, T, TAU)
+    assert s.follows == {cat.creators.ids["bob"]}
+
+
+def test_decay_halves_per_half_life() -> None:
+    cat = world()
+    s = UserState()
+    assert decay(s, T, TAU) == 1.0  # no reference yet
+    learn_one(s, cat, cat.index["cat2"], "view", 10.0, T, TAU)
+    assert decay(s, T, TAU) == pytest.approx(1.0)
+    assert decay(s, T + HALF_LIFE, TAU) == pytest.approx(0.5)
+    assert decay(s, T + 3 * HALF_LIFE, TAU) == pytest.approx(0.125)
+    w = by_name(s, cat, T + HALF_LIFE)
+    assert w["o:animals"] == pytest.approx(0.5)
+
+
+def test_later_events_count_more_than_older_ones() -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["cat2"], "view", 10.0, T, TAU)  # animals at T
+    learn_one(s, cat, cat.index["car1"], "view", 10.0, T + HALF_LIFE, TAU)  # motors one half-life later
+    now = T + 2 * HALF_LIFE
+    w = by_name(s, cat, now)
+    assert w["o:animals"] == pytest.approx(0.25)
+    assert w["o:motors"] == pytest.approx(0.5)
+
+
+def test_rebase_keeps_effective_weights() -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["cat2"], "like", 0.0, T, TAU)
+    learn_one(s, cat, cat.index["car1"], "like", 0.0, T + 25 * TAU, TAU)
+    far = T + 31 * TAU  # past the rebase threshold
+    learn_one(s, cat, cat.index["f0"], "like", 0.0, far, TAU)
+    assert s.ref == far
+    assert all(math.isfinite(w) for w in s.weights.values())
+    w = by_name(s, cat, far)
+    assert w["o:food"] == pytest.approx(1.0)
+    assert w["o:motors"] == pytest.approx(math.exp(-6.0), rel=1e-6)
+    assert w.get("o:animals", 0.0) == pytest.approx(0.0, abs=1e-9)  # e**-31: negligible, may be pruned
+
+
+def test_recent_positives() -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["cat1"], "view", 5.0, T, TAU)  # partial: not a strong positive
+    learn_one(s, cat, cat.index["cat2"], "like", 0.0, T, TAU)
+    assert s.recent == [cat.index["cat2"]]
+    for k in range(10):
+        learn_one(s, cat, cat.index[f"f{k}"], "view", 10.0, T + k, TAU)
+    assert s.recent == [cat.index[f"f{k}"] for k in range(10 - RECENT, 10)]
+    learn_one(s, cat, cat.index["f5"], "share", 0.0, T + 20, TAU)  # again: moves to the end, no duplicate
+    assert s.recent[-1] == cat.index["f5"] and s.recent.count(cat.index["f5"]) == 1 and len(s.recent) == RECENT
+    learn_one(s, cat, cat.index["f9"], "not_interested", 0.0, T + 21, TAU)
+    assert s.recent[-1] == cat.index["f5"]
+
+
+def test_seed_interests() -> None:
+    cat = world()
+    s = UserState()
+    seed_interests(s, cat, ("cats", "unknown-tag"), T, TAU)
+    assert s.ref == T
+    assert s.weights[f(cat, TAG, "cats")] == pytest.approx(1.0)
+    assert s.weights[f(cat, TOPIC, "cats")] == pytest.approx(1.0)
+    assert len(s.weights) == 2
+
+
+def test_dumps_loads_round_trip_by_name() -> None:
+    cat = world()
+    s = UserState()
+    learn_one(s, cat, cat.index["cat1"], "view", 10.0, T, TAU)
+    learn_one(s, cat, cat.index["car1"], "view", 0.5, T + 60, TAU)
+    learn_one(s, cat, cat.index["car1"], "follow", 0.0, T + 70, TAU)
+    s.last_creator = cat.creators.ids["alice"]
+    s.last_sound = cat.sounds.ids["vroom"]
+    blob = dumps(s, cat)
+
+    # a catalogue built in another order: every vocabulary code differs
+    other = Catalog(("us",))
+    for k in reversed(range(12)):
+        other.put(item(f"f{k}", creator=f"fc{k}", tags=("food",)))
+    other.put(item("car1", creator="bob", tags=("cars",), topic="motors", sound="vroom"))
+    other.put(item("cat2", creator="alice", tags=("cats",), topic="animals"))
+    other.put(item("cat1", creator="alice", tags=("cats", "pets"), topic="animals", sound="meow"))
+    assert other.tags.ids["cats"] != cat.tags.ids["cats"]
+
+    back = loads(blob, other)
+    assert back.ref == s.ref
+    now = T + 100
+    assert by_name(back, other, now) == pytest.approx(by_name(s, cat, now))
+    assert back.weights[f(other, TOPIC, "animals")] == pytest.approx(s.weights[f(cat, TOPIC, "animals")])
+    assert back.weights[f(other, TOPIC, "motors")] == pytest.approx(s.weights[f(cat, TOPIC, "motors")])
+    assert {other.creators.names[c] for c in back.follows} == {"bob"}
+    assert [other.ids[i] for i in back.recent] == [cat.ids[i] for i in s.recent] == ["cat1", "car1"]
+    assert other.creators.names[back.last_creator] == "alice"
+    assert other.sounds.names[back.last_sound] == "vroom"
+    assert orjson.loads(dumps(back, other)) == orjson.loads(blob)
+
+
+def test_round_trip_of_an_empty_state() -> None:
+    cat = world()
+    back = loads(dumps(UserState(), cat), cat)
+    assert back.weights == {} and back.follows == set() and back.recent == []
+    assert (back.last_creator, back.last_sound) == (-1, -1)

@@ -1,0 +1,105 @@
+"""Regional time-decayed engagement: a recent burst beats an older one of the same size; rebasing the
+reference time (to avoid overflow) keeps the order; regions are separate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from foryou.trending import Trending
+
+HOUR = 3600.0
+TAU = 12 * HOUR / math.log(2)  # 12 h half-life
+T = 1_700_000_000.0
+
+
+def decayed(tr: Trending, region: str, idx: int, now: float) -> float:
+    return float(tr.scores[region][idx]) * math.exp((tr.t0 - now) / tr.tau)
+
+
+def test_recent_burst_beats_old_burst_of_equal_size() -> None:
+    tr = Trending(("us",), TAU)
+    for k in range(10):
+        tr.add("us", 3, 1.0, T + k)  # old burst on item 3
+    for k in range(10):
+        tr.add("us", 5, 1.0, T + 6 * HOUR + k)  # same size, six hours later, on item 5
+    now = T + 7 * HOUR
+    assert tr.top("us", 2, now).tolist() == [5, 3]
+    # item 5's score is worth 2**(6/12) times item 3's
+    assert decayed(tr, "us", 5, now) / decayed(tr, "us", 3, now) == pytest.approx(2 ** 0.5, rel=1e-3)
+    assert decayed(tr, "us", 5, now) == pytest.approx(10 * 2 ** (-1 / 12), rel=1e-3)
+
+
+def test_a_bigger_old_burst_can_still_win() -> None:
+    tr = Trending(("us",), TAU)
+    tr.add("us", 0, 10.0, T)  # worth 10 * 2**-1 = 5 twelve hours later
+    tr.add("us", 1, 4.0, T + 12 * HOUR)
+    assert tr.top("us", 2, T + 12 * HOUR).tolist() == [0, 1]
+    tr.invalidate()
+    tr.add("us", 1, 2.0, T + 12 * HOUR)  # now 6 > 5
+    assert tr.top("us", 2, T + 12 * HOUR).tolist() == [1, 0]
+
+
+def test_zero_weight_is_a_no_op_and_negative_scores_are_not_trending() -> None:
+    tr = Trending(("us",), TAU)
+    tr.add("us", 2, 0.0, T)
+    assert tr.t0 == 0.0 and not tr.dirty["us"]
+    tr.add("us", 2, -1.0, T)
+    tr.add("us", 4, 1.0, T)
+    assert tr.top("us", 10, T).tolist() == [4]
+
+
+def test_regions_are_separate() -> None:
+    tr = Trending(("us", "eu"), TAU)
+    tr.add("us", 1, 5.0, T)
+    tr.add("eu", 2, 1.0, T)
+    tr.add("eu", 3, 2.0, T)
+    assert tr.top("us", 5, T).tolist() == [1]
+    assert tr.top("eu", 5, T).tolist() == [3, 2]
+    assert tr.dirty == {"us": {1}, "eu": {2, 3}}
+
+
+def test_rebase_keeps_order_and_values() -> None:
+    tau = 100.0
+    tr = Trending(("us", "eu"), tau)
+    tr.add("us", 0, 50.0, T)
+    tr.add("us", 1, 1.0, T + 15_000)  # 150 tau later
+    tr.add("eu", 7, 3.0, T + 15_000)
+    now = T + 15_000
+    before_order = tr.top("us", 3, now).tolist()
+    before = {i: decayed(tr, "us", i, now) for i in (0, 1)}
+    tr.dirty["us"].clear()
+    tr.dirty["eu"].clear()
+    tr.add("us", 2, 0.5, T + 25_000)  # 250 tau after t0: forces a rebase
+    assert tr.t0 == T + 25_000
+    assert np.isfinite(tr.scores["us"]).all() and np.isfinite(tr.scores["eu"]).all()
+    later = T + 25_000
+    tr.invalidate()
+    assert tr.top("us", 3, later).tolist() == [2, *before_order] == [2, 1, 0]
+    for i in (0, 1):  # decayed values are unchanged by the rebase
+        assert decayed(tr, "us", i, later) == pytest.approx(before[i] * math.exp(-(later - now) / tau), rel=1e-9)
+    assert decayed(tr, "eu", 7, later) == pytest.approx(3.0 * math.exp(-100.0), rel=1e-9)
+    # every rescaled score is marked dirty, so the next checkpoint saves it
+    assert tr.dirty["us"] >= {0, 1, 2} and tr.dirty["eu"] >= {7}
+
+
+def test_top_k_and_growth() -> None:
+    tr = Trending(("us",), TAU)
+    for idx in range(3000):  # past the initial array size
+        tr.add("us", idx, float((idx * 7919) % 3000) + 1.0, T)  # a permutation of 1..3000
+    by_weight = sorted(range(3000), key=lambda i: -((i * 7919) % 3000))
+    assert tr.top("us", 5, T).tolist() == by_weight[:5]
+    tr.invalidate()
+    assert tr.top("us", 1200, T).tolist() == by_weight[:1200]
+    assert len(tr.scores["us"]) >= 3000
+
+
+def test_top_is_cached_briefly() -> None:
+    tr = Trending(("us",), TAU)
+    tr.add("us", 0, 1.0, T)
+    assert tr.top("us", 3, T).tolist() == [0]
+    tr.add("us", 1, 5.0, T)
+    assert tr.top("us", 3, T + 1).tolist() == [0]  # cached
+    assert tr.top("us", 3, T + 3).tolist() == [1, 0]  # recomputed after max_age_s
