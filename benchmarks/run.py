@@ -363,8 +363,8 @@ def start_pyspy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 def cprofile_summary(prof: cProfile.Profile, title: str, top: int = 12) -> Profile:
     stats = pstats.Stats(prof, stream=io.StringIO())
-    total = stats.total_tt or 1e-9  # type: ignore[attr-defined]
     rows = stats.stats  # type: ignore[attr-defined]
+    total = max([stats.total_tt, *(v[3] for v in rows.values())]) or 1e-9  # type: ignore[attr-defined]
 
     def name(key: tuple[str, int, str]) -> str:
         path, line, func = key
@@ -458,20 +458,23 @@ def sanity(port: int, users: int, items: int) -> str:
     return f"feed returned {got} items; events: {raw.decode()}"
 
 
-def run_inprocess(data: Path, users: int, items: int, seconds: float, max_feeds: int, profile: bool,
-                  batch: int) -> tuple[Result, Result, dict[str, Any], list[Profile]]:
+def _open_engine(data: Path) -> Any:
     from foryou.config import load_settings
     from foryou.engine import Engine
-    from foryou.types import EventBatch
 
+    return Engine.open(load_settings(overrides={"server.data": str(data)}))
+
+
+def inprocess_feed(data: Path, users: int, seconds: float, warmup: float, max_feeds: int,
+                   profile: bool) -> tuple[Result, list[Profile]]:
+    """(c): engine.feeds.feed(random user, 10), one call at a time, after a warm-up."""
     rng = random.Random(11)
-    started = time.perf_counter()
-    engine = Engine.open(load_settings(overrides={"server.data": str(data)}))
-    open_s = time.perf_counter() - started
     profiles: list[Profile] = []
+    engine = _open_engine(data)
     try:
         feed = engine.feeds.feed
-        for _ in range(min(200, max_feeds // 5)):  # warm-up
+        t_end = time.perf_counter() + warmup
+        while time.perf_counter() < t_end:
             feed(f"u{rng.randrange(users)}", 10)
         lat: list[float] = []
         t_end = time.perf_counter() + seconds
@@ -483,50 +486,64 @@ def run_inprocess(data: Path, users: int, items: int, seconds: float, max_feeds:
             lat.append(time.perf_counter() - t)
         total = time.perf_counter() - t0
         lat.sort()
-        feed_row = Result("(c) feed, in-process", 1, len(lat), total, _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000,
-                          extra={"mean_ms": 1000 * sum(lat) / len(lat)})
+        row = Result("(c) feed, in-process", 1, len(lat), total, _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000,
+                     extra={"mean_ms": 1000 * sum(lat) / len(lat)})
         if profile:
+            n = min(500, max(50, len(lat)))
             prof = cProfile.Profile()
             prof.enable()
-            for _ in range(min(500, len(lat))):
+            for _ in range(n):
                 feed(f"u{rng.randrange(users)}", 10)
             prof.disable()
-            profiles.append(cprofile_summary(prof, "feed, in-process (cProfile, 500 feeds)"))
+            profiles.append(cprofile_summary(prof, f"feed, in-process ({n} feeds)"))
+    finally:
+        engine.close()
+    return row, profiles
 
-        # ingest in-process: parse + validate the JSON body like the API, then engine.events.ingest
-        prefix = f"ip{time.time_ns() % 10**12}"
 
-        def payload(k: int) -> bytes:
-            ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-            return events_body(rng, prefix, k * batch, batch, users, items, ts)
+def inprocess_ingest(data: Path, users: int, items: int, seconds: float, warmup: float, batch: int,
+                     profile: bool) -> tuple[Result, list[Profile]]:
+    """(e): the API's parse + validation (EventBatch.model_validate_json) and engine.events.ingest, per batch;
+    building the JSON bodies is not timed."""
+    from foryou.types import EventBatch
 
-        ing: list[float] = []
+    rng = random.Random(13)
+    prefix = f"ip{time.time_ns() % 10**12}"
+    counter = [0]
+
+    def payload() -> bytes:
+        counter[0] += 1
+        ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        return events_body(rng, prefix, counter[0] * batch, batch, users, items, ts)
+
+    profiles: list[Profile] = []
+    engine = _open_engine(data)
+    try:
+        t_end = time.perf_counter() + warmup
+        while time.perf_counter() < t_end:
+            engine.events.ingest(EventBatch.model_validate_json(payload()).events)
+        lat: list[float] = []
         t_end = time.perf_counter() + seconds
-        t0 = time.perf_counter()
-        k = 0
-        busy = 0.0
-        while k < 200 and time.perf_counter() < t_end:
-            raw = payload(k)
+        while len(lat) < 10 or (len(lat) < 500 and time.perf_counter() < t_end):
+            raw = payload()
             t = time.perf_counter()
             engine.events.ingest(EventBatch.model_validate_json(raw).events)
-            ing.append(time.perf_counter() - t)
-            busy += ing[-1]
-            k += 1
-        ing.sort()
-        ingest_row = Result("(e) events, in-process (validate + ingest)", 1, len(ing), busy,
-                            _pct(ing, 0.5) * 1000, _pct(ing, 0.99) * 1000, batch=batch,
-                            note="time inside validate+ingest only (body generation excluded)")
+            lat.append(time.perf_counter() - t)
+        busy = sum(lat)
+        lat.sort()
+        row = Result(f"(e) POST body validate + ingest in-process, {batch}/batch", 1, len(lat), busy,
+                     _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000, batch=batch)
         if profile:
-            bodies = [payload(10_000 + j) for j in range(20)]
+            bodies = [payload() for _ in range(20)]
             prof = cProfile.Profile()
             prof.enable()
             for raw in bodies:
                 engine.events.ingest(EventBatch.model_validate_json(raw).events)
             prof.disable()
-            profiles.append(cprofile_summary(prof, f"events, in-process (cProfile, 20 batches of {batch})"))
+            profiles.append(cprofile_summary(prof, f"events in-process, validate + ingest (20 batches of {batch})"))
     finally:
         engine.close()
-    return feed_row, ingest_row, {"open_s": open_s}, profiles
+    return row, profiles
 
 
 # ---------------------------------------------------------------- report
@@ -562,18 +579,18 @@ def results_table(rows: list[Result], floor: Result) -> str:
 
 def profile_md(p: Profile) -> str:
     unit = "samples" if p.source == "py-spy" else "calls"
-    out = [f"**{p.title}** ({p.source}, {p.samples:,} {unit})\n"]
+    out = [f"#### {p.title}\n\n{p.source}, {p.samples:,} {unit}. "]
     if p.source == "py-spy":
         out.append("Self time by function (time in C code — SQLite, numpy, pydantic-core, orjson — counts for "
-                   "the Python function that called it):\n")
+                   "the Python function that called it):\n\n")
     else:
-        out.append("Own time (tottime) by function:\n")
+        out.append("Own time (tottime) by function (cProfile's per-call overhead inflates small functions):\n\n")
     out.append("| Function | Share |\n|---|---:|\n" + "".join(f"| `{k}` | {v:.1%} |\n" for k, v in p.self_fn))
     if p.incl_fn:
-        out.append("\nInclusive time, ForYou functions (share of time with the function on the stack):\n")
+        out.append("\nInclusive time, ForYou functions (share of time with the function on the stack):\n\n")
         out.append("| Function | Share |\n|---|---:|\n" + "".join(f"| `{k}` | {v:.1%} |\n" for k, v in p.incl_fn))
     if p.self_line:
-        out.append("\nHottest lines (self):\n")
+        out.append("\nHottest lines (self):\n\n")
         out.append("| Line | Share |\n|---|---:|\n" + "".join(f"| `{k}` | {v:.1%} |\n" for k, v in p.self_line[:8]))
     return "".join(out) + "\n"
 
@@ -624,7 +641,7 @@ def section(a: argparse.Namespace, m: dict[str, str], rows: list[Result], floor:
           f"during the floor run the client used {fmt(100 * floor.client_cpu, 0)}% of a core and the server "
           f"{fmt(100 * floor.server_cpu, 0)}%, so the floor measures the server, not the client.\n\n"]
     if mixed_ingest:
-        md.append(f"Mixed run: while the feed row above was measured, a second client "
+        md.append(f"Mixed run: while the \"mixed\" row was measured, a second client "
                   f"(benchmarks/ingester.py, {mixed_ingest.get('connections', 4)} connections, open loop) posted "
                   f"batches of {a.batch} at a target of {mixed_ingest['target_events_per_s']:,.0f} events/s and "
                   f"achieved {mixed_ingest['events_per_s']:,.0f} events/s, batch latency p50 "
@@ -651,7 +668,9 @@ def section(a: argparse.Namespace, m: dict[str, str], rows: list[Result], floor:
         md.append("Notes: " + " ".join(notes) + "\n\n")
     if profiles:
         md.append("### Where the time goes\n\n")
-        md.extend(profile_md(p) for p in profiles)
+        order = ("feed over HTTP", "feed, in-process", "POST", "events in-process", "bulk")
+        md.extend(profile_md(p) for p in sorted(
+            profiles, key=lambda p: next((i for i, o in enumerate(order) if p.title.startswith(o)), 9)))
     md.append(f"<!-- /scale {key} -->\n")
     return "".join(md)
 
@@ -828,6 +847,24 @@ def main(argv: list[str] | None = None) -> int:
     opened = run_open(data)
     log(f"  {opened['open_s']:.2f}s, RSS {opened['rss_mb']:.0f} MiB, {opened['items']:,} items")
 
+    profiles: list[Profile] = []
+    # (c) first, so that it and (b) see the same state (the ingest runs below change users' interests)
+    log("in-process feed")
+    feed_ip, got = inprocess_feed(data, a.users, a.duration, a.warmup, a.max_feeds, profile)
+    profiles.extend(got)
+    log(f"  p50 {feed_ip.p50_ms:.2f} ms, p99 {feed_ip.p99_ms:.2f} ms ({feed_ip.requests:,} feeds)")
+
+    def spy(srv: Server, title: str, mode: tuple[Any, ...], conns: int, fname: str) -> None:
+        if not (profile and pyspy_available()):
+            return
+        path = OUT / f"profile-{fname}.txt"
+        proc = start_pyspy(srv.pid, a.profile_seconds, path)
+        client.run("profiled", srv.port, mode, conns, a.profile_seconds + 1)
+        proc.wait(timeout=a.profile_seconds + 60)
+        got = parse_pyspy(path, title)
+        if got:
+            profiles.append(got)
+
     with contextlib.ExitStack() as stack:
         # the client's ceiling and the floor
         port = free_port()
@@ -858,65 +895,55 @@ def main(argv: list[str] | None = None) -> int:
             if " in " in line and "items loaded" in line:
                 serve["open_s"] = line.rsplit(" in ", 1)[1].split("s;")[0]
         log(f"  ready in {srv.ready_s:.2f}s, RSS {serve['rss_start']:.0f} MiB")
-        notes.append(sanity(srv.port, a.users, a.items) + ".")
+        notes.append("Sanity check before timing: " + sanity(srv.port, a.users, a.items) + ".")
 
         healthz = client.run("GET /healthz (ForYou app, no engine work)", port, ("get", "/healthz"), a.conns,
                              a.duration, srv.pid)
         log(f"healthz: {healthz.rps:,.0f} req/s")
-        client.run("warm-up", port, ("feed", a.users, 10), a.conns, a.warmup)
-        feed_http = client.run(f"(b) feed over HTTP, n=10, {a.conns} conns", port, ("feed", a.users, 10), a.conns,
+        feed_mode = ("feed", a.users, 10)
+        client.run("warm-up", port, feed_mode, a.conns, a.warmup)
+        feed_http = client.run(f"(b) feed over HTTP, n=10, {a.conns} conns", port, feed_mode, a.conns,
                                a.duration, srv.pid)
         serve["rss_feed"], _ = rss_mb(srv.pid)
         log(f"feed/http: {feed_http.rps:,.0f} req/s, p50 {feed_http.p50_ms:.2f} ms, p99 {feed_http.p99_ms:.2f} ms")
+        spy(srv, f"feed over HTTP ({a.conns} conns), server process", feed_mode, a.conns, "feed")
 
+        events_mode = ("events", a.users, a.items, a.batch)
         events_http = client.run(f"(d) POST /v1/events, {a.batch}/batch, {a.ingest_conns} conns", port,
-                                 ("events", a.users, a.items, a.batch), a.ingest_conns, a.duration, srv.pid)
+                                 events_mode, a.ingest_conns, a.duration, srv.pid)
         log(f"events/http: {events_http.events_per_s:,.0f} events/s, p50 {events_http.p50_ms:.1f} ms")
+        spy(srv, f"POST /v1/events over HTTP ({a.batch}/batch), server process", events_mode, a.ingest_conns,
+            "events")
 
-        # mixed: feeds while ingesting at a fixed rate
+        # mixed: feeds while another client ingests at a fixed rate
         ingest_s = a.duration + a.warmup + 2
         ing = subprocess.Popen([PY, str(BENCH / "ingester.py"), "--port", str(port), "--rate", str(a.mixed_rate),
                                 "--batch", str(a.batch), "--seconds", str(ingest_s), "--users", str(a.users),
-                                "--items", str(a.items)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                                "--items", str(a.items), "--connections", "4"],
+                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
         time.sleep(1.0 + a.warmup)
-        mixed = client.run(f"mixed: (b) while ingesting {a.mixed_rate:,.0f} events/s", port, ("feed", a.users, 10),
+        mixed = client.run(f"mixed: (b) while another client posts {a.mixed_rate:,.0f} events/s", port, feed_mode,
                            a.conns, a.duration, srv.pid)
         out, _ = ing.communicate(timeout=ingest_s + 120)
         mixed_ingest: dict[str, Any] = {}
         for line in out.splitlines():
             if line.startswith("INGESTJSON "):
                 mixed_ingest = orjson.loads(line[11:])
-        mixed_ingest["connections"] = 4
+                mixed_ingest["connections"] = 4
         log(f"mixed: feed p99 {mixed.p99_ms:.1f} ms; ingest {mixed_ingest.get('events_per_s', 0):,.0f} events/s")
-        serve["rss_end"], serve["hwm_end"] = rss_mb(srv.pid)
-
-        profiles: list[Profile] = []
-        if profile and pyspy_available():
-            for title, mode, conns, fname in (
-                (f"feed over HTTP ({a.conns} conns), server process", ("feed", a.users, 10), a.conns, "feed"),
-                (f"POST /v1/events over HTTP ({a.batch}/batch), server process",
-                 ("events", a.users, a.items, a.batch), a.ingest_conns, "events"),
-            ):
-                path = OUT / f"profile-{fname}.txt"
-                spy = start_pyspy(srv.pid, a.profile_seconds, path)
-                client.run("profiled", port, mode, conns, a.profile_seconds + 1)
-                spy.wait(timeout=a.profile_seconds + 60)
-                prof = parse_pyspy(path, title)
-                if prof:
-                    profiles.append(prof)
-            if load:
-                prof = parse_pyspy(OUT / "profile-bulk.txt",
-                                   f"bulk load (`foryou load --events`), first {a.profile_seconds * 3:.0f} s")
-                if prof:
-                    profiles.append(prof)
         serve["rss_end"], serve["hwm_end"] = rss_mb(srv.pid)
         serve["stop_s"] = srv.stop()
 
-    log("in-process feed and ingest")
-    feed_ip, ingest_ip, _, ip_profiles = run_inprocess(data, a.users, a.items, a.duration, a.max_feeds, profile,
-                                                       a.batch)
-    profiles.extend(ip_profiles)
-    log(f"feed/in-process: p50 {feed_ip.p50_ms:.2f} ms, p99 {feed_ip.p99_ms:.2f} ms")
+    if load and profile and pyspy_available():
+        bulk_prof = parse_pyspy(OUT / "profile-bulk.txt", f"bulk load (`foryou load --events`), "
+                                f"{a.profile_seconds * 3:.0f} s from the start")
+        if bulk_prof:
+            profiles.append(bulk_prof)
+
+    log("in-process ingest")
+    ingest_ip, got = inprocess_ingest(data, a.users, a.items, a.duration, a.warmup, a.batch, profile)
+    profiles.extend(got)
+    log(f"  {ingest_ip.events_per_s:,.0f} events/s, p50 {ingest_ip.p50_ms:.1f} ms")
 
     rows = [floor, healthz, feed_http, feed_ip, events_http, ingest_ip, mixed]
     for r in rows:

@@ -12,6 +12,7 @@ from foryou.types import STAT_NAMES, ItemRecord
 # Columns of `Catalog.stats`: the public counters, then the internal ones.
 STATS = {name: i for i, name in enumerate((*STAT_NAMES, "early_swipes"))}
 ALL_REGIONS = np.int64(-1)
+RANK_TAGS = 4  # tags per item kept column-wise for vectorised ranking (learning uses them all)
 
 
 class Vocab:
@@ -77,6 +78,8 @@ class Catalog:
         self.mature = grow(get("mature"), np.bool_, False)
         self.region_mask = grow(get("region_mask"), np.int64, -1)
         self.stats = grow(get("stats"), np.float64, 0, len(STATS))
+        self.tag_cols = grow(get("tag_cols"), np.int64, -1, RANK_TAGS)
+        self.tag_count = grow(get("tag_count"), np.int16)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -107,6 +110,8 @@ class Catalog:
         creator = self.creators(item.creator)
         sound = self.sounds(item.sound) if item.sound is not None else -1
         self.item_tags[idx] = tags
+        self.tag_cols[idx] = (*tags[:RANK_TAGS], *(-1,) * (RANK_TAGS - len(tags[:RANK_TAGS])))
+        self.tag_count[idx] = len(tags)
         self.creator_l[idx], self.sound_l[idx], self.topic_l[idx] = creator, sound, topic
         self.duration_l[idx] = item.duration_s
         self.creator[idx], self.sound[idx], self.topic[idx] = creator, sound, topic
@@ -159,6 +164,8 @@ class Catalog:
         stop = start + n
         self.creator[start:stop], self.sound[start:stop], self.topic[start:stop] = creators, sounds, topics
         self.duration[start:stop] = durations
+        self.tag_cols[start:stop] = [(*t[:RANK_TAGS], *(-1,) * (RANK_TAGS - len(t[:RANK_TAGS]))) for t in tags]
+        self.tag_count[start:stop] = [len(t) for t in tags]
         self.created_at[start:stop] = [i.created_at for i in items]
         self.alive[start:stop] = [not i.down for i in items]
         self.mature[start:stop] = [i.mature for i in items]

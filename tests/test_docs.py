@@ -132,10 +132,12 @@ def test_cli_help_matches_docs(monkeypatch: pytest.MonkeyPatch) -> None:
     expected = dict(help_texts())
     assert set(blocks) == set(expected), (
         f"docs/cli.md has --help blocks for {sorted(blocks)}, the CLI has {sorted(expected)}; "
-        "regenerate with `python tests/test_docs.py`")
+        "regenerate with `python tests/test_docs.py`"
+    )
     for command, text in expected.items():
         assert blocks[command] == text, (
-            f"`{command} --help` differs from docs/cli.md; regenerate with `python tests/test_docs.py`")
+            f"`{command} --help` differs from docs/cli.md; regenerate with `python tests/test_docs.py`"
+        )
 
 
 # -- (c) HTTP routes, reasons and metrics <-> docs/api.md --
@@ -209,8 +211,11 @@ def test_readme_quick_start_is_make_run_and_make_test() -> None:
     readme = _read(ROOT / "README.md")
     section = re.search(r"^## Quick start\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
     assert section, "README.md has no '## Quick start' section"
-    commands = [line.split("#")[0].strip() for block in re.findall(r"```[^\n]*\n(.*?)```", section[1], re.S)
-                for line in block.splitlines()]
+    commands = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```[^\n]*\n(.*?)```", section[1], re.S)
+        for line in block.splitlines()
+    ]
     assert "make run" in commands, "the quick start should show `make run`"
     assert "make test" in commands, "the quick start should show `make test`"
     makefile = _read(ROOT / "Makefile")

@@ -4,6 +4,7 @@ Worlds are small and synthetic, so every expected answer is known by constructio
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -142,11 +143,12 @@ def test_taken_down_items_are_never_served(engines: Engines) -> None:
     for item_id in down:
         e.items.set_down(item_id, True)
     first = feed_ids(e, "u", 5)
-    assert not down & set(first)
-    e.items.set_down("i021", True)  # taken down between requests
+    assert len(first) == 5 and not down & set(first)
+    later = next(i.id for i in world if i.id not in first and i.id not in down and i.id not in ("i006", "i009"))
+    e.items.set_down(later, True)  # taken down between requests
     rest = drain(e, "u")
-    assert not (down | {"i021"}) & set(first + rest)
-    assert set(first + rest) == {i.id for i in world} - down - {"i021", "i006", "i009"}
+    assert not (down | {later}) & set(first + rest)
+    assert set(first + rest) == {i.id for i in world} - down - {later, "i006", "i009"}
 
 
 def test_restored_item_is_served_again(engines: Engines) -> None:
@@ -244,7 +246,7 @@ def _creator_world() -> list[ItemIn]:
 
 def _assert_no_adjacent_creator(e: Engine, sequence: list[str]) -> None:
     creators = [e.items.get(i)["creator"] for i in sequence]
-    for prev, cur in zip(creators, creators[1:], strict=False):
+    for prev, cur in itertools.pairwise(creators):
         assert prev != cur or cur != "star", creators
 
 
@@ -315,16 +317,13 @@ def test_yardstick_learns_from_the_very_next_request(engines: Engines, clock: Cl
     assert not set(nxt) & set(good + bad + cold)
 
 
-def test_swipes_alone_push_a_topic_down(engines: Engines, clock: Clock) -> None:
+def test_early_swipes_push_a_topic_down(engines: Engines) -> None:
     e = engines.open()
-    world = big_world()
+    world = [item(f"a{k}", f"ca{k}", "A") for k in range(20)] + [item(f"b{k}", f"cb{k}", "B") for k in range(20)]
     e.items.upsert(world)
-    # swipe away every video of 29 topics but one... in fact: 3 of each of 29 topics
-    events = [view("u", i.id, 0.3) for t in TOPICS[1:] for i in [w for w in world if w.topic == t][:3]]
-    e.events.ingest(events)
+    e.events.ingest([view("u", f"a{k}", 0.5) for k in range(5)])
     nxt = feed_ids(e, "u", 10)
-    topics = Counter(topic_of(e, i) for i in nxt)
-    assert topics[TOPICS[0]] >= 4, topics
+    assert sum(i.startswith("b") for i in nxt) >= 9, nxt
 
 
 # -- restart and crash ----------------------------------------------------------------------------------------
@@ -332,7 +331,7 @@ def test_swipes_alone_push_a_topic_down(engines: Engines, clock: Clock) -> None:
 
 def snapshot(e: Engine, users: list[str]) -> dict[str, object]:
     live, cat = e.live, e.live.catalog
-    now = e.clock()
+    now = T0 + DAY  # decayed values are compared at one fixed time, whatever the clock says
     out: dict[str, object] = {
         "stats": {cat.ids[i]: cat.stats[i].tolist() for i in range(len(cat))},
         "public_stats": {cat.ids[i]: e.items.get(cat.ids[i])["stats"] for i in range(len(cat))},
@@ -371,7 +370,7 @@ def _activity(e: Engine, clock: Clock, checkpoint_midway: bool) -> dict[str, int
     e.items.upsert(simple_world(60, topics=4, creators=12))
     e.users.put("bob", UserIn(region="eu"))
     e.users.put("ann", UserIn(region="us", age_band="18+"))
-    done = Counter[str]()
+    done = Counter[str]()  # the checkpoint interval is 5 s: the clock moves less than that, except midway
 
     def ingest(events: list[EventIn]) -> None:
         e.events.ingest(events)
@@ -381,7 +380,7 @@ def _activity(e: Engine, clock: Clock, checkpoint_midway: bool) -> dict[str, int
     def serve(user: str, n: int) -> None:
         done["served"] += len(feed_ids(e, user, n))
 
-    clock.advance(5)
+    clock.advance(1)
     ingest([view("ann", "i000", 20.0), view("ann", "i004", 20.0), view("bob", "i001", 0.5),
             EventIn(user="ann", item="i008", type="like"), EventIn(user="cid", item="i002", type="share")])
     serve("ann", 5)
@@ -403,7 +402,7 @@ def _check_counts(e: Engine, done: dict[str, int]) -> None:
     for item_id in e.live.catalog.ids:
         for name, v in e.items.get(item_id)["stats"].items():  # type: ignore[attr-defined]
             totals[name] += v
-    assert totals["views"] == done["view"] == 10
+    assert totals["views"] == done["view"] == 9
     assert totals["served"] == done["served"] == 20
     assert totals["likes"] == 1 and totals["shares"] == 1 and totals["follows"] == 1
     assert totals["comments"] == 1 and totals["not_interested"] == 1 and totals["reports"] == 1

@@ -9,7 +9,7 @@ import numpy as np
 
 from foryou.catalog import STATS, Catalog
 from foryou.config import ValueWeights
-from foryou.interest import UserState, item_features
+from foryou.interest import CREATOR, SOUND, TOPIC, UserState
 
 HEADS = ("complete", "like", "comment", "share", "follow")
 _COLUMN = {"complete": STATS["completions"], "like": STATS["likes"], "comment": STATS["comments"],
@@ -32,11 +32,30 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def affinity(catalog: Catalog, state: UserState, candidates: np.ndarray, scale: float) -> np.ndarray:
-    """How well each candidate matches the user's decayed interests, squashed into (-1, 1)."""
+    """How well each candidate matches the user's decayed interests, squashed into (-1, 1): the sum of
+    the user's weights on the item's features, as `interest.item_features` shares them out (ranking
+    looks at the first `RANK_TAGS` tags). Vectorised: a sorted lookup of candidate features."""
     weights = state.weights
-    raw = np.empty(len(candidates))
-    for k, idx in enumerate(candidates.tolist()):
-        raw[k] = sum(weights.get(f, 0.0) * share for f, share in item_features(catalog, idx))
+    raw = np.zeros(len(candidates))
+    if not weights or len(candidates) == 0:
+        return raw
+    keys = np.fromiter(weights.keys(), np.int64, len(weights))
+    values = np.fromiter(weights.values(), np.float64, len(weights))
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+
+    def lookup(features: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        pos = np.minimum(np.searchsorted(keys, features), len(keys) - 1)
+        return np.where((keys[pos] == features) & (codes >= 0), values[pos], 0.0)
+
+    tags = catalog.tag_cols[candidates]
+    share = 1.0 / np.sqrt(np.maximum(catalog.tag_count[candidates], 1))
+    for j in range(tags.shape[1]):
+        raw += lookup(tags[:, j], tags[:, j]) * share  # TAG is kind 0: the code is the feature
+    for kind, column, gain in ((TOPIC, catalog.topic, 1.0), (CREATOR, catalog.creator, 0.8),
+                               (SOUND, catalog.sound, 0.5)):
+        codes = column[candidates].astype(np.int64)
+        raw += gain * lookup((kind << 32) | codes, codes)
     return np.tanh(raw * scale / 4.0)
 
 
@@ -53,8 +72,7 @@ class HeuristicRanker:
         total_views = float(totals[STATS["views"]])
         views = stats[candidates, STATS["views"]]
         aff = affinity(catalog, state, candidates, decay)
-        followed = np.fromiter((int(c) in state.follows for c in catalog.creator[candidates]), bool,
-                               len(candidates))
+        followed = np.isin(catalog.creator[candidates], np.fromiter(state.follows, np.int64, len(state.follows)))
         out: dict[str, np.ndarray] = {}
         for head in HEADS:
             col = _COLUMN[head]
