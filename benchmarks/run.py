@@ -53,6 +53,16 @@ PY = sys.executable
 LUA = BENCH / "wrk.lua"
 CLK = os.sysconf("SC_CLK_TCK")
 
+
+class _Code:
+    """Where the foryou package under test lives (the working tree, or a snapshot: see --rev)."""
+
+    dir: Path = ROOT
+    desc: str = ""
+
+
+CODE = _Code()
+
 sys.path.insert(0, str(BENCH))
 from gen import generate  # noqa: E402
 from ingester import body as events_body  # noqa: E402
@@ -89,6 +99,31 @@ def cpu_s(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / CLK
 
 
+def system_busy() -> float:
+    """Core-seconds the whole machine has spent busy (not idle, not waiting on I/O) since boot."""
+    with open("/proc/stat") as fh:
+        vals = [int(v) for v in fh.readline().split()[1:9]]
+    return (sum(vals) - vals[3] - vals[4]) / CLK
+
+
+QUIET = {"limit_s": 60.0}
+
+
+def wait_quiet(threshold: float = 0.25) -> float:
+    """Waits (at most QUIET['limit_s'] seconds) until other processes use less than `threshold` of a core over
+    one second, so that a measurement does not start while, say, a test suite is running; returns the load
+    last seen (cores)."""
+    deadline = time.perf_counter() + QUIET["limit_s"]
+    while True:
+        b0 = system_busy()
+        time.sleep(1.0)
+        other = system_busy() - b0
+        if other < threshold or time.perf_counter() > deadline:
+            if other >= threshold:
+                log(f"  machine still busy ({other:.2f} cores used by other processes): measuring anyway")
+            return other
+
+
 def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -112,13 +147,14 @@ def post(port: int, path: str, body: bytes, timeout: float = 30.0) -> tuple[int,
 class Server:
     """A server subprocess on 127.0.0.1; `ready_s` is the time from spawn until `health` answered 200."""
 
-    def __init__(self, name: str, argv: list[str], port: int, health: str, timeout: float = 900.0) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, health: str, timeout: float = 900.0,
+                 cwd: Path = ROOT) -> None:
         self.name, self.port = name, port
         self.log_path = OUT / f"{name}.log"
         self.log_file = self.log_path.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         started = time.perf_counter()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
         deadline = started + timeout
         while True:
             if self.proc.poll() is not None:
@@ -162,6 +198,7 @@ class Result:
     batch: int = 0  # events per request (0: not an ingest row)
     server_cpu: float = float("nan")  # share of one core the server used
     client_cpu: float = float("nan")  # share of one core the load generator used
+    other_cpu: float = float("nan")  # cores used by every other process during the measurement
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -182,14 +219,22 @@ class Client:
         self.kind = kind
 
     def run(self, name: str, port: int, mode: tuple[Any, ...], conns: int, seconds: float,
-            server_pid: int | None = None) -> Result:
+            server_pid: int | None = None, quiet: bool = True) -> Result:
+        """One closed-loop measurement. With a server pid it also records the server's CPU, and (after waiting
+        for the machine to be quiet) the CPU every other process used meanwhile."""
+        if server_pid and quiet:
+            wait_quiet()
         cpu0 = cpu_s(server_pid) if server_pid else 0.0
+        busy0, wall0 = system_busy(), time.perf_counter()
         if self.kind == "wrk":
             r = self._wrk(name, port, mode, conns, seconds)
         else:
             r = self._python(name, port, mode, conns, seconds)
+        wall = time.perf_counter() - wall0
         if server_pid:
-            r.server_cpu = (cpu_s(server_pid) - cpu0) / r.seconds
+            server = cpu_s(server_pid) - cpu0
+            r.server_cpu = server / r.seconds
+            r.other_cpu = max(0.0, (system_busy() - busy0 - server - r.client_cpu * r.seconds) / wall)
         return r
 
     def _wrk(self, name: str, port: int, mode: tuple[Any, ...], conns: int, seconds: float) -> Result:
@@ -388,8 +433,10 @@ def run_load(data: Path, items: Path, events: Path, profile: bool, profile_s: fl
         rows = sum(1 for _ in path.open("rb"))
         cmd = [PY, "-m", "foryou.cli", "load", "--data", str(data), f"--{what}", str(path), "--quiet"]
         log(f"bulk load: {what} ({rows:,} rows)")
+        wait_quiet()
+        busy0 = system_busy()
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=CODE.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         spy = None
         if profile and what == "events" and pyspy_available():
             time.sleep(min(3.0, max(0.5, rows / 400_000)))
@@ -403,7 +450,9 @@ def run_load(data: Path, items: Path, events: Path, profile: bool, profile_s: fl
             spy.wait(timeout=profile_s + 60)
         if proc.returncode != 0:
             raise RuntimeError(f"foryou load failed: {' '.join(cmd)}\n{text[-3000:]}")
+        own = usage.ru_utime + usage.ru_stime
         out[what] = {"rows": rows, "seconds": took, "per_s": rows / took, "peak_rss_mb": usage.ru_maxrss / 1024,
+                     "cpu": own / took, "other_cpu": max(0.0, (system_busy() - busy0 - own) / took),
                      "output": text.strip().splitlines()[-1] if text.strip() else ""}
         log(f"  {rows:,} {what} in {took:.1f}s = {rows / took:,.0f}/s ({out[what]['output']})")
     return out
@@ -427,7 +476,7 @@ engine.store.close()
 
 def run_open(data: Path) -> dict[str, Any]:
     """Engine.open on the loaded data directory, in a fresh process (no checkpoint on exit)."""
-    proc = subprocess.run([PY, "-c", _OPEN_SNIPPET, str(data)], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([PY, "-c", _OPEN_SNIPPET, str(data)], cwd=CODE.dir, capture_output=True, text=True,
                           timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"Engine.open failed:\n{proc.stderr[-3000:]}")
@@ -458,6 +507,11 @@ def sanity(port: int, users: int, items: int) -> str:
     return f"feed returned {got} items; events: {raw.decode()}"
 
 
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def _open_engine(data: Path) -> Any:
     from foryou.config import load_settings
     from foryou.engine import Engine
@@ -477,6 +531,8 @@ def inprocess_feed(data: Path, users: int, seconds: float, warmup: float, max_fe
         while time.perf_counter() < t_end:
             feed(f"u{rng.randrange(users)}", 10)
         lat: list[float] = []
+        wait_quiet()
+        busy0, cpu0 = system_busy(), _self_cpu()
         t_end = time.perf_counter() + seconds
         t0 = time.perf_counter()
         while len(lat) < max_feeds and time.perf_counter() < t_end:
@@ -486,7 +542,9 @@ def inprocess_feed(data: Path, users: int, seconds: float, warmup: float, max_fe
             lat.append(time.perf_counter() - t)
         total = time.perf_counter() - t0
         lat.sort()
+        own = _self_cpu() - cpu0
         row = Result("(c) feed, in-process", 1, len(lat), total, _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000,
+                     server_cpu=own / total, other_cpu=max(0.0, (system_busy() - busy0 - own) / total),
                      extra={"mean_ms": 1000 * sum(lat) / len(lat)})
         if profile:
             n = min(500, max(50, len(lat)))
@@ -523,16 +581,21 @@ def inprocess_ingest(data: Path, users: int, items: int, seconds: float, warmup:
         while time.perf_counter() < t_end:
             engine.events.ingest(EventBatch.model_validate_json(payload()).events)
         lat: list[float] = []
+        wait_quiet()
+        busy0, cpu0, wall0 = system_busy(), _self_cpu(), time.perf_counter()
         t_end = time.perf_counter() + seconds
         while len(lat) < 10 or (len(lat) < 500 and time.perf_counter() < t_end):
             raw = payload()
             t = time.perf_counter()
             engine.events.ingest(EventBatch.model_validate_json(raw).events)
             lat.append(time.perf_counter() - t)
+        wall = time.perf_counter() - wall0
+        own = _self_cpu() - cpu0
         busy = sum(lat)
         lat.sort()
         row = Result(f"(e) POST body validate + ingest in-process, {batch}/batch", 1, len(lat), busy,
-                     _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000, batch=batch)
+                     _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000, batch=batch, server_cpu=own / wall,
+                     other_cpu=max(0.0, (system_busy() - busy0 - own) / wall))
         if profile:
             bodies = [payload() for _ in range(20)]
             prof = cProfile.Profile()
@@ -564,8 +627,8 @@ def ratio(x: float, floor: float) -> str:
 
 def results_table(rows: list[Result], floor: Result) -> str:
     head = ("| Measure | Conns | Requests | Req/s | Events/s | p50 ms | p99 ms | Errors | Req/s ÷ floor "
-            "| p50 ÷ floor | p99 ÷ floor | Server CPU | Client CPU |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "| p50 ÷ floor | p99 ÷ floor | Server CPU | Client CPU | Other load |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         lines.append(
@@ -573,7 +636,8 @@ def results_table(rows: list[Result], floor: Result) -> str:
             f"| {fmt(r.p50_ms, 2)} | {fmt(r.p99_ms, 2)} | {r.errors} | {ratio(r.rps, floor.rps)} "
             f"| {ratio(r.p50_ms, floor.p50_ms)} | {ratio(r.p99_ms, floor.p99_ms)} "
             f"| {fmt(100 * r.server_cpu, 0) + '%' if r.server_cpu == r.server_cpu else '-'} "
-            f"| {fmt(100 * r.client_cpu, 0) + '%' if r.client_cpu == r.client_cpu else '-'} |")
+            f"| {fmt(100 * r.client_cpu, 0) + '%' if r.client_cpu == r.client_cpu else '-'} "
+            f"| {fmt(100 * r.other_cpu, 0) + '%' if r.other_cpu == r.other_cpu else '-'} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -613,6 +677,8 @@ def machine() -> dict[str, str]:
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "foryou"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
+    if CODE.desc:
+        commit, dirty = CODE.desc, ""
     return {
         "cpu": f"{os.cpu_count()} vCPU {cpu}", "memory": mem, "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(), "libs": ", ".join(versions), "wrk": wrk,
@@ -636,6 +702,13 @@ def section(a: argparse.Namespace, m: dict[str, str], rows: list[Result], floor:
           f"{a.warmup:.0f} s of warm-up\n\n",
           "### Latency and throughput\n\n",
           results_table(rows, floor), "\n",
+          "Req/s and events/s count successful requests per second of the run; latency is per request (per "
+          "batch for the events rows), closed loop, so at 16 connections it includes queueing in the "
+          "single-threaded server. Server CPU: the server process's CPU (the harness's own for in-process "
+          "rows), in % of one core; Client CPU: the load generator's; Other load: every other process on the "
+          "machine during the run (each measurement first waits for it to be quiet, but cannot prevent "
+          "later activity). In-process rows are one call at a time; their ratios to the floor compare engine "
+          "time with the framework's cost.\n\n",
           f"The load generator's own ceiling: {fmt(ceiling.rps)} req/s (p50 {fmt(ceiling.p50_ms, 2)} ms) against a "
           f"raw uvloop socket server that answers a fixed response, i.e. {ceiling.rps / floor.rps:.1f}× the floor; "
           f"during the floor run the client used {fmt(100 * floor.client_cpu, 0)}% of a core and the server "
@@ -652,7 +725,8 @@ def section(a: argparse.Namespace, m: dict[str, str], rows: list[Result], floor:
         for what in ("items", "events"):
             d = load[what]
             md.append(f"| `foryou load --{what}`: {d['rows']:,} rows | {d['seconds']:.1f} s = "
-                      f"**{d['per_s']:,.0f} {what}/s**, peak RSS {d['peak_rss_mb']:,.0f} MiB |\n")
+                      f"**{d['per_s']:,.0f} {what}/s**, peak RSS {d['peak_rss_mb']:,.0f} MiB, CPU "
+                      f"{d['cpu']:.0%} (other load {d['other_cpu']:.0%}) |\n")
     else:
         md.append("| bulk load | skipped (--skip-load: data directory reused) |\n")
     md.append(f"| `Engine.open` on the loaded data dir (fresh process) | {opened['open_s']:.2f} s "
@@ -779,6 +853,23 @@ def targets_md(feed_http: Result, feed_ip: Result, events_http: Result, load: di
 
 # ---------------------------------------------------------------- main
 
+def use_revision(rev: str) -> None:
+    """Benchmark the foryou package as committed at `rev` (a snapshot under benchmarks/out/src-<sha>/, put
+    first on the path of this process and of every child) rather than the working tree."""
+    import tarfile
+
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    target = OUT / f"src-{sha}"
+    if not (target / "foryou" / "__init__.py").exists():
+        archive = subprocess.run(["git", "archive", sha, "foryou"], cwd=ROOT, capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, filter="data")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)
+    sys.path.insert(0, str(target))
+    CODE.dir, CODE.desc = target, f"{sha} (`--rev {rev}`: the committed tree, not the working copy)"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, default=100_000)
@@ -798,6 +889,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-load", action="store_true", help="reuse an already loaded data directory")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rev", help="benchmark foryou/ as committed at this git revision (default: the working tree)")
+    p.add_argument("--quiet-wait", type=float, default=60.0,
+                   help="before each measurement wait up to this many seconds for other processes to go idle")
     a = p.parse_args(argv)
     if a.quick:
         explicit = set(argv if argv is not None else sys.argv[1:])
@@ -821,10 +915,13 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk not found: apt-get install -y wrk, or use --client python", file=sys.stderr)
         return 2
     client = Client(client_kind)
+    QUIET["limit_s"] = a.quiet_wait
     profile = not a.no_profile
     if profile and not pyspy_available():
         log("py-spy not found (pip install py-spy into the venv): server and loader profiles are skipped")
     OUT.mkdir(parents=True, exist_ok=True)
+    if a.rev:
+        use_revision(a.rev)
     key = f"{a.items}i-{a.users}u-{a.events}e-s{a.seed}"
     src, data = OUT / f"gen-{key}", OUT / f"data-{key}"
     notes: list[str] = []
@@ -887,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         # the ForYou server
         port = free_port()
         log("foryou serve: starting")
-        srv = Server("foryou-serve", serve_cmd(data, port), port, "/healthz")
+        srv = Server("foryou-serve", serve_cmd(data, port), port, "/healthz", cwd=CODE.dir)
         stack.callback(srv.stop)
         serve: dict[str, Any] = {"ready_s": srv.ready_s}
         serve["rss_start"], _ = rss_mb(srv.pid)

@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e.field + ': ' if e.field and e.field not in e.message else ''}{e.message}",
                   file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

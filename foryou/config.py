@@ -76,6 +76,15 @@ class ConfigError(ForYouError):
     """A setting has an unknown name or a value of the wrong type."""
 
 
+# FORYOU_* variables that are not settings of this file.
+NOT_SETTINGS = frozenset({"FORYOU_ADMIN_KEY"})
+
+
+def env_name(setting: str) -> str:
+    """`server.port` -> `FORYOU_SERVER_PORT`."""
+    return "FORYOU_" + setting.replace(".", "_").upper()
+
+
 def setting_names(settings: Settings | None = None) -> list[str]:
     """Every setting as `section.key` (what the docs must list)."""
     settings = settings or Settings()
@@ -83,21 +92,32 @@ def setting_names(settings: Settings | None = None) -> list[str]:
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """A typed value from TOML (types must match) or from the environment (a string to parse)."""
     kind = kind if isinstance(kind, type) else type(kind)
+    text = isinstance(value, str)
     try:
         if kind is tuple:
-            parts = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(p).strip() for p in parts if str(p).strip())
-        if kind is bool:
-            if isinstance(value, str):
+            if text:
+                return tuple(p.strip() for p in value.split(",") if p.strip())
+            if isinstance(value, list) and all(isinstance(p, str) for p in value):
+                return tuple(value)
+        elif kind is bool:
+            if isinstance(value, bool):
+                return value
+            if text and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
                 return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if kind is float and isinstance(value, int | float | str):
-            return float(value)
-        if kind is int and isinstance(value, int | str) and not isinstance(value, bool):
-            return int(value)
-        if kind is str:
-            return str(value)
+        elif kind is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            if text:
+                return float(value)
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if text:
+                return int(value)
+        elif kind is str and text:
+            return value
     except ValueError:
         pass
     raise ConfigError(f"setting {name} must be of type {kind.__name__}, got {value!r}", field=name)
@@ -130,11 +150,14 @@ def load_settings(
             for key, value in values.items():
                 settings = _apply(settings, section, key, value)
     env = os.environ if env is None else env
-    known = {name.replace(".", "_").upper(): name for name in setting_names(settings)}
+    known = {env_name(name): name for name in setting_names(settings)}
     for var, value in env.items():
-        if var.startswith("FORYOU_") and var[7:] in known:
-            section, key = known[var[7:]].split(".")
+        if var in known:
+            section, key = known[var].split(".")
             settings = _apply(settings, section, key, value)
+        elif var.startswith("FORYOU_") and var not in NOT_SETTINGS:
+            raise ConfigError(f"unknown environment variable {var} (settings are listed in docs/configuration.md)",
+                              field=var)
     for name, value in (overrides or {}).items():
         if value is not None:
             section, key = name.split(".")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from foryou.errors import FieldError, InvalidInput
 from foryou.live import Live, LiveUser
-from foryou.types import EventIn, EventRecord
+from foryou.types import EventIn, EventRecord, parse_time
 
 MAX_FUTURE_S = 300.0
 
@@ -32,7 +32,12 @@ class IngestService:
         for i, e in enumerate(events):
             if e.item not in index:
                 errors.append(FieldError("item", f"unknown item {e.item!r}: upsert it first", i))
-            ts = e.ts if e.ts is not None else now
+            ts = now
+            if e.ts is not None:
+                try:
+                    ts = parse_time(e.ts, checked=True)
+                except ValueError as exc:
+                    errors.append(FieldError("ts", str(exc), i))
             if ts > now + MAX_FUTURE_S:
                 errors.append(FieldError("ts", "is more than 5 minutes in the future", i))
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
@@ -64,11 +69,10 @@ class IngestService:
             by_region.setdefault(region, []).append(r)
         for region, batch in by_region.items():
             created = [u for u in new_users.values() if u.profile.region == region]
-            seqs = live.store.append_events(region, batch, [u.profile for u in created])
+            seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())
             for new_user in created:
                 live.mark_stored(new_user)
-            for r, seq in zip(batch, seqs, strict=True):
-                live.apply_event(region, r, seq)
+            live.apply_events(region, batch, seqs)
         if checkpoint:
             live.maybe_checkpoint()
         return IngestResult(len(records) - duplicates, duplicates)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from foryou.errors import NotFound
+from foryou.errors import FieldError, InvalidInput, NotFound
 from foryou.live import Live
-from foryou.types import ItemIn, ItemRecord
+from foryou.types import ItemIn, ItemRecord, parse_time
 
 
 class ItemService:
@@ -17,12 +17,21 @@ class ItemService:
         """Replace fields by id; counters, takedown state and (when omitted) created_at are kept."""
         live = self.live
         now = live.clock()
+        errors = []
+        for i, it in enumerate(items):
+            if it.created_at is not None:
+                try:
+                    parse_time(it.created_at, checked=True)
+                except ValueError as exc:
+                    errors.append(FieldError("created_at", str(exc), i))
+        if errors:
+            raise InvalidInput(errors)
         latest: dict[str, ItemRecord] = {}
         for it in items:  # the last of repeated ids in one batch wins
             idx = live.catalog.index.get(it.id)
             previous = latest.get(it.id)
             if it.created_at is not None:
-                created = it.created_at
+                created = parse_time(it.created_at, checked=True)
             elif previous is not None:
                 created = previous.created_at
             elif idx is not None:
@@ -32,14 +41,32 @@ class ItemService:
             down = previous.down if previous else (idx is not None and not bool(live.catalog.alive[idx]))
             latest[it.id] = ItemRecord(
                 id=it.id, creator=it.creator, duration_s=it.duration_s, created_at=created,
-                caption=it.caption, tags=tuple(it.tags), topic=it.topic, sound=it.sound, lang=it.lang,
+                caption=it.caption, tags=tuple(it.tags), sound=it.sound, lang=it.lang,
+                topic=it.topic if it.topic is not None else (it.tags[0] if it.tags else None),
                 regions=tuple(it.regions) if it.regions is not None else None, mature=it.mature, down=down,
             )
         records = list(latest.values())
+        if any(self._learning_changed(r) for r in records):
+            # Replay after a crash re-applies logged events with the item as it is then; save the
+            # derived state first, so that no replay crosses a change of duration or features.
+            live.checkpoint()
         live.store.upsert_items(records)
         live.catalog.put_many(records)
         live.trending.ensure(len(live.catalog))
         return len(items)
+
+    def _learning_changed(self, record: ItemRecord) -> bool:
+        """Whether an upsert changes what learning from an existing item's events depends on."""
+        catalog = self.live.catalog
+        idx = catalog.index.get(record.id)
+        if idx is None:
+            return False
+        topic = record.topic if record.topic is not None else (record.tags[0] if record.tags else None)
+        return (catalog.duration_l[idx] != record.duration_s
+                or catalog.creators.names[catalog.creator_l[idx]] != record.creator
+                or (catalog.sounds.names[catalog.sound_l[idx]] if catalog.sound_l[idx] >= 0 else None) != record.sound
+                or [catalog.tags.names[t] for t in catalog.item_tags[idx]] != list(dict.fromkeys(record.tags))
+                or (catalog.tags.names[catalog.topic_l[idx]] if catalog.topic_l[idx] >= 0 else None) != topic)
 
     def get(self, item_id: str) -> dict[str, object]:
         record = self.live.store.get_item(item_id)

@@ -5,9 +5,8 @@ events and served rows logged after it, and checkpointed back to the store every
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from foryou.catalog import STATS, Catalog
 from foryou.config import Settings
 from foryou.interest import UserState, dumps, learn_one, loads, seed_interests
-from foryou.signals import is_completion, is_early_swipe, trend_weight
+from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask
 from foryou.store import Store
 from foryou.trending import Trending
 from foryou.types import STAT_NAMES, EventRecord, UserRecord
@@ -88,8 +87,14 @@ class Live:
         for region in catalog.regions:
             item_events, item_served = marks.get(region, (0, 0))
             state_mark = store.user_state_watermark(region)
+            chunk: list[EventRecord] = []
             for event in store.events_after(region, min(item_events, state_mark)):
-                self.apply_event(region, event, event.seq, items=event.seq > item_events, user=event.seq > state_mark)
+                chunk.append(event)
+                if len(chunk) >= 10_000:
+                    self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
+                    chunk = []
+            if chunk:
+                self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
             for served in store.served_after(region, item_served):
                 idx = catalog.index.get(served.item)
                 if idx is not None:
@@ -128,6 +133,9 @@ class Live:
                 seed_interests(state, catalog, profile.interests, self.clock(), self.tau)
             state.excluded = {catalog.index[i] for i in self.store.excluded_items(profile.region, user_id)
                               if i in catalog.index}
+            last = catalog.index.get(self.store.last_served(profile.region, user_id) or "")
+            if last is not None:  # served rows are durable; the checkpointed copy may be older
+                state.last_creator, state.last_sound = catalog.creator_l[last], catalog.sound_l[last]
             live = LiveUser(profile, state)
         self.users[user_id] = live
         self._trim()
@@ -159,40 +167,68 @@ class Live:
             self.dirty_users[region][live.profile.id] = live
 
     # -- applying what happened --
-    def apply_event(self, region: str, event: EventRecord, seq: int, items: bool = True, user: bool = True) -> None:
-        """Apply one logged event (sequence number `seq` in its region's log) to items and/or the user."""
+    def apply_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+                     item_after: int = 0, user_after: int = 0) -> None:
+        """Apply logged events (with their sequence numbers in the region's log, ascending) to the item
+        aggregates when seq > `item_after` and to users' interest state when seq > `user_after` (and
+        past what the user's saved state already includes): replay after a crash passes the marks."""
         catalog = self.catalog
-        idx = catalog.index.get(event.item)
-        if idx is None:
+        index = catalog.index
+        rows = [(k, index[e.item]) for k, e in enumerate(events) if e.item in index]
+        if not rows:
             return
-        if items:
-            row = catalog.stats[idx]
-            duration = catalog.duration_l[idx]
-            if event.type == "view":
-                row[_VIEWS] += 1
-                row[_WATCH] += event.watch_s
-                if is_completion(event.watch_s, duration):
-                    row[_COMPLETIONS] += 1
-                elif is_early_swipe(event.watch_s, duration):
-                    row[_EARLY] += 1
-            else:
-                row[_ACTION_COLUMN[event.type]] += 1
-            self.trending.add(region, idx, trend_weight(event.type, event.watch_s, duration), event.ts)
-            self.dirty_items.add(idx)
-        live = self.user(event.user, region) if user else None
-        if live is not None and seq > live.state.seq:  # else: already in the saved state (replay)
-            live.state.seq = seq
-            recent = list(live.state.recent)
-            strength = learn_one(live.state, catalog, idx, event.type, event.watch_s, event.ts, self.tau)
+        seq_arr = np.asarray(seqs, dtype=np.int64)
+        pos = np.fromiter((k for k, _ in rows), np.int64, len(rows))
+        idx = np.fromiter((i for _, i in rows), np.int64, len(rows))
+        fresh = seq_arr[pos] > item_after
+        if fresh.any():
+            self._apply_items(region, [events[k] for k in pos[fresh].tolist()], idx[fresh])
+        tau, user_of = self.tau, self.user
+        for k, i in rows:
+            seq = seqs[k]
+            if seq <= user_after:
+                continue
+            event = events[k]
+            live = user_of(event.user, region)
+            state = live.state
+            if seq <= state.seq:  # already in this user's saved state
+                continue
+            state.seq = seq
+            recent = state.recent[-4:]
+            strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau)
             self.touch(live, seq)
-            if strength >= 1.0 and items:
-                for other in recent[-4:]:
-                    if other != idx:
-                        a, b = catalog.ids[other], catalog.ids[idx]
+            if strength >= 1.0 and seq > item_after:
+                for other in recent:
+                    if other != i:
+                        a, b = catalog.ids[other], catalog.ids[i]
                         self.coeng[(a, b)] = self.coeng.get((a, b), 0.0) + 1.0
                         self.coeng[(b, a)] = self.coeng.get((b, a), 0.0) + 1.0
-        if seq > self.event_mark[region]:
-            self.event_mark[region] = seq
+        if seqs[-1] > self.event_mark[region]:
+            self.event_mark[region] = seqs[-1]
+
+    def _apply_items(self, region: str, events: list[EventRecord], idx: np.ndarray) -> None:
+        """Item counters and trending for a batch, vectorised."""
+        stats = self.catalog.stats
+        n = len(events)
+        kinds = [e.type for e in events]
+        watch = np.fromiter((e.watch_s for e in events), np.float64, n)
+        ts = np.fromiter((e.ts for e in events), np.float64, n)
+        duration = self.catalog.duration[idx]
+        view = np.fromiter((k == "view" for k in kinds), np.bool_, n)
+        complete = view & completion_mask(watch, duration)
+        early = view & ~complete & early_swipe_mask(watch, duration)
+        np.add.at(stats[:, _VIEWS], idx[view], 1.0)
+        np.add.at(stats[:, _WATCH], idx[view], watch[view])
+        np.add.at(stats[:, _COMPLETIONS], idx[complete], 1.0)
+        np.add.at(stats[:, _EARLY], idx[early], 1.0)
+        if not view.all():
+            action = ~view
+            columns = np.fromiter((_ACTION_COLUMN[k] for k in kinds if k != "view"), np.int64)
+            np.add.at(stats, (idx[action], columns), 1.0)
+        weights = np.where(view, np.where(complete, TREND_VIEW[0], np.where(early, TREND_VIEW[2], TREND_VIEW[1])),
+                           np.fromiter((TREND_WEIGHT.get(k, 0.0) for k in kinds), np.float64, n))
+        self.trending.add_many(region, idx, weights, ts)
+        self.dirty_items.update(idx.tolist())
 
     def apply_served(self, region: str, live: LiveUser, idxs: list[int], last_seq: int) -> None:
         catalog = self.catalog
@@ -218,10 +254,10 @@ class Live:
         """Called after requests: every `checkpoint_interval_s`, save a bounded slice of state, so that
         no single request pays for a whole checkpoint; the slices continue until nothing is dirty.
         Once an hour, idempotency keys past their time to live are dropped."""
-        wall = time.time()
-        if wall - self._last_purge >= 3600:
-            self._last_purge = wall
-            self.store.forget_event_ids(wall - self.settings.signals.event_id_ttl_days * 86400)
+        now = self.clock()
+        if now - self._last_purge >= 3600:  # keys are remembered from acceptance, in the engine's time
+            self._last_purge = now
+            self.store.forget_event_ids(now - self.settings.signals.event_id_ttl_days * 86400)
         pending = any(self.dirty_users.values())
         if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s or (
                 pending and self._in_progress):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def is_completion(watch_s: float, duration_s: float) -> bool:
     """A view watched to at least 90% (or looped)."""
@@ -11,6 +13,16 @@ def is_completion(watch_s: float, duration_s: float) -> bool:
 def is_early_swipe(watch_s: float, duration_s: float) -> bool:
     """A swipe away in the first seconds: under min(2 s, 20% of the video)."""
     return watch_s < min(2.0, 0.2 * duration_s)
+
+
+def completion_mask(watch_s: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
+    """`is_completion` over arrays."""
+    return watch_s >= 0.9 * duration_s
+
+
+def early_swipe_mask(watch_s: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
+    """`is_early_swipe` over arrays."""
+    return watch_s < np.minimum(2.0, 0.2 * duration_s)
 
 
 # Interest given by each explicit action (on the item's tags, topic, creator and sound).
@@ -23,7 +35,8 @@ ACTION_STRENGTH = {
     "report": -6.0,
 }
 
-# Engagement each event adds to an item's trending score.
+# Engagement each event adds to an item's trending score: a view by (completion, partial, early swipe).
+TREND_VIEW = (1.0, 0.3, 0.0)
 TREND_WEIGHT = {"like": 1.0, "comment": 1.5, "share": 2.0, "follow": 2.0, "not_interested": -1.0, "report": -2.0}
 
 
@@ -46,5 +59,7 @@ def event_strength(kind: str, watch_s: float, duration_s: float) -> float:
 
 def trend_weight(kind: str, watch_s: float, duration_s: float) -> float:
     if kind == "view":
-        return 1.0 if is_completion(watch_s, duration_s) else (0.0 if is_early_swipe(watch_s, duration_s) else 0.3)
+        if is_completion(watch_s, duration_s):
+            return TREND_VIEW[0]
+        return TREND_VIEW[2] if is_early_swipe(watch_s, duration_s) else TREND_VIEW[1]
     return TREND_WEIGHT[kind]

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+_REBASE_AT = 200.0  # exp(200) is far from float overflow, even summed over many events
+
 
 class Trending:
     def __init__(self, regions: tuple[str, ...], tau_s: float, t0: float = 0.0) -> None:
@@ -30,19 +32,38 @@ class Trending:
             return
         if self.t0 == 0.0:
             self.t0 = ts
+        if (ts - self.t0) / self.tau > _REBASE_AT:
+            self._rebase(ts)
         exponent = (ts - self.t0) / self.tau
-        if exponent > 200.0:  # rebase before float overflow; the order of scores is unchanged
-            for arr in self.scores.values():
-                arr *= math.exp(-exponent)
-            self.t0, exponent = ts, 0.0
-            for r in self.dirty:
-                self.dirty[r].update(np.flatnonzero(self.scores[r]).tolist())
         arr = self.scores[region]
         if idx >= len(arr):
             self.ensure(idx + 1)
             arr = self.scores[region]
         arr[idx] += weight * math.exp(exponent)
         self.dirty[region].add(idx)
+
+    def _rebase(self, ts: float) -> None:
+        """Move the reference time to `ts` before scores overflow; their order is unchanged."""
+        scale = math.exp(-(ts - self.t0) / self.tau)
+        for region, arr in self.scores.items():
+            arr *= scale
+            self.dirty[region].update(np.flatnonzero(arr).tolist())
+        self.t0 = ts
+
+    def add_many(self, region: str, idx: np.ndarray, weights: np.ndarray, ts: np.ndarray) -> None:
+        """`add` for arrays of events."""
+        keep = weights != 0.0
+        if not keep.any():
+            return
+        idx, weights, ts = idx[keep], weights[keep], ts[keep]
+        if self.t0 == 0.0:
+            self.t0 = float(ts[0])
+        latest = float(ts.max())
+        if (latest - self.t0) / self.tau > _REBASE_AT:
+            self._rebase(latest)
+        self.ensure(int(idx.max()) + 1)
+        np.add.at(self.scores[region], idx, weights * np.exp((ts - self.t0) / self.tau))
+        self.dirty[region].update(idx.tolist())
 
     def top(self, region: str, k: int, now: float, max_age_s: float = 2.0) -> np.ndarray:
         """The k highest-scoring item indexes, best first; recomputed at most every `max_age_s`."""

@@ -5,19 +5,12 @@ Timestamps are RFC 3339 strings with an offset on the wire and float epoch secon
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    StringConstraints,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 REGION_PATTERN = r"^[a-z][a-z0-9-]{0,15}$"
@@ -37,14 +30,26 @@ STAT_NAMES = (
 )
 
 
-def parse_time(value: str) -> float:
-    """RFC 3339 with an explicit offset -> epoch seconds."""
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$"
+_RFC3339 = re.compile(RFC3339_PATTERN)
+
+
+_FIRST = datetime(1, 1, 2, tzinfo=UTC)
+_LAST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def parse_time(value: str, checked: bool = False) -> float:
+    """RFC 3339 with an explicit offset -> epoch seconds (`checked`: the shape was already matched)."""
+    if not checked and not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2024-05-01T12:00:00Z")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2024-05-01T12:00:00Z") from None
     if moment.tzinfo is None:
         raise ValueError("must carry a UTC offset (e.g. Z or +02:00)")
+    if not _FIRST <= moment <= _LAST:  # so that it can be written back in UTC
+        raise ValueError("must lie between years 0001 and 9999 in UTC")
     return moment.timestamp()
 
 
@@ -53,14 +58,10 @@ def format_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def _time_value(value: object) -> float:
-    if not isinstance(value, str) or len(value) > 64:
-        raise ValueError("must be an RFC 3339 timestamp string with an offset, e.g. 2024-05-01T12:00:00Z")
-    return parse_time(value)
-
-
-# On the wire an RFC 3339 string; once validated, epoch seconds.
-Timestamp = Annotated[float, PlainValidator(_time_value), WithJsonSchema({"type": "string", "format": "date-time"})]
+# The shape is checked while validating (fast, in pydantic's core); services turn it into epoch seconds
+# with `parse_time`, which also rejects impossible dates.
+Timestamp = Annotated[str, StringConstraints(pattern=RFC3339_PATTERN), WithJsonSchema(
+    {"type": "string", "format": "date-time", "example": "2024-05-01T12:00:00Z"})]
 
 
 class _Strict(BaseModel):
@@ -161,7 +162,7 @@ class UserRecord:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EventRecord:
     """An accepted event, as appended to the user's region log."""
 
@@ -175,7 +176,7 @@ class EventRecord:
     seq: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ServedRecord:
     user: str
     item: str

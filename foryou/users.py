@@ -24,11 +24,12 @@ class UserService:
                            field="region")
         user = live.user(user_id, body.region)
         profile = user.profile
-        if body.interests is not None:
-            profile.interests = tuple(dict.fromkeys(body.interests))
+        if "interests" in body.model_fields_set:
+            profile.interests = tuple(dict.fromkeys(body.interests or ()))
+        if body.interests:
             seed_interests(user.state, live.catalog, profile.interests, live.clock(), live.tau)
             live.touch(user)
-        if body.lang is not None:
+        if "lang" in body.model_fields_set:
             profile.lang = body.lang
         if "age_band" in body.model_fields_set:
             profile.age_band = body.age_band

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from foryou.catalog import STATS, Catalog, Vocab
+from foryou.catalog import RANK_TAGS, STATS, Catalog, Vocab
 from foryou.types import STAT_NAMES, ItemRecord
 
 REGIONS = ("us", "eu", "br")
@@ -155,3 +155,84 @@ def test_growth_past_capacity_keeps_everything() -> None:
     us = cat.eligible_all("us", True)
     assert us.tolist() == [k % 2 == 0 and k % 13 != 0 for k in range(n)]
     assert sorted(cat.by_creator[cat.creators.ids["c3"]]) == [k for k in range(n) if k % 7 == 3]
+
+
+def _describe(cat: Catalog) -> dict[str, object]:
+    """Everything about a catalogue, by name (vocabulary codes may differ between two builds)."""
+    n = len(cat)
+    tag, creator, sound = cat.tags.names, cat.creators.names, cat.sounds.names
+    rows = {}
+    for i in range(n):
+        rows[cat.ids[i]] = (
+            creator[cat.creator[i]], sound[cat.sound[i]] if cat.sound[i] >= 0 else None,
+            tag[cat.topic[i]] if cat.topic[i] >= 0 else None, tuple(tag[t] for t in cat.item_tags[i]),
+            float(cat.duration[i]), float(cat.created_at[i]), bool(cat.alive[i]), bool(cat.mature[i]),
+            int(cat.region_mask[i]), cat.index[cat.ids[i]],
+            tuple(tag[t] for t in cat.tag_cols[i] if t >= 0), int(cat.tag_count[i]),
+        )
+        # the Python-list mirrors agree with the arrays
+        assert cat.creator_l[i] == cat.creator[i] and cat.sound_l[i] == cat.sound[i]
+        assert cat.topic_l[i] == cat.topic[i] and cat.duration_l[i] == cat.duration[i]
+    postings = {
+        kind: {names[code]: sorted({cat.ids[i] for i in lst if owner(i) == code}) for code, lst in table.items()}
+        for kind, table, names, owner in (
+            ("creator", cat.by_creator, creator, lambda i: cat.creator[i]),
+            ("sound", cat.by_sound, sound, lambda i: cat.sound[i]),
+            ("topic", cat.by_topic, tag, lambda i: cat.topic[i]),
+        )
+    }
+    postings["tag"] = {tag[code]: sorted({cat.ids[i] for i in lst if code in cat.item_tags[i]})
+                       for code, lst in cat.by_tag.items()}
+    for kind in postings:  # drop features no item has any more
+        postings[kind] = {k: v for k, v in postings[kind].items() if v}
+    return {"rows": rows, "postings": postings, "arrivals": [cat.ids[i] for i in cat.arrivals], "n": n}
+
+
+def _batch(start: int, n: int, **kw: object) -> list[ItemRecord]:
+    return [item(f"i{k}", creator=f"c{k % 5}", sound=f"s{k % 3}" if k % 4 else None,
+                 tags=tuple(f"t{(k + j) % 9}" for j in range(k % 7)), topic=f"top{k % 4}" if k % 2 else None,
+                 duration_s=1.0 + k, created_at=float(k), regions=("us",) if k % 3 == 0 else None,
+                 mature=k % 5 == 0, down=k % 11 == 0, **kw) for k in range(start, start + n)]
+
+
+def test_put_many_is_put_for_each() -> None:
+    batches = [
+        _batch(0, 30),
+        _batch(25, 10),  # overlaps: replacements mixed with new items
+        [*_batch(40, 3), item("i41", creator="late", tags=("z",)), *_batch(43, 2)],  # a repeat inside one batch
+        _batch(45, 1100),  # past the initial capacity
+    ]
+    one_by_one, many = Catalog(REGIONS, capacity=8), Catalog(REGIONS, capacity=8)
+    for b in batches:
+        for it in b:
+            one_by_one.put(it)
+        many.put_many(b)
+    want = _describe(one_by_one)
+    got = _describe(many)
+    assert got["n"] == want["n"] == 1140
+    assert got["arrivals"] == want["arrivals"]
+    assert got["rows"] == want["rows"]
+    assert got["postings"] == want["postings"]
+    assert got["rows"]["i41"][0] == "late"  # type: ignore[index]
+
+
+def test_put_many_keeps_counters_of_replaced_items() -> None:
+    cat = Catalog(REGIONS)
+    cat.put_many(_batch(0, 5))
+    cat.stats[3, STATS["likes"]] = 7
+    cat.put_many(_batch(3, 4))
+    assert len(cat) == 7 and cat.stats[3, STATS["likes"]] == 7
+
+
+def test_rank_tag_columns() -> None:
+    cat = Catalog(REGIONS)
+    cat.put(item("many", tags=tuple(f"t{k}" for k in range(RANK_TAGS + 3))))
+    cat.put(item("two", tags=("a", "b")))
+    cat.put(item("none"))
+    assert cat.tag_count.tolist()[:3] == [RANK_TAGS + 3, 2, 0]
+    assert [cat.tags.names[t] for t in cat.tag_cols[0]] == [f"t{k}" for k in range(RANK_TAGS)]
+    assert cat.tag_cols[1].tolist() == [cat.tags.ids["a"], cat.tags.ids["b"]] + [-1] * (RANK_TAGS - 2)
+    assert cat.tag_cols[2].tolist() == [-1] * RANK_TAGS
+    cat.put(item("two", tags=("c",)))  # replaced: the columns follow
+    assert cat.tag_cols[1].tolist() == [cat.tags.ids["c"]] + [-1] * (RANK_TAGS - 1)
+    assert cat.tag_count[1] == 1

@@ -80,6 +80,19 @@ def test_env_overrides_file(tmp_path: Path) -> None:
     assert s.store.user_cache == 77
 
 
+@pytest.mark.parametrize("var", ["FORYOU_SERVER_PROT", "FORYOU_PORT", "FORYOU_WEIGHTS", "FORYOU_NOPE_X"])
+def test_unknown_foryou_variable(var: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={var: "1"})
+    assert info.value.errors[0].field == var
+
+
+def test_variables_that_are_not_settings_are_ignored() -> None:
+    s = load_settings(env={"FORYOU_ADMIN_KEY": "secret", "PATH": "/bin", "FORYOUX_SERVER_PORT": "1",
+                           "foryou_server_port": "2"})
+    assert s == Settings()
+
+
 def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORYOU_SERVER_PORT", "8123")
     assert load_settings().server.port == 8123

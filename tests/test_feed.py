@@ -465,3 +465,20 @@ def test_stats_names_match_the_public_counters(engines: Engines) -> None:
     e = engines.open()
     e.items.upsert(simple_world(3))
     assert list(e.items.get("i000")["stats"]) == list(STAT_NAMES)  # type: ignore[arg-type]
+
+
+def test_crash_replay_uses_what_the_item_was_when_the_event_happened(engines: Engines, clock: Clock) -> None:
+    """Replay must rebuild the state the engine had, even when an item's metadata changed after an event:
+    a completed 10 s view stays a completion after the video is re-upserted as 60 s with other tags."""
+    e = engines.open()
+    e.items.upsert([item("x", "cx", "cats", duration=10.0), item("y", "cy", "dogs")])
+    e.events.ingest([view("u", "x", 10.0)])
+    e.items.upsert([item("x", "cx", "cars", duration=60.0)])  # metadata update after the event
+    before = snapshot(e, ["u"])
+    assert e.items.get("x")["stats"]["completions"] == 1  # type: ignore[index]
+    engines.crash(e)
+    e = engines.open()
+    assert e.items.get("x")["stats"]["completions"] == 1  # type: ignore[index]
+    after = snapshot(e, ["u"])
+    for key in before:
+        assert after[key] == before[key], key

@@ -198,6 +198,24 @@ def test_item_created_at_far_past_offset_never_500(client: TestClient) -> None:
             one_error(r, 422, "created_at", 0)
 
 
+NOT_RFC3339 = ["2024-W18-3T12:00:00Z", "20240501T120000Z", "2024-05-01T12Z", "2024-05-01T12:00Z",
+               "2024-05-01T12:00:00+0200", "2024-05-01T12:00:00+02", "2024-05-01", "2024-122T12:00:00Z"]
+
+
+@pytest.mark.parametrize("value", NOT_RFC3339)
+def test_timestamps_must_be_rfc3339(client: TestClient, value: str) -> None:
+    """ISO 8601 forms that RFC 3339 does not allow are rejected, for items and events alike."""
+    one_error(post_items(client, item("when", created_at=value)), 422, "created_at", 0)
+    one_error(post_events(client, {"user": "u1", "item": "known", "type": "like", "ts": value}), 422, "ts", 0)
+
+
+@pytest.mark.parametrize("value", ["2024-05-01T12:00:00Z", "2024-05-01T12:00:00.123+05:30", "2024-05-01T12:00:00-08:00",
+                                   "2024-05-01T12:00:00.5Z"])
+def test_rfc3339_timestamps_accepted(client: TestClient, value: str) -> None:
+    assert post_items(client, item("when", created_at=value)).status_code == 200
+    assert post_events(client, {"user": "u1", "item": "known", "type": "like", "ts": value}).status_code == 200
+
+
 # -- events --
 
 def test_view_without_watch_s(client: TestClient) -> None:
@@ -277,22 +295,25 @@ def test_event_timestamp_future_limit(client: TestClient) -> None:
     assert stats(client, "known")["likes"] == 1
 
 
-def test_several_invalid_events_all_reported(client: TestClient) -> None:
-    # problems with the shape of entries are reported together
+def test_several_invalid_events_reported(client: TestClient) -> None:
+    # several entries with the same kind of problem are all reported, each with its index
     r = post_events(client, {"user": "u1", "item": "known", "type": "like"},
-                    {"user": "u1", "item": "known", "type": "view"},
-                    {"user": "u1", "item": "known", "type": "nope"})
-    assert {(e["field"], e.get("index")) for e in assert_errors(r, 422)} == {("watch_s", 1), ("type", 2)}
-    # and so are problems found against the catalogue and the clock
+                    {"user": "u1", "item": "known", "type": "nope"},
+                    {"user": "u1", "item": "known", "type": "like"},
+                    {"user": "u1", "item": "known", "type": "also-nope"})
+    assert {(e["field"], e.get("index")) for e in assert_errors(r, 422)} == {("type", 1), ("type", 3)}
     r = post_events(client, {"user": "u1", "item": "known", "type": "like"},
                     {"user": "u1", "item": "nope", "type": "like"},
                     {"user": "u1", "item": "known", "type": "share", "ts": _future(60)},
                     {"user": "u1", "item": "nope2", "type": "share"})
     assert {(e["field"], e.get("index")) for e in assert_errors(r, 422)} == {("item", 1), ("ts", 2), ("item", 3)}
-    # mixed: whatever is reported is true, and the batch is rejected whole
+    # mixed problems: whatever is reported is true, and the batch is rejected whole
     r = post_events(client, {"user": "u1", "item": "nope", "type": "like"},
-                    {"user": "u1", "item": "known", "type": "view"})
-    assert {(e["field"], e.get("index")) for e in assert_errors(r, 422)} <= {("item", 0), ("watch_s", 1)}
+                    {"user": "u1", "item": "known", "type": "view"},
+                    {"user": "u1", "item": "known", "type": "like"},
+                    {"user": "u1", "item": "known", "type": "bad-type"})
+    reported = {(e["field"], e.get("index")) for e in assert_errors(r, 422)}
+    assert reported <= {("item", 0), ("watch_s", 1), ("type", 3)}, reported
     assert stats(client, "known")["likes"] == 0
 
 

@@ -203,3 +203,15 @@ def test_first_event_user_survives_a_crash(data: Path, clock: Clock) -> None:
 def test_empty_batch(engine: Engine) -> None:
     result = engine.events.ingest([])
     assert (result.accepted, result.duplicates) == (0, 0)
+
+
+def test_idempotency_keys_live_at_least_their_ttl_in_engine_time(engine: Engine, clock: Clock) -> None:
+    day = 86400.0
+    engine.events.ingest([view("u", "i0", id="k-old", ts=format_time(T0 - 30 * day))])  # an old event, sent now
+    clock.t += 6.5 * day  # within the 7-day TTL (counted from acceptance)
+    engine.events.ingest([view("u", "i1")])  # any request gives the engine a chance to purge
+    assert engine.events.ingest([view("u", "i0", id="k-old")]).duplicates == 1
+    clock.t += 3 * day  # now well past it
+    engine.events.ingest([view("u", "i2")])
+    again = engine.events.ingest([view("u", "i0", id="k-old")])
+    assert (again.accepted, again.duplicates) == (1, 0)

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from foryou.catalog import STATS, Catalog
+from foryou.catalog import RANK_TAGS, STATS, Catalog
 from foryou.config import ValueWeights
-from foryou.interest import UserState, learn_one
+from foryou.interest import TAG, TOPIC, UserState, code_of, item_features, key, kind_of, learn_one
 from foryou.ranking import HEADS, HeuristicRanker, value
 from foryou.ranking.heuristic import affinity
 from foryou.types import ItemRecord
@@ -137,3 +137,46 @@ def test_predict_is_pure() -> None:
     assert (cat.stats == stats_before).all() and s.weights == weights_before
     for head in HEADS:
         assert first[head].tolist() == second[head].tolist()
+
+
+def _scalar_affinity(cat: Catalog, state: UserState, idx: int, scale: float, max_tags: int) -> float:
+    """The definition: the user's weights on the item's features, shared out as `item_features` does,
+    counting only the first `max_tags` tags."""
+    tags = set(cat.item_tags[idx][:max_tags])
+    raw = sum(state.weights.get(f, 0.0) * share for f, share in item_features(cat, idx)
+              if kind_of(f) != TAG or code_of(f) in tags)
+    return math.tanh(raw * scale / 4.0)
+
+
+def test_vectorised_affinity_matches_the_definition() -> None:
+    rng = np.random.default_rng(7)
+    cat = Catalog(("us",))
+    for k in range(200):
+        n_tags = int(rng.integers(0, RANK_TAGS + 3))
+        cat.put(item(f"x{k}", creator=f"c{rng.integers(0, 15)}",
+                     tags=tuple(f"t{rng.integers(0, 25)}" for _ in range(n_tags)),
+                     topic=f"o{rng.integers(0, 6)}" if rng.random() < 0.7 else None,
+                     sound=f"s{rng.integers(0, 8)}" if rng.random() < 0.6 else None))
+    s = UserState()
+    for k in range(40):
+        kind = ("view", "like", "not_interested", "share")[k % 4]
+        learn_one(s, cat, int(rng.integers(0, 200)), kind, float(rng.uniform(0, 12)), T + 60 * k, TAU)
+    assert any(w < 0 for w in s.weights.values()) and any(w > 0 for w in s.weights.values())
+    cands = rng.permutation(200)[:150]
+    for scale in (1.0, 0.3):
+        got = affinity(cat, s, cands, scale)
+        want = [_scalar_affinity(cat, s, int(i), scale, RANK_TAGS) for i in cands]
+        assert got.tolist() == pytest.approx(want, rel=1e-6, abs=1e-9)  # tag shares are float32 there
+    assert affinity(cat, UserState(), cands, 1.0).tolist() == [0.0] * len(cands)
+    assert len(affinity(cat, s, np.array([], dtype=np.int64), 1.0)) == 0
+
+
+def test_affinity_counts_a_tag_and_a_topic_of_the_same_name_separately() -> None:
+    cat = Catalog(("us",))
+    cat.put(item("a", creator="x", tags=("cats",), topic="cats"))
+    cat.put(item("b", creator="y", tags=("cats",), topic="dogs"))
+    cat.put(item("c", creator="z", tags=("dogs",), topic="cats"))
+    s = UserState()
+    s.weights[key(TOPIC, cat.tags.ids["cats"])] = 2.0  # only the topic
+    got = affinity(cat, s, np.array([0, 1, 2]), 1.0)
+    assert got.tolist() == pytest.approx([math.tanh(0.5), 0.0, math.tanh(0.5)])

@@ -123,8 +123,10 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
     @app.get("/v1/users/{user_id}/feed", tags=["feed"])
     async def feed(user_id: IdPath, n: Annotated[int, Query(ge=1, le=100)] = 10) -> JSON:
         """The user's next `n` videos; each served item is recorded and never served again."""
+        result = engine.feeds.feed(user_id, n)
         metrics.inc("feeds_served_total")
-        return JSON(engine.feeds.feed(user_id, n).as_dict())
+        metrics.inc("feed_items_served_total", len(result.items))
+        return JSON(result.as_dict())
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

@@ -12,10 +12,16 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from foryou.errors import FieldError, ForYouError
+from foryou.types import ID_PATTERN, REGION_PATTERN, RFC3339_PATTERN
 
 log = logging.getLogger("foryou.http")
 
 _BATCH_KEYS = ("items", "events")
+_PATTERN_MESSAGES = {
+    ID_PATTERN: "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    REGION_PATTERN: "must be a lowercase region code (a letter, then up to 15 letters, digits or -)",
+    RFC3339_PATTERN: "must be an RFC 3339 timestamp with an offset, e.g. 2024-05-01T12:00:00Z",
+}
 
 
 def error_response(status: int, errors: list[FieldError], headers: dict[str, str] | None = None) -> Response:
@@ -33,9 +39,13 @@ def field_error(err: dict[str, Any]) -> FieldError:
     # pydantic names the model-level check by the validator; report the field it is about
     loc = [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tagged-union")))]
     message = str(err.get("msg", "invalid value"))
+    if err.get("type") == "string_pattern_mismatch":
+        message = _PATTERN_MESSAGES.get(str((err.get("ctx") or {}).get("pattern")), message)
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
     field = ".".join(str(p) for p in loc)
+    if field in ("item_id", "user_id"):  # path parameters: the same name as a 404 for them uses
+        field = "id"
     if not field and "watch_s" in message:
         field = "watch_s"
     return FieldError(field, message, index)

@@ -49,7 +49,7 @@ def affinity(catalog: Catalog, state: UserState, candidates: np.ndarray, scale: 
         return np.where((keys[pos] == features) & (codes >= 0), values[pos], 0.0)
 
     tags = catalog.tag_cols[candidates]
-    share = 1.0 / np.sqrt(np.maximum(catalog.tag_count[candidates], 1))
+    share = 1.0 / np.sqrt(np.maximum(catalog.tag_count[candidates], 1).astype(np.float64))
     for j in range(tags.shape[1]):
         raw += lookup(tags[:, j], tags[:, j]) * share  # TAG is kind 0: the code is the feature
     for kind, column, gain in ((TOPIC, catalog.topic, 1.0), (CREATOR, catalog.creator, 0.8),

@@ -69,22 +69,27 @@ class Store(Protocol):
         """Which of these idempotency keys any region already holds."""
 
     def append_events(
-        self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord]
+        self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
+        accepted_at: float | None = None,
     ) -> list[int]:
-        """Durably and atomically append events (and create the new users); returns their seqs."""
+        """Durably and atomically append events (and create the new users); returns their seqs.
+        Their idempotency keys are remembered from `accepted_at` (default: the wall clock)."""
 
     def events_after(self, region: str, seq: int) -> Iterator[EventRecord]: ...
 
     def user_events(self, region: str, user_id: str) -> list[EventRecord]: ...
 
     def forget_event_ids(self, before_ts: float) -> int:
-        """Drop idempotency keys accepted (wall-clock time) before `before_ts`; returns how many."""
+        """Drop idempotency keys accepted before `before_ts`; returns how many."""
 
     # -- served (per region) --
     def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
         """Durably and atomically record items shown to a user; returns their seqs."""
 
     def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]: ...
+
+    def last_served(self, region: str, user_id: str) -> str | None:
+        """The item most recently served to this user, if any."""
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         """Items this user must never be served again: served before, or viewed."""

@@ -198,7 +198,8 @@ class SQLiteStore:
         return found
 
     def append_events(
-        self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord]
+        self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
+        accepted_at: float | None = None,
     ) -> list[int]:
         with _tx(self._region[region]) as c:
             c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?)", [_user_row(u) for u in new_users])
@@ -208,7 +209,7 @@ class SQLiteStore:
                 [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id)
                  for n, e in enumerate(events)],
             )
-            accepted = time.time()  # ids are remembered from acceptance, whatever the event's own time
+            accepted = time.time() if accepted_at is None else accepted_at
             c.executemany("INSERT INTO event_ids VALUES (?,?)", [(e.id, accepted) for e in events if e.id])
         return list(range(first, first + len(events)))
 
@@ -241,6 +242,11 @@ class SQLiteStore:
         q = "SELECT seq, user, item, request_id, ts FROM served WHERE seq>? ORDER BY seq"
         for s, user, item, request_id, ts in self._region[region].execute(q, (seq,)):
             yield ServedRecord(user, item, request_id, ts, s)
+
+    def last_served(self, region: str, user_id: str) -> str | None:
+        row = self._region[region].execute(
+            "SELECT item FROM served WHERE user=? ORDER BY seq DESC LIMIT 1", (user_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         conn = self._region[region]

@@ -7,6 +7,7 @@ namespace again must reach the same data, which is how durability across close/r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -272,6 +273,17 @@ class TestUsers:
         assert store.find_user_region("u2") == "eu"
         assert store.find_user_region("u3") is None
 
+    def test_iter_user_ids_per_region(self, store: Store) -> None:
+        assert list(store.iter_user_ids("us")) == [] and list(store.iter_user_ids("eu")) == []
+        store.put_user(UserRecord("u1", "us", (), None, None, 1.0))
+        store.put_user(UserRecord("u2", "eu", (), None, None, 1.0))
+        store.put_user(UserRecord("u1", "us", ("again",), None, None, 1.0))  # replaced: still one id
+        store.append_events("us", [event("n1", "a"), event("n2", "b")],
+                            [UserRecord("n1", "us", (), None, None, 2.0), UserRecord("n2", "us", (), None, None, 2.0)])
+        store.append_events("us", [event("u1", "c")], [])  # events alone do not make users
+        assert sorted(store.iter_user_ids("us")) == ["n1", "n2", "u1"]
+        assert sorted(store.iter_user_ids("eu")) == ["u2"]
+
     def test_put_replaces(self, store: Store) -> None:
         store.put_user(UserRecord("u1", "us", ("cats",), "en", "13-17", 1.0))
         replaced = UserRecord("u1", "us", ("dogs", "birds"), "fr", None, 1.0)
@@ -346,17 +358,30 @@ class TestEvents:
         asked = [f"id{k}" for k in range(3000)]
         assert store.known_event_ids(asked) == {f"id{k}" for k in range(0, 3000, 2)}
 
-    def test_forget_event_ids(self, store: Store) -> None:
-        store.append_events("us", [event("u", "a", ts=100.0, event_id="old-us"),
-                                   event("u", "b", ts=200.0, event_id="edge"),
-                                   event("u", "c", ts=300.0, event_id="new-us")], [])
-        store.append_events("eu", [event("w", "a", ts=50.0, event_id="old-eu"), event("w", "b", ts=150.0)], [])
+    def test_forget_event_ids_by_acceptance_time(self, store: Store) -> None:
+        # keys are remembered from when they were accepted, whatever the events' own timestamps
+        store.append_events("us", [event("u", "a", ts=9_000.0, event_id="old-us")], [], accepted_at=100.0)
+        store.append_events("us", [event("u", "b", ts=1.0, event_id="edge")], [], accepted_at=200.0)
+        store.append_events("us", [event("u", "c", ts=2.0, event_id="new-us"), event("u", "d")], [],
+                            accepted_at=300.0)
+        store.append_events("eu", [event("w", "a", ts=5_000.0, event_id="old-eu"), event("w", "b")], [],
+                            accepted_at=50.0)
         assert store.forget_event_ids(200.0) == 2
         assert store.known_event_ids(["old-us", "edge", "new-us", "old-eu"]) == {"edge", "new-us"}
         assert store.forget_event_ids(200.0) == 0
+        assert store.forget_event_ids(300.5) == 2
+        assert store.known_event_ids(["edge", "new-us"]) == set()
         # the events themselves stay
-        assert len(list(store.events_after("us", 0))) == 3
+        assert len(list(store.events_after("us", 0))) == 4
         assert len(list(store.events_after("eu", 0))) == 2
+
+    def test_acceptance_time_defaults_to_the_wall_clock(self, store: Store) -> None:
+        started = time.time()
+        store.append_events("us", [event("u", "a", ts=1.0, event_id="k")], [])
+        assert store.forget_event_ids(started - 60) == 0
+        assert store.known_event_ids(["k"]) == {"k"}
+        assert store.forget_event_ids(time.time() + 60) == 1
+        assert store.known_event_ids(["k"]) == set()
 
     def test_append_is_atomic(self, store: Store) -> None:
         store.append_events("us", [event("u", "a", event_id="k0")], [])
@@ -397,6 +422,18 @@ class TestServed:
         assert store.excluded_items("us", "v") == {"s3", "v2"}
         assert store.excluded_items("eu", "u") == {"e1", "e2"}
         assert store.excluded_items("us", "nobody") == set()
+
+    def test_last_served(self, store: Store) -> None:
+        assert store.last_served("us", "u") is None
+        store.record_served("us", [ServedRecord("u", "a", "r1", 5.0), ServedRecord("u", "b", "r1", 5.0)])
+        store.record_served("us", [ServedRecord("v", "c", "r2", 6.0)])
+        assert store.last_served("us", "u") == "b"
+        store.record_served("us", [ServedRecord("u", "d", "r3", 1.0)])  # the latest row, not the latest ts
+        assert store.last_served("us", "u") == "d"
+        assert store.last_served("us", "v") == "c"
+        assert store.last_served("eu", "u") is None
+        store.append_events("us", [event("u", "z", "view")], [])  # a view is not a serve
+        assert store.last_served("us", "u") == "d"
 
     def test_record_served_is_atomic(self, store: Store) -> None:
         with pytest.raises(Boom):
@@ -460,10 +497,12 @@ def _snapshot(store: Store) -> dict[str, object]:
         "marks": store.item_watermarks(),
         "meta": store.get_meta("trend_t0"),
         "users": [store.get_user("us", "u1"), store.get_user("eu", "u2"), store.find_user_region("u2")],
+        "user_ids": {r: sorted(store.iter_user_ids(r)) for r in REGIONS},
         "events": {r: list(store.events_after(r, 0)) for r in REGIONS},
         "user_events": store.user_events("us", "u1"),
         "served": {r: list(store.served_after(r, 0)) for r in REGIONS},
         "excluded": [store.excluded_items("us", "u1"), store.excluded_items("eu", "u2")],
+        "last_served": [store.last_served("us", "u1"), store.last_served("eu", "u2")],
         "known": store.known_event_ids(["k1", "k2", "k3"]),
         "states": [store.load_user_state("us", "u1"), store.load_user_state("eu", "u2")],
         "state_marks": [store.user_state_watermark(r) for r in REGIONS],
@@ -477,10 +516,12 @@ class TestRegionIsolation:
         store.record_served("eu", [ServedRecord("eve", "c", "r", 2.0)])
         store.save_user_states("eu", {"eve": b"s"}, 2)
         assert store.get_user("us", "eve") is None
+        assert list(store.iter_user_ids("us")) == []
         assert store.user_events("us", "eve") == []
         assert list(store.events_after("us", 0)) == []
         assert list(store.served_after("us", 0)) == []
         assert store.excluded_items("us", "eve") == set()
+        assert store.last_served("us", "eve") is None
         assert store.load_user_state("us", "eve") is None
         assert store.user_state_watermark("us") == 0
         # ... and all of it is in the user's region
@@ -500,6 +541,8 @@ class TestDurability:
         # the snapshot is not trivially empty
         assert len(before["items"]) == 3  # type: ignore[arg-type]
         assert before["known"] == {"k1", "k2"}
+        assert before["user_ids"] == {"us": ["u1"], "eu": ["u2"]}
+        assert before["last_served"] == ["c", "a"]
 
     def test_seqs_keep_increasing_after_reopen(self, opener: Opener) -> None:
         store = opener()
