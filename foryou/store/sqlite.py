@@ -6,6 +6,7 @@ WAL is in the OS's hands); only a power loss can lose the last commits.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,7 +41,7 @@ CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, interests TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
     type INTEGER NOT NULL, watch_s REAL NOT NULL, ts REAL NOT NULL, id TEXT, request_id TEXT);
 CREATE INDEX IF NOT EXISTS events_user ON events (user);
-CREATE TABLE IF NOT EXISTS event_ids (id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_keys (h INTEGER PRIMARY KEY, accepted REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
     request_id TEXT NOT NULL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS served_user ON served (user);
@@ -189,12 +190,14 @@ class SQLiteStore:
 
     # -- events --
     def known_event_ids(self, ids: Sequence[str]) -> set[str]:
+        by_key = {_key(i): i for i in ids}
+        keys = list(by_key)
         found: set[str] = set()
         for conn in self._region.values():
-            for start in range(0, len(ids), 900):
-                chunk = ids[start:start + 900]
-                q = f"SELECT id FROM event_ids WHERE id IN ({','.join('?' * len(chunk))})"
-                found.update(r[0] for r in conn.execute(q, chunk))
+            for start in range(0, len(keys), 900):
+                chunk = keys[start:start + 900]
+                q = f"SELECT h FROM event_keys WHERE h IN ({','.join('?' * len(chunk))})"
+                found.update(by_key[r[0]] for r in conn.execute(q, chunk))
         return found
 
     def append_events(
@@ -210,7 +213,7 @@ class SQLiteStore:
                  for n, e in enumerate(events)],
             )
             accepted = time.time() if accepted_at is None else accepted_at
-            c.executemany("INSERT INTO event_ids VALUES (?,?)", [(e.id, accepted) for e in events if e.id])
+            c.executemany("INSERT INTO event_keys VALUES (?,?)", [(_key(e.id), accepted) for e in events if e.id])
         return list(range(first, first + len(events)))
 
     def events_after(self, region: str, seq: int) -> Iterator[EventRecord]:
@@ -227,7 +230,7 @@ class SQLiteStore:
         removed = 0
         for conn in self._region.values():
             with _tx(conn) as c:
-                removed += c.execute("DELETE FROM event_ids WHERE ts<?", (before_ts,)).rowcount
+                removed += c.execute("DELETE FROM event_keys WHERE accepted<?", (before_ts,)).rowcount
         return removed
 
     # -- served --
@@ -271,6 +274,12 @@ class SQLiteStore:
     def close(self) -> None:
         for conn in (self._catalog, *self._region.values()):
             conn.close()
+
+
+def _key(event_id: str) -> int:
+    """Idempotency keys are kept as 64-bit hashes: an integer primary key is several times cheaper to
+    insert and look up than text, and a key that might carry a user id is not kept readable."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _user_row(u: UserRecord) -> tuple[object, ...]:
