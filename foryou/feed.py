@@ -62,9 +62,37 @@ class FeedService:
         idx = np.fromiter(cands.sources.keys(), np.int64, len(cands.sources))
         return idx[self.live.catalog.eligible(idx, user.profile.region, user.profile.age_band == "18+")]
 
+    def _rank(self, user: LiveUser, idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Value of each candidate, and the positions of the `n` picked under the adjacency rule."""
+        live, catalog = self.live, self.live.catalog
+        preds = self.ranker.predict(catalog, user.state, idx, decay(user.state, live.clock(), live.tau),
+                                    live.totals())
+        scores = value(preds, live.settings.weights)
+        order = np.argsort(-scores, kind="stable")
+        picks = arrange(order, catalog.creator[idx], catalog.sound[idx], n,
+                        user.state.last_creator, user.state.last_sound)
+        return idx, scores, picks
+
+    def _yielded(self, user: LiveUser, chosen: np.ndarray) -> bool:
+        catalog = self.live.catalog
+        creators = [user.state.last_creator, *catalog.creator[chosen].tolist()]
+        sounds = [user.state.last_sound, *catalog.sound[chosen].tolist()]
+        return any(creators[k] == creators[k + 1] or (sounds[k] >= 0 and sounds[k] == sounds[k + 1])
+                   for k in range(len(chosen)))
+
+    def _add_alternatives(self, cands: retrieval.Candidates, user: LiveUser, chosen: np.ndarray,
+                          budget: int) -> None:
+        catalog = self.live.catalog
+        n = len(catalog)
+        mask = self._eligible_mask(user)
+        mask &= ~np.isin(catalog.creator[:n], catalog.creator[chosen])
+        sounds = catalog.sound[chosen]
+        mask &= ~np.isin(catalog.sound[:n], sounds[sounds >= 0])
+        retrieval.fallback(cands, mask, n, budget, self.rng)
+
     def feed(self, user_id: str, n: int = 10) -> Feed:
         live, catalog = self.live, self.live.catalog
-        user = live.user(user_id)
+        user = live.serving(live.user(user_id))
         if not user.stored:
             live.persist_user(user)
         cands = self.candidates(user)
@@ -72,12 +100,12 @@ class FeedService:
         if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
             retrieval.fallback(cands, self._eligible_mask(user), len(catalog), n * 4, self.rng)
             idx = self._eligible(user, cands)
-        preds = self.ranker.predict(catalog, user.state, idx, decay(user.state, live.clock(), live.tau),
-                                    live.totals())
-        scores = value(preds, live.settings.weights)
-        order = np.argsort(-scores, kind="stable")
-        picks = arrange(order, catalog.creator[idx], catalog.sound[idx], n,
-                        user.state.last_creator, user.state.last_sound)
+        idx, scores, picks = self._rank(user, idx, n)
+        if self._yielded(user, idx[picks]):
+            # The adjacency rule gave way among the candidates: bring in eligible items by other creators
+            # and sounds (a scan of the catalogue, so only now), and arrange again.
+            self._add_alternatives(cands, user, idx[picks], 4 * n)
+            idx, scores, picks = self._rank(user, self._eligible(user, cands), n)
         request_id = uuid.uuid4().hex
         chosen = [int(idx[p]) for p in picks]
         items = [FeedItem(catalog.ids[i], round(float(scores[p]), 6),

@@ -67,6 +67,7 @@ class IngestService:
                 if r.user not in new_users:
                     new_users[r.user] = user
             by_region.setdefault(region, []).append(r)
+        live.prefetch([r.user for batch in by_region.values() for r in batch])
         for region, batch in by_region.items():
             created = [u for u in new_users.values() if u.profile.region == region]
             seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())

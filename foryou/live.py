@@ -32,6 +32,7 @@ class LiveUser:
     state: UserState
     dirty_since: int = 0  # seq of the first logged event not yet in the saved state; 0 when saved
     stored: bool = True  # False until the profile is written to the store
+    serving_loaded: bool = False  # served/viewed items and the last served item read from the store
 
     @property
     def dirty(self) -> bool:
@@ -120,25 +121,47 @@ class Live:
         if live is not None:
             self.users.move_to_end(user_id)
             return live
-        catalog = self.catalog
-        found = self.user_region.get(user_id)
-        profile = self.store.get_user(found, user_id) if found else None
-        if profile is None:
-            region = region or self.settings.server.regions[0]
-            live = LiveUser(UserRecord(user_id, region, created_at=self.clock()), UserState(), stored=False)
-        else:
-            blob = self.store.load_user_state(profile.region, user_id)
-            state = loads(blob, catalog) if blob else UserState()
-            if not blob and profile.interests:
-                seed_interests(state, catalog, profile.interests, self.clock(), self.tau)
-            state.excluded = {catalog.index[i] for i in self.store.excluded_items(profile.region, user_id)
-                              if i in catalog.index}
-            last = catalog.index.get(self.store.last_served(profile.region, user_id) or "")
+        self.prefetch([user_id], region)
+        return self.users[user_id]
+
+    def prefetch(self, user_ids: Sequence[str], region: str | None = None) -> None:
+        """Load the profiles and interest state of the users not in memory, one query per region
+        (ingestion calls this once per batch)."""
+        missing = [u for u in dict.fromkeys(user_ids) if u not in self.users]
+        if not missing:
+            return
+        catalog, now = self.catalog, self.clock()
+        by_region: dict[str, list[str]] = {}
+        for user_id in missing:
+            found = self.user_region.get(user_id)
+            if found is None:
+                profile = UserRecord(user_id, region or self.settings.server.regions[0], created_at=now)
+                self.users[user_id] = LiveUser(profile, UserState(), stored=False, serving_loaded=True)
+            else:
+                by_region.setdefault(found, []).append(user_id)
+        for found, ids in by_region.items():
+            profiles = self.store.get_users(found, ids)
+            blobs = self.store.load_user_states(found, ids)
+            for user_id in ids:
+                profile = profiles.get(user_id) or UserRecord(user_id, found, created_at=now)
+                blob = blobs.get(user_id)
+                state = loads(blob, catalog) if blob else UserState()
+                if not blob and profile.interests:
+                    seed_interests(state, catalog, profile.interests, now, self.tau)
+                self.users[user_id] = LiveUser(profile, state)
+        self._trim()
+
+    def serving(self, live: LiveUser) -> LiveUser:
+        """Make sure the user's served/viewed items and last served item are loaded (feeds need them;
+        learning does not, so ingestion never pays for them)."""
+        if not live.serving_loaded:
+            catalog, state, region, user_id = self.catalog, live.state, live.profile.region, live.profile.id
+            state.excluded |= {catalog.index[i] for i in self.store.excluded_items(region, user_id)
+                               if i in catalog.index}
+            last = catalog.index.get(self.store.last_served(region, user_id) or "")
             if last is not None:  # served rows are durable; the checkpointed copy may be older
                 state.last_creator, state.last_sound = catalog.creator_l[last], catalog.sound_l[last]
-            live = LiveUser(profile, state)
-        self.users[user_id] = live
-        self._trim()
+            live.serving_loaded = True
         return live
 
     def persist_user(self, live: LiveUser) -> None:

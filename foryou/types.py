@@ -30,7 +30,8 @@ STAT_NAMES = (
 )
 
 
-RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$"
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,32})?([Zz]|[+-]\d{2}:\d{2})$"
+_FRACTION = re.compile(r"(\.\d{6})\d+")
 _RFC3339 = re.compile(RFC3339_PATTERN)
 
 
@@ -42,6 +43,8 @@ def parse_time(value: str, checked: bool = False) -> float:
     """RFC 3339 with an explicit offset -> epoch seconds (`checked`: the shape was already matched)."""
     if not checked and not _RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2024-05-01T12:00:00Z")
+    # datetime wants an upper-case T and Z and at most microseconds; RFC 3339 allows more
+    value = _FRACTION.sub(r"\1", value.upper().replace(" ", "T"))
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

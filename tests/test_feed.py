@@ -341,7 +341,7 @@ def snapshot(e: Engine, users: list[str]) -> dict[str, object]:
                   for r in cat.regions},
     }
     for u in users:
-        lu = live.user(u)
+        lu = live.serving(live.user(u))
         data = orjson.loads(dumps(lu.state, cat))
         factor = decay(lu.state, now, live.tau)
         out[f"weights:{u}"] = {k: pytest.approx(w * factor, rel=1e-9, abs=1e-12) for k, w in data["w"].items()

@@ -4,7 +4,6 @@ the item/user/event semantics that the HTTP contract promises. Error cases live 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import re
 import time
@@ -36,9 +35,9 @@ def make_client(tmp_path: Path) -> Iterator[MakeClient]:
     """Opens an engine on a data dir under tmp_path (default: tmp_path/data) and wraps it in the app."""
     opened: list[tuple[TestClient, Engine]] = []
 
-    def make(data: Path | None = None, **overrides: Any) -> TestClient:
+    def make(data: Path | None = None, clock: Callable[[], float] | None = None, **overrides: Any) -> TestClient:
         settings = load_settings(overrides={"server.data": str(data or tmp_path / "data"), **overrides}, env={})
-        engine = Engine.open(settings)
+        engine = Engine.open(settings, clock=clock) if clock is not None else Engine.open(settings)
         client = TestClient(create_app(engine), raise_server_exceptions=False)
         opened.append((client, engine))
         return client
@@ -424,6 +423,24 @@ def test_event_ids_survive_restart(make_client: MakeClient, tmp_path: Path) -> N
     assert stats(again, "e1")["likes"] == 1
 
 
+def test_event_ids_remembered_for_seven_days_from_acceptance(make_client: MakeClient) -> None:
+    """Keys are remembered for at least 7 days after the event was accepted, whatever its `ts` (a backfill
+    of month-old events re-sent 6 days later still counts once)."""
+    now = [datetime.now(UTC).timestamp()]
+    client = make_client(clock=lambda: now[0])
+    upsert(client, item("e1"))
+    old_ts = iso(datetime.fromtimestamp(now[0], UTC) - timedelta(days=30))
+    assert post_events(client, {"id": "backfill", "user": "u1", "item": "e1", "type": "like", "ts": old_ts}) == {
+        "accepted": 1, "duplicates": 0}
+    accepted_at = now[0]
+    for days in (1, 3, 5, 6.9):
+        now[0] = accepted_at + 86400 * days
+        again = post_events(client, {"id": "backfill", "user": "u1", "item": "e1", "type": "like", "ts": old_ts},
+                            {"id": f"filler-{days}", "user": "u2", "item": "e1", "type": "like"})
+        assert again == {"accepted": 1, "duplicates": 1}, f"forgotten {days} days after it was accepted"
+    assert stats(client, "e1")["likes"] == 5
+
+
 def test_empty_event_batch(client: TestClient) -> None:
     assert post_events(client) == {"accepted": 0, "duplicates": 0}
     r = client.post("/v1/items", json={"items": []})
@@ -491,17 +508,25 @@ def test_feed_respects_region_and_maturity(make_client: MakeClient) -> None:
 
 
 def test_no_adjacent_creator_or_sound(client: TestClient) -> None:
+    """Within and across responses, an item never shares the creator or sound of the one before it
+    unless every item still available would."""
     items = [item(f"a{i}", "ca") for i in range(5)] + [item(f"b{i}", "cb", sound="s1") for i in range(5)]
     items += [item(f"c{i}", "cc", sound="s1") for i in range(5)] + [item(f"d{i}", f"cd{i}") for i in range(5)]
     upsert(client, *items)
     meta = {i["id"]: (i["creator"], i.get("sound")) for i in items}
-    served = feed_ids(client, "adj", 4) + feed_ids(client, "adj", 6) + feed_ids(client, "adj", 5)
-    assert len(served) == 15
-    for prev, cur in itertools.pairwise(served):
-        pc, ps = meta[prev]
-        cc, cs = meta[cur]
-        assert pc != cc, f"{prev} then {cur}: same creator"
-        assert ps is None or ps != cs, f"{prev} then {cur}: same sound"
+
+    def clash(prev: str, cur: str) -> bool:
+        (pc, ps), (cc, cs) = meta[prev], meta[cur]
+        return pc == cc or (ps is not None and ps == cs)
+
+    served: list[str] = []
+    for n in (4, 6, 5, 7):
+        served += feed_ids(client, "adj", n)
+    assert sorted(served) == sorted(meta), "all 20 items, once each"
+    for k in range(1, len(served)):
+        if clash(served[k - 1], served[k]):
+            avoid = [i for i in served[k + 1:] if not clash(served[k - 1], i)]
+            assert not avoid, f"{served[k]} after {served[k - 1]} although {avoid} remained: {served}"
 
 
 def test_events_shape_the_very_next_feed(client: TestClient) -> None:

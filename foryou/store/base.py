@@ -55,6 +55,9 @@ class Store(Protocol):
     # -- users (per region) --
     def get_user(self, region: str, user_id: str) -> UserRecord | None: ...
 
+    def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
+        """The profiles of those of `user_ids` that the region holds."""
+
     def put_user(self, user: UserRecord) -> None:
         """Insert or replace the profile in the store of `user.region`."""
 
@@ -99,6 +102,9 @@ class Store(Protocol):
         """Atomically store users' serialized interest state and the event seq it includes."""
 
     def load_user_state(self, region: str, user_id: str) -> bytes | None: ...
+
+    def load_user_states(self, region: str, user_ids: Sequence[str]) -> dict[str, bytes]:
+        """The saved states of those of `user_ids` that have one."""
 
     def user_state_watermark(self, region: str) -> int: ...
 

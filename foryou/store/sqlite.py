@@ -12,11 +12,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
+T = TypeVar("T")
 _EVENT_TYPES = ("view", "like", "comment", "share", "follow", "not_interested", "report")
 _TYPE_CODE = {t: i for i, t in enumerate(_EVENT_TYPES)}
 
@@ -174,6 +176,14 @@ class SQLiteStore:
             return None
         return UserRecord(user_id, region, tuple(orjson.loads(row[0])), row[1], row[2], row[3])
 
+    def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
+        out: dict[str, UserRecord] = {}
+        for chunk in _chunks(user_ids):
+            q = f"SELECT id, interests, lang, age_band, created_at FROM users WHERE id IN ({_marks(chunk)})"
+            for user_id, interests, lang, age_band, created_at in self._region[region].execute(q, chunk):
+                out[user_id] = UserRecord(user_id, region, tuple(orjson.loads(interests)), lang, age_band, created_at)
+        return out
+
     def put_user(self, user: UserRecord) -> None:
         with _tx(self._region[user.region]) as c:
             c.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?,?)", _user_row(user))
@@ -191,12 +201,10 @@ class SQLiteStore:
     # -- events --
     def known_event_ids(self, ids: Sequence[str]) -> set[str]:
         by_key = {_key(i): i for i in ids}
-        keys = list(by_key)
         found: set[str] = set()
         for conn in self._region.values():
-            for start in range(0, len(keys), 900):
-                chunk = keys[start:start + 900]
-                q = f"SELECT h FROM event_keys WHERE h IN ({','.join('?' * len(chunk))})"
+            for chunk in _chunks(list(by_key)):
+                q = f"SELECT h FROM event_keys WHERE h IN ({_marks(chunk)})"
                 found.update(by_key[r[0]] for r in conn.execute(q, chunk))
         return found
 
@@ -267,6 +275,13 @@ class SQLiteStore:
         row = self._region[region].execute("SELECT state FROM user_state WHERE user=?", (user_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def load_user_states(self, region: str, user_ids: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for chunk in _chunks(user_ids):
+            q = f"SELECT user, state FROM user_state WHERE user IN ({_marks(chunk)})"
+            out.update((u, bytes(s)) for u, s in self._region[region].execute(q, chunk))
+        return out
+
     def user_state_watermark(self, region: str) -> int:
         row = self._region[region].execute("SELECT value FROM meta WHERE key='state_watermark'").fetchone()
         return 0 if row is None else int(row[0])
@@ -274,6 +289,16 @@ class SQLiteStore:
     def close(self) -> None:
         for conn in (self._catalog, *self._region.values()):
             conn.close()
+
+
+def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """Slices small enough for SQLite's limit on bound parameters."""
+    for start in range(0, len(values), 900):
+        yield values[start:start + 900]
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
 
 
 def _key(event_id: str) -> int:
