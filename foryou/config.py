@@ -40,12 +40,12 @@ class ValueWeights:
 class SourceBudgets:
     """How many candidates each retrieval source may propose per request."""
 
-    interest: int = 300
-    follows: int = 60
-    trending: int = 150
-    fresh: int = 40
-    coengagement: int = 120
-    fallback: int = 100
+    interest: int = 200
+    follows: int = 40
+    trending: int = 100
+    fresh: int = 30
+    coengagement: int = 80
+    fallback: int = 50
 
 
 @dataclass(frozen=True)

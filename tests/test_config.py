@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from foryou.config import ConfigError, Settings, load_settings, setting_names
+from foryou.config import ConfigError, Settings, SourceBudgets, load_settings, setting_names
 from foryou.errors import ForYouError
 
 
@@ -63,7 +63,7 @@ interest = 10
     # untouched settings keep their defaults
     assert s.server.host == "127.0.0.1"
     assert s.weights.follow == 6.0
-    assert s.budgets.trending == 150
+    assert s.budgets.trending == SourceBudgets().trending
 
 
 def test_env_overrides_file(tmp_path: Path) -> None:

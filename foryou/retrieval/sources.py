@@ -18,18 +18,21 @@ class Candidates:
         self.sources: dict[int, list[tuple[str, int]]] = {}
 
     def add(self, idxs: Iterable[int], source: str, feature: int = -1, budget: int = 10**9) -> int:
+        """Propose items in order until `budget` new ones were added; returns how many were."""
         added = 0
+        excluded, sources = self.excluded, self.sources
+        tag = (source, feature)
         for idx in idxs:
-            if added >= budget:
-                break
-            if idx in self.excluded:
+            if idx in excluded:
                 continue
-            entry = self.sources.get(idx)
+            entry = sources.get(idx)
             if entry is None:
-                self.sources[idx] = [(source, feature)]
+                sources[idx] = [tag]
                 added += 1
+                if added >= budget:
+                    break
             elif entry[-1][0] != source:
-                entry.append((source, feature))
+                entry.append(tag)
         return added
 
     def __len__(self) -> int:
@@ -43,11 +46,12 @@ def _postings(catalog: Catalog, feature: int) -> list[int]:
     return table.get(code, [])
 
 
-def _window(postings: list[int], start: int, limit: int) -> Iterable[int]:
-    """Up to `limit` entries from a random offset, wrapping around."""
-    n = len(postings)
-    for k in range(min(n, limit)):
-        yield postings[(start + k) % n]
+def _window(postings: list[int], start: int, limit: int) -> list[int]:
+    """Up to `limit` entries from offset `start`, wrapping around."""
+    window = postings[start:start + limit]
+    if len(window) < limit:
+        window += postings[: min(start, limit - len(window))]
+    return window
 
 
 def interest(cands: Candidates, catalog: Catalog, state: UserState, budget: int,
@@ -65,7 +69,7 @@ def interest(cands: Candidates, catalog: Catalog, state: UserState, budget: int,
         postings = _postings(catalog, feature)
         if postings:
             start = int(rng.integers(len(postings)))
-            cands.add(_window(postings, start, 4 * share), "interest", feature, share)
+            cands.add(_window(postings, start, 3 * share), "interest", feature, share)
 
 
 def follows(cands: Candidates, catalog: Catalog, state: UserState, budget: int) -> None:
