@@ -20,6 +20,7 @@ _KIND_SHIFT = 32
 _KIND_NAME = {TAG: "t", TOPIC: "o", CREATOR: "c", SOUND: "s"}
 _NAME_KIND = {v: k for k, v in _KIND_NAME.items()}
 RECENT = 8  # recent positives kept for item-to-item retrieval
+MAX_FEATURES = 256  # weights kept per user when saved: the strongest, by magnitude
 
 
 def key(kind: int, code: int) -> int:
@@ -114,6 +115,9 @@ def dumps(state: UserState, catalog: Catalog) -> bytes:
     names = (catalog.tags.names, catalog.tags.names, catalog.creators.names, catalog.sounds.names)
     prefixes = ("t:", "o:", "c:", "s:")
     mask = (1 << _KIND_SHIFT) - 1
+    if len(state.weights) > MAX_FEATURES:  # bound the state of heavy users; weak interests go first
+        strongest = sorted(state.weights.items(), key=lambda kv: -abs(kv[1]))[:MAX_FEATURES]
+        state.weights = dict(strongest)
     return orjson.dumps({
         "ref": state.ref,
         "seq": state.seq,
@@ -127,11 +131,13 @@ def dumps(state: UserState, catalog: Catalog) -> bytes:
 
 def loads(blob: bytes, catalog: Catalog) -> UserState:
     data = orjson.loads(blob)
-    vocab = {TAG: catalog.tags, TOPIC: catalog.tags, CREATOR: catalog.creators, SOUND: catalog.sounds}
+    vocabs = {"t": (catalog.tags, 0), "o": (catalog.tags, TOPIC << _KIND_SHIFT),
+              "c": (catalog.creators, CREATOR << _KIND_SHIFT), "s": (catalog.sounds, SOUND << _KIND_SHIFT)}
     weights = {}
     for name, w in data["w"].items():
-        kind = _NAME_KIND[name[0]]
-        weights[key(kind, vocab[kind](name[2:]))] = w
+        vocab, base = vocabs[name[0]]
+        code = vocab.ids.get(name[2:])
+        weights[base | (vocab(name[2:]) if code is None else code)] = w
     last_creator, last_sound = data["last"]
     return UserState(
         ref=data["ref"], weights=weights, seq=data.get("seq", 0),
