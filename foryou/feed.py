@@ -90,6 +90,19 @@ class FeedService:
         mask &= ~np.isin(catalog.sound[:n], sounds[sounds >= 0])
         retrieval.fallback(cands, mask, n, budget, self.rng)
 
+    def scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate generation and ranking as a feed does it, before feed policy (adjacency) and
+        without recording anything: (item indexes, values), best first. For evaluation and replay."""
+        live = self.live
+        user = live.serving(live.user(user_id))
+        cands = self.candidates(user)
+        idx = self._eligible(user, cands)
+        preds = self.ranker.predict(live.catalog, user.state, idx, decay(user.state, live.clock(), live.tau),
+                                    live.totals())
+        values = value(preds, live.settings.weights)
+        order = np.argsort(-values, kind="stable")
+        return idx[order], values[order]
+
     def feed(self, user_id: str, n: int = 10) -> Feed:
         live, catalog = self.live, self.live.catalog
         user = live.serving(live.user(user_id))
