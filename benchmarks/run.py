@@ -445,7 +445,8 @@ def cprofile_summary(prof: cProfile.Profile, title: str, top: int = 12) -> Profi
 
 # ---------------------------------------------------------------- phases
 
-def run_load(data: Path, items: Path, events: Path, profile: bool, profile_s: float) -> dict[str, Any]:
+def run_load(data: Path, items: Path, events: Path, profile: bool, profile_s: float,
+             timeout: float) -> dict[str, Any]:
     """`foryou load` twice (items, then events) into a fresh data directory, each in its own process."""
     if data.exists():
         shutil.rmtree(data)
@@ -458,6 +459,8 @@ def run_load(data: Path, items: Path, events: Path, profile: bool, profile_s: fl
         busy0 = system_busy()
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=CODE.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
         spy = None
         if profile and what == "events" and pyspy_available():
             time.sleep(min(3.0, max(0.5, rows / 400_000)))
@@ -465,8 +468,12 @@ def run_load(data: Path, items: Path, events: Path, profile: bool, profile_s: fl
                 spy = start_pyspy(proc.pid, profile_s, OUT / "profile-bulk.txt")
         text = proc.stdout.read().decode() if proc.stdout else ""
         _, status, usage = os.wait4(proc.pid, 0)
+        killer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
         took = time.perf_counter() - started
+        if took >= timeout:
+            raise RuntimeError(f"foryou load --{what} ran past --load-timeout ({timeout:.0f}s) and was killed; "
+                               f"see {OUT / 'profile-bulk.txt'} for where it spent its time")
         if spy is not None:
             spy.wait(timeout=profile_s + 60)
         if proc.returncode != 0:
@@ -913,6 +920,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-load", action="store_true", help="reuse an already loaded data directory")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--user-cache", type=int,
+                   help="set store.user_cache (FORYOU_STORE_USER_CACHE) for every process (default: the server's)")
+    p.add_argument("--load-timeout", type=float, default=3600.0, help="kill a bulk load that runs longer")
     p.add_argument("--rev", help="benchmark foryou/ as committed at this git revision (default: the working tree)")
     p.add_argument("--nice", type=int, default=-10,
                    help="niceness for the harness and everything it starts (inherited), so that other work on the "
@@ -952,11 +962,14 @@ def main(argv: list[str] | None = None) -> int:
     if profile and not pyspy_available():
         log("py-spy not found (pip install py-spy into the venv): server and loader profiles are skipped")
     OUT.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
     if a.rev:
         use_revision(a.rev)
+    if a.user_cache:
+        os.environ["FORYOU_STORE_USER_CACHE"] = str(a.user_cache)
+        notes.append(f"Run with store.user_cache = {a.user_cache:,} (FORYOU_STORE_USER_CACHE) in every process.")
     key = f"{a.items}i-{a.users}u-{a.events}e-s{a.seed}"
     src, data = OUT / f"gen-{key}", OUT / f"data-{key}"
-    notes: list[str] = []
     m = machine()
 
     log(f"data: {a.items:,} items, {a.users:,} users, {a.events:,} events -> {src}")
@@ -969,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("The data directory was reused from an earlier run (--skip-load): it also holds that "
                      "run's served items and ingested events.")
     else:
-        load = run_load(data, items_path, events_path, profile, a.profile_seconds * 3)
+        load = run_load(data, items_path, events_path, profile, a.profile_seconds * 3, a.load_timeout)
         (data / "LOADED").write_text("ok\n")
 
     log("Engine.open in a fresh process")

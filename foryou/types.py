@@ -122,7 +122,7 @@ class EventBatch(_Strict):
     events: list[EventIn] = Field(max_length=10_000)
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemRecord:
     """An item as stored: the client's fields plus takedown state."""
 
@@ -149,7 +149,7 @@ class ItemRecord:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class UserRecord:
     id: str
     region: str
