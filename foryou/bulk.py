@@ -20,6 +20,7 @@ from foryou.http.errors import field_error
 from foryou.types import EventIn, ItemIn
 
 BATCH = 10_000
+CHECKPOINT_EVERY = 20  # batches
 _ITEMS = TypeAdapter(list[ItemIn])
 _EVENTS = TypeAdapter(list[EventIn])
 
@@ -88,13 +89,15 @@ def load_files(engine: Engine, items: Path | None, events: Path | None, progress
                 bar.update(len(lines))
     with tqdm(disable=not progress, unit=" events", file=sys.stderr, desc="events") as bar:
         if events is not None:
-            for numbers, lines in _batches(events):
+            for n, (numbers, lines) in enumerate(_batches(events), 1):
                 batch = _validate(_EVENTS, events, numbers, lines)
                 try:
                     result = engine.events.ingest(batch, checkpoint=False)
                 except InvalidInput as exc:
                     raise _located(events, numbers, exc.errors) from None
                 report.events += result.accepted
+                if n % CHECKPOINT_EVERY == 0:  # bounds memory: saved state can leave the cache
+                    engine.live.checkpoint()
                 report.duplicates += result.duplicates
                 bar.update(len(lines))
     engine.live.checkpoint()

@@ -53,7 +53,8 @@ class Live:
         self.dirty_items: set[int] = set()
         # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
         self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
-        self.coeng: dict[tuple[str, str], float] = {}
+        # Co-engagement deltas not yet saved, keyed by the pair of item indexes packed into one int.
+        self.coeng: dict[int, float] = {}
         self.event_mark = {r: 0 for r in regions}
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
@@ -221,11 +222,12 @@ class Live:
             strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau)
             self.touch(live, seq)
             if strength >= 1.0 and seq > item_after:
+                coeng = self.coeng
                 for other in recent:
                     if other != i:
-                        a, b = catalog.ids[other], catalog.ids[i]
-                        self.coeng[(a, b)] = self.coeng.get((a, b), 0.0) + 1.0
-                        self.coeng[(b, a)] = self.coeng.get((b, a), 0.0) + 1.0
+                        forward, backward = (other << 32) | i, (i << 32) | other
+                        coeng[forward] = coeng.get(forward, 0.0) + 1.0
+                        coeng[backward] = coeng.get(backward, 0.0) + 1.0
         if seqs[-1] > self.event_mark[region]:
             self.event_mark[region] = seqs[-1]
 
@@ -296,7 +298,9 @@ class Live:
         trend = {r: {catalog.ids[i]: float(trending.scores[r][i]) for i in d if i < len(catalog)}
                  for r, d in trending.dirty.items()}
         marks = {r: (self.event_mark[r], self.served_mark[r]) for r in catalog.regions}
-        self.store.save_item_aggregates(stats, trend, self.coeng, marks, {"trend_t0": repr(trending.t0)})
+        ids, low = catalog.ids, (1 << 32) - 1
+        coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
+        self.store.save_item_aggregates(stats, trend, coeng, marks, {"trend_t0": repr(trending.t0)})
         self.dirty_items = set()
         self.coeng = {}
         for dirty in trending.dirty.values():
