@@ -359,7 +359,9 @@ def coengagement(e: Engine) -> dict[tuple[str, str], float]:
     for a in e.live.catalog.ids:
         for b, w in e.store.coengaged(a, 10_000):
             total[(a, b)] = w
-    for pair, w in e.live.coeng.items():
+    ids = e.live.catalog.ids
+    for packed, w in e.live.coeng.items():  # pending pairs are packed item indexes
+        pair = (ids[packed >> 32], ids[packed & 0xFFFFFFFF])
         total[pair] = total.get(pair, 0.0) + w
     return total
 
