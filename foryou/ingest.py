@@ -18,12 +18,20 @@ class IngestResult:
     accepted: int
     duplicates: int
 
+    def __add__(self, other: IngestResult) -> IngestResult:
+        return IngestResult(self.accepted + other.accepted, self.duplicates + other.duplicates)
+
 
 class IngestService:
     def __init__(self, live: Live) -> None:
         self.live = live
 
     def ingest(self, events: Sequence[EventIn], checkpoint: bool = True) -> IngestResult:
+        """Validate the whole batch, then append it."""
+        return self.append(self.validate(events), checkpoint)
+
+    def validate(self, events: Sequence[EventIn]) -> list[EventRecord]:
+        """The checks that need the catalogue and the clock; raises `InvalidInput` listing them all."""
         live = self.live
         now = live.clock()
         index = live.catalog.index
@@ -43,7 +51,7 @@ class IngestService:
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
         if errors:
             raise InvalidInput(errors)
-        return self.append(records, checkpoint)
+        return records
 
     def append(self, records: Sequence[EventRecord], checkpoint: bool = True) -> IngestResult:
         """Append already-validated records. The bulk loader passes `checkpoint=False` and

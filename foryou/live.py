@@ -275,7 +275,7 @@ class Live:
         return self._totals[1]
 
     # -- persistence of derived state --
-    def maybe_checkpoint(self, max_users: int = 2000) -> None:
+    def maybe_checkpoint(self, max_users: int = 500) -> None:
         """Called after requests: every `checkpoint_interval_s`, save a bounded slice of state, so that
         no single request pays for a whole checkpoint; the slices continue until nothing is dirty.
         Once an hour, idempotency keys past their time to live are dropped."""

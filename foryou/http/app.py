@@ -3,6 +3,7 @@ the engine is single-threaded by design, and its work per request is short."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -16,6 +17,7 @@ from foryou.engine import Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
 from foryou.http.middleware import BodyLimit, RequestMetrics
+from foryou.ingest import IngestResult
 from foryou.metrics import Metrics
 from foryou.types import ID_PATTERN, EventBatch, ItemBatch, UserIn
 
@@ -30,6 +32,7 @@ class JSON(Response):
 
 
 M = TypeVar("M", bound=BaseModel)
+INGEST_CHUNK = 250  # events appended between two turns of the event loop
 _BODIES: dict[str, type[BaseModel]] = {}
 
 
@@ -115,7 +118,12 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
     async def post_events(request: Request) -> JSON:
         """Up to 10,000 events; a 200 means they are durable. Repeated event ids count once."""
         batch = await parse(request, EventBatch)
-        result = engine.events.ingest(batch.events)
+        records = engine.events.validate(batch.events)
+        result = IngestResult(0, 0)
+        for start in range(0, len(records), INGEST_CHUNK):
+            if start:  # let feed requests in between chunks of a large batch
+                await asyncio.sleep(0)
+            result += engine.events.append(records[start:start + INGEST_CHUNK])
         metrics.inc("events_ingested_total", result.accepted)
         metrics.inc("events_duplicate_total", result.duplicates)
         return JSON({"accepted": result.accepted, "duplicates": result.duplicates})
