@@ -1,4 +1,4 @@
-"""The command line: serve, load, demo, convert-kuairand. Each command parses, calls, and reports."""
+"""The command line: serve, load, demo, convert-kuairand, evaluate. Each command parses, calls, and reports."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from foryou.config import Settings, load_settings
 from foryou.errors import ForYouError
+from foryou.evaluation import MODELS
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
@@ -97,6 +98,50 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_arg(value: str | None, flag: str) -> float | None:
+    from foryou.types import parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise ForYouError(f"{flag}: {exc}", field=flag) from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from foryou.evaluation.baselines import require_eval_extra
+
+    require_eval_extra()
+    from foryou.evaluation import dataset, harness, report
+
+    test_from = _time_arg(args.test_from, "--test-from")
+    valid_from = _time_arg(args.valid_from, "--valid-from")
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise ForYouError(f"unknown model(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(MODELS)}",
+                          field="--models")
+    assert test_from is not None
+    started = time.perf_counter()
+    data = dataset.load(Path(args.items), Path(args.events))
+    took = time.perf_counter() - started
+    entries = harness.default_entries(names, load_settings(args.config), args.seed)
+    outcome = harness.evaluate(data, test_from, entries, valid_from, progress=not args.quiet)
+    outcome.seconds["reading"] = took
+    zone = report.zone_of(args.test_from)
+    if args.plots is not None:
+        for path in report.plots(outcome, Path(args.plots), zone):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(report.as_json(outcome, zone), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(report.text(outcome, zone))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foryou", description="ForYou: a real-time For You feed engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +162,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder to write items.jsonl and events.jsonl into")
     s.add_argument("--max-rows", type=int, help="keep only the first N log rows (by time)")
     s.set_defaults(run=cmd_convert)
+    s = sub.add_parser("evaluate", help="grade the engine's ranking and baselines on a dataset (needs the eval extra)")
+    s.add_argument("--items", required=True, help="items.jsonl (or .jsonl.gz)")
+    s.add_argument("--events", required=True, help="events.jsonl (or .jsonl.gz); every event needs ts")
+    s.add_argument("--test-from", required=True, metavar="TIMESTAMP",
+                   help="RFC 3339 time: events before it train, events from it on test")
+    s.add_argument("--valid-from", metavar="TIMESTAMP",
+                   help="start of the validation split used for tuning (default: the last 15%% of training)")
+    s.add_argument("--models", help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
+    s.add_argument("--config", help="TOML settings of the engine under test (see docs/configuration.md)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the engine and of ALS (default 0)")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of tables")
+    s.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=cmd_evaluate)
     return p
 
 

@@ -47,8 +47,7 @@ class FeedService:
                            budgets.trending)
         retrieval.fresh(cands, catalog, now, signals.fresh_window_h * 3600, signals.fresh_max_views,
                         budgets.fresh)
-        neighbours = [[catalog.index[b] for b, _ in live.store.coengaged(catalog.ids[a], 50)
-                       if b in catalog.index] for a in state.recent[-4:]]
+        neighbours = [live.neighbours(a) for a in state.recent[-4:]]
         retrieval.coengagement(cands, neighbours, budgets.coengagement)
         small = len(catalog) <= SMALL_CATALOG
         retrieval.fallback(cands, self._eligible_mask(user) if small else None, len(catalog),

@@ -55,6 +55,7 @@ class Live:
         self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
         # Co-engagement deltas not yet saved, keyed by the pair of item indexes packed into one int.
         self.coeng: dict[int, float] = {}
+        self._neighbours: OrderedDict[int, list[int]] = OrderedDict()  # item -> saved top co-engaged
         self.event_mark = {r: 0 for r in regions}
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
@@ -267,6 +268,17 @@ class Live:
             self.touch(live)
         self.served_mark[region] = max(self.served_mark[region], last_seq)
 
+    def neighbours(self, idx: int, limit: int = 50) -> list[int]:
+        """The items most co-engaged with item `idx` (as saved at the last checkpoint), cached."""
+        cached = self._neighbours.get(idx)
+        if cached is None:
+            index = self.catalog.index
+            cached = [index[b] for b, _ in self.store.coengaged(self.catalog.ids[idx], limit) if b in index]
+            self._neighbours[idx] = cached
+            if len(self._neighbours) > 100_000:
+                self._neighbours.popitem(last=False)
+        return cached
+
     def totals(self, max_age_s: float = 1.0) -> np.ndarray:
         """Column sums of the item counters, recomputed at most every `max_age_s`."""
         now = self.clock()
@@ -300,6 +312,8 @@ class Live:
         marks = {r: (self.event_mark[r], self.served_mark[r]) for r in catalog.regions}
         ids, low = catalog.ids, (1 << 32) - 1
         coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
+        for pair in self.coeng:  # their saved neighbours change now
+            self._neighbours.pop(pair >> 32, None)
         self.store.save_item_aggregates(stats, trend, coeng, marks, {"trend_t0": repr(trending.t0)})
         self.dirty_items = set()
         self.coeng = {}

@@ -58,6 +58,9 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA temp_store=MEMORY")
+    # Fold the WAL back into the database every ~40 MB instead of every 4 MB: far fewer fsyncs on the
+    # write path, the same durability.
+    conn.execute("PRAGMA wal_autocheckpoint=10000")
     conn.executescript(schema)
     return conn
 
@@ -164,9 +167,8 @@ class SQLiteStore:
         return None if row is None else str(row[0])
 
     def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
-        rows = self._catalog.execute("SELECT b, w FROM coeng WHERE a=?", (item_id,)).fetchall()
-        rows.sort(key=lambda r: -r[1])
-        return rows[:limit]
+        q = "SELECT b, w FROM coeng WHERE a=? ORDER BY w DESC, b LIMIT ?"
+        return self._catalog.execute(q, (item_id, limit)).fetchall()
 
     # -- users --
     def get_user(self, region: str, user_id: str) -> UserRecord | None:
