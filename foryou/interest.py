@@ -112,16 +112,19 @@ def decay(state: UserState, now: float, tau: float) -> float:
 
 def dumps(state: UserState, catalog: Catalog) -> bytes:
     """Serialize by name: vocabulary codes are not stable across restarts."""
-    names = (catalog.tags.names, catalog.tags.names, catalog.creators.names, catalog.sounds.names)
-    prefixes = ("t:", "o:", "c:", "s:")
-    mask = (1 << _KIND_SHIFT) - 1
     if len(state.weights) > MAX_FEATURES:  # bound the state of heavy users; weak interests go first
         strongest = sorted(state.weights.items(), key=lambda kv: -abs(kv[1]))[:MAX_FEATURES]
         state.weights = dict(strongest)
+    mask = (1 << _KIND_SHIFT) - 1
+    groups: tuple[dict[str, float], ...] = ({}, {}, {}, {})  # by kind: tag, topic, creator, sound
+    names = (catalog.tags.names, catalog.tags.names, catalog.creators.names, catalog.sounds.names)
+    for f, w in state.weights.items():
+        kind = f >> _KIND_SHIFT
+        groups[kind][names[kind][f & mask]] = w
     return orjson.dumps({
         "ref": state.ref,
         "seq": state.seq,
-        "w": {prefixes[f >> _KIND_SHIFT] + names[f >> _KIND_SHIFT][f & mask]: w for f, w in state.weights.items()},
+        "w": dict(zip("tocs", groups, strict=True)),
         "follows": [catalog.creators.names[c] for c in state.follows],
         "recent": [catalog.ids[i] for i in state.recent],
         "last": [catalog.creators.names[state.last_creator] if state.last_creator >= 0 else None,
@@ -134,10 +137,12 @@ def loads(blob: bytes, catalog: Catalog) -> UserState:
     vocabs = {"t": (catalog.tags, 0), "o": (catalog.tags, TOPIC << _KIND_SHIFT),
               "c": (catalog.creators, CREATOR << _KIND_SHIFT), "s": (catalog.sounds, SOUND << _KIND_SHIFT)}
     weights = {}
-    for name, w in data["w"].items():
-        vocab, base = vocabs[name[0]]
-        code = vocab.ids.get(name[2:])
-        weights[base | (vocab(name[2:]) if code is None else code)] = w
+    for prefix, group in data["w"].items():
+        vocab, base = vocabs[prefix]
+        codes = vocab.ids
+        for name, w in group.items():
+            code = codes.get(name)
+            weights[base | (vocab(name) if code is None else code)] = w
     last_creator, last_sound = data["last"]
     return UserState(
         ref=data["ref"], weights=weights, seq=data.get("seq", 0),

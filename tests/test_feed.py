@@ -344,13 +344,18 @@ def snapshot(e: Engine, users: list[str]) -> dict[str, object]:
         lu = live.serving(live.user(u))
         data = orjson.loads(dumps(lu.state, cat))
         factor = decay(lu.state, now, live.tau)
-        out[f"weights:{u}"] = {k: pytest.approx(w * factor, rel=1e-9, abs=1e-12) for k, w in data["w"].items()
+        out[f"weights:{u}"] = {k: pytest.approx(w * factor, rel=1e-9, abs=1e-12) for k, w in _flat(data["w"]).items()
                                if abs(w * factor) > 1e-9}
         out[f"follows:{u}"] = sorted(data["follows"])
         out[f"recent:{u}"] = data["recent"]
         out[f"excluded:{u}"] = sorted(cat.ids[i] for i in lu.state.excluded)
         out[f"region:{u}"] = lu.profile.region
     return out
+
+
+def _flat(grouped: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Saved weights are grouped by kind (t, o, c, s); key them as `kind:name`."""
+    return {f"{kind}:{name}": w for kind, group in grouped.items() for name, w in group.items()}
 
 
 def coengagement(e: Engine) -> dict[tuple[str, str], float]:

@@ -55,7 +55,7 @@ def by_name(state: UserState, cat: Catalog, now: float) -> dict[str, float]:
     """Effective weights at `now`, keyed by name (independent of vocabulary codes)."""
     data = orjson.loads(dumps(state, cat))
     factor = decay(state, now, TAU)
-    return {k: w * factor for k, w in data["w"].items()}
+    return {f"{kind}:{name}": w * factor for kind, group in data["w"].items() for name, w in group.items()}
 
 
 def test_item_features() -> None:
