@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -63,7 +63,7 @@ def _located(path: Path, numbers: list[int], errors: list[FieldError]) -> Invali
     return InvalidInput(located)
 
 
-def _validate(adapter: TypeAdapter, path: Path, numbers: list[int], lines: list[bytes]) -> list:  # type: ignore[type-arg]
+def _validate(adapter: TypeAdapter[list[Any]], path: Path, numbers: list[int], lines: list[bytes]) -> list[Any]:
     try:
         return adapter.validate_json(b"[" + b",".join(lines) + b"]")
     except ValidationError as exc:
@@ -78,19 +78,25 @@ def _validate(adapter: TypeAdapter, path: Path, numbers: list[int], lines: list[
         raise _located(path, numbers, errors) from None
 
 
+def read_jsonl(adapter: TypeAdapter[list[Any]], path: Path) -> Iterator[tuple[list[int], list[Any]]]:
+    """(line numbers, validated objects) of a JSON Lines file, BATCH lines at a time; a bad line raises
+    `InvalidInput` naming the file and line."""
+    for numbers, lines in _batches(path):
+        yield numbers, _validate(adapter, path, numbers, lines)
+
+
 def load_files(engine: Engine, items: Path | None, events: Path | None, progress: bool = True) -> LoadReport:
     from tqdm import tqdm
 
     report = LoadReport()
     with tqdm(disable=not progress, unit=" rows", file=sys.stderr, desc="items") as bar:
         if items is not None:
-            for numbers, lines in _batches(items):
-                report.items += engine.items.upsert(_validate(_ITEMS, items, numbers, lines))
-                bar.update(len(lines))
+            for numbers, objects in read_jsonl(_ITEMS, items):
+                report.items += engine.items.upsert(objects)
+                bar.update(len(numbers))
     with tqdm(disable=not progress, unit=" events", file=sys.stderr, desc="events") as bar:
         if events is not None:
-            for n, (numbers, lines) in enumerate(_batches(events), 1):
-                batch = _validate(_EVENTS, events, numbers, lines)
+            for n, (numbers, batch) in enumerate(read_jsonl(_EVENTS, events), 1):
                 try:
                     result = engine.events.ingest(batch, checkpoint=False)
                 except InvalidInput as exc:
@@ -99,6 +105,6 @@ def load_files(engine: Engine, items: Path | None, events: Path | None, progress
                 if n % CHECKPOINT_EVERY == 0:  # bounds memory: saved state can leave the cache
                     engine.live.checkpoint()
                 report.duplicates += result.duplicates
-                bar.update(len(lines))
+                bar.update(len(numbers))
     engine.live.checkpoint()
     return report

@@ -7,15 +7,14 @@ first wins), as the engine counts it. Every event must carry `ts`: without it th
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
+from foryou.bulk import read_jsonl
 from foryou.errors import FieldError, InvalidInput
 from foryou.signals import completion_mask
 from foryou.types import EVENT_TYPES, EventIn, EventRecord, ItemIn, parse_time
@@ -24,7 +23,6 @@ KIND = {name: code for code, name in enumerate(EVENT_TYPES)}
 VIEW = KIND["view"]
 ACTIONS = ("like", "comment", "share", "follow")  # the explicit positives
 POSITIVE_KINDS = np.array([KIND[a] for a in ACTIONS], dtype=np.int8)
-BATCH = 10_000
 _ITEMS: TypeAdapter[list[ItemIn]] = TypeAdapter(list[ItemIn])
 _EVENTS: TypeAdapter[list[EventIn]] = TypeAdapter(list[EventIn])
 
@@ -101,43 +99,10 @@ def make_events(user: Any, item: Any, kind: Any, watch_s: Any, ts: Any, duration
     return Events(user_arr, item_arr, kind_arr, watch, ts_arr[order], positives(kind_arr, watch, duration[item_arr]))
 
 
-def _open(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return path.open("rb")
-
-
-def _read(adapter: TypeAdapter[list[Any]], path: Path) -> Iterator[tuple[list[int], list[Any]]]:
-    """(line numbers, validated objects), BATCH lines at a time; a bad line raises with its number."""
-    numbers: list[int] = []
-    lines: list[bytes] = []
-
-    def validated() -> list[Any]:
-        try:
-            return adapter.validate_json(b"[" + b",".join(lines) + b"]")
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            loc = problem["loc"]
-            where = f"{path}:{numbers[loc[0]]}" if loc and isinstance(loc[0], int) else str(path)
-            field = ".".join(str(p) for p in loc[1:]) or "line"
-            raise InvalidInput([FieldError(field, f"{where}: {field}: {problem['msg']}")]) from None
-
-    with _open(path) as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                numbers.append(number)
-                lines.append(line)
-                if len(lines) >= BATCH:
-                    yield numbers, validated()
-                    numbers, lines = [], []
-    if lines:
-        yield numbers, validated()
-
-
 def load(items_path: Path, events_path: Path) -> Dataset:
     """Read and validate both files. Errors name the file and line."""
     latest: dict[str, ItemIn] = {}
-    for _, batch in _read(_ITEMS, items_path):
+    for _, batch in read_jsonl(_ITEMS, items_path):
         for it in batch:  # a repeated id replaces the item, as an upsert does
             latest.pop(it.id, None)
             latest[it.id] = it
@@ -149,7 +114,7 @@ def load(items_path: Path, events_path: Path) -> Dataset:
     columns: tuple[list[int], list[int], list[int], list[float], list[float]] = ([], [], [], [], [])
     user_col, item_col, kind_col, watch_col, ts_col = columns
     duplicates = 0
-    for numbers, batch in _read(_EVENTS, events_path):
+    for numbers, batch in read_jsonl(_EVENTS, events_path):
         for number, e in zip(numbers, batch, strict=True):
             where = f"{events_path}:{number}"
             if e.item not in index:
