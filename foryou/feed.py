@@ -102,6 +102,12 @@ class FeedService:
         order = np.argsort(-values, kind="stable")
         return idx[order], values[order]
 
+    def predict(self, user_id: str, items: np.ndarray) -> dict[str, np.ndarray]:
+        """The ranker's P(action) per head for the given item indexes, with the user's state now."""
+        live = self.live
+        state = live.user(user_id).state
+        return self.ranker.predict(live.catalog, state, items, decay(state, live.clock(), live.tau), live.totals())
+
     def feed(self, user_id: str, n: int = 10) -> Feed:
         live, catalog = self.live, self.live.catalog
         user = live.serving(live.user(user_id))

@@ -20,7 +20,6 @@ import numpy as np
 from foryou.config import Settings
 from foryou.engine import Engine
 from foryou.evaluation.dataset import Catalogue, Events
-from foryou.interest import decay
 from foryou.ranking.heuristic import HEADS
 
 REPLAY_BATCH = 10_000
@@ -100,21 +99,18 @@ class ForYouModel:
         return rank / max(n, 1)
 
     def predict_heads(self, users: np.ndarray, items: np.ndarray, now: float) -> dict[str, np.ndarray]:
-        """The ranker's P(action) per head, with the user's state as of `now`. Reads engine internals
-        (the ranker's `predict`), since the engine has no public per-item prediction yet."""
+        """The ranker's P(action) per head, with the user's state as of `now`."""
         self.clock_.now = now
-        live, ranker = self.engine_.live, self.engine_.feeds.ranker
+        feeds = self.engine_.feeds
         out = {head: np.zeros(len(users)) for head in self.heads}
         if not len(users):
             return out
         order = np.argsort(users, kind="stable")
         bounds = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1], True])
-        ids, totals = self.catalogue_.user_ids, live.totals(0.0)
+        ids = self.catalogue_.user_ids
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             rows = order[lo:hi]
-            state = live.user(ids[int(users[rows[0]])]).state
-            preds = ranker.predict(live.catalog, state, self.to_engine_[items[rows]],
-                                   decay(state, now, live.tau), totals)
+            preds = feeds.predict(ids[int(users[rows[0]])], self.to_engine_[items[rows]])
             for head in self.heads:
                 out[head][rows] = preds[head]
         return out
