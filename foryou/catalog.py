@@ -146,6 +146,9 @@ class Catalog:
             else:
                 new.append(item)
                 pending.add(item.id)
+                if len(new) >= 50_000:  # bounded: start-up streams a million items through here
+                    self._extend(new)
+                    new, pending = [], set()
         self._extend(new)
 
     def _extend(self, items: list[ItemRecord]) -> None:

@@ -60,7 +60,7 @@ class SignalSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     checkpoint_interval_s: float = 5.0  # derived state (counters, interests) is persisted this often
-    user_cache: int = 50_000  # users whose state is kept in memory (least recently used are evicted)
+    user_cache: int = 30_000  # users whose state is kept in memory (least recently used are evicted)
 
 
 @dataclass(frozen=True)

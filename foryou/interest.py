@@ -20,7 +20,7 @@ _KIND_SHIFT = 32
 _KIND_NAME = {TAG: "t", TOPIC: "o", CREATOR: "c", SOUND: "s"}
 _NAME_KIND = {v: k for k, v in _KIND_NAME.items()}
 RECENT = 8  # recent positives kept for item-to-item retrieval
-MAX_FEATURES = 256  # weights kept per user when saved: the strongest, by magnitude
+MAX_FEATURES = 128  # weights kept per user: the strongest, by magnitude (bounds memory and state size)
 
 
 def key(kind: int, code: int) -> int:
@@ -80,6 +80,8 @@ def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: 
     weights = state.weights
     for feature, share in item_features(catalog, idx):
         weights[feature] = weights.get(feature, 0.0) + gain * share
+    if len(weights) > 2 * MAX_FEATURES:  # amortised: prune back to the strongest
+        prune(state)
     if kind == "follow":
         state.follows.add(catalog.creator_l[idx])
     if kind == "view":
@@ -90,6 +92,13 @@ def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: 
         state.recent.append(idx)
         del state.recent[:-RECENT]
     return strength
+
+
+def prune(state: UserState) -> None:
+    """Keep the `MAX_FEATURES` strongest weights; weak interests go first."""
+    if len(state.weights) > MAX_FEATURES:
+        strongest = sorted(state.weights.items(), key=lambda kv: -abs(kv[1]))[:MAX_FEATURES]
+        state.weights = dict(strongest)
 
 
 def seed_interests(state: UserState, catalog: Catalog, tags: tuple[str, ...], now: float,
@@ -112,9 +121,7 @@ def decay(state: UserState, now: float, tau: float) -> float:
 
 def dumps(state: UserState, catalog: Catalog) -> bytes:
     """Serialize by name: vocabulary codes are not stable across restarts."""
-    if len(state.weights) > MAX_FEATURES:  # bound the state of heavy users; weak interests go first
-        strongest = sorted(state.weights.items(), key=lambda kv: -abs(kv[1]))[:MAX_FEATURES]
-        state.weights = dict(strongest)
+    prune(state)
     mask = (1 << _KIND_SHIFT) - 1
     groups: tuple[dict[str, float], ...] = ({}, {}, {}, {})  # by kind: tag, topic, creator, sound
     names = (catalog.tags.names, catalog.tags.names, catalog.creators.names, catalog.sounds.names)
