@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS watermarks (region TEXT PRIMARY KEY, events INTEGER N
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# user_state keeps its rowid: its rows are kilobytes, and a WITHOUT ROWID table stores rows inside the
+# key's B-tree, which made batch look-ups about 5x slower.
 _REGION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, interests TEXT NOT NULL, lang TEXT,
     age_band TEXT, created_at REAL NOT NULL) WITHOUT ROWID;
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS event_keys (h INTEGER PRIMARY KEY, accepted REAL NOT 
 CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
     request_id TEXT NOT NULL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS served_user ON served (user);
-CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
