@@ -59,23 +59,22 @@ class IngestService:
         live = self.live
         ids = [r.id for r in records if r.id is not None]
         known = live.store.known_event_ids(ids) if ids else set()
-        by_region: dict[str, list[EventRecord]] = {}
-        new_users: dict[str, LiveUser] = {}
-        duplicates = 0
+        fresh: list[EventRecord] = []
         for r in records:
             if r.id is not None:
                 if r.id in known:
-                    duplicates += 1
                     continue
                 known.add(r.id)
-            region = live.region_of(r.user)
-            if region is None:
-                user = live.user(r.user)
-                region = user.profile.region
-                if r.user not in new_users:
-                    new_users[r.user] = user
-            by_region.setdefault(region, []).append(r)
-        live.prefetch([r.user for batch in by_region.values() for r in batch])
+            fresh.append(r)
+        duplicates = len(records) - len(fresh)
+        live.prefetch([r.user for r in fresh])  # one look-up per region; unknown users are created
+        by_region: dict[str, list[EventRecord]] = {}
+        new_users: dict[str, LiveUser] = {}
+        for r in fresh:
+            user = live.user(r.user)
+            if not user.stored:
+                new_users[r.user] = user
+            by_region.setdefault(user.profile.region, []).append(r)
         for region, batch in by_region.items():
             created = [u for u in new_users.values() if u.profile.region == region]
             seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())

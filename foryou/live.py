@@ -175,14 +175,21 @@ class Live:
         self.user_region[live.profile.id] = live.profile.region
 
     def _trim(self) -> None:
-        limit = self.settings.store.user_cache
-        if len(self.users) <= limit:
-            return
-        for user_id in list(self.users):
-            if len(self.users) <= limit:
-                break
-            if not self.users[user_id].dirty_since and self.users[user_id].stored:
-                del self.users[user_id]
+        """Evict least recently used users down to `store.user_cache`. Users with unsaved state cannot
+        leave yet: they are moved to the recent end, so each call looks at a bounded number of users
+        (walking the whole cache on every call made loads with many dirty users quadratic)."""
+        users = self.users
+        dirty = sum(len(d) for d in self.dirty_users.values())
+        excess = min(len(users) - self.settings.store.user_cache, len(users) - dirty)  # evictable
+        budget = excess + 64  # dirty users met on the way move to the back: amortised O(1)
+        while excess > 0 and budget > 0 and users:
+            budget -= 1
+            user_id, live = next(iter(users.items()))
+            if live.dirty_since or not live.stored:
+                users.move_to_end(user_id)
+            else:
+                del users[user_id]
+                excess -= 1
 
     def touch(self, live: LiveUser, seq: int = 0) -> None:
         """Mark a user's state changed by event `seq` (or by something not in the event log)."""
