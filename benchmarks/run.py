@@ -828,7 +828,7 @@ durations, 1% uploaded in the last day, 2% mature) and interaction stream (users
 their events on those; watch time depends on interest; likes/shares/comments/follows mostly on interesting
 items, "not interested" on the others; ids and timestamps over the last 7 days) as JSON Lines under
 `benchmarks/out/` (ignored by git), loaded with `foryou load`. Feeds go to users `u0..u{users-1}`, whose
-state is loaded on demand (the server keeps 50,000 users in memory by default).
+state is loaded on demand (at most `store.user_cache` users are kept in memory).
 
 Reproduce (from the repository root, after `make test` or `pip install -e '.[dev]'`, and
 `apt-get install -y wrk`; `pip install py-spy` into `.venv` for the profiles):
@@ -839,12 +839,8 @@ Reproduce (from the repository root, after `make test` or `pip install -e '.[dev
 .venv/bin/python benchmarks/run.py --items 1000000            # 1M items, 100k users, 5M events
 ```
 
-Each run replaces its own section below (keyed by scale) and leaves the others. The 100k and 1M sections
-were run with `--user-cache 200000` (`store.user_cache`, default 50,000, raised in every process) because
-with the default the bulk load of 100,000 users' events degrades to a few hundred events/s: once more users
-than the cache holds are dirty between two checkpoints, `Live._trim` walks the whole cache for every new
-user (measured at commit 8778d2e: 81% of the load's time in `Live._trim`, ~250 events/s). The larger cache
-also raises the server's resident memory (every user's state stays in memory).
+Each run replaces its own section below (keyed by scale) and leaves the others, and names the commit it
+measured; the text above the first section is kept as it is (delete it to have it written afresh).
 
 Targets (issue 2, at 1M items on this 2-core machine): feed p99 <= 10 ms in-process and <= 25 ms over HTTP at
 16 connections; ingestion >= 50,000 events/s over HTTP and >= 200,000 events/s through the bulk loader;
@@ -859,8 +855,12 @@ def scale_key(a: argparse.Namespace) -> str:
 
 def update_doc(new_section: str, key: str) -> None:
     sections: dict[str, str] = {}
+    preamble = PREAMBLE
     if DOC.exists():
         text = DOC.read_text()
+        first = text.find("<!-- scale ")
+        if first > 0:  # keep the text above the sections (it may have been edited by hand)
+            preamble = text[:first]
         pos = 0
         while True:
             start = text.find("<!-- scale ", pos)
@@ -879,7 +879,7 @@ def update_doc(new_section: str, key: str) -> None:
         return tuple(int(part.split("=")[1]) for part in k.split())
 
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(PREAMBLE + "\n".join(sections[k] for k in sorted(sections, key=order)))
+    DOC.write_text(preamble + "\n".join(sections[k] for k in sorted(sections, key=order)))
 
 
 def targets_md(feed_http: Result, feed_ip: Result, events_http: Result, load: dict[str, Any] | None,

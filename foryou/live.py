@@ -8,6 +8,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -330,7 +331,7 @@ class Live:
         share = max(1, budget // len(catalog.regions))
         done = True
         for region, dirty_users in self.dirty_users.items():
-            batch = list(dirty_users.items())[:share] if len(dirty_users) > share else list(dirty_users.items())
+            batch = list(islice(dirty_users.items(), share))  # the oldest changes, without copying the rest
             states = {uid: dumps(u.state, catalog) for uid, u in batch}
             for uid, u in batch:
                 u.dirty_since = 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from factories import Clock
 
 from foryou.config import load_settings
 from foryou.engine import Engine
@@ -22,15 +23,6 @@ T0 = 1_700_000_000.0
 DAY = 86400.0
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class Engines:
@@ -68,7 +60,7 @@ class Engines:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

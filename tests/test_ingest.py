@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories import Clock
 
 from foryou.config import load_settings
 from foryou.engine import Engine
@@ -15,17 +16,11 @@ from foryou.types import EventIn, ItemIn, UserIn, format_time
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import math
 
 import orjson
 import pytest
+from factories import item
 
 from foryou.catalog import Catalog
 from foryou.interest import (
@@ -23,17 +24,10 @@ from foryou.interest import (
     loads,
     seed_interests,
 )
-from foryou.types import ItemRecord
 
 HALF_LIFE = 72 * 3600.0
 TAU = HALF_LIFE / math.log(2)
 T = 1_700_000_000.0
-
-
-def item(item_id: str, **kw: object) -> ItemRecord:
-    fields: dict[str, object] = {"creator": "c-" + item_id, "duration_s": 10.0, "created_at": 0.0}
-    fields.update(kw)
-    return ItemRecord(id=item_id, **fields)  # type: ignore[arg-type]
 
 
 def world() -> Catalog:

@@ -6,23 +6,17 @@ import math
 
 import numpy as np
 import pytest
+from factories import item
 
 from foryou.catalog import RANK_TAGS, STATS, Catalog
 from foryou.config import ValueWeights
 from foryou.interest import TAG, TOPIC, UserState, code_of, item_features, key, kind_of, learn_one
 from foryou.ranking import HEADS, HeuristicRanker, value
 from foryou.ranking.heuristic import affinity
-from foryou.types import ItemRecord
 
 TAU = 72 * 3600 / math.log(2)
 T = 1_700_000_000.0
 DEFAULT = {"complete": 0.3, "like": 0.03, "comment": 0.005, "share": 0.003, "follow": 0.002}
-
-
-def item(item_id: str, **kw: object) -> ItemRecord:
-    fields: dict[str, object] = {"creator": "c-" + item_id, "duration_s": 10.0, "created_at": 0.0}
-    fields.update(kw)
-    return ItemRecord(id=item_id, **fields)  # type: ignore[arg-type]
 
 
 def world() -> Catalog:
