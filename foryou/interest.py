@@ -17,8 +17,6 @@ from foryou.signals import event_strength
 
 TAG, TOPIC, CREATOR, SOUND = 0, 1, 2, 3
 _KIND_SHIFT = 32
-_KIND_NAME = {TAG: "t", TOPIC: "o", CREATOR: "c", SOUND: "s"}
-_NAME_KIND = {v: k for k, v in _KIND_NAME.items()}
 RECENT = 8  # recent positives kept for item-to-item retrieval
 MAX_FEATURES = 128  # weights kept per user: the strongest, by magnitude (bounds memory and state size)
 
