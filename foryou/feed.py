@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from foryou import retrieval
-from foryou.interest import decay
+from foryou.interest import UserState, decay
 from foryou.live import Live, LiveUser
 from foryou.policy import arrange
 from foryou.ranking import HeuristicRanker, value
@@ -61,16 +61,18 @@ class FeedService:
         idx = np.fromiter(cands.sources.keys(), np.int64, len(cands.sources))
         return idx[self.live.catalog.eligible(idx, user.profile.region, user.profile.age_band == "18+")]
 
-    def _rank(self, user: LiveUser, idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    def _predict(self, state: UserState, idx: np.ndarray) -> dict[str, np.ndarray]:
+        live = self.live
+        return self.ranker.predict(live.catalog, state, idx, decay(state, live.clock(), live.tau), live.totals())
+
+    def _rank(self, user: LiveUser, idx: np.ndarray, n: int) -> tuple[np.ndarray, list[int]]:
         """Value of each candidate, and the positions of the `n` picked under the adjacency rule."""
-        live, catalog = self.live, self.live.catalog
-        preds = self.ranker.predict(catalog, user.state, idx, decay(user.state, live.clock(), live.tau),
-                                    live.totals())
-        scores = value(preds, live.settings.weights)
+        catalog = self.live.catalog
+        scores = value(self._predict(user.state, idx), self.live.settings.weights)
         order = np.argsort(-scores, kind="stable")
         picks = arrange(order, catalog.creator[idx], catalog.sound[idx], n,
                         user.state.last_creator, user.state.last_sound)
-        return idx, scores, picks
+        return scores, picks
 
     def _yielded(self, user: LiveUser, chosen: np.ndarray) -> bool:
         catalog = self.live.catalog
@@ -94,19 +96,14 @@ class FeedService:
         without recording anything: (item indexes, values), best first. For evaluation and replay."""
         live = self.live
         user = live.serving(live.user(user_id))
-        cands = self.candidates(user)
-        idx = self._eligible(user, cands)
-        preds = self.ranker.predict(live.catalog, user.state, idx, decay(user.state, live.clock(), live.tau),
-                                    live.totals())
-        values = value(preds, live.settings.weights)
+        idx = self._eligible(user, self.candidates(user))
+        values = value(self._predict(user.state, idx), live.settings.weights)
         order = np.argsort(-values, kind="stable")
         return idx[order], values[order]
 
     def predict(self, user_id: str, items: np.ndarray) -> dict[str, np.ndarray]:
         """The ranker's P(action) per head for the given item indexes, with the user's state now."""
-        live = self.live
-        state = live.user(user_id).state
-        return self.ranker.predict(live.catalog, state, items, decay(state, live.clock(), live.tau), live.totals())
+        return self._predict(self.live.user(user_id).state, items)
 
     def feed(self, user_id: str, n: int = 10) -> Feed:
         live, catalog = self.live, self.live.catalog
@@ -118,12 +115,13 @@ class FeedService:
         if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
             retrieval.fallback(cands, self._eligible_mask(user), len(catalog), n * 4, self.rng)
             idx = self._eligible(user, cands)
-        idx, scores, picks = self._rank(user, idx, n)
+        scores, picks = self._rank(user, idx, n)
         if self._yielded(user, idx[picks]):
             # The adjacency rule gave way among the candidates: bring in eligible items by other creators
             # and sounds (a scan of the catalogue, so only now), and arrange again.
             self._add_alternatives(cands, user, idx[picks], 4 * n)
-            idx, scores, picks = self._rank(user, self._eligible(user, cands), n)
+            idx = self._eligible(user, cands)
+            scores, picks = self._rank(user, idx, n)
         request_id = uuid.uuid4().hex
         chosen = [int(idx[p]) for p in picks]
         items = [FeedItem(catalog.ids[i], round(float(scores[p]), 6),
