@@ -3,51 +3,26 @@ the item/user/event semantics that the HTTP contract promises. Error cases live 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MakeClient
 
 with warnings.catch_warnings():  # starlette warns (a UserWarning) that it prefers httpx2 over httpx
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from foryou.config import load_settings
 from foryou.engine import Engine
-from foryou.http import create_app
 
 AUTH = {"Authorization": "Bearer some-api-key"}
 STATS = ("served", "views", "watch_s", "completions", "likes", "comments", "shares", "follows",
          "not_interested", "reports")
-
-MakeClient = Callable[..., TestClient]
-
-
-@pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[MakeClient]:
-    """Opens an engine on a data dir under tmp_path (default: tmp_path/data) and wraps it in the app."""
-    opened: list[tuple[TestClient, Engine]] = []
-
-    def make(data: Path | None = None, clock: Callable[[], float] | None = None, **overrides: Any) -> TestClient:
-        settings = load_settings(overrides={"server.data": str(data or tmp_path / "data"), **overrides}, env={})
-        engine = Engine.open(settings, clock=clock) if clock is not None else Engine.open(settings)
-        client = TestClient(create_app(engine), raise_server_exceptions=False)
-        opened.append((client, engine))
-        return client
-
-    yield make
-    for client, engine in opened:
-        client.close()
-        with contextlib.suppress(Exception):  # already closed by a test that reopens the same data dir
-            engine.close()
-
 
 @pytest.fixture
 def client(make_client: MakeClient) -> TestClient:

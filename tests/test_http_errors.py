@@ -6,41 +6,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import MakeClient
 
 with warnings.catch_warnings():  # starlette warns (a UserWarning) that it prefers httpx2 over httpx
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
-
-from foryou.config import load_settings
-from foryou.engine import Engine
-from foryou.http import create_app
-
-MakeClient = Callable[..., TestClient]
-
-
-@pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[MakeClient]:
-    opened: list[tuple[TestClient, Engine]] = []
-
-    def make(**overrides: Any) -> TestClient:
-        data = tmp_path / f"data{len(opened)}"
-        settings = load_settings(overrides={"server.data": str(data), **overrides}, env={})
-        engine = Engine.open(settings)
-        client = TestClient(create_app(engine), raise_server_exceptions=False)
-        opened.append((client, engine))
-        return client
-
-    yield make
-    for client, engine in opened:
-        client.close()
-        engine.close()
 
 
 @pytest.fixture
