@@ -103,8 +103,8 @@ def load_files(engine: Engine, items: Path | None, events: Path | None, progress
                     raise _located(events, numbers, exc.errors) from None
                 report.events += result.accepted
                 if n % CHECKPOINT_EVERY == 0:  # bounds memory: saved state can leave the cache
-                    engine.live.checkpoint()
+                    engine.checkpoint()
                 report.duplicates += result.duplicates
                 bar.update(len(numbers))
-    engine.live.checkpoint()
+    engine.checkpoint()
     return report

@@ -34,6 +34,12 @@ class ValueWeights:
     comment: float = 3.0
     share: float = 4.0
     follow: float = 6.0
+    # The learned model's extra heads: the duration-debiased watch quantile, P(skip in the first
+    # seconds), and its retrieval score (as a probability), which also prices how likely the user is
+    # to engage with the item at all.
+    watch: float = 1.0
+    skip: float = -1.0
+    retrieval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class SourceBudgets:
     fresh: int = 30
     coengagement: int = 80
     fallback: int = 50
+    learned: int = 200  # the learned retrieval model's nearest items (when the model is healthy)
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,32 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class LearningSettings:
+    """The learned models (docs/learning.md), trained online from the event log."""
+
+    enabled: bool = True  # off: the hand-set ranking alone
+    dim: int = 16  # embedding width
+    negatives: int = 4  # items sampled as negatives for each positive
+    lr: float = 0.05  # Adagrad step of the embedding rows
+    dense_lr: float = 0.05  # Adagrad step of the ranking heads' weights
+    batch_size: int = 512  # examples per training step
+    min_count: int = 1  # occurrences before an id gets an embedding row
+    ttl_days: float = 30.0  # rows idle this long are freed (0: never)
+    join_window_s: float = 60.0  # wait this long for a served item's view and a view's actions
+    min_examples: int = 2000  # the model serves only after learning this many examples
+    max_loss: float = 3.0  # a training step above this loss (or 4x the recent one) is dropped
+    index: str = "hnsw"  # the ANN index of item vectors: "hnsw" (usearch) or "exact"
+    checkpoint_interval_s: float = 30.0  # model rows changed since are saved this often
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     weights: ValueWeights = field(default_factory=ValueWeights)
     budgets: SourceBudgets = field(default_factory=SourceBudgets)
     signals: SignalSettings = field(default_factory=SignalSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    learning: LearningSettings = field(default_factory=LearningSettings)
 
 
 class ConfigError(ForYouError):

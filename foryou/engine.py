@@ -11,6 +11,7 @@ from foryou.config import Settings
 from foryou.feed import FeedService
 from foryou.ingest import IngestService
 from foryou.items import ItemService
+from foryou.learning import Learner
 from foryou.live import Live
 from foryou.store import Store, open_store
 from foryou.users import UserService
@@ -26,10 +27,11 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.live = Live(store, settings, clock)
-        self.items = ItemService(self.live)
+        self.learner = Learner(self.live, seed or 0)
+        self.items = ItemService(self.live, self.learner)
         self.users = UserService(self.live)
-        self.events = IngestService(self.live)
-        self.feeds = FeedService(self.live, seed=seed)
+        self.events = IngestService(self.live, self.learner)
+        self.feeds = FeedService(self.live, self.learner, seed=seed)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,
@@ -38,11 +40,17 @@ class Engine:
         url = store_url or str(Path(settings.server.data))
         engine = cls(open_store(url, settings.server.regions), settings, clock, seed)
         engine.live.load()
+        engine.learner.load()
         return engine
+
+    def checkpoint(self) -> None:
+        """Save all derived state: the live state's and the learned model's."""
+        self.live.checkpoint()
+        self.learner.checkpoint()
 
     def close(self) -> None:
         """Checkpoint derived state and close the store."""
-        self.live.checkpoint()
+        self.checkpoint()
         self.store.close()
 
     def __enter__(self) -> Engine:

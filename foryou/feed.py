@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from foryou import retrieval
-from foryou.interest import UserState, decay
+from foryou.interest import decay
+from foryou.learning import Learner
 from foryou.live import Live, LiveUser
 from foryou.policy import arrange
 from foryou.ranking import HeuristicRanker, value
@@ -31,8 +32,10 @@ class Feed:
 
 
 class FeedService:
-    def __init__(self, live: Live, ranker: HeuristicRanker | None = None, seed: int | None = None) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None, ranker: HeuristicRanker | None = None,
+                 seed: int | None = None) -> None:
         self.live = live
+        self.learner = learner
         self.ranker = ranker or HeuristicRanker()
         self.rng = np.random.default_rng(seed)
 
@@ -41,6 +44,10 @@ class FeedService:
         budgets, signals = live.settings.budgets, live.settings.signals
         now = live.clock()
         cands = retrieval.Candidates(state.excluded)
+        learner = self._learned()
+        if learner is not None:  # first, so that its reason leads where it agrees with other sources
+            retrieval.learned(cands, learner.retrieve(user.profile.region, user.profile.id, budgets.learned * 2),
+                              budgets.learned)
         retrieval.interest(cands, catalog, state, budgets.interest, self.rng)
         retrieval.follows(cands, catalog, state, budgets.follows)
         retrieval.trending(cands, live.trending.top(user.profile.region, budgets.trending * 3, now),
@@ -61,14 +68,21 @@ class FeedService:
         idx = np.fromiter(cands.sources.keys(), np.int64, len(cands.sources))
         return idx[self.live.catalog.eligible(idx, user.profile.region, user.profile.age_band == "18+")]
 
-    def _predict(self, state: UserState, idx: np.ndarray) -> dict[str, np.ndarray]:
-        live = self.live
+    def _learned(self) -> Learner | None:
+        """The learned model, when there is a healthy one (else the hand-set ranking serves)."""
+        return self.learner if self.learner is not None and self.learner.healthy else None
+
+    def _predict(self, user: LiveUser, idx: np.ndarray) -> dict[str, np.ndarray]:
+        live, learner = self.live, self._learned()
+        if learner is not None:
+            return learner.predict(user.profile.region, user.profile.id, idx)
+        state = user.state
         return self.ranker.predict(live.catalog, state, idx, decay(state, live.clock(), live.tau), live.totals())
 
     def _rank(self, user: LiveUser, idx: np.ndarray, n: int) -> tuple[np.ndarray, list[int]]:
         """Value of each candidate, and the positions of the `n` picked under the adjacency rule."""
         catalog = self.live.catalog
-        scores = value(self._predict(user.state, idx), self.live.settings.weights)
+        scores = value(self._predict(user, idx), self.live.settings.weights)
         order = np.argsort(-scores, kind="stable")
         picks = arrange(order, catalog.creator[idx], catalog.sound[idx], n,
                         user.state.last_creator, user.state.last_sound)
@@ -97,13 +111,13 @@ class FeedService:
         live = self.live
         user = live.serving(live.user(user_id))
         idx = self._eligible(user, self.candidates(user))
-        values = value(self._predict(user.state, idx), live.settings.weights)
+        values = value(self._predict(user, idx), live.settings.weights)
         order = np.argsort(-values, kind="stable")
         return idx[order], values[order]
 
     def predict(self, user_id: str, items: np.ndarray) -> dict[str, np.ndarray]:
         """The ranker's P(action) per head for the given item indexes, with the user's state now."""
-        return self._predict(self.live.user(user_id).state, items)
+        return self._predict(self.live.user(user_id), items)
 
     def feed(self, user_id: str, n: int = 10) -> Feed:
         live, catalog = self.live, self.live.catalog
@@ -132,5 +146,7 @@ class FeedService:
             seqs = live.store.record_served(
                 user.profile.region, [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in chosen])
             live.apply_served(user.profile.region, user, chosen, seqs[-1])
+            if self.learner is not None:
+                self.learner.record_served(user.profile.region, user_id, chosen, now)
         live.maybe_checkpoint()
         return Feed(user_id, request_id, items)

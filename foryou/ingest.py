@@ -3,10 +3,12 @@ user's region log, then apply to the live state. A batch with any invalid event 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from foryou.errors import FieldError, InvalidInput
+from foryou.learning import Learner
 from foryou.live import Live, LiveUser
 from foryou.types import EventIn, EventRecord, parse_time
 
@@ -23,8 +25,9 @@ class IngestResult:
 
 
 class IngestService:
-    def __init__(self, live: Live) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None) -> None:
         self.live = live
+        self.learner = learner
 
     def ingest(self, events: Sequence[EventIn], checkpoint: bool = True) -> IngestResult:
         """Validate the whole batch, then append it."""
@@ -80,6 +83,8 @@ class IngestService:
             seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())
             for new_user in created:
                 live.mark_stored(new_user)
+            if self.learner is not None:  # before the live state moves on: its features are as of before
+                self.learner.learn_many(region, batch, seqs, accepted=time.time())
             live.apply_events(region, batch, seqs)
         if checkpoint:
             live.maybe_checkpoint()

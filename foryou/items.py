@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from foryou.errors import FieldError, InvalidInput, NotFound
+from foryou.learning import Learner
 from foryou.live import Live
 from foryou.types import ItemIn, ItemRecord, parse_time
 
 
 class ItemService:
-    def __init__(self, live: Live) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None) -> None:
         self.live = live
+        self.learner = learner
 
     def upsert(self, items: Sequence[ItemIn]) -> int:
         """Replace fields by id; counters, takedown state and (when omitted) created_at are kept."""
@@ -53,7 +55,14 @@ class ItemService:
         live.store.upsert_items(records)
         live.catalog.put_many(records)
         live.trending.ensure(len(live.catalog))
+        self._changed(records)
         return len(items)
+
+    def _changed(self, records: Sequence[ItemRecord]) -> None:
+        """New, changed and taken-down items get their vector (re)indexed, or removed."""
+        if self.learner is not None:
+            index = self.live.catalog.index
+            self.learner.items_changed([index[r.id] for r in records])
 
     def _learning_changed(self, record: ItemRecord) -> bool:
         """Whether an upsert changes what learning from an existing item's events depends on."""
@@ -85,4 +94,5 @@ class ItemService:
         record.down = down
         self.live.store.upsert_items([record])
         self.live.catalog.put(record)
+        self._changed([record])
         return {"id": item_id, "taken_down": down}

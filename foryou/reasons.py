@@ -14,6 +14,7 @@ VOCABULARY = (
     "new video",
     "people who finished what you finished also finished this",
     "something different to explore",
+    "viewers with tastes like yours enjoyed this",
 )
 
 
@@ -31,4 +32,5 @@ def reason(catalog: Catalog, source: str, feature: int) -> str:
         "trending": VOCABULARY[4],
         "fresh": VOCABULARY[5],
         "coengagement": VOCABULARY[6],
+        "learned": VOCABULARY[8],
     }.get(source, VOCABULARY[7])

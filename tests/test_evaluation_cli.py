@@ -53,7 +53,8 @@ def test_json_has_the_shape_of_the_issue(report: dict[str, Any], dataset: tuple[
     assert report["users"] > 0
     assert list(report["models"]) == list(MODELS)
     for name, metrics in report["models"].items():
-        expected = RANKING | HEADS if name in ("foryou", "popularity", "recent_popularity") else RANKING
+        with_heads = ("foryou", "foryou_heuristic", "popularity", "recent_popularity")
+        expected = RANKING | HEADS if name in with_heads else RANKING
         assert set(metrics) == expected, name
         assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values()), name
         assert set(report["stderr"][name]) == RANKING - {"coverage@10"}, name
@@ -62,7 +63,8 @@ def test_json_has_the_shape_of_the_issue(report: dict[str, Any], dataset: tuple[
     assert list(daily["models"]) == list(MODELS) == list(daily["stderr"])
     assert daily["users"] == sum(day["users"] for day in daily["days"])
     assert [day["from"][:10] for day in daily["days"]] == ["2024-01-07", "2024-01-08"]
-    assert daily["learning"] == {name: "online" if name == "foryou" else "refit daily" for name in MODELS}
+    online = ("foryou", "foryou_heuristic")
+    assert daily["learning"] == {name: "online" if name in online else "refit daily" for name in MODELS}
     assert set(report["valid"]["tuned"]) == {"item_knn", "implicit_als"}
     assert report["valid"]["valid_from"] < dataset[2]
     assert report["events"]["train"] > 0 and report["events"]["test"] > 0

@@ -114,14 +114,15 @@ def test_perfect_model_first_random_last(outcome: Outcome) -> None:
 
 def test_every_real_model_beats_random_and_personalised_ones_beat_popularity(outcome: Outcome) -> None:
     m = {name: v["recall@10"] for name, v in outcome.split.models.items()}
-    for name in ("foryou", "popularity", "recent_popularity", "item_knn", "implicit_als"):
+    for name in ("foryou", "foryou_heuristic", "popularity", "recent_popularity", "item_knn", "implicit_als"):
         assert m[name] > m["random"], name
     for name in ("foryou", "item_knn"):
         assert m[name] > m["popularity"], name
 
 
 def test_outcome_covers_every_model_protocol_and_day(outcome: Outcome, world: World) -> None:
-    names = ["foryou", "popularity", "recent_popularity", "item_knn", "implicit_als", "oracle", "random"]
+    names = ["foryou", "foryou_heuristic", "popularity", "recent_popularity", "item_knn", "implicit_als", "oracle",
+             "random"]
     assert list(outcome.split.models) == names
     assert list(outcome.daily.models) == names
     assert [at for at, _ in outcome.days] == [world.test_from, world.test_from + DAY_S]

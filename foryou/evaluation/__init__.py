@@ -4,6 +4,6 @@ Light on purpose (the command line imports it to list the models): the modules a
 See docs/evaluation.md for the protocols.
 """
 
-MODELS = ("foryou", "popularity", "recent_popularity", "item_knn", "implicit_als")
+MODELS = ("foryou", "foryou_heuristic", "popularity", "recent_popularity", "item_knn", "implicit_als")
 
 __all__ = ["MODELS"]

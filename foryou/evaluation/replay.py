@@ -23,7 +23,7 @@ from foryou.evaluation.dataset import Catalogue, Events
 from foryou.ranking.heuristic import HEADS
 
 REPLAY_BATCH = 10_000
-UNPROPOSED = -2.0  # below any value the engine gives (values are sums of probabilities x weights >= 0)
+UNPROPOSED = -1e6  # below any value the engine gives (weights may be negative, not this large)
 
 
 def _scratch_dir() -> str:
@@ -44,12 +44,15 @@ class _Clock:
 
 
 class ForYouModel:
-    name = "foryou"
+    """`learned=False`: the engine with its learned models off, i.e. its hand-set ranking alone."""
+
     heads = HEADS
 
-    def __init__(self, settings: Settings | None = None, seed: int = 0) -> None:
+    def __init__(self, settings: Settings | None = None, seed: int = 0, learned: bool = True) -> None:
         self.settings = settings
         self.seed = seed
+        self.learned = learned
+        self.name = "foryou" if learned else "foryou_heuristic"
 
     def fit(self, catalogue: Catalogue, train: Events) -> Self:
         self.close()
@@ -57,7 +60,8 @@ class ForYouModel:
         self.clock_ = _Clock()
         self.dir_ = _scratch_dir()
         settings = self.settings or Settings()
-        settings = replace(settings, server=replace(settings.server, data=self.dir_))
+        settings = replace(settings, server=replace(settings.server, data=self.dir_),
+                           learning=replace(settings.learning, enabled=self.learned))
         self.engine_ = Engine.open(settings, clock=self.clock_, seed=self.seed)
         self.clock_.now = float(train.ts[0]) if len(train) else 0.0
         self.engine_.items.upsert(list(catalogue.items))

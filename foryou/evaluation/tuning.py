@@ -27,8 +27,8 @@ def make_model(name: str, params: Mapping[str, Any] | None = None, settings: Set
                seed: int = 0) -> Model:
     """A fresh, unfitted model by name, with `params` passed to its constructor."""
     params = dict(params or {})
-    if name == "foryou":
-        return ForYouModel(settings=settings, seed=seed, **params)
+    if name in ("foryou", "foryou_heuristic"):
+        return ForYouModel(settings=settings, seed=seed, learned=name == "foryou", **params)
     if name == "popularity":
         return Popularity(**params)
     if name == "recent_popularity":

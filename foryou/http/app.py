@@ -4,6 +4,8 @@ the engine is single-threaded by design, and its work per request is short."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -33,6 +35,7 @@ class JSON(Response):
 
 M = TypeVar("M", bound=BaseModel)
 INGEST_CHUNK = 250  # events appended between two turns of the event loop
+TICK_S = 0.5  # how often the learner's periodic work (joins, index, checkpoint) runs between requests
 _BODIES: dict[str, type[BaseModel]] = {}
 
 
@@ -71,9 +74,24 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+async def _ticks(engine: Engine) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        engine.learner.tick(engine.clock())
+
+
 def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
     metrics = metrics or Metrics()
-    app = FastAPI(title="ForYou", version=__version__, default_response_class=JSON,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_ticks(engine))  # on the event loop: between requests, never during one
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(title="ForYou", version=__version__, default_response_class=JSON, lifespan=lifespan,
                   description="A real-time For You feed engine: catalogue, events, feeds.")
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=int(engine.settings.server.max_body_mb * 1024 * 1024))
@@ -144,6 +162,7 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
             "catalog_items_live": float(live.catalog.alive[: len(live.catalog)].sum()),
             "users_cached": float(len(live.users)),
             "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
+            **engine.learner.gauges(),
         }
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 

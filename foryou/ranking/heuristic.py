@@ -83,9 +83,16 @@ class HeuristicRanker:
         return out
 
 
+VALUED = (*HEADS, "watch", "skip")
+
+
 def value(predictions: Mapping[str, np.ndarray], weights: ValueWeights) -> np.ndarray:
-    """Sum over heads of P(action) x weight(action)."""
+    """Sum over the predicted heads of P(action) x weight(action) (the learned model adds the watch
+    quantile and P(skip)), plus, for the learned model, weight x the retrieval score as a probability."""
     total = np.zeros_like(predictions["complete"])
-    for head in HEADS:
-        total += predictions[head] * float(getattr(weights, head))
+    for head in VALUED:
+        if head in predictions:
+            total += predictions[head] * float(getattr(weights, head))
+    if "retrieval" in predictions and weights.retrieval:
+        total += weights.retrieval * _sigmoid(predictions["retrieval"])
     return total

@@ -8,7 +8,8 @@ from foryou.retrieval.sources import (
     follows,
     fresh,
     interest,
+    learned,
     trending,
 )
 
-__all__ = ["Candidates", "coengagement", "fallback", "follows", "fresh", "interest", "trending"]
+__all__ = ["Candidates", "coengagement", "fallback", "follows", "fresh", "interest", "learned", "trending"]

@@ -122,3 +122,8 @@ def fallback(cands: Candidates, eligible: np.ndarray | None, n_items: int, budge
         cands.add(pool.tolist(), "fallback", budget=budget)
     else:
         cands.add(rng.integers(0, n_items, size=2 * budget).tolist(), "fallback", budget=budget)
+
+
+def learned(cands: Candidates, nearest: np.ndarray, budget: int) -> None:
+    """The learned retrieval model's nearest items to the user's vector (already best first)."""
+    cands.add(nearest.tolist(), "learned", budget=budget)

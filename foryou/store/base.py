@@ -108,4 +108,17 @@ class Store(Protocol):
 
     def user_state_watermark(self, region: str) -> int: ...
 
+    # -- learned models --
+    def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
+                        removed: Sequence[str]) -> None:
+        """Atomically upsert embedding rows of `table` and delete `removed` keys: in `region`'s store
+        (users' rows) or, with `region` None, the shared one (item-side rows)."""
+
+    def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]: ...
+
+    def save_model_blob(self, key: str, value: bytes) -> None:
+        """Store a shared blob (dense weights, watermarks), replacing any under `key`."""
+
+    def get_model_blob(self, key: str) -> bytes | None: ...
+
     def close(self) -> None: ...

@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS coeng (a TEXT, b TEXT, w REAL NOT NULL, PRIMARY KEY (
 CREATE TABLE IF NOT EXISTS watermarks (region TEXT PRIMARY KEY, events INTEGER NOT NULL,
     served INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PRIMARY KEY (tbl, key))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 # user_state keeps its rowid: its rows are kilobytes, and a WITHOUT ROWID table stores rows inside the
@@ -51,6 +54,8 @@ CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS served_user ON served (user);
 CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PRIMARY KEY (tbl, key))
+    WITHOUT ROWID;
 """
 
 
@@ -289,6 +294,28 @@ class SQLiteStore:
     def user_state_watermark(self, region: str) -> int:
         row = self._region[region].execute("SELECT value FROM meta WHERE key='state_watermark'").fetchone()
         return 0 if row is None else int(row[0])
+
+    # -- learned models: embedding rows (users' in their region, the rest shared) and dense blobs --
+    def _model_conn(self, region: str | None) -> sqlite3.Connection:
+        return self._catalog if region is None else self._region[region]
+
+    def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
+                        removed: Sequence[str]) -> None:
+        with _tx(self._model_conn(region)) as c:
+            c.executemany("INSERT OR REPLACE INTO model_rows VALUES (?,?,?)", [(table, k, v) for k, v in rows])
+            c.executemany("DELETE FROM model_rows WHERE tbl=? AND key=?", [(table, k) for k in removed])
+
+    def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
+        for key, row in self._model_conn(region).execute("SELECT key, row FROM model_rows WHERE tbl=?", (table,)):
+            yield key, bytes(row)
+
+    def save_model_blob(self, key: str, value: bytes) -> None:
+        with _tx(self._catalog) as c:
+            c.execute("INSERT OR REPLACE INTO model_blobs VALUES (?,?)", (key, value))
+
+    def get_model_blob(self, key: str) -> bytes | None:
+        row = self._catalog.execute("SELECT value FROM model_blobs WHERE key=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def close(self) -> None:
         for conn in (self._catalog, *self._region.values()):

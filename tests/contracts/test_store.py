@@ -563,3 +563,33 @@ class TestDurability:
         assert reopened.item_watermarks() == {"us": (0, 0), "eu": (0, 0)}
         assert list(reopened.events_after("eu", 0)) == []
         assert len(list(reopened.events_after("us", 0))) == 1
+
+
+# -- learned models ------------------------------------------------------------------------------------------
+
+
+def test_model_rows_upsert_delete_and_survive_reopen(opener: Opener, store: Store) -> None:
+    store.save_model_rows(None, "item", [("a", b"\x01"), ("b", b"\x02")], [])
+    store.save_model_rows(None, "item", [("a", b"\x03")], ["b", "never-saved"])
+    store.save_model_rows("us", "user", [("u1", b"us-row")], [])
+    store.save_model_rows("eu", "user", [("u2", b"eu-row")], [])
+    again = opener.reopen(store)
+    assert dict(again.iter_model_rows(None, "item")) == {"a": b"\x03"}
+    assert dict(again.iter_model_rows(None, "creator")) == {}  # tables are separate
+    # Users' rows stay in their region's store, like all user data.
+    assert dict(again.iter_model_rows("us", "user")) == {"u1": b"us-row"}
+    assert dict(again.iter_model_rows("eu", "user")) == {"u2": b"eu-row"}
+
+
+def test_model_rows_are_all_or_nothing(store: Store) -> None:
+    store.save_model_rows(None, "item", [("a", b"old")], [])
+    with pytest.raises(Boom):
+        store.save_model_rows(None, "item", ExplodingSeq([("a", b"new"), ("b", b"new")]), [])  # type: ignore[arg-type]
+    assert dict(store.iter_model_rows(None, "item")) == {"a": b"old"}
+
+
+def test_model_blobs_replace_and_survive_reopen(opener: Opener, store: Store) -> None:
+    assert store.get_model_blob("model") is None
+    store.save_model_blob("model", b"v1")
+    store.save_model_blob("model", b"v2" * 1000)
+    assert opener.reopen(store).get_model_blob("model") == b"v2" * 1000

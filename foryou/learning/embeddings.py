@@ -1,0 +1,172 @@
+"""Collision-free embedding tables, the sparse core of the learned models (as in Monolith): a dict from
+id to row over growable arrays, so two ids never share a row as they would under the hashing trick.
+
+An id gets a row only after `min_count` occurrences (rare ids would cost memory and learn nothing), and
+rows idle for longer than `ttl_s` are freed and reused. Rows train with Adagrad, whose per-coordinate
+step size suits sparse features: a row touched rarely keeps a large step. Changed rows are tracked so
+that a checkpoint writes only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+_GROWTH = 1.5
+_EPS = 1e-8
+
+
+class EmbeddingTable:
+    def __init__(self, dim: int, min_count: int = 1, ttl_s: float = 0.0, lr: float = 0.05,
+                 init_scale: float = 0.01, seed: int = 0) -> None:
+        if dim < 1:
+            raise ValueError("dim must be >= 1")
+        self.dim = dim
+        self.min_count = min_count
+        self.ttl_s = ttl_s  # 0: rows never expire
+        self.lr = lr
+        self.init_scale = init_scale
+        self.seed = seed
+        self.index: dict[str, int] = {}
+        self.ids: list[str | None] = []
+        self.free: list[int] = []
+        self.pending: dict[str, tuple[int, float]] = {}  # ids not yet admitted: (occurrences, last seen)
+        self.dirty: set[int] = set()
+        self.removed: set[str] = set()  # expired since the last checkpoint
+        self._rng = np.random.default_rng(seed)
+        self.vectors = np.zeros((64, dim), np.float32)
+        self.accum = np.zeros((64, dim), np.float32)  # Adagrad's sums of squared gradients
+        self.seen = np.zeros(64, np.float64)  # when each row was last trained
+
+    def _alloc(self, capacity: int) -> None:
+        n = len(self.vectors)
+        vectors = np.zeros((capacity, self.dim), np.float32)
+        accum = np.zeros((capacity, self.dim), np.float32)
+        seen = np.zeros(capacity, np.float64)
+        vectors[:n], accum[:n], seen[:n] = self.vectors, self.accum, self.seen
+        self.vectors, self.accum, self.seen = vectors, accum, seen
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (the dict of ids comes on top: about 100 bytes an id)."""
+        return int(self.vectors.nbytes + self.accum.nbytes + self.seen.nbytes)
+
+    def _new_row(self, key: str, now: float) -> int:
+        if self.free:
+            row = self.free.pop()
+            self.ids[row] = key
+        else:
+            row = len(self.ids)
+            if row >= len(self.vectors):
+                self._alloc(int(len(self.vectors) * _GROWTH) + 1)
+            self.ids.append(key)
+        self.vectors[row] = self._rng.normal(0.0, self.init_scale, self.dim)
+        self.accum[row] = 0.0
+        self.seen[row] = now
+        self.index[key] = row
+        self.removed.discard(key)
+        self.dirty.add(row)
+        return row
+
+    def rows(self, keys: Sequence[str], now: float) -> np.ndarray:
+        """Rows of `keys` for training: counts each occurrence towards admission, admits ids that
+        reach `min_count`, and marks them seen at `now`. Not (yet) admitted: -1."""
+        out = np.empty(len(keys), np.int64)
+        index, pending, need = self.index, self.pending, self.min_count
+        for n, key in enumerate(keys):
+            row = index.get(key)
+            if row is None:
+                count = pending.get(key, (0, 0.0))[0] + 1
+                if count >= need:
+                    pending.pop(key, None)
+                    row = self._new_row(key, now)
+                else:
+                    pending[key] = (count, now)
+                    row = -1
+            out[n] = row
+        admitted = out[out >= 0]
+        self.seen[admitted] = now
+        return out
+
+    def lookup(self, keys: Iterable[str]) -> np.ndarray:
+        """Rows of `keys` for serving: no admission, no change. Unknown: -1."""
+        get = self.index.get
+        return np.fromiter((get(k, -1) for k in keys), np.int64)
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of `rows` (a copy); zeros for -1."""
+        out = self.vectors[np.maximum(rows, 0)]
+        out[rows < 0] = 0.0
+        return out
+
+    def update(self, rows: np.ndarray, grads: np.ndarray) -> None:
+        """One Adagrad step. Gradients of a row that appears several times are summed; rows of -1 (not
+        admitted) are skipped."""
+        keep = rows >= 0
+        rows, grads = rows[keep], grads[keep]
+        if not len(rows):
+            return
+        unique, inverse = np.unique(rows, return_inverse=True)
+        grads = grads.astype(np.float32, copy=False)
+        total = np.zeros((len(unique), self.dim), np.float32)
+        squares = np.zeros_like(total)
+        np.add.at(total, inverse, grads)
+        # Squares of each example's gradient, not of the sum: a row seen n times in a batch then moves
+        # about sqrt(n) times as far as a row seen once, rather than the same distance.
+        np.add.at(squares, inverse, grads * grads)
+        accum = self.accum[unique] + squares
+        self.accum[unique] = accum
+        self.vectors[unique] -= self.lr * total / np.sqrt(accum + _EPS)
+        self.dirty.update(unique.tolist())
+
+    def expire(self, now: float) -> int:
+        """Free the rows idle for longer than `ttl_s`, and forget pending ids as old; returns how many
+        rows were freed."""
+        if self.ttl_s <= 0:
+            return 0
+        cutoff = now - self.ttl_s
+        n = len(self.ids)
+        stale = np.flatnonzero(self.seen[:n] < cutoff).tolist()
+        freed = 0
+        for row in stale:
+            key = self.ids[row]
+            if key is None:
+                continue
+            del self.index[key]
+            self.ids[row] = None
+            self.free.append(row)
+            self.dirty.discard(row)
+            self.removed.add(key)
+            freed += 1
+        self.pending = {k: v for k, v in self.pending.items() if v[1] >= cutoff}
+        return freed
+
+    # -- persistence: one blob per row (vector, Adagrad state, last seen) --
+    def changes(self) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """Rows changed and ids removed since the last call, for a checkpoint; clears both."""
+        rows = sorted(self.dirty)
+        changed = [(key, self.encode(row)) for row in rows if (key := self.ids[row]) is not None]
+        removed = sorted(self.removed)
+        self.dirty.clear()
+        self.removed.clear()
+        return changed, removed
+
+    def encode(self, row: int) -> bytes:
+        return self.vectors[row].tobytes() + self.accum[row].tobytes() + self.seen[row:row + 1].tobytes()
+
+    def restore(self, rows: Iterable[tuple[str, bytes]]) -> None:
+        """Load rows saved by `changes` (into an empty table)."""
+        width = self.dim * 4
+        for key, blob in rows:
+            if len(blob) != 2 * width + 8:
+                raise ValueError(f"a saved row of {key!r} has {len(blob)} bytes, expected {2 * width + 8}")
+            row = self._new_row(key, 0.0)
+            self.vectors[row] = np.frombuffer(blob, np.float32, self.dim, 0)
+            self.accum[row] = np.frombuffer(blob, np.float32, self.dim, width)
+            self.seen[row] = np.frombuffer(blob, np.float64, 1, 2 * width)[0]
+        self.dirty.clear()
+        self.removed.clear()
