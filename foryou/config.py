@@ -35,11 +35,11 @@ class ValueWeights:
     share: float = 4.0
     follow: float = 6.0
     # The learned model's extra heads: the duration-debiased watch quantile, P(skip in the first
-    # seconds), and its retrieval score (as a probability), which also prices how likely the user is
-    # to engage with the item at all.
+    # seconds); and the exponent of its retrieval likelihood: the learned value is
+    # log(sum of P x weight) + retrieval x score(u, i), i.e. the sum times likelihood^retrieval.
     watch: float = 1.0
     skip: float = -1.0
-    retrieval: float = 0.0
+    retrieval: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class SourceBudgets:
 @dataclass(frozen=True)
 class SignalSettings:
     interest_half_life_h: float = 72.0  # how fast a user's interest in a tag/creator/sound fades
-    trending_half_life_h: float = 12.0  # how fast an item's regional engagement fades
+    trending_half_life_h: float = 24.0  # how fast an item's regional engagement fades
     fresh_window_h: float = 48.0  # an item is "new" for this long after created_at
     fresh_max_views: int = 200  # ... and while it has fewer views than this
     event_id_ttl_days: float = 7.0  # idempotency keys are remembered at least this long
@@ -76,15 +76,17 @@ class LearningSettings:
 
     enabled: bool = True  # off: the hand-set ranking alone
     dim: int = 16  # embedding width
-    negatives: int = 4  # items sampled as negatives for each positive
+    popularity_weight: float = 0.25  # retrieval score += this x log(1 + the item's positives ever)
+    trending_weight: float = 1.5  # ... + this x log(1 + its trending score, all regions)
+    memory: int = 512  # positives of earlier steps kept as extra negatives of the retrieval softmax
     lr: float = 0.05  # Adagrad step of the embedding rows
     dense_lr: float = 0.05  # Adagrad step of the ranking heads' weights
-    batch_size: int = 512  # examples per training step
+    batch_size: int = 2048  # examples per training step
     min_count: int = 1  # occurrences before an id gets an embedding row
     ttl_days: float = 30.0  # rows idle this long are freed (0: never)
     join_window_s: float = 60.0  # wait this long for a served item's view and a view's actions
     min_examples: int = 2000  # the model serves only after learning this many examples
-    max_loss: float = 3.0  # a training step above this loss (or 4x the recent one) is dropped
+    max_loss: float = 25.0  # a training step above this loss (or 4x the recent one) is dropped
     index: str = "hnsw"  # the ANN index of item vectors: "hnsw" (usearch) or "exact"
     checkpoint_interval_s: float = 30.0  # model rows changed since are saved this often
 

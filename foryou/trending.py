@@ -78,5 +78,13 @@ class Trending:
         self._top[region] = (now, best, keep)
         return best[:k]
 
+    def current(self, idx: np.ndarray, now: float) -> np.ndarray:
+        """Scores of items `idx` at `now`, summed over regions (negative totals count as 0)."""
+        total = np.zeros(len(idx))
+        for arr in self.scores.values():
+            inside = idx < len(arr)
+            total[inside] += arr[idx[inside]]
+        return np.maximum(total, 0.0) * math.exp(-(now - self.t0) / self.tau)
+
     def invalidate(self) -> None:
         self._top.clear()

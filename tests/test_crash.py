@@ -47,7 +47,8 @@ class Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.starts += 1
-        env = {**os.environ, "FORYOU_STORE_CHECKPOINT_INTERVAL_S": "0.3", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FORYOU_STORE_CHECKPOINT_INTERVAL_S": "0.3", "PYTHONUNBUFFERED": "1",
+               "FORYOU_LEARNING_CHECKPOINT_INTERVAL_S": "0.5", "FORYOU_LEARNING_MIN_EXAMPLES": "500"}
         log = self.logs / f"server-{self.starts}.log"
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
@@ -204,8 +205,18 @@ def load_then_kill(server: Server, ledger: Ledger, seed: int, min_events: int, m
     assert killed_in_flight, "the kill did not land while requests were in flight"
 
 
+def gauges(client: httpx.Client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    return {k: float(v) for k, v in (line.split() for line in text.splitlines() if line.startswith("foryou_model_"))}
+
+
 def check_everything_survived(server: Server, ledger: Ledger) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as client:
+        # The trainer resumed: its checkpoint plus the log re-learned, nothing left behind.
+        model = gauges(client)
+        assert model["foryou_model_events_behind"] == 0, model
+        assert model["foryou_model_version"] > 0, model
+        assert model["foryou_model_healthy"] == 1, model
         views: Counter[str] = Counter()
         actions: Counter[tuple[str, str]] = Counter()
         viewed: dict[str, set[str]] = defaultdict(set)

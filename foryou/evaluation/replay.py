@@ -80,8 +80,10 @@ class ForYouModel:
             batch = records[start:start + REPLAY_BATCH]
             self.clock_.now = batch[-1].ts
             engine.events.append(batch, checkpoint=False)
-        # Co-engagement reaches the store (where the feed reads it) at a checkpoint, as in serving.
+        # Co-engagement reaches the store (where the feed reads it) at a checkpoint, and changed item
+        # vectors reach the ANN index at the ticks, as in serving.
         engine.live.checkpoint()
+        engine.learner.refresh_index()
         self.counts_ = self.counts_ + np.bincount(events.item[events.positive], minlength=len(self.counts_))
 
     def score(self, users: np.ndarray, now: float) -> np.ndarray:

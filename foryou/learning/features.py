@@ -27,6 +27,17 @@ _PRIOR_VIEWS = 20.0
 N_DENSE = 2 + len(_RATE_COLUMNS) + len(DURATION_EDGES) + 1 + len(AGE_EDGES_H) + 1
 
 
+N_POPULARITY = 2
+_POSITIVE_COLUMNS = [STATS[c] for c in ("completions", "likes", "comments", "shares", "follows")]
+
+
+def popularity(catalog: Catalog, idx: np.ndarray, trend: np.ndarray) -> np.ndarray:
+    """Each item's popularity as the retrieval model sees it: log(1 + positives ever) and
+    log(1 + engagement in the last hours, decayed), given the items' `trend` scores. Shape (n, 2)."""
+    positives = catalog.stats[idx][:, _POSITIVE_COLUMNS].sum(axis=1)
+    return np.stack([np.log1p(positives), np.log1p(trend)], axis=1).astype(np.float32)
+
+
 def duration_bucket(duration_s: np.ndarray) -> np.ndarray:
     return np.searchsorted(DURATION_EDGES, duration_s, side="right")
 

@@ -1,12 +1,16 @@
 """The learned model: a two-tower retrieval model and a multi-task ranking model over shared id
 embeddings, trained online by Adagrad (sparse rows) and AdaGrad on the dense head weights.
 
-Retrieval: score(u, i) = p_u . q_i + b_i, with p_u the user's row and q_i the sum of the item's,
-its creator's and the mean of its tags' rows (so a new item of a known creator starts somewhere
-sensible). It is trained by logistic loss on positives (completions and explicit actions), the
-user's skips as real negatives, and items sampled uniformly from the catalogue as negatives.
+Retrieval: score(u, i) = lift(u, i) + gamma . z_i, where lift(u, i) = p_u . q_i + b_i is learned:
+p_u the user's row, q_i the sum of the item's, its creator's and the mean of its tags' rows (so a new
+item of a known creator starts somewhere sensible), b_i the item's bias. z_i is the item's exact
+popularity (log(1 + positives ever), log(1 + trending score)), weighted by settings. The lift is
+trained by a softmax over the items of each step's positives (in-batch negatives, which come in
+proportion to popularity, so the lift learns what popularity does not explain) and by logistic loss
+on the user's skips as real negatives. Learning popularity through sampled negatives instead took
+over a hundred uniform negatives per positive to come close, on KuaiRand.
 
-Ranking: for each head h, logit_h = W_h . [item features, p_u * q_i, score(u, i)] + the item's and the
+Ranking: for each head h, logit_h = W_h . [item features, p_u * q_i, lift(u, i)] + the item's and the
 creator's bias for h. The heads share the embeddings but do not train them (the retrieval loss does),
 so a rare head cannot pull the shared rows around; each head trains only on the examples whose label
 for it is known (a mask).
@@ -57,24 +61,29 @@ class Examples:
 class Step:
     """A computed update: per table, rows and gradients; the dense gradient; the losses."""
 
-    sparse: list[tuple[EmbeddingTable, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # Per table: rows, gradients, and the sums of the squares of the per-example gradients they add up.
+    sparse: list[tuple[EmbeddingTable, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     dense: np.ndarray | None = None
     retrieval_loss: float = 0.0
     ranking_loss: float = 0.0
     touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # catalogue items
+    positives: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def finite(self) -> bool:
-        arrays = [g for _, _, g in self.sparse] + ([self.dense] if self.dense is not None else [])
+        arrays = [g for _, _, g, _ in self.sparse] + ([self.dense] if self.dense is not None else [])
         return (np.isfinite(self.retrieval_loss) and np.isfinite(self.ranking_loss)
                 and all(bool(np.isfinite(a).all()) for a in arrays))
 
 
 class Model:
-    def __init__(self, regions: Sequence[str], dim: int = 16, negatives: int = 4, lr: float = 0.05,
-                 dense_lr: float = 0.05, l2: float = 1e-4, min_count: int = 1, ttl_s: float = 0.0,
-                 seed: int = 0) -> None:
+    def __init__(self, regions: Sequence[str], dim: int = 16, popularity_weights: Sequence[float] = (1.0, 0.0),
+                 memory: int = 512,
+                 lr: float = 0.05, dense_lr: float = 0.05, l2: float = 1e-4, min_count: int = 1,
+                 ttl_s: float = 0.0, seed: int = 0) -> None:
         self.dim = dim
-        self.negatives = negatives
+        self.popularity_weights = popularity_weights
+        self.memory = memory
+        self.recent = np.zeros(0, np.int64)  # the last `memory` positive items, softmax columns
         self.dense_lr = dense_lr
         self.l2 = l2
         self.users = {r: EmbeddingTable(dim, min_count, ttl_s, lr, INIT, seed + n) for n, r in enumerate(regions)}
@@ -84,6 +93,7 @@ class Model:
         self.n_inputs = N_DENSE + dim + 1
         self.weights = np.zeros((H, self.n_inputs), np.float32)
         self.weights_accum = np.zeros_like(self.weights)
+        self.gamma = np.array(popularity_weights, np.float32)
         self.watch = WatchQuantiles()
         self.rng = np.random.default_rng(seed)
 
@@ -98,7 +108,8 @@ class Model:
             return table.rows(keys, now) if train else table.lookup(keys)
 
         ids = catalog.ids
-        item_rows = rows(self.items, [ids[i] for i in idx.tolist()])
+        codes, inverse = np.unique(idx, return_inverse=True)  # each id looked up (and counted) once
+        item_rows = rows(self.items, [ids[i] for i in codes.tolist()])[inverse]
         codes, inverse = np.unique(catalog.creator[idx], return_inverse=True)
         names = catalog.creators.names
         creator_rows = rows(self.creators, [names[c] for c in codes.tolist()])[inverse]
@@ -120,10 +131,13 @@ class Model:
         q = item[:, :d] + creator[:, :d] + tags.sum(axis=1) / count[:, None]
         return q, item[:, d], item[:, d + 1:] + creator[:, d:], count
 
-    def item_vectors(self, catalog: Catalog, idx: np.ndarray) -> np.ndarray:
-        """[q_i, b_i] for the ANN index: the inner product with [p_u, 1] is the retrieval score."""
+    def item_vectors(self, catalog: Catalog, idx: np.ndarray, pop: np.ndarray) -> np.ndarray:
+        """[q_i, b_i + gamma . z_i] for the ANN index: the inner product with `query(p_u)` is the score."""
         q, b, _, _ = self._towers(*self._item_rows(catalog, idx, 0.0, train=False))
-        return np.hstack([q, b[:, None]]).astype(np.float32)
+        return np.hstack([q, (b + pop @ self.gamma)[:, None]]).astype(np.float32)
+
+    def query(self, p: np.ndarray) -> np.ndarray:
+        return np.append(p, np.float32(1.0)).astype(np.float32)
 
     def user_vectors(self, regions: Sequence[str], users: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(users), self.dim), np.float32)
@@ -135,15 +149,15 @@ class Model:
 
     # -- serving --
     def predict(self, catalog: Catalog, region: str, user: str, idx: np.ndarray, now: float,
-                totals: np.ndarray) -> dict[str, np.ndarray]:
+                totals: np.ndarray, pop: np.ndarray) -> dict[str, np.ndarray]:
         """P(head) for each candidate (watch: the expected quantile), plus the retrieval score."""
         p = self.user_vectors([region], [user])
         q, b, head_bias, _ = self._towers(*self._item_rows(catalog, idx, now, train=False))
-        score = q @ p[0] + b
-        x = np.hstack([dense(catalog, idx, now, totals), q * p, score[:, None]])
+        lift = q @ p[0] + b
+        x = np.hstack([dense(catalog, idx, now, totals), q * p, lift[:, None]])
         probs = _sigmoid(x @ self.weights.T + head_bias)
         out = {h: probs[:, k].astype(np.float64) for k, h in enumerate(HEADS)}
-        out["retrieval"] = score.astype(np.float64)
+        out["retrieval"] = (lift + pop @ self.gamma).astype(np.float64)
         return out
 
     # -- training --
@@ -152,57 +166,79 @@ class Model:
         """Per region: (table, positions in the batch, rows)."""
         out = []
         regions_a = np.array(regions)
+        users_a = np.array(users, dtype=object)
         for region in sorted(set(regions)):
             where = np.flatnonzero(regions_a == region)
             table = self.users[region]
-            out.append((table, where, table.rows([users[w] for w in where.tolist()], now)))
+            keys, inverse = np.unique(users_a[where], return_inverse=True)
+            out.append((table, where, table.rows(keys.tolist(), now)[inverse]))
         return out
-
-    def sample_negatives(self, catalog: Catalog, n: int) -> np.ndarray:
-        alive = np.flatnonzero(catalog.alive[:len(catalog)])
-        if not len(alive):
-            return np.zeros(0, np.int64)
-        return alive[self.rng.integers(0, len(alive), n)]
 
     def gradients(self, catalog: Catalog, ex: Examples, now: float, totals: np.ndarray) -> Step:
         d, n = self.dim, len(ex.items)
         step = Step()
-        # Sampled negatives: `negatives` random items for each positive, for the same user.
         pos = np.flatnonzero(ex.retrieval == 1)
-        neg_items = self.sample_negatives(catalog, len(pos) * self.negatives)
-        neg_of = np.repeat(pos, self.negatives)[:len(neg_items)]
-        items = np.concatenate([ex.items, neg_items])
-        users = list(ex.users) + [ex.users[i] for i in neg_of.tolist()]
-        regions = list(ex.regions) + [ex.regions[i] for i in neg_of.tolist()]
-        retrieval_y = np.concatenate([ex.retrieval, np.zeros(len(neg_items))]).astype(np.float32)
+        step.positives = ex.items[pos]
+        # Rows after the n examples: recent positives of earlier steps, extra softmax columns.
+        recent = self.recent if len(pos) else np.zeros(0, np.int64)
+        items = np.concatenate([ex.items, recent])
         step.touched = np.unique(items)
-
         item_rows, creator_rows, tag_rows = self._item_rows(catalog, items, now, train=True)
         q, b, head_bias, count = self._towers(item_rows, creator_rows, tag_rows)
-        p = np.zeros((len(items), d), np.float32)
-        user_parts = self._user_rows(regions, users, now)
+        p = np.zeros((n, d), np.float32)
+        user_parts = self._user_rows(ex.regions, ex.users, now)
         for table, where, rows in user_parts:
             p[where] = table.get(rows)
-        score = (p * q).sum(axis=1) + b
+        score = (p * q[:n]).sum(axis=1) + b[:n]  # the lift: popularity is added at serving time only
 
-        # Retrieval: logistic loss on positives, real negatives and sampled negatives.
-        use = retrieval_y >= 0
-        g = np.where(use, _sigmoid(score) - retrieval_y, 0.0).astype(np.float32)
-        step.retrieval_loss = float(_bce(_sigmoid(score[use]), retrieval_y[use]).mean()) if use.any() else 0.0
-        grad_q = g[:, None] * p
+        # Real negatives (early swipes, not interested, reports): logistic loss towards 0.
+        neg = ex.retrieval == 0
+        g = np.where(neg, _sigmoid(score), 0.0).astype(np.float32)
+        loss = float(_bce(_sigmoid(score[neg]), np.zeros(int(neg.sum()))).sum())
+        # Positives: a softmax over the items of this step's positives and of the last `memory` positives
+        # before it (in-batch and cross-batch negatives; a request's batch often holds one user only).
+        # Those come in proportion to popularity, so the logits learn each item's lift over its
+        # popularity (the logQ correction of Yi et al., RecSys 2019, folded in): serving adds it back.
+        grad_p = g[:, None] * q[:n] + self.l2 * p
+        sq_p = grad_p * grad_p
+        grad_q = np.zeros((len(items), d), np.float32)
+        grad_q[:n] = g[:, None] * p
+        sq_q = grad_q * grad_q
+        grad_b = np.concatenate([g, np.zeros(len(recent), np.float32)])
+        sq_b = grad_b * grad_b
+        if len(pos) and len(pos) + len(recent) > 1:
+            candidates = np.concatenate([pos, np.arange(n, len(items))])
+            _, first, inverse = np.unique(items[candidates], return_index=True, return_inverse=True)
+            at = candidates[first]  # where each column's item sits among the rows
+            target = inverse[:len(pos)]
+            logits = p[pos] @ q[at].T + b[at][None, :]
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=1, keepdims=True)
+            loss -= float(np.log(np.maximum(probs[np.arange(len(pos)), target], 1e-12)).sum())
+            grad = probs.astype(np.float32)
+            grad[np.arange(len(pos)), target] -= 1.0
+            grad_p[pos] += grad @ q[at]
+            sq_p[pos] += (grad * grad) @ (q[at] * q[at])
+            grad_q[at] += grad.T @ p[pos]
+            sq_q[at] += (grad * grad).T @ (p[pos] * p[pos])
+            grad_b[at] += grad.sum(axis=0)
+            sq_b[at] += (grad * grad).sum(axis=0)
+        step.retrieval_loss = loss / max(int(neg.sum()) + len(pos), 1)
         grad_item = np.zeros((len(items), self.items.dim), np.float32)
+        head_bias = head_bias[:n]
         grad_item[:, :d] = grad_q
-        grad_item[:, d] = g
+        grad_item[:, d] = grad_b
         grad_creator = np.zeros((len(items), self.creators.dim), np.float32)
         grad_creator[:, :d] = grad_q
         grad_tags = np.repeat((grad_q / count[:, None])[:, None, :], tag_rows.shape[1], axis=1)
+        sq_tags = np.repeat((sq_q / (count * count)[:, None])[:, None, :], tag_rows.shape[1], axis=1)
         for table, where, rows in user_parts:
-            grad_p = g[where, None] * q[where] + self.l2 * p[where]
-            step.sparse.append((table, rows, grad_p))
+            step.sparse.append((table, rows, grad_p[where], sq_p[where]))
 
         # Ranking: the first n rows are the examples (sampled negatives carry no ranking labels).
-        x = np.hstack([dense(catalog, ex.items, now, totals), q[:n] * p[:n], score[:n, None]])
-        probs = _sigmoid(x @ self.weights.T + head_bias[:n])
+        x = np.hstack([dense(catalog, ex.items, now, totals), q[:n] * p, score[:, None]])
+        probs = _sigmoid(x @ self.weights.T + head_bias)
         mask = ex.mask.astype(np.float32)
         known = max(float(mask.sum()), 1.0)
         step.ranking_loss = float((_bce(probs, ex.labels) * mask).sum() / known)
@@ -210,13 +246,18 @@ class Model:
         step.dense = (err.T @ x) / max(n, 1) + self.l2 * self.weights
         grad_item[:n, d + 1:] = err
         grad_creator[:n, d:] = err
-        step.sparse += [(self.items, item_rows, grad_item), (self.creators, creator_rows, grad_creator),
-                        (self.tags, tag_rows.ravel(), grad_tags.reshape(-1, d))]
+        sq_item, sq_creator = grad_item * grad_item, grad_creator * grad_creator
+        sq_item[:, :d], sq_item[:, d], sq_creator[:, :d] = sq_q, sq_b, sq_q
+        step.sparse += [(self.items, item_rows, grad_item, sq_item),
+                        (self.creators, creator_rows, grad_creator, sq_creator),
+                        (self.tags, tag_rows.ravel(), grad_tags.reshape(-1, d), sq_tags.reshape(-1, d))]
         return step
 
     def apply(self, step: Step) -> None:
-        for table, rows, grads in step.sparse:
-            table.update(rows, grads)
+        self.recent = np.concatenate([self.recent, step.positives])[-self.memory:]
+        for table, rows, grads, squares in step.sparse:
+            table.update(rows, grads, squares)
         if step.dense is not None:
             self.weights_accum += step.dense * step.dense
             self.weights -= self.dense_lr * step.dense / np.sqrt(self.weights_accum + _EPS)
+

@@ -26,7 +26,7 @@ from itertools import islice
 
 import numpy as np
 
-from foryou.learning.features import ACTION_HEADS, HEAD, HEADS, VIEW_HEADS
+from foryou.learning.features import ACTION_HEADS, HEAD, HEADS, VIEW_HEADS, popularity
 from foryou.learning.model import Examples, Model
 from foryou.live import Live
 from foryou.retrieval.ann import VectorIndex, make_index
@@ -37,48 +37,41 @@ H = len(HEADS)
 _NEGATIVE_EVENTS = ("not_interested", "report")
 _WARM_STEPS = 20  # steps before the loss average is trusted to judge a step
 _REPLAY_CHUNK = 20_000
-_INDEX_REFRESH_S = 0.2
-_INDEX_BATCH = 2048
+_INDEX_CHUNK = 256  # vectors re-indexed at once; a feed request re-indexes at most this many
+_TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits meanwhile)
+_RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
 
 
 class _ExampleList:
-    """Examples gathered from one batch of events, as columns."""
+    """Examples gathered from one batch of events: (region, user, item, label bits, mask bits,
+    retrieval label) tuples, with bits as 1 << head, turned into arrays once per batch."""
 
     def __init__(self) -> None:
-        self.regions: list[str] = []
-        self.users: list[str] = []
-        self.items: list[int] = []
-        self.labels: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
-        self.retrieval: list[int] = []
-
-    def add(self, region: str, user: str, item: int, labels: np.ndarray, mask: np.ndarray,
-            retrieval: int) -> None:
-        self.regions.append(region)
-        self.users.append(user)
-        self.items.append(item)
-        self.labels.append(labels)
-        self.masks.append(mask)
-        self.retrieval.append(retrieval)
+        self.rows: list[tuple[str, str, int, int, int, int]] = []
+        self.add = self.rows.append  # the hot loop appends tuples: no call of ours per example
 
     def build(self) -> Examples:
-        n = len(self.items)
-        return Examples(self.regions, self.users, np.array(self.items, np.int64),
-                        np.array(self.labels, np.float32).reshape(n, H),
-                        np.array(self.masks, np.bool_).reshape(n, H), np.array(self.retrieval, np.int64))
+        if not self.rows:
+            z = np.zeros((0, H))
+            return Examples([], [], np.zeros(0, np.int64), z.astype(np.float32), z.astype(np.bool_),
+                            np.zeros(0, np.int64))
+        regions, users, items, labels, masks, retrieval = zip(*self.rows, strict=True)
+        heads = np.arange(H)
+        label_bits = (np.array(labels, np.int64)[:, None] >> heads) & 1
+        mask_bits = (np.array(masks, np.int64)[:, None] >> heads) & 1
+        return Examples(list(regions), list(users), np.array(items, np.int64), label_bits.astype(np.float32),
+                        mask_bits.astype(np.bool_), np.array(retrieval, np.int64))
 
 
-def _mask(heads: Sequence[int]) -> np.ndarray:
-    m = np.zeros(H, np.bool_)
-    m[list(heads)] = True
-    return m
+def _bits(heads: Sequence[int]) -> int:
+    return sum(1 << h for h in heads)
 
 
-_VIEW_MASK = _mask(VIEW_HEADS)
-_ACTION_MASK = _mask(tuple(ACTION_HEADS.values()))
-_NO_PLAY_MASK = _mask([HEAD["complete"], HEAD["skip"], *ACTION_HEADS.values()])
-_NONE = np.zeros(H, np.bool_)
+_VIEW_MASK = _bits(VIEW_HEADS)
+_ACTION_MASK = _bits(tuple(ACTION_HEADS.values()))
+_NO_PLAY_MASK = _bits([HEAD["complete"], HEAD["skip"], *ACTION_HEADS.values()])
+_NO_PLAY_LABELS = 1 << HEAD["skip"]
 
 
 class Learner:
@@ -86,8 +79,8 @@ class Learner:
         s = live.settings.learning
         self.live = live
         self.settings = s
-        self.model = Model(live.catalog.regions, s.dim, s.negatives, s.lr, s.dense_lr, 1e-4, s.min_count,
-                           s.ttl_days * 86400.0, seed)
+        self.model = Model(live.catalog.regions, s.dim, (s.popularity_weight, s.trending_weight), s.memory, s.lr,
+                           s.dense_lr, 1e-4, s.min_count, s.ttl_days * 86400.0, seed)
         self.index: VectorIndex = make_index(s.dim + 1, s.index)
         # Join buffers, oldest first: (user, item) -> [time, region, bits of the actions seen].
         self.views: OrderedDict[tuple[str, int], list[object]] = OrderedDict()
@@ -101,8 +94,8 @@ class Learner:
         self.loss = 0.0
         self.steps = 0
         self.lag_s = 0.0
-        self.dirty_items: set[int] = set()
-        self._last_refresh = 0.0
+        self.dirty_items: dict[int, None] = {}  # items to re-index, oldest change first
+        self._dropped_in_row = 0
         self._last_checkpoint = 0.0
         self._last_expire = 0.0
 
@@ -121,6 +114,7 @@ class Learner:
         catalog = self.live.catalog
         index, duration = catalog.index, catalog.duration_l
         out = _ExampleList()
+        add = out.add
         view_at: list[int] = []
         watch: list[float] = []
         for e in events:
@@ -132,21 +126,19 @@ class Learner:
                 self.served.pop(key, None)
                 self.views[key] = [e.ts, region, 0]
                 self.views.move_to_end(key)
-                view_at.append(len(out.items))
+                view_at.append(len(out.rows))
                 watch.append(e.watch_s)
-                out.add(region, e.user, i, np.zeros(H, np.float32), _VIEW_MASK, -1)
+                add((region, e.user, i, 0, _VIEW_MASK, -1))
             elif e.type in ACTION_HEADS:
                 head = ACTION_HEADS[e.type]
                 pending = self.views.get(key)
                 if pending is not None:
                     pending[2] = int(pending[2]) | (1 << head)  # type: ignore[call-overload]
-                    out.add(region, e.user, i, np.zeros(H, np.float32), _NONE, 1)
+                    add((region, e.user, i, 0, 0, 1))
                 else:
-                    labels = np.zeros(H, np.float32)
-                    labels[head] = 1.0
-                    out.add(region, e.user, i, labels, _mask([head]), 1)
+                    add((region, e.user, i, 1 << head, 1 << head, 1))
             elif e.type in _NEGATIVE_EVENTS:
-                out.add(region, e.user, i, np.zeros(H, np.float32), _NONE, 0)
+                add((region, e.user, i, 0, 0, 0))
         now = max(e.ts for e in events)
         self._closed(now, out)
         ex = out.build()
@@ -168,6 +160,8 @@ class Learner:
             self.lag_s = time.time() - accepted
 
     def record_served(self, region: str, user: str, items: Sequence[int], now: float) -> None:
+        if not self.settings.enabled:
+            return
         for i in items:
             self.served[(user, i)] = (now, region)
             self.served.move_to_end((user, i))
@@ -181,16 +175,13 @@ class Learner:
             if float(ts) > cutoff:  # type: ignore[arg-type]
                 break
             del self.views[(user, i)]
-            labels = np.array([(int(bits) >> h) & 1 for h in range(H)], np.float32)  # type: ignore[call-overload]
-            out.add(str(region), user, i, labels, _ACTION_MASK, -1)
+            out.add((str(region), user, i, int(bits), _ACTION_MASK, -1))  # type: ignore[call-overload]
         while self.served:
             (user, i), (ts, region) = next(iter(self.served.items()))
             if ts > cutoff:
                 break
             del self.served[(user, i)]
-            labels = np.zeros(H, np.float32)
-            labels[HEAD["skip"]] = 1.0
-            out.add(region, user, i, labels, _NO_PLAY_MASK, -1)
+            out.add((region, user, i, _NO_PLAY_LABELS, _NO_PLAY_MASK, -1))
 
     def _train(self, ex: Examples, now: float) -> None:
         size = max(self.settings.batch_size, 1)
@@ -201,27 +192,35 @@ class Learner:
                             ex.labels[lo:lo + size], ex.mask[lo:lo + size], ex.retrieval[lo:lo + size])
             step = self.model.gradients(catalog, part, now, totals)
             loss = step.retrieval_loss + step.ranking_loss
-            bad = not step.finite() or loss > self.settings.max_loss or (
-                self.steps >= _WARM_STEPS and loss > 4 * self.loss)
+            # A step far above the recent loss is dropped, unless that has gone on for _RELAPSE steps:
+            # then the data changed, not the step, and refusing it would lock training out for good.
+            exploding = self.steps >= _WARM_STEPS and loss > 4 * self.loss and self._dropped_in_row < _RELAPSE
+            bad = not step.finite() or loss > self.settings.max_loss or exploding
             self.recent_bad = 0.9 * self.recent_bad + 0.1 * bad
             if bad:
                 self.bad_steps += 1
+                self._dropped_in_row += 1
                 continue
+            if self._dropped_in_row >= _RELAPSE:
+                self.loss = loss
+            self._dropped_in_row = 0
             self.model.apply(step)
             self.loss = loss if self.steps == 0 else 0.95 * self.loss + 0.05 * loss
             self.steps += 1
             self.version += 1
             self.examples += len(part.items)
-            self.dirty_items.update(step.touched.tolist())
+            self.dirty_items.update(dict.fromkeys(step.touched.tolist()))
 
     def tick(self, now: float) -> None:
         """Periodic work between requests: close joins, refresh the index, expire idle rows, and
         checkpoint when due."""
+        if not self.settings.enabled:
+            return
         out = _ExampleList()
         self._closed(now, out)
-        if out.items:
+        if out.rows:
             self._train(out.build(), now)
-        self.refresh_index()
+        self.refresh_index(_TICK_INDEX_S)
         if now - self._last_expire >= _EXPIRE_EVERY_S:
             self._last_expire = now
             for table in self.model.tables().values():
@@ -230,47 +229,61 @@ class Learner:
             self.checkpoint()
 
     # -- serving --
-    def refresh_index(self) -> None:
-        """Put the current vectors of items that trained (or arrived, or went down) into the index."""
-        self._last_refresh = time.perf_counter()
-        if not self.dirty_items:
-            return
+    def refresh_index(self, budget_s: float | None = None) -> None:
+        """Put the current vectors of items that trained (or arrived, or went down) into the index,
+        oldest change first; with `budget_s`, stop once about that much time is spent."""
         catalog = self.live.catalog
-        idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
-        self.dirty_items = set()
-        alive = catalog.alive[idx]
-        if (~alive).any():
-            self.index.remove(idx[~alive])
-        if alive.any():
-            self.index.upsert(idx[alive], self.model.item_vectors(catalog, idx[alive]))
+        started = time.perf_counter()
+        while self.dirty_items:
+            chunk = list(islice(self.dirty_items, _INDEX_CHUNK))
+            for i in chunk:
+                del self.dirty_items[i]
+            idx = np.array(chunk, np.int64)
+            alive = catalog.alive[idx]
+            if (~alive).any():
+                self.index.remove(idx[~alive])
+            if alive.any():
+                idx = idx[alive]
+                self.index.upsert(idx, self.model.item_vectors(catalog, idx, self._popularity(idx)))
+            if budget_s is not None and time.perf_counter() - started >= budget_s:
+                return
 
     def items_changed(self, idx: Sequence[int]) -> None:
-        self.dirty_items.update(idx)
+        if self.settings.enabled:
+            self.dirty_items.update(dict.fromkeys(idx))
 
     def retrieve(self, region: str, user: str, k: int) -> np.ndarray:
         """The `k` items nearest the user's vector (best first); none for a user without a row."""
-        dirty = len(self.dirty_items)
-        if dirty and (dirty <= _INDEX_BATCH or time.perf_counter() - self._last_refresh >= _INDEX_REFRESH_S):
-            self.refresh_index()  # a few changed vectors at once; many, at most every _INDEX_REFRESH_S
+        if 0 < len(self.dirty_items) <= _INDEX_CHUNK:
+            self.refresh_index()  # a few changed vectors now; more wait for the tick (bounded in time)
         p = self.model.user_vectors([region], [user])[0]
         if not p.any() or k <= 0:
             return np.zeros(0, np.int64)
-        keys, _ = self.index.search(np.append(p, np.float32(1.0)), k)
+        keys, _ = self.index.search(self.model.query(p), k)
         return keys
 
     def predict(self, region: str, user: str, idx: np.ndarray) -> dict[str, np.ndarray]:
         live = self.live
-        return self.model.predict(live.catalog, region, user, idx, live.clock(), live.totals())
+        return self.model.predict(live.catalog, region, user, idx, live.clock(), live.totals(), self._popularity(idx))
+
+    def _popularity(self, idx: np.ndarray) -> np.ndarray:
+        live = self.live
+        return popularity(live.catalog, idx, live.trending.current(idx, live.clock()))
 
     def gauges(self) -> dict[str, float]:
-        return {"model_version": self.version, "model_lag_seconds": self.lag_s,
+        marks = self.live.event_mark
+        behind = sum(max(marks[r] - m, 0) for r, m in self.marks.items()) if self.settings.enabled else 0
+        return {"model_version": self.version, "model_lag_seconds": self.lag_s, "model_events_behind": behind,
                 "model_examples": self.examples, "model_bad_steps": self.bad_steps,
                 "model_healthy": float(self.healthy), "model_loss": self.loss,
                 "model_rows": sum(len(t) for t in self.model.tables().values())}
 
     # -- persistence --
     def checkpoint(self) -> None:
-        """Changed rows (users' into their region), then the dense state with the watermarks last."""
+        """Changed rows (users' into their region), then the dense state with the watermarks last.
+        Nothing when learning is off: the saved model stays as it was."""
+        if not self.settings.enabled:
+            return
         store, model = self.live.store, self.model
         self._last_checkpoint = self.live.clock()
         for name, table in model.tables().items():
@@ -287,26 +300,33 @@ class Learner:
 
     def load(self) -> None:
         """Restore the last checkpoint, index every live item, and re-learn the log after it."""
-        store, model, catalog = self.live.store, self.model, self.live.catalog
-        blob = store.get_model_blob("model") if self.settings.enabled else None
-        if blob is not None:
-            saved = np.load(io.BytesIO(blob))
-            if saved["weights"].shape == model.weights.shape:  # else the width changed: start afresh
-                header = json.loads(bytes(saved["header"]).decode())
-                model.weights[:], model.weights_accum[:] = saved["weights"], saved["accum"]
-                model.watch.counts[:] = saved["watch"]
-                self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
-                self.version, self.examples = header["version"], header["examples"]
-                self.loss, self.steps = header["loss"], header["steps"]
-                for name, table in model.tables().items():
-                    region = name.split(":", 1)[1] if name.startswith("user:") else None
-                    table.restore(store.iter_model_rows(region, name.split(":", 1)[0]))
-        self.dirty_items.update(np.flatnonzero(catalog.alive[:len(catalog)]).tolist())
-        self.refresh_index()
         if not self.settings.enabled:
             return
+        store, catalog = self.live.store, self.live.catalog
+        blob = store.get_model_blob("model")
+        if blob is not None:
+            self._restore(blob)
+        self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
         for region in catalog.regions:
             log = store.events_after(region, self.marks[region])
             while chunk := list(islice(log, _REPLAY_CHUNK)):
                 self.learn_many(region, chunk, [e.seq for e in chunk])
+        self.refresh_index()
         self._last_checkpoint = self.live.clock()
+
+    def _restore(self, blob: bytes) -> None:
+        """A saved model of another width or format is ignored: training starts afresh from the log."""
+        model, store = self.model, self.live.store
+        saved = np.load(io.BytesIO(blob))
+        if set(saved.files) != {"weights", "accum", "watch", "header"} or (
+                saved["weights"].shape != model.weights.shape or saved["watch"].shape != model.watch.counts.shape):
+            return
+        header = json.loads(bytes(saved["header"]).decode())
+        model.weights[:], model.weights_accum[:] = saved["weights"], saved["accum"]
+        model.watch.counts[:] = saved["watch"]
+        self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
+        self.version, self.examples = header["version"], header["examples"]
+        self.loss, self.steps = header["loss"], header["steps"]
+        for name, table in model.tables().items():
+            region = name.split(":", 1)[1] if name.startswith("user:") else None
+            table.restore(store.iter_model_rows(region, name.split(":", 1)[0]))
