@@ -16,7 +16,7 @@ from foryou.catalog import Catalog
 from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.evaluation.metrics import auc
-from foryou.learning.model import H, Examples, Model
+from foryou.learning.model import Examples, H, Model
 from foryou.types import EventIn, ItemIn, format_time
 
 T0 = 1_700_000_000.0
