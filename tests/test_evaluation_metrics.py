@@ -12,6 +12,7 @@ from foryou.evaluation import metrics
 from foryou.evaluation.metrics import (
     auc,
     calibration,
+    calibration_error,
     coverage,
     gauc,
     group_auc,
@@ -113,3 +114,6 @@ def test_calibration_bins_of_equal_count() -> None:
     assert pred.tolist() == pytest.approx([0.2, 0.8])
     assert seen.tolist() == pytest.approx([1 / 3, 2 / 3])
     assert count.tolist() == [3, 3]
+    # |0.2 - 1/3| and |0.8 - 2/3|, each over half the views
+    assert calibration_error(pred, seen, count) == pytest.approx((2 / 15 + 2 / 15) / 2)
+    assert calibration_error(seen, seen, count) == 0.0

@@ -102,6 +102,13 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     return float((values[ok] * sizes[ok]).sum() / sizes[ok].sum())
 
 
+def calibration_error(predicted: np.ndarray, observed: np.ndarray, counts: np.ndarray) -> float:
+    """Expected calibration error of `calibration`'s bins: the count-weighted mean of
+    |mean predicted - observed rate|. NaN without bins."""
+    total = float(np.sum(counts))
+    return float(np.sum(np.abs(predicted - observed) * counts) / total) if total else float("nan")
+
+
 def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean predicted, observed rate, count) per bin of equal count (quantiles of the predictions);
     empty bins are dropped."""

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
+from foryou.evaluation import metrics
 from foryou.evaluation.grading import RANKING_METRICS
 from foryou.evaluation.harness import Graded, Outcome
 from foryou.evaluation.split import HEADS
@@ -67,6 +68,7 @@ def as_json(outcome: Outcome, zone: tzinfo = UTC) -> dict[str, Any]:
             "users": outcome.valid.users,
             "tuned": outcome.tuning,
         },
+        "calibration": _calibration(outcome),
         "events": {"train": outcome.train_events, "test": outcome.test_events},
         "seconds": {k: round(v, 1) for k, v in outcome.seconds.items()},
     }
@@ -102,6 +104,31 @@ def heads_table(graded: Graded) -> str:
     return _table(header, rows)
 
 
+def _calibration(outcome: Outcome) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per model and head: mean predicted, observed rate, and the expected calibration error."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, heads in outcome.calibration.items():
+        for head, (pred, obs, counts) in heads.items():
+            total = float(counts.sum())
+            out.setdefault(name, {})[head] = {
+                "predicted": _clean(float((pred * counts).sum() / total)) if total else None,
+                "observed": _clean(float((obs * counts).sum() / total)) if total else None,
+                "ece": _clean(metrics.calibration_error(pred, obs, counts))}
+    return out
+
+
+def calibration_table(outcome: Outcome) -> str:
+    """One row per head: each model's mean P against the observed rate, and its calibration error."""
+    summary = _calibration(outcome)
+    if not summary:
+        return ""
+    names = list(summary)
+    header = ["head", *(f"{n} {kind}" for n in names for kind in ("mean p", "rate", "ece"))]
+    rows = [[head, *(_number(summary[n].get(head, {}).get(k)) for n in names for k in ("predicted", "observed", "ece"))]
+            for head in HEADS]
+    return _table(header, rows)
+
+
 def text(outcome: Outcome, zone: tzinfo = UTC) -> str:
     """The tables `foryou evaluate` prints."""
     test_from = format_time(outcome.test_from, zone)
@@ -111,6 +138,8 @@ def text(outcome: Outcome, zone: tzinfo = UTC) -> str:
     heads = heads_table(outcome.split)
     if heads:
         out += ["", "prediction heads on the test views (split)", heads]
+        out += ["", "calibration on the same views: mean P(head), observed rate, expected calibration error "
+                "(10 bins of equal count)", calibration_table(outcome)]
     learning = ", ".join(f"{m} {how}" for m, how in outcome.learning.items())
     out += ["", f"daily protocol: {len(outcome.days)} days from {test_from}, {outcome.daily.users:,} user-days "
             f"({learning})", "", ranking_table(outcome.daily)]

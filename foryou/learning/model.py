@@ -32,6 +32,8 @@ from foryou.learning.features import HEADS, N_DENSE, WatchQuantiles, dense
 
 H = len(HEADS)
 _EPS = 1e-8
+HEAD_L2 = 0.05
+PRIOR_RATE = np.array([0.3, 0.5, 0.02, 0.003, 0.001, 0.001, 0.3], np.float32)  # in the order of HEADS
 INIT = 0.1  # initial scale of embedding rows: large enough to break the symmetry between rows quickly
 
 
@@ -86,12 +88,16 @@ class Model:
         self.recent = np.zeros(0, np.int64)  # the last `memory` positive items, softmax columns
         self.dense_lr = dense_lr
         self.l2 = l2
-        self.users = {r: EmbeddingTable(dim, min_count, ttl_s, lr, INIT, seed + n) for n, r in enumerate(regions)}
+        # A user's row: the vector, then a bias per head (users differ a lot in how often they like).
+        self.users = {r: EmbeddingTable(dim + H, min_count, ttl_s, lr, INIT, seed + n) for n, r in enumerate(regions)}
         self.items = EmbeddingTable(dim + 1 + H, min_count, ttl_s, lr, INIT, seed + 100)
         self.creators = EmbeddingTable(dim + H, min_count, ttl_s, lr, INIT, seed + 101)
         self.tags = EmbeddingTable(dim, min_count, ttl_s, lr, INIT, seed + 102)
         self.n_inputs = N_DENSE + dim + 1
         self.weights = np.zeros((H, self.n_inputs), np.float32)
+        # Each head starts at a typical rate (through the constant input): Adagrad's steps are too
+        # small to walk a rare head's logit from 0 to -6 in reasonable time.
+        self.weights[:, 0] = np.log(PRIOR_RATE / (1 - PRIOR_RATE))
         self.weights_accum = np.zeros_like(self.weights)
         self.gamma = np.array(popularity_weights, np.float32)
         self.watch = WatchQuantiles()
@@ -140,7 +146,10 @@ class Model:
         return np.append(p, np.float32(1.0)).astype(np.float32)
 
     def user_vectors(self, regions: Sequence[str], users: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(users), self.dim), np.float32)
+        return self._user_rows_of(regions, users)[:, :self.dim]
+
+    def _user_rows_of(self, regions: Sequence[str], users: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(users), self.dim + H), np.float32)
         for region in set(regions):
             at = np.array([r == region for r in regions])
             keys = [u for u, a in zip(users, at, strict=True) if a]
@@ -151,11 +160,12 @@ class Model:
     def predict(self, catalog: Catalog, region: str, user: str, idx: np.ndarray, now: float,
                 totals: np.ndarray, pop: np.ndarray) -> dict[str, np.ndarray]:
         """P(head) for each candidate (watch: the expected quantile), plus the retrieval score."""
-        p = self.user_vectors([region], [user])
+        row = self._user_rows_of([region], [user])
+        p = row[:, :self.dim]
         q, b, head_bias, _ = self._towers(*self._item_rows(catalog, idx, now, train=False))
         lift = q @ p[0] + b
         x = np.hstack([dense(catalog, idx, now, totals), q * p, lift[:, None]])
-        probs = _sigmoid(x @ self.weights.T + head_bias)
+        probs = _sigmoid(x @ self.weights.T + head_bias + row[:, self.dim:])
         out = {h: probs[:, k].astype(np.float64) for k, h in enumerate(HEADS)}
         out["retrieval"] = (lift + pop @ self.gamma).astype(np.float64)
         return out
@@ -185,10 +195,11 @@ class Model:
         step.touched = np.unique(items)
         item_rows, creator_rows, tag_rows = self._item_rows(catalog, items, now, train=True)
         q, b, head_bias, count = self._towers(item_rows, creator_rows, tag_rows)
-        p = np.zeros((n, d), np.float32)
+        user = np.zeros((n, d + H), np.float32)
         user_parts = self._user_rows(ex.regions, ex.users, now)
         for table, where, rows in user_parts:
-            p[where] = table.get(rows)
+            user[where] = table.get(rows)
+        p = user[:, :d]
         score = (p * q[:n]).sum(axis=1) + b[:n]  # the lift: popularity is added at serving time only
 
         # Real negatives (early swipes, not interested, reports): logistic loss towards 0.
@@ -233,21 +244,26 @@ class Model:
         grad_creator[:, :d] = grad_q
         grad_tags = np.repeat((grad_q / count[:, None])[:, None, :], tag_rows.shape[1], axis=1)
         sq_tags = np.repeat((sq_q / (count * count)[:, None])[:, None, :], tag_rows.shape[1], axis=1)
-        for table, where, rows in user_parts:
-            step.sparse.append((table, rows, grad_p[where], sq_p[where]))
 
         # Ranking: the first n rows are the examples (sampled negatives carry no ranking labels).
         x = np.hstack([dense(catalog, ex.items, now, totals), q[:n] * p, score[:, None]])
-        probs = _sigmoid(x @ self.weights.T + head_bias)
+        probs = _sigmoid(x @ self.weights.T + head_bias + user[:, d:])
         mask = ex.mask.astype(np.float32)
         known = max(float(mask.sum()), 1.0)
         step.ranking_loss = float((_bce(probs, ex.labels) * mask).sum() / known)
         err = (probs - ex.labels) * mask
         step.dense = (err.T @ x) / max(n, 1) + self.l2 * self.weights
-        grad_item[:n, d + 1:] = err
-        grad_creator[:n, d:] = err
+        # The per-id head biases are shrunk towards 0 (an L2 pull on each example), so that a rare id's
+        # bias stays near the shared rate features until its own examples say otherwise.
+        grad_item[:n, d + 1:] = err + HEAD_L2 * self.items.get(item_rows[:n])[:, d + 1:]
+        grad_creator[:n, d:] = err + HEAD_L2 * self.creators.get(creator_rows[:n])[:, d:]
         sq_item, sq_creator = grad_item * grad_item, grad_creator * grad_creator
         sq_item[:, :d], sq_item[:, d], sq_creator[:, :d] = sq_q, sq_b, sq_q
+        user_err = err + HEAD_L2 * user[:, d:]
+        grad_user = np.hstack([grad_p, user_err])
+        sq_user = np.hstack([sq_p, user_err * user_err])
+        for table, where, rows in user_parts:
+            step.sparse.append((table, rows, grad_user[where], sq_user[where]))
         step.sparse += [(self.items, item_rows, grad_item, sq_item),
                         (self.creators, creator_rows, grad_creator, sq_creator),
                         (self.tags, tag_rows.ravel(), grad_tags.reshape(-1, d), sq_tags.reshape(-1, d))]
