@@ -49,8 +49,9 @@ class Engine:
         self.learner.checkpoint()
 
     def close(self) -> None:
-        """Checkpoint derived state and close the store."""
+        """Checkpoint derived state, save the ANN index, and close the store."""
         self.checkpoint()
+        self.learner.save_index()
         self.store.close()
 
     def __enter__(self) -> Engine:

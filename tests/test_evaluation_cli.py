@@ -82,7 +82,8 @@ def test_tables_without_json(capsys: pytest.CaptureFixture[str], dataset: tuple[
     assert code == 0
     assert out.startswith("split protocol:")
     assert "ndcg@10" in out and "daily protocol:" in out and "foryou gauc" in out
-    assert "not tuned: foryou, popularity" in out
+    assert "not tuned here: foryou, popularity" in out
+    assert "calibration on the same views" in out and "foryou ece" in out
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["calibration.png", "daily.png", "metrics.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in (tmp_path / "plots").iterdir())
 

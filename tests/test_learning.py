@@ -248,3 +248,31 @@ def test_retrieval_gradients_match_finite_differences() -> None:
             assert analytic == pytest.approx((up - down) / 2e-2, rel=0.02, abs=1e-4), (table.dim, k)
             checked += 1
     assert checked >= 9
+
+
+def test_a_clean_shutdown_saves_the_index_and_a_stale_one_is_ignored(trained, tmp_path: Path) -> None:
+    from foryou.learning.online import INDEX_FILE
+
+    engine, _, clock = trained
+    p = engine.learner.model.query(engine.learner.model.user_vectors(["us"], ["g0-u00"])[0])
+    engine.learner.refresh_index()
+    before = engine.learner.index.search(p, 10)
+    engine.checkpoint()
+    engine.learner.save_index()  # what Engine.close does before closing the store
+    assert (tmp_path / "data" / INDEX_FILE).is_file()
+    again = open_engine(tmp_path / "data", clock)
+    try:
+        assert again.learner._load_index()  # of the saved version: loaded, not rebuilt
+        keys, scores = again.learner.index.search(p, 10)
+        assert keys.tolist() == before[0].tolist() and np.allclose(scores, before[1], atol=1e-5)
+        # More learning and a checkpoint, then a crash: the file is older than the model.
+        again.events.ingest([EventIn(user="g0-u00", item="g0-i02", type="like")])
+        again.checkpoint()
+    finally:
+        again.store.close()
+    third = open_engine(tmp_path / "data", clock)
+    try:
+        assert not third.learner._load_index()  # stale: ignored, the index was rebuilt at load
+        assert len(third.learner.index) == N_ITEMS
+    finally:
+        third.store.close()

@@ -155,7 +155,8 @@ def text(outcome: Outcome, zone: tzinfo = UTC) -> str:
         out.append(f"  {name}: {_params(tuning['chosen'])} (tried {tried})")
     untuned = [n for n in outcome.split.models if n not in outcome.tuning]
     if untuned:
-        out.append(f"  not tuned: {', '.join(untuned)} (foryou runs with the engine's settings as served)")
+        out.append(f"  not tuned here: {', '.join(untuned)} (the engine runs with its settings as served; its defaults "
+                   "were chosen on the validation split, docs/evaluation.md)")
     reading = outcome.seconds.get("reading", 0.0)
     out += ["", f"took {outcome.seconds.get('total', 0.0) + reading:.1f}s ({reading:.1f}s reading the files)"]
     return "\n".join(out)

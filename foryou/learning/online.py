@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 
 from foryou.learning.features import ACTION_HEADS, HEAD, HEADS, VIEW_HEADS, popularity
 from foryou.learning.model import Examples, Model
 from foryou.live import Live
-from foryou.retrieval.ann import VectorIndex, make_index
+from foryou.retrieval.ann import VectorIndex, make_index, restore_index
 from foryou.signals import completion_mask, early_swipe_mask
 from foryou.types import EventRecord
 
@@ -39,6 +41,7 @@ _WARM_STEPS = 20  # steps before the loss average is trusted to judge a step
 _REPLAY_CHUNK = 20_000
 _INDEX_CHUNK = 256  # vectors re-indexed at once; a feed request re-indexes at most this many
 _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits meanwhile)
+INDEX_FILE = "ann-index.bin"  # in the data directory: the ANN index as of the last clean shutdown
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
 
@@ -306,13 +309,43 @@ class Learner:
         blob = store.get_model_blob("model")
         if blob is not None:
             self._restore(blob)
-        self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
+        if not self._load_index():  # else rebuild it: minutes for a million items
+            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
         for region in catalog.regions:
             log = store.events_after(region, self.marks[region])
             while chunk := list(islice(log, _REPLAY_CHUNK)):
                 self.learn_many(region, chunk, [e.seq for e in chunk])
         self.refresh_index()
         self._last_checkpoint = self.live.clock()
+
+    def _index_path(self) -> Path:
+        return Path(self.live.settings.server.data) / INDEX_FILE
+
+    def save_index(self) -> None:
+        """At a clean shutdown, after the checkpoint: the index as of the saved model version, so that
+        the next start can load it instead of rebuilding it."""
+        path = self._index_path()
+        if not self.settings.enabled or not path.parent.is_dir():
+            return
+        self.refresh_index()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(struct.pack("<q", self.version) + self.index.to_bytes())
+        tmp.replace(path)
+
+    def _load_index(self) -> bool:
+        """The index saved at the last clean shutdown, if it is of the restored model version."""
+        path = self._index_path()
+        try:
+            data = path.read_bytes()
+            if len(data) < 8 or struct.unpack("<q", data[:8])[0] != self.version or self.version == 0:
+                return False
+            index = restore_index(data[8:])
+        except (OSError, ValueError):
+            return False
+        if index.dim != self.index.dim or type(index) is not type(self.index):  # the settings changed
+            return False
+        self.index = index
+        return True
 
     def _restore(self, blob: bytes) -> None:
         """A saved model of another width or format is ignored: training starts afresh from the log."""
