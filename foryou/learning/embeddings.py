@@ -113,7 +113,7 @@ class EmbeddingTable:
         if not len(rows):
             return
         # Sums per row by sorting (np.add.at is several times slower).
-        order = np.argsort(rows, kind="stable")
+        order = np.argsort(rows)
         rows = rows[order]
         grads = grads[order].astype(np.float32, copy=False)
         squares = squares[order].astype(np.float32, copy=False)

@@ -118,6 +118,7 @@ class Learner:
         index, duration = catalog.index, catalog.duration_l
         out = _ExampleList()
         add = out.add
+        views, served = self.views, self.served
         view_at: list[int] = []
         watch: list[float] = []
         for e in events:
@@ -126,15 +127,16 @@ class Learner:
                 continue
             key = (e.user, i)
             if e.type == "view":
-                self.served.pop(key, None)
-                self.views[key] = [e.ts, region, 0]
-                self.views.move_to_end(key)
+                served.pop(key, None)
+                if key in views:  # a repeat view restarts the join (at the end: the buffer stays in time order)
+                    del views[key]
+                views[key] = [e.ts, region, 0]
                 view_at.append(len(out.rows))
                 watch.append(e.watch_s)
                 add((region, e.user, i, 0, _VIEW_MASK, -1))
             elif e.type in ACTION_HEADS:
                 head = ACTION_HEADS[e.type]
-                pending = self.views.get(key)
+                pending = views.get(key)
                 if pending is not None:
                     pending[2] = int(pending[2]) | (1 << head)  # type: ignore[call-overload]
                     add((region, e.user, i, 0, 0, 1))
@@ -173,18 +175,22 @@ class Learner:
         """Examples of the joins whose window closed by `now`: views with their action labels, and
         served items never viewed (impressions without a play)."""
         cutoff = now - self.settings.join_window_s
-        while self.views:
-            (user, i), (ts, region, bits) = next(iter(self.views.items()))
+        closed: list[tuple[str, int]] = []
+        for (user, i), (ts, region, bits) in self.views.items():  # oldest first
             if float(ts) > cutoff:  # type: ignore[arg-type]
                 break
-            del self.views[(user, i)]
+            closed.append((user, i))
             out.add((str(region), user, i, int(bits), _ACTION_MASK, -1))  # type: ignore[call-overload]
-        while self.served:
-            (user, i), (ts, region) = next(iter(self.served.items()))
+        for key in closed:
+            del self.views[key]
+        closed = []
+        for (user, i), (ts, region) in self.served.items():
             if ts > cutoff:
                 break
-            del self.served[(user, i)]
+            closed.append((user, i))
             out.add((region, user, i, _NO_PLAY_LABELS, _NO_PLAY_MASK, -1))
+        for key in closed:
+            del self.served[key]
 
     def _train(self, ex: Examples, now: float) -> None:
         size = max(self.settings.batch_size, 1)
