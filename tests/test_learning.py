@@ -276,3 +276,24 @@ def test_a_clean_shutdown_saves_the_index_and_a_stale_one_is_ignored(trained, tm
         assert len(third.learner.index) == N_ITEMS
     finally:
         third.store.close()
+
+
+def test_rows_expire_by_engine_time_not_by_event_time(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    clock = Clock(T0)
+    engine = open_engine(tmp_path / "data", clock, **{"learning.ttl_days": 30.0})
+    try:
+        items = world(rng)
+        engine.items.upsert(items)
+        old = format_time(T0 - 90 * 86400)  # a bulk load of last quarter's history
+        events = [EventIn(user=e.user, item=e.item, type=e.type, watch_s=e.watch_s, ts=old)
+                  for e in history(items, rng)[0]]
+        engine.events.ingest(events)
+        rows = engine.learner.gauges()["model_rows"]
+        engine.learner.tick(clock())
+        assert engine.learner.gauges()["model_rows"] == rows > N_USERS  # not idle: learned just now
+        clock.advance(31 * 86400)
+        engine.learner.tick(clock())
+        assert engine.learner.gauges()["model_rows"] == 0  # idle for longer than the time to live
+    finally:
+        engine.close()

@@ -184,7 +184,11 @@ class Model:
             out.append((table, where, table.rows(keys.tolist(), now)[inverse]))
         return out
 
-    def gradients(self, catalog: Catalog, ex: Examples, now: float, totals: np.ndarray) -> Step:
+    def gradients(self, catalog: Catalog, ex: Examples, now: float, totals: np.ndarray,
+                  seen_at: float | None = None) -> Step:
+        """`now`: the examples' time (for item ages); `seen_at`: the engine's time, which the rows
+        trained are marked with for expiry (historical events, as in a bulk load, are not idle rows)."""
+        seen = now if seen_at is None else seen_at
         d, n = self.dim, len(ex.items)
         step = Step()
         pos = np.flatnonzero(ex.retrieval == 1)
@@ -193,10 +197,10 @@ class Model:
         recent = self.recent if len(pos) else np.zeros(0, np.int64)
         items = np.concatenate([ex.items, recent])
         step.touched = np.unique(items)
-        item_rows, creator_rows, tag_rows = self._item_rows(catalog, items, now, train=True)
+        item_rows, creator_rows, tag_rows = self._item_rows(catalog, items, seen, train=True)
         q, b, head_bias, count = self._towers(item_rows, creator_rows, tag_rows)
         user = np.zeros((n, d + H), np.float32)
-        user_parts = self._user_rows(ex.regions, ex.users, now)
+        user_parts = self._user_rows(ex.regions, ex.users, seen)
         for table, where, rows in user_parts:
             user[where] = table.get(rows)
         p = user[:, :d]

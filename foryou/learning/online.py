@@ -199,7 +199,7 @@ class Learner:
         for lo in range(0, len(ex.items), size):
             part = Examples(ex.regions[lo:lo + size], ex.users[lo:lo + size], ex.items[lo:lo + size],
                             ex.labels[lo:lo + size], ex.mask[lo:lo + size], ex.retrieval[lo:lo + size])
-            step = self.model.gradients(catalog, part, now, totals)
+            step = self.model.gradients(catalog, part, now, totals, self.live.clock())
             loss = step.retrieval_loss + step.ranking_loss
             # A step far above the recent loss is dropped, unless that has gone on for _RELAPSE steps:
             # then the data changed, not the step, and refusing it would lock training out for good.
