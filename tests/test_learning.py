@@ -297,3 +297,19 @@ def test_rows_expire_by_engine_time_not_by_event_time(tmp_path: Path) -> None:
         assert engine.learner.gauges()["model_rows"] == 0  # idle for longer than the time to live
     finally:
         engine.close()
+
+
+def test_watch_quantiles_debias_duration() -> None:
+    from foryou.learning.features import WatchQuantiles
+
+    rng = np.random.default_rng(0)
+    quantiles = WatchQuantiles()
+    # Short videos (6 s) are watched 60-100% through, long ones (50 s) 10-50%: raw watch time would
+    # call every long view better; quantiles within each duration bucket make them comparable.
+    short_watch, long_watch = rng.uniform(0.6, 1.0, 5000) * 6, rng.uniform(0.1, 0.5, 5000) * 50
+    quantiles.learn_many(np.r_[short_watch, long_watch], np.r_[np.full(5000, 6.0), np.full(5000, 50.0)])
+    labels = quantiles.label(np.array([6.0 * 0.8, 50.0 * 0.3]), np.array([6.0, 50.0]))
+    assert labels == pytest.approx([0.5, 0.5], abs=0.07)  # each mid-bucket (bins are 5% of a ratio wide)
+    assert quantiles.label(np.array([50.0 * 0.45]), np.array([50.0]))[0] > 0.8
+    back = quantiles.watch_s(np.array([0.5, 0.5]), np.array([6.0, 50.0]))
+    assert back == pytest.approx([4.8, 15.0], rel=0.1)  # the median watch time of each bucket

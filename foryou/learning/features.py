@@ -27,7 +27,6 @@ _PRIOR_VIEWS = 20.0
 N_DENSE = 2 + len(_RATE_COLUMNS) + len(DURATION_EDGES) + 1 + len(AGE_EDGES_H) + 1
 
 
-N_POPULARITY = 2
 _POSITIVE_COLUMNS = [STATS[c] for c in ("completions", "likes", "comments", "shares", "follows")]
 
 
