@@ -249,7 +249,7 @@ class Model:
         grad_tags = np.repeat((grad_q / count[:, None])[:, None, :], tag_rows.shape[1], axis=1)
         sq_tags = np.repeat((sq_q / (count * count)[:, None])[:, None, :], tag_rows.shape[1], axis=1)
 
-        # Ranking: the first n rows are the examples (sampled negatives carry no ranking labels).
+        # Ranking: the first n rows are the examples (the recent positives after them carry no labels).
         x = np.hstack([dense(catalog, ex.items, now, totals), q[:n] * p, score[:, None]])
         probs = _sigmoid(x @ self.weights.T + head_bias + user[:, d:])
         mask = ex.mask.astype(np.float32)
