@@ -127,8 +127,9 @@ class FeedWorld:
                 self.engine.users.put(uid, UserIn(region=user.region, age_band=user.age_band))  # type: ignore[arg-type]
 
     def _open(self) -> Engine:
-        settings = load_settings(overrides={"server.data": str(self.data), "server.regions": ",".join(HELD)},
-                                 env={})
+        # The learned model serves from its first example: the invariants must hold for both rankings.
+        settings = load_settings(overrides={"server.data": str(self.data), "server.regions": ",".join(HELD),
+                                            "learning.min_examples": 1}, env={})
         return Engine.open(settings, clock=self.clock, seed=7)
 
     def restart(self) -> None:
