@@ -211,11 +211,11 @@ def test_served_without_a_view_becomes_an_impression_without_play(trained) -> No
     feed = engine.feeds.feed("g1-u01", 2)
     viewed, ignored = feed.items[0].id, feed.items[1].id
     engine.events.ingest([EventIn(user="g1-u01", item=viewed, type="view", watch_s=3.0)])
-    assert ("g1-u01", engine.live.catalog.index[ignored]) in learner.served
+    assert ("g1-u01", engine.live.catalog.index[ignored]) in learner.joins.served
     examples = learner.examples
     clock.advance(learner.settings.join_window_s + 1)
     learner.tick(clock())
-    assert not learner.served and not learner.views
+    assert not learner.joins.served and not learner.joins.views
     assert learner.examples == examples + 2  # the view's action labels, and the impression without play
 
 

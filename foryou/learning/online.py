@@ -4,9 +4,8 @@ checkpoints it to the store.
 Each accepted batch is learned right after it is appended to the log, before the response, so the next
 feed request already ranks with the updated user row (the engine is single-threaded: serving always
 reads the model between two training steps, one consistent version). What a view says (completion,
-watch quantile, early skip) is learned at once; whether the user then liked, commented, shared or
-followed is known only after `join_window_s`, so a view's action labels wait in a join buffer, and a
-served item with no view by then becomes an impression without a play.
+watch quantile, early skip) is learned at once; its action labels wait in the join buffers
+(`joins.py`) for `join_window_s`.
 
 A training step whose loss is not finite or explodes is dropped and counted, never applied. The model
 serves only once healthy: enough examples learned and most recent steps accepted.
@@ -21,22 +20,20 @@ import io
 import json
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from foryou.learning.features import ACTION_HEADS, HEAD, HEADS, VIEW_HEADS, popularity
+from foryou.learning.features import HEAD, popularity
+from foryou.learning.joins import ExampleList, Joins
 from foryou.learning.model import Examples, Model
 from foryou.live import Live
 from foryou.retrieval.ann import VectorIndex, make_index, restore_index
 from foryou.signals import completion_mask, early_swipe_mask
 from foryou.types import EventRecord
 
-H = len(HEADS)
-_NEGATIVE_EVENTS = ("not_interested", "report")
 _WARM_STEPS = 20  # steps before the loss average is trusted to judge a step
 _REPLAY_CHUNK = 20_000
 _INDEX_CHUNK = 256  # vectors re-indexed at once; a feed request re-indexes at most this many
@@ -44,37 +41,6 @@ _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits 
 INDEX_FILE = "ann-index.bin"  # in the data directory: the ANN index as of the last clean shutdown
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
-
-
-class _ExampleList:
-    """Examples gathered from one batch of events: (region, user, item, label bits, mask bits,
-    retrieval label) tuples, with bits as 1 << head, turned into arrays once per batch."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, int, int, int, int]] = []
-        self.add = self.rows.append  # the hot loop appends tuples: no call of ours per example
-
-    def build(self) -> Examples:
-        if not self.rows:
-            z = np.zeros((0, H))
-            return Examples([], [], np.zeros(0, np.int64), z.astype(np.float32), z.astype(np.bool_),
-                            np.zeros(0, np.int64))
-        regions, users, items, labels, masks, retrieval = zip(*self.rows, strict=True)
-        heads = np.arange(H)
-        label_bits = (np.array(labels, np.int64)[:, None] >> heads) & 1
-        mask_bits = (np.array(masks, np.int64)[:, None] >> heads) & 1
-        return Examples(list(regions), list(users), np.array(items, np.int64), label_bits.astype(np.float32),
-                        mask_bits.astype(np.bool_), np.array(retrieval, np.int64))
-
-
-def _bits(heads: Sequence[int]) -> int:
-    return sum(1 << h for h in heads)
-
-
-_VIEW_MASK = _bits(VIEW_HEADS)
-_ACTION_MASK = _bits(tuple(ACTION_HEADS.values()))
-_NO_PLAY_MASK = _bits([HEAD["complete"], HEAD["skip"], *ACTION_HEADS.values()])
-_NO_PLAY_LABELS = 1 << HEAD["skip"]
 
 
 class Learner:
@@ -85,9 +51,7 @@ class Learner:
         self.model = Model(live.catalog.regions, s.dim, (s.popularity_weight, s.trending_weight), s.memory, s.lr,
                            s.dense_lr, 1e-4, s.min_count, s.ttl_days * 86400.0, seed)
         self.index: VectorIndex = make_index(s.dim + 1, s.index)
-        # Join buffers, oldest first: (user, item) -> [time, region, bits of the actions seen].
-        self.views: OrderedDict[tuple[str, int], list[object]] = OrderedDict()
-        self.served: OrderedDict[tuple[str, int], tuple[float, str]] = OrderedDict()
+        self.joins = Joins(s.join_window_s)
         self.marks = {r: 0 for r in live.catalog.regions}  # log seq learned through, per region
         self.version = 0
         self.examples = 0
@@ -114,38 +78,11 @@ class Learner:
         wall time they were accepted, for the lag metric."""
         if not self.settings.enabled or not events:
             return
-        catalog = self.live.catalog
-        index, duration = catalog.index, catalog.duration_l
-        out = _ExampleList()
-        add = out.add
-        views, served = self.views, self.served
-        view_at: list[int] = []
-        watch: list[float] = []
-        for e in events:
-            i = index.get(e.item)
-            if i is None:
-                continue
-            key = (e.user, i)
-            if e.type == "view":
-                served.pop(key, None)
-                if key in views:  # a repeat view restarts the join (at the end: the buffer stays in time order)
-                    del views[key]
-                views[key] = [e.ts, region, 0]
-                view_at.append(len(out.rows))
-                watch.append(e.watch_s)
-                add((region, e.user, i, 0, _VIEW_MASK, -1))
-            elif e.type in ACTION_HEADS:
-                head = ACTION_HEADS[e.type]
-                pending = views.get(key)
-                if pending is not None:
-                    pending[2] = int(pending[2]) | (1 << head)  # type: ignore[call-overload]
-                    add((region, e.user, i, 0, 0, 1))
-                else:
-                    add((region, e.user, i, 1 << head, 1 << head, 1))
-            elif e.type in _NEGATIVE_EVENTS:
-                add((region, e.user, i, 0, 0, 0))
+        duration = self.live.catalog.duration_l
+        out = ExampleList()
+        view_at, watch = self.joins.add_events(region, events, self.live.catalog.index, out)
         now = max(e.ts for e in events)
-        self._closed(now, out)
+        self.joins.close(now, out)
         ex = out.build()
         if view_at:
             at = np.array(view_at)
@@ -165,32 +102,8 @@ class Learner:
             self.lag_s = time.time() - accepted
 
     def record_served(self, region: str, user: str, items: Sequence[int], now: float) -> None:
-        if not self.settings.enabled:
-            return
-        for i in items:
-            self.served[(user, i)] = (now, region)
-            self.served.move_to_end((user, i))
-
-    def _closed(self, now: float, out: _ExampleList) -> None:
-        """Examples of the joins whose window closed by `now`: views with their action labels, and
-        served items never viewed (impressions without a play)."""
-        cutoff = now - self.settings.join_window_s
-        closed: list[tuple[str, int]] = []
-        for (user, i), (ts, region, bits) in self.views.items():  # oldest first
-            if float(ts) > cutoff:  # type: ignore[arg-type]
-                break
-            closed.append((user, i))
-            out.add((str(region), user, i, int(bits), _ACTION_MASK, -1))  # type: ignore[call-overload]
-        for key in closed:
-            del self.views[key]
-        closed = []
-        for (user, i), (ts, region) in self.served.items():
-            if ts > cutoff:
-                break
-            closed.append((user, i))
-            out.add((region, user, i, _NO_PLAY_LABELS, _NO_PLAY_MASK, -1))
-        for key in closed:
-            del self.served[key]
+        if self.settings.enabled:
+            self.joins.add_served(region, user, items, now)
 
     def _train(self, ex: Examples, now: float) -> None:
         size = max(self.settings.batch_size, 1)
@@ -225,8 +138,8 @@ class Learner:
         checkpoint when due."""
         if not self.settings.enabled:
             return
-        out = _ExampleList()
-        self._closed(now, out)
+        out = ExampleList()
+        self.joins.close(now, out)
         if out.rows:
             self._train(out.build(), now)
         self.refresh_index(_TICK_INDEX_S)
