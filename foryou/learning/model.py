@@ -103,9 +103,10 @@ class Model:
         self.watch = WatchQuantiles()
         self.rng = np.random.default_rng(seed)
 
-    def tables(self) -> dict[str, EmbeddingTable]:
-        return {"item": self.items, "creator": self.creators, "tag": self.tags,
-                **{f"user:{r}": t for r, t in self.users.items()}}
+    def tables(self) -> dict[tuple[str, str | None], EmbeddingTable]:
+        """Every table by (name, region): users' tables are per region, the others shared (None)."""
+        return {("item", None): self.items, ("creator", None): self.creators, ("tag", None): self.tags,
+                **{("user", r): t for r, t in self.users.items()}}
 
     # -- item side --
     def _item_rows(self, catalog: Catalog, idx: np.ndarray, now: float,

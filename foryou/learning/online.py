@@ -208,11 +208,10 @@ class Learner:
             return
         store, model = self.live.store, self.model
         self._last_checkpoint = self.live.clock()
-        for name, table in model.tables().items():
+        for (name, region), table in model.tables().items():
             rows, removed = table.changes()
-            region = name.split(":", 1)[1] if name.startswith("user:") else None
             if rows or removed:
-                store.save_model_rows(region, name.split(":", 1)[0], rows, removed)
+                store.save_model_rows(region, name, rows, removed)
         buf = io.BytesIO()
         header = json.dumps({"marks": self.marks, "version": self.version, "examples": self.examples,
                              "loss": self.loss, "steps": self.steps}).encode()
@@ -279,6 +278,5 @@ class Learner:
         self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
         self.version, self.examples = header["version"], header["examples"]
         self.loss, self.steps = header["loss"], header["steps"]
-        for name, table in model.tables().items():
-            region = name.split(":", 1)[1] if name.startswith("user:") else None
-            table.restore(store.iter_model_rows(region, name.split(":", 1)[0]))
+        for (name, region), table in model.tables().items():
+            table.restore(store.iter_model_rows(region, name))
