@@ -3,16 +3,42 @@ and the live item counters. Pure data structure: no I/O (the service loads and s
 
 from __future__ import annotations
 
+import re
+from array import array
 from collections.abc import Iterable
 
 import numpy as np
 
 from foryou.types import STAT_NAMES, ItemRecord
 
-# Columns of `Catalog.stats`: the public counters, then the internal ones.
-STATS = {name: i for i, name in enumerate((*STAT_NAMES, "early_swipes"))}
+# Columns of `Catalog.stats`: the public counters, then the internal ones (all persisted): early swipes,
+# the item's exposure pool and when it was first served (policy/exposure.py).
+STATS = {name: i for i, name in enumerate((*STAT_NAMES, "early_swipes", "pool", "first_served"))}
 ALL_REGIONS = np.int64(-1)
 RANK_TAGS = 4  # tags per item kept column-wise for vectorised ranking (learning uses them all)
+
+
+_WORD = re.compile(r"[^\W_]+")
+_NO_PLURAL = ("ss", "us", "is")
+
+
+def singular(word: str) -> str:
+    """A simple English singular, so that a filter on "cats" also stops "cat" (and the reverse)."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("sses", "xes", "zes", "ches", "shes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(_NO_PLURAL):
+        return word[:-1]
+    return word
+
+
+def words(text: str) -> list[str]:
+    """Case-folded, singular words of a caption, tag or keyword ("#Cats-and-dogs" -> cat, and, dog)."""
+    return [singular(w) for w in _WORD.findall(text.casefold())]
+
+
+SEPARATOR = -1  # between the caption and each tag in an item's word sequence: phrases do not span them
 
 
 class Vocab:
@@ -51,6 +77,10 @@ class Catalog:
         self.by_creator: dict[int, list[int]] = {}
         self.by_sound: dict[int, list[int]] = {}
         self.arrivals: list[int] = []  # item indexes in order of first upsert (for "fresh")
+        # Each item's words (caption, then each tag), for keyword filters: codes of `words` in one flat
+        # array, the item's slice at term_start/term_len (a re-upsert appends a new slice).
+        self.words: Vocab = Vocab()
+        self.terms = array("i")
         # Python-list mirrors of hot columns: scalar reads from lists are several times faster than numpy's
         self.creator_l: list[int] = []
         self.sound_l: list[int] = []
@@ -80,6 +110,8 @@ class Catalog:
         self.stats = grow(get("stats"), np.float64, 0, len(STATS))
         self.tag_cols = grow(get("tag_cols"), np.int64, -1, RANK_TAGS)
         self.tag_count = grow(get("tag_count"), np.int16)
+        self.term_start = grow(get("term_start"), np.int64)
+        self.term_len = grow(get("term_len"), np.int32)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -123,6 +155,7 @@ class Catalog:
             self.region_mask[idx] = ALL_REGIONS
         else:
             self.region_mask[idx] = sum(self.region_bit.get(r, 0) for r in set(item.regions))
+        self._put_terms(idx, item)
         for t in tags:
             if t not in old_tags:
                 self.by_tag.setdefault(t, []).append(idx)
@@ -178,6 +211,8 @@ class Catalog:
         for k, item in enumerate(items):
             self.index[item.id] = start + k
         self.ids.extend(i.id for i in items)
+        for k, item in enumerate(items):
+            self._put_terms(start + k, item)
         self.item_tags.extend(tags)
         self.arrivals.extend(range(start, stop))
         self.creator_l.extend(creators)
@@ -194,6 +229,27 @@ class Catalog:
             by_creator.setdefault(creators[k], []).append(idx)
             if sounds[k] >= 0:
                 by_sound.setdefault(sounds[k], []).append(idx)
+
+    def _put_terms(self, idx: int, item: ItemRecord) -> None:
+        code = self.words
+        seq = [code(w) for w in words(item.caption or "")]
+        for tag in (*item.tags, *((item.topic,) if item.topic and item.topic not in item.tags else ())):
+            seq.append(SEPARATOR)
+            seq.extend(code(w) for w in words(tag))
+        self.term_start[idx] = len(self.terms)
+        self.term_len[idx] = len(seq)
+        self.terms.extend(seq)
+
+    def terms_of(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates' word codes, concatenated, and for each code the candidate's position."""
+        starts, lens = self.term_start[candidates], self.term_len[candidates].astype(np.int64)
+        total = int(lens.sum())
+        if total == 0:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        ends = np.cumsum(lens)
+        pos = np.arange(total) - np.repeat(ends - lens, lens) + np.repeat(starts, lens)
+        flat = np.frombuffer(self.terms, dtype=np.int32)
+        return flat[pos], np.repeat(np.arange(len(candidates)), lens)
 
     def eligible(self, candidates: np.ndarray, region: str, adult: bool) -> np.ndarray:
         """Mask over `candidates`: alive, allowed in `region`, and not mature unless `adult`."""

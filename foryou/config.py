@@ -92,6 +92,29 @@ class LearningSettings:
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    """Feed policy (docs/policy.md): new videos' exposure pools, exploration, diversity, user controls."""
+
+    topic_run_cap: int = 4  # at most this many consecutive items of one topic, across responses
+    sensitive_topics: tuple[str, ...] = ("dieting", "sadness", "breakup", "self-harm")
+    sensitive_run_cap: int = 1  # ... and of items of sensitive topics (any of them) in a row
+    mmr_lambda: float = 0.5  # diversity: value minus this x the greatest similarity to items above it
+    explore_share: float = 0.1  # share of slots for topics outside the user's known interests
+    known_topics: int = 3  # a user's strongest topics count as known (exploration picks others)
+    explore_prior: float = 2.0  # pseudo-views of the topic's catalogue-wide completion rate (Thompson prior)
+    first_pool: int = 300  # impressions of a new video's first exposure pool
+    pool_growth: float = 10.0  # each further pool is this many times the one before
+    pool_count: int = 3  # pools before an item is on its own (graduated)
+    pool_share: float = 0.1  # share of slots for items in a pool (doubled while one waits too long)
+    pool_within_h: float = 1.0  # a new item should have its first impression within this long
+    pool_max_age_h: float = 48.0  # items created longer ago than this at upload join no pool
+    promote_quantile: float = 0.5  # promoted when its engagement per impression is at least this quantile
+    pool_eval_delay_s: float = 60.0  # wait this long after a pool fills for its views and actions
+    topic_weight_gain: float = 1.0  # a user's topic weight w moves the value by w x this (log scale)
+    not_interested_days: float = 30.0  # after "not interested", that creator and sound are not served
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     weights: ValueWeights = field(default_factory=ValueWeights)
@@ -99,6 +122,7 @@ class Settings:
     signals: SignalSettings = field(default_factory=SignalSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     learning: LearningSettings = field(default_factory=LearningSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 class ConfigError(ForYouError):

@@ -29,7 +29,7 @@ class Engine:
         self.live = Live(store, settings, clock)
         self.learner = Learner(self.live, seed or 0)
         self.items = ItemService(self.live, self.learner)
-        self.users = UserService(self.live)
+        self.users = UserService(self.live, self.learner)
         self.events = IngestService(self.live, self.learner)
         self.feeds = FeedService(self.live, self.learner, seed=seed)
 

@@ -1,23 +1,28 @@
-"""The feed service: gather candidates from every source, keep the eligible ones, rank them by value,
-arrange them under the adjacency rule, and durably record what was served."""
+"""The feed service: gather candidates from every source, keep the eligible ones (region, age, the
+user's keyword filters and mutes), rank them by value, apply feed policy (topic weights, exploration
+and new-video slots, the adjacency/topic-run/similarity rules), and durably record what was served."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from foryou import retrieval
-from foryou.interest import decay
+from foryou.interest import UserState, decay, muted
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
-from foryou.policy import arrange
-from foryou.ranking import HeuristicRanker, value
+from foryou.policy import KeywordFilter, Limits, Recent, explore_topics, known_topics, select
+from foryou.policy.controls import topic_shift
+from foryou.ranking import MIN_VALUE, HeuristicRanker, value
 from foryou.reasons import reason
 from foryou.types import FeedItem, ServedRecord
 
 SMALL_CATALOG = 5000  # up to this size the fallback considers every eligible item
+POOL_CANDIDATES = 20  # new-video pool items considered per request (the least advanced first)
+EXPLORE_WINDOW = 60  # items of each explored topic considered
 
 
 @dataclass
@@ -28,7 +33,17 @@ class Feed:
 
     def as_dict(self) -> dict[str, object]:
         return {"user": self.user, "request_id": self.request_id,
-                "items": [{"id": i.id, "score": i.score, "reasons": i.reasons} for i in self.items]}
+                "items": [{"id": i.id, "score": i.score, "reasons": i.reasons,
+                           **({"explain": i.explain} if i.explain is not None else {})} for i in self.items]}
+
+
+@dataclass
+class _Ranked:
+    idx: np.ndarray  # eligible candidates
+    predictions: dict[str, np.ndarray]
+    utility: np.ndarray  # value on a log scale, after the user's topic weights
+    shift: np.ndarray  # the topic weights' part of it
+    ranker: str
 
 
 class FeedService:
@@ -39,61 +54,216 @@ class FeedService:
         self.ranker = ranker or HeuristicRanker()
         self.rng = np.random.default_rng(seed)
 
-    def candidates(self, user: LiveUser) -> retrieval.Candidates:
+    # -- candidates --
+    def candidates(self, user: LiveUser, personal: bool = True) -> retrieval.Candidates:
+        """Every source's proposals; without `personal`, only those not based on the user's profile."""
         live, catalog, state = self.live, self.live.catalog, user.state
         budgets, signals = live.settings.budgets, live.settings.signals
         now = live.clock()
         cands = retrieval.Candidates(state.excluded)
-        learner = self._learned()
+        learner = self._learned() if personal else None
         if learner is not None:  # first, so that its reason leads where it agrees with other sources
             retrieval.learned(cands, learner.retrieve(user.profile.region, user.profile.id, budgets.learned * 2),
                               budgets.learned)
-        retrieval.interest(cands, catalog, state, budgets.interest, self.rng)
-        retrieval.follows(cands, catalog, state, budgets.follows)
+        if personal:
+            retrieval.interest(cands, catalog, state, budgets.interest, self.rng)
+            retrieval.follows(cands, catalog, state, budgets.follows)
         retrieval.trending(cands, live.trending.top(user.profile.region, budgets.trending * 3, now),
                            budgets.trending)
         retrieval.fresh(cands, catalog, now, signals.fresh_window_h * 3600, signals.fresh_max_views,
                         budgets.fresh)
-        neighbours = [live.neighbours(a) for a in state.recent[-4:]]
-        retrieval.coengagement(cands, neighbours, budgets.coengagement)
+        if personal:
+            neighbours = [live.neighbours(a) for a in state.recent[-4:]]
+            retrieval.coengagement(cands, neighbours, budgets.coengagement)
         small = len(catalog) <= SMALL_CATALOG
         retrieval.fallback(cands, self._eligible_mask(user) if small else None, len(catalog),
                            budgets.fallback, self.rng)
         return cands
 
+    def _keep(self, user: LiveUser) -> Callable[[np.ndarray], np.ndarray]:
+        """Which items may be served to the user: live, in the user's region, for the user's age, not
+        matching a blocked keyword, not by a muted creator or with a muted sound."""
+        catalog, profile = self.live.catalog, user.profile
+        words = KeywordFilter(catalog, user.controls.blocked_keywords)
+        creators, sounds = muted(user.state, self.live.clock())
+
+        def keep(idx: np.ndarray) -> np.ndarray:
+            ok = catalog.eligible(idx, profile.region, profile.age_band == "18+")
+            if creators:
+                ok &= ~np.isin(catalog.creator[idx], list(creators))
+            if sounds:
+                ok &= ~np.isin(catalog.sound[idx], list(sounds))
+            if words:
+                ok &= ~words.blocked(idx)
+            return ok
+        return keep
+
     def _eligible_mask(self, user: LiveUser) -> np.ndarray:
-        return self.live.catalog.eligible_all(user.profile.region, user.profile.age_band == "18+")
+        catalog = self.live.catalog
+        mask = catalog.eligible_all(user.profile.region, user.profile.age_band == "18+")
+        if user.controls.blocked_keywords or user.state.muted:
+            where = np.flatnonzero(mask)
+            mask[where] = self._keep(user)(where)
+        return mask
 
     def _eligible(self, user: LiveUser, cands: retrieval.Candidates) -> np.ndarray:
         idx = np.fromiter(cands.sources.keys(), np.int64, len(cands.sources))
-        return idx[self.live.catalog.eligible(idx, user.profile.region, user.profile.age_band == "18+")]
+        return idx[self._keep(user)(idx)]
 
+    # -- ranking --
     def _learned(self) -> Learner | None:
         """The learned model, when there is a healthy one (else the hand-set ranking serves)."""
         return self.learner if self.learner is not None and self.learner.healthy else None
 
-    def _predict(self, user: LiveUser, idx: np.ndarray) -> dict[str, np.ndarray]:
-        live, learner = self.live, self._learned()
+    def _predict(self, user: LiveUser, idx: np.ndarray, personal: bool = True) -> tuple[dict[str, np.ndarray], str]:
+        live, learner = self.live, self._learned() if personal else None
         if learner is not None:
-            return learner.predict(user.profile.region, user.profile.id, idx)
+            return learner.predict(user.profile.region, user.profile.id, idx), "learned"
+        state = user.state if personal else UserState()
+        predictions = self.ranker.predict(live.catalog, state, idx, decay(state, live.clock(), live.tau),
+                                          live.totals())
+        return predictions, "heuristic" if personal else "not_personalized"
+
+    def _rank(self, user: LiveUser, idx: np.ndarray, personal: bool) -> _Ranked:
+        predictions, ranker = self._predict(user, idx, personal)
+        values = value(predictions, self.live.settings.weights)
+        utility = values if "retrieval" in predictions else np.log(np.maximum(values, MIN_VALUE))
+        shift = topic_shift(self.live.catalog, idx, user.controls.topic_weights,
+                            self.live.settings.policy.topic_weight_gain)
+        return _Ranked(idx, predictions, utility + shift, shift, ranker)
+
+    def scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate generation and ranking as a feed does it, before feed policy and without recording
+        anything: (item indexes, values), best first. For evaluation and replay."""
+        live = self.live
+        user = live.serving(live.user(user_id))
+        idx = self._eligible(user, self.candidates(user))
+        values = value(self._predict(user, idx)[0], live.settings.weights)
+        order = np.argsort(-values, kind="stable")
+        return idx[order], values[order]
+
+    def predict(self, user_id: str, items: np.ndarray) -> dict[str, np.ndarray]:
+        """The ranker's P(action) per head for the given item indexes, with the user's state now."""
+        return self._predict(self.live.user(user_id), items)[0]
+
+    # -- policy --
+    def _slots(self, n: int, personal: bool, pool_ready: bool) -> list[str]:
+        """Which slots are reserved: each for exploration with probability `explore_share` (personal
+        feeds only), else for the new-video pools with `pool_share` (twice that while one waits)."""
+        policy = self.live.settings.policy
+        explore = policy.explore_share if personal else 0.0
+        pool = policy.pool_share if pool_ready else 0.0
+        if pool and self.live.pools.urgent(self.live.catalog, self.live.clock()):
+            pool = min(2 * pool, 0.5)
+        draws = self.rng.random(n)
+        return ["explore" if d < explore else "pool" if d < explore + pool else "" for d in draws]
+
+    def _explore(self, user: LiveUser, cands: retrieval.Candidates, slots: list[str]) -> list[int]:
+        """Topics for the exploration slots (best draw first), with some of their items as candidates."""
+        wanted = slots.count("explore")
+        if not wanted:
+            return []
+        live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy
+        views, completions = live.topic_counts()
+        known = known_topics(user.state, policy.known_topics)
+        topics = explore_topics(user.state, views, completions, known, wanted + 2, policy.explore_prior, self.rng)
+        retrieval.explore(cands, catalog, topics, self.rng, EXPLORE_WINDOW)
+        return topics
+
+    def feed(self, user_id: str, n: int = 10, explain: bool = False) -> Feed:
+        live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy
+        user = live.serving(live.user(user_id))
+        if not user.stored:
+            live.persist_user(user)
+        personal = user.profile.personalized
+        now = live.clock()
+        cands = self.candidates(user, personal)
+        keep = self._keep(user)
+        pool_idx, pool_urgent = live.pools.candidates(
+            catalog, lambda i: keep(i) & ~np.isin(i, list(user.state.excluded)), now, POOL_CANDIDATES)
+        cands.add(pool_idx.tolist(), "pool")
+        slots = self._slots(n, personal, len(pool_idx) > 0)
+        topics = self._explore(user, cands, slots) if personal else []
+        idx = self._eligible(user, cands)
+        if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
+            retrieval.fallback(cands, self._eligible_mask(user), len(catalog), n * 4, self.rng)
+            idx = self._eligible(user, cands)
         state = user.state
-        return self.ranker.predict(live.catalog, state, idx, decay(state, live.clock(), live.tau), live.totals())
+        recent = Recent(state.last_creator, state.last_sound, state.last_topic, state.topic_run,
+                        state.sensitive_run)
+        limits = Limits(policy.topic_run_cap, policy.sensitive_run_cap, policy.mmr_lambda)
 
-    def _rank(self, user: LiveUser, idx: np.ndarray, n: int) -> tuple[np.ndarray, list[int]]:
-        """Value of each candidate, and the positions of the `n` picked under the adjacency rule."""
-        catalog = self.live.catalog
-        scores = value(self._predict(user, idx), self.live.settings.weights)
-        order = np.argsort(-scores, kind="stable")
-        picks = arrange(order, catalog.creator[idx], catalog.sound[idx], n,
-                        user.state.last_creator, user.state.last_sound)
-        return scores, picks
+        def arrange(idx: np.ndarray) -> tuple[_Ranked, list[int], list[list[str]], bool, Recent]:
+            ranked = self._rank(user, idx, personal)
+            topic_rank = {t: float(-k) for k, t in enumerate(topics)}
+            item_topics = catalog.topic[idx]
+            groups = {
+                "explore": np.asarray([topic_rank.get(t, -np.inf) for t in item_topics.tolist()]),
+                "pool": np.full(len(idx), -np.inf),
+            }
+            where = {int(i): k for k, i in enumerate(idx.tolist())}
+            for i, urgent in zip(pool_idx.tolist(), pool_urgent.tolist(), strict=True):
+                if i in where:
+                    groups["pool"][where[i]] = urgent
+            chosen = select(ranked.utility, catalog.creator[idx], catalog.sound[idx], item_topics,
+                            catalog.tag_cols[idx], live.sensitive(idx), n, recent, limits, slots, groups)
+            return ranked, chosen.picks, chosen.steps, chosen.yielded, chosen.recent
 
-    def _yielded(self, user: LiveUser, chosen: np.ndarray) -> bool:
-        catalog = self.live.catalog
-        creators = [user.state.last_creator, *catalog.creator[chosen].tolist()]
-        sounds = [user.state.last_sound, *catalog.sound[chosen].tolist()]
-        return any(creators[k] == creators[k + 1] or (sounds[k] >= 0 and sounds[k] == sounds[k + 1])
-                   for k in range(len(chosen)))
+        ranked, picks, steps, yielded, after = arrange(idx)
+        if yielded:
+            # A rule gave way among the candidates: bring in eligible items by other creators, sounds
+            # and topics (a scan of the catalogue, so only now), and arrange again.
+            self._add_alternatives(cands, user, idx[picks], 4 * n)
+            idx = self._eligible(user, cands)
+            ranked, picks, steps, yielded, after = arrange(idx)
+        request_id = uuid.uuid4().hex
+        chosen = [int(idx[p]) for p in picks]
+        items = []
+        for p, i, step in zip(picks, chosen, steps, strict=True):
+            sources = cands.sources[i]
+            item = FeedItem(catalog.ids[i], round(float(ranked.utility[p]), 6),
+                            list(dict.fromkeys(reason(catalog, s, f) for s, f in sources))[:3])
+            if explain:
+                item.explain = self._explanation(ranked, p, [s for s, _ in sources], step)
+            items.append(item)
+        if chosen:
+            records = [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in chosen]
+            seqs = live.store.record_served(user.profile.region, records)
+            state.topic_run, state.sensitive_run = after.topic_run, after.sensitive_run
+            live.apply_served(user.profile.region, user, chosen, seqs[-1])
+            if self.learner is not None:
+                self.learner.record_served(user.profile.region, user_id, chosen, now)
+        live.maybe_checkpoint()
+        return Feed(user_id, request_id, items)
+
+    def _explanation(self, ranked: _Ranked, p: int, sources: list[str], steps: list[str]) -> dict[str, object]:
+        weights = self.live.settings.weights
+        heads = {h: round(float(v[p]), 6) for h, v in ranked.predictions.items()}
+        policy = list(steps)
+        if ranked.shift[p]:
+            policy.append("topic_weight")
+        if ranked.ranker == "not_personalized":
+            policy.append("not_personalized")
+        return {
+            "sources": sources, "ranker": ranked.ranker, "predictions": heads,
+            "weights": {h: getattr(weights, h) for h in heads if hasattr(weights, h)},
+            "value": round(float(ranked.utility[p] - ranked.shift[p]), 6),
+            "topic_weight": round(float(ranked.shift[p]), 6), "policy": policy,
+        }
+
+    def algorithm(self) -> dict[str, object]:
+        """The algorithm card: which ranking serves now, the value weights, the candidate budgets and
+        every policy setting, live."""
+        settings, learner = self.live.settings, self._learned()
+        return {
+            "ranker": "learned" if learner is not None else "heuristic",
+            "value": ("learned: log(sum of P(head) x weight) + retrieval x retrieval score" if learner is not None
+                      else "heuristic: sum of P(head) x weight; policy works on its log"),
+            "weights": asdict(settings.weights), "budgets": asdict(settings.budgets),
+            "signals": asdict(settings.signals), "policy": asdict(settings.policy),
+            "learning": {"enabled": settings.learning.enabled, "healthy": learner is not None,
+                         "version": self.learner.version if self.learner is not None else 0},
+        }
 
     def _add_alternatives(self, cands: retrieval.Candidates, user: LiveUser, chosen: np.ndarray,
                           budget: int) -> None:
@@ -103,50 +273,6 @@ class FeedService:
         mask &= ~np.isin(catalog.creator[:n], catalog.creator[chosen])
         sounds = catalog.sound[chosen]
         mask &= ~np.isin(catalog.sound[:n], sounds[sounds >= 0])
+        topics = catalog.topic[chosen]
+        mask &= ~np.isin(catalog.topic[:n], topics[topics >= 0])
         retrieval.fallback(cands, mask, n, budget, self.rng)
-
-    def scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate generation and ranking as a feed does it, before feed policy (adjacency) and
-        without recording anything: (item indexes, values), best first. For evaluation and replay."""
-        live = self.live
-        user = live.serving(live.user(user_id))
-        idx = self._eligible(user, self.candidates(user))
-        values = value(self._predict(user, idx), live.settings.weights)
-        order = np.argsort(-values, kind="stable")
-        return idx[order], values[order]
-
-    def predict(self, user_id: str, items: np.ndarray) -> dict[str, np.ndarray]:
-        """The ranker's P(action) per head for the given item indexes, with the user's state now."""
-        return self._predict(self.live.user(user_id), items)
-
-    def feed(self, user_id: str, n: int = 10) -> Feed:
-        live, catalog = self.live, self.live.catalog
-        user = live.serving(live.user(user_id))
-        if not user.stored:
-            live.persist_user(user)
-        cands = self.candidates(user)
-        idx = self._eligible(user, cands)
-        if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
-            retrieval.fallback(cands, self._eligible_mask(user), len(catalog), n * 4, self.rng)
-            idx = self._eligible(user, cands)
-        scores, picks = self._rank(user, idx, n)
-        if self._yielded(user, idx[picks]):
-            # The adjacency rule gave way among the candidates: bring in eligible items by other creators
-            # and sounds (a scan of the catalogue, so only now), and arrange again.
-            self._add_alternatives(cands, user, idx[picks], 4 * n)
-            idx = self._eligible(user, cands)
-            scores, picks = self._rank(user, idx, n)
-        request_id = uuid.uuid4().hex
-        chosen = [int(idx[p]) for p in picks]
-        items = [FeedItem(catalog.ids[i], round(float(scores[p]), 6),
-                          [reason(catalog, s, f) for s, f in cands.sources[i][:3]])
-                 for p, i in zip(picks, chosen, strict=True)]
-        if chosen:
-            now = live.clock()
-            seqs = live.store.record_served(
-                user.profile.region, [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in chosen])
-            live.apply_served(user.profile.region, user, chosen, seqs[-1])
-            if self.learner is not None:
-                self.learner.record_served(user.profile.region, user_id, chosen, now)
-        live.maybe_checkpoint()
-        return Feed(user_id, request_id, items)

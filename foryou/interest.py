@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import orjson
 
 from foryou.catalog import Catalog
-from foryou.signals import event_strength
+from foryou.signals import event_strength, is_completion
 
 TAG, TOPIC, CREATOR, SOUND = 0, 1, 2, 3
 _KIND_SHIFT = 32
 RECENT = 8  # recent positives kept for item-to-item retrieval
 MAX_FEATURES = 128  # weights kept per user: the strongest, by magnitude (bounds memory and state size)
+MAX_TOPIC_VIEWS = 100.0  # a topic's view counts halve past this, so that the bandit follows drift
+MAX_TOPICS = 256  # topics whose counts a user keeps (the most viewed)
 
 
 def key(kind: int, code: int) -> int:
@@ -41,8 +43,19 @@ class UserState:
     recent: list[int] = field(default_factory=list)  # item indexes of recent strong positives
     last_creator: int = -1  # the last item served, for the no-adjacent-creator/sound rule
     last_sound: int = -1
+    last_topic: int = -1  # ... and how many items of that topic, and of sensitive topics, ran up to it
+    topic_run: int = 0
+    sensitive_run: int = 0
     excluded: set[int] = field(default_factory=set)  # served or viewed: never served again
     seq: int = 0  # the last event (in the user's region log) this state includes
+    muted: dict[int, float] = field(default_factory=dict)  # creator/sound feature -> not served until
+    topic_views: dict[int, list[float]] = field(default_factory=dict)  # topic -> [views, completions]
+
+    def reset(self) -> UserState:
+        """A fresh start ("refresh"): what was learned goes, what was served and followed stays."""
+        return UserState(follows=set(self.follows), last_creator=self.last_creator, last_sound=self.last_sound,
+                         last_topic=self.last_topic, topic_run=self.topic_run, sensitive_run=self.sensitive_run,
+                         excluded=set(self.excluded), seq=self.seq)
 
 
 _TAG_SHARE = [0.0] + [1.0 / math.sqrt(n) for n in range(1, 65)]
@@ -64,8 +77,9 @@ def item_features(catalog: Catalog, idx: int) -> list[tuple[int, float]]:
 
 
 def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: float, ts: float,
-              tau: float) -> float:
-    """Update `state` with one event on item `idx`; returns the event's strength."""
+              tau: float, mute_s: float = 30 * 86400.0) -> float:
+    """Update `state` with one event on item `idx`; returns the event's strength. "Not interested"
+    also mutes the item's creator and sound for `mute_s`."""
     strength = event_strength(kind, watch_s, catalog.duration_l[idx])
     if state.ref == 0.0:
         state.ref = ts
@@ -84,12 +98,45 @@ def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: 
         state.follows.add(catalog.creator_l[idx])
     if kind == "view":
         state.excluded.add(idx)
+        _count_topic(state, catalog.topic_l[idx], is_completion(watch_s, catalog.duration_l[idx]))
+    elif kind == "not_interested" and mute_s > 0:
+        state.muted[(CREATOR << _KIND_SHIFT) | catalog.creator_l[idx]] = ts + mute_s
+        sound = catalog.sound_l[idx]
+        if sound >= 0:
+            state.muted[(SOUND << _KIND_SHIFT) | sound] = ts + mute_s
     if strength >= 1.0:
         if idx in state.recent:
             state.recent.remove(idx)
         state.recent.append(idx)
         del state.recent[:-RECENT]
     return strength
+
+
+def _count_topic(state: UserState, topic: int, completed: bool) -> None:
+    if topic < 0:
+        return
+    counts = state.topic_views.get(topic)
+    if counts is None:
+        if len(state.topic_views) >= MAX_TOPICS:
+            weakest = min(state.topic_views, key=lambda t: state.topic_views[t][0])
+            del state.topic_views[weakest]
+        counts = state.topic_views[topic] = [0.0, 0.0]
+    counts[0] += 1.0
+    counts[1] += float(completed)
+    if counts[0] > MAX_TOPIC_VIEWS:
+        counts[0] /= 2
+        counts[1] /= 2
+
+
+def muted(state: UserState, now: float) -> tuple[set[int], set[int]]:
+    """The creator and sound codes muted at `now` (expired mutes are dropped)."""
+    if not state.muted:
+        return set(), set()
+    state.muted = {f: t for f, t in state.muted.items() if t > now}
+    mask = (1 << _KIND_SHIFT) - 1
+    creators = {f & mask for f in state.muted if f >> _KIND_SHIFT == CREATOR}
+    sounds = {f & mask for f in state.muted if f >> _KIND_SHIFT == SOUND}
+    return creators, sounds
 
 
 def prune(state: UserState) -> None:
@@ -126,7 +173,12 @@ def dumps(state: UserState, catalog: Catalog) -> bytes:
     for f, w in state.weights.items():
         kind = f >> _KIND_SHIFT
         groups[kind][names[kind][f & mask]] = w
+    topic_names = catalog.tags.names
     return orjson.dumps({
+        "muted": [[f >> _KIND_SHIFT, names[f >> _KIND_SHIFT][f & mask], t] for f, t in state.muted.items()],
+        "topics": {topic_names[t]: c for t, c in state.topic_views.items()},
+        "run": [topic_names[state.last_topic] if state.last_topic >= 0 else None, state.topic_run,
+                state.sensitive_run],
         "ref": state.ref,
         "seq": state.seq,
         "w": dict(zip("tocs", groups, strict=True)),
@@ -149,7 +201,13 @@ def loads(blob: bytes, catalog: Catalog) -> UserState:
             code = codes.get(name)
             weights[base | (vocab(name) if code is None else code)] = w
     last_creator, last_sound = data["last"]
+    kinds = {CREATOR: catalog.creators, SOUND: catalog.sounds}
+    last_topic, topic_run, sensitive_run = data.get("run", (None, 0, 0))
     return UserState(
+        muted={(kind << _KIND_SHIFT) | kinds[kind](name): until for kind, name, until in data.get("muted", ())},
+        topic_views={catalog.tags(t): c for t, c in data.get("topics", {}).items()},
+        last_topic=catalog.tags(last_topic) if last_topic is not None else -1,
+        topic_run=topic_run, sensitive_run=sensitive_run,
         ref=data["ref"], weights=weights, seq=data.get("seq", 0),
         follows={catalog.creators(c) for c in data["follows"]},
         recent=[catalog.index[i] for i in data["recent"] if i in catalog.index],

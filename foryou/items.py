@@ -53,8 +53,11 @@ class ItemService:
             # derived state first, so that no replay crosses a change of duration or features.
             live.checkpoint()
         live.store.upsert_items(records)
+        before = len(live.catalog)
         live.catalog.put_many(records)
         live.trending.ensure(len(live.catalog))
+        # New videos join the first exposure pool; the pool is persisted with the item's counters.
+        live.dirty_items.update(live.pools.admit(live.catalog, list(range(before, len(live.catalog))), now))
         self._changed(records)
         return len(items)
 
@@ -84,6 +87,7 @@ class ItemService:
             raise NotFound(f"unknown item {item_id!r}", field="id")
         out = record.public()
         out["stats"] = self.live.catalog.stats_of(idx)
+        out["exposure"] = self.live.pools.exposure(self.live.catalog, idx)
         return out
 
     def set_down(self, item_id: str, down: bool) -> dict[str, object]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 import numpy as np
@@ -15,10 +15,11 @@ import numpy as np
 from foryou.catalog import STATS, Catalog
 from foryou.config import Settings
 from foryou.interest import UserState, dumps, learn_one, loads, seed_interests
+from foryou.policy import Controls, Pools
 from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask
 from foryou.store import Store
 from foryou.trending import Trending
-from foryou.types import STAT_NAMES, EventRecord, UserRecord
+from foryou.types import EventRecord, UserRecord
 
 _ACTION_COLUMN = {k: STATS[v] for k, v in (
     ("like", "likes"), ("comment", "comments"), ("share", "shares"), ("follow", "follows"),
@@ -33,7 +34,8 @@ class LiveUser:
     state: UserState
     dirty_since: int = 0  # seq of the first logged event not yet in the saved state; 0 when saved
     stored: bool = True  # False until the profile is written to the store
-    serving_loaded: bool = False  # served/viewed items and the last served item read from the store
+    serving_loaded: bool = False  # served/viewed items, the last served ones and the controls read
+    controls: Controls = field(default_factory=Controls)
 
     @property
     def dirty(self) -> bool:
@@ -63,6 +65,10 @@ class Live:
         self._totals: tuple[float, np.ndarray] | None = None
         self._in_progress = False
         self._last_purge = 0.0
+        p, w = settings.policy, settings.weights
+        self.pools = Pools(p.first_pool, p.pool_growth, p.pool_count, p.promote_quantile, p.pool_eval_delay_s,
+                           p.pool_max_age_h * 3600, p.pool_within_h * 3600, (w.complete, w.like, w.share))
+        self._topics: tuple[float, np.ndarray, np.ndarray] | None = None
 
     # -- start-up --
     def load(self) -> None:
@@ -107,6 +113,8 @@ class Live:
                 self.served_mark[region] = served.seq
             self.event_mark[region] = max(self.event_mark[region], item_events, state_mark)
             self.served_mark[region] = max(self.served_mark[region], item_served)
+        self.pools.load(catalog, self.clock())
+        self.pools.loads(store.get_meta("pool_reference"))
         self.last_checkpoint = self.clock()
 
     # -- users --
@@ -161,11 +169,39 @@ class Live:
             catalog, state, region, user_id = self.catalog, live.state, live.profile.region, live.profile.id
             state.excluded |= {catalog.index[i] for i in self.store.excluded_items(region, user_id)
                                if i in catalog.index}
-            last = catalog.index.get(self.store.last_served(region, user_id) or "")
-            if last is not None:  # served rows are durable; the checkpointed copy may be older
+            # served rows are durable; the checkpointed copy of what came last may be older
+            recent = [catalog.index[i] for i in self.store.recent_served(region, user_id, 8) if i in catalog.index]
+            if recent:
+                last = recent[0]
                 state.last_creator, state.last_sound = catalog.creator_l[last], catalog.sound_l[last]
+                state.last_topic = catalog.topic_l[last]
+                topics = [catalog.topic_l[i] for i in recent]
+                state.topic_run = next((k for k, t in enumerate(topics) if t != topics[0]), len(topics))
+                sensitive = self.sensitive(np.asarray(recent, np.int64)).tolist()
+                state.sensitive_run = next((k for k, s in enumerate(sensitive) if not s), len(sensitive))
+            live.controls = Controls.loads(self.store.get_controls(region, user_id))
             live.serving_loaded = True
         return live
+
+    def sensitive(self, idx: np.ndarray) -> np.ndarray:
+        """Which of these items have a topic flagged sensitive (`policy.sensitive_topics`)."""
+        codes = [c for t in self.settings.policy.sensitive_topics if (c := self.catalog.tags.ids.get(t)) is not None]
+        return np.isin(self.catalog.topic[idx], codes) if codes else np.zeros(len(idx), np.bool_)
+
+    def topic_counts(self, max_age_s: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+        """Catalogue-wide views and completions by topic code (-1 views: no item has that topic),
+        recomputed at most every `max_age_s`."""
+        now = self.clock()
+        if self._topics is None or now - self._topics[0] >= max_age_s:
+            n, catalog = len(self.catalog), self.catalog
+            topics = catalog.topic[:n]
+            has = topics >= 0
+            size = len(catalog.tags)
+            views = np.bincount(topics[has], catalog.stats[:n, _VIEWS][has], minlength=size)
+            completions = np.bincount(topics[has], catalog.stats[:n, _COMPLETIONS][has], minlength=size)
+            views[np.bincount(topics[has], minlength=size) == 0] = -1.0
+            self._topics = (now, views, completions)
+        return self._topics[1], self._topics[2]
 
     def persist_user(self, live: LiveUser) -> None:
         self.store.put_user(live.profile)
@@ -217,6 +253,7 @@ class Live:
         if fresh.any():
             self._apply_items(region, [events[k] for k in pos[fresh].tolist()], idx[fresh])
         tau, user_of = self.tau, self.user
+        mute_s = self.settings.policy.not_interested_days * 86400
         for k, i in rows:
             seq = seqs[k]
             if seq <= user_after:
@@ -228,7 +265,7 @@ class Live:
                 continue
             state.seq = seq
             recent = state.recent[-4:]
-            strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau)
+            strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau, mute_s)
             self.touch(live, seq)
             if strength >= 1.0 and seq > item_after:
                 coeng = self.coeng
@@ -271,9 +308,11 @@ class Live:
             live.state.excluded.add(idx)
             self.dirty_items.add(idx)
         if idxs:
-            live.state.last_creator = int(catalog.creator[idxs[-1]])
-            live.state.last_sound = int(catalog.sound[idxs[-1]])
+            state, last = live.state, idxs[-1]
+            state.last_creator, state.last_sound = catalog.creator_l[last], catalog.sound_l[last]
+            state.last_topic = catalog.topic_l[last]
             self.touch(live)
+        self.pools.served(catalog, idxs, self.clock())
         self.served_mark[region] = max(self.served_mark[region], last_seq)
 
     def neighbours(self, idx: int, limit: int = 50) -> list[int]:
@@ -303,6 +342,7 @@ class Live:
         if now - self._last_purge >= 3600:  # keys are remembered from acceptance, in the engine's time
             self._last_purge = now
             self.store.forget_event_ids(now - self.settings.signals.event_id_ttl_days * 86400)
+        self.dirty_items.update(self.pools.tick(self.catalog, now, self.totals()))
         pending = any(self.dirty_users.values())
         if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s or (
                 pending and self._in_progress):
@@ -313,7 +353,7 @@ class Live:
         Each region's state watermark stays below the oldest change still unsaved, so replay after a
         crash re-applies exactly what is missing. Returns True when nothing is left dirty."""
         catalog, trending = self.catalog, self.trending
-        width = len(STAT_NAMES) + 1
+        width = len(STATS)
         stats = {catalog.ids[i]: catalog.stats[i, :width].tolist() for i in self.dirty_items}
         trend = {r: {catalog.ids[i]: float(trending.scores[r][i]) for i in d if i < len(catalog)}
                  for r, d in trending.dirty.items()}
@@ -322,7 +362,8 @@ class Live:
         coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
         for pair in self.coeng:  # their saved neighbours change now
             self._neighbours.pop(pair >> 32, None)
-        self.store.save_item_aggregates(stats, trend, coeng, marks, {"trend_t0": repr(trending.t0)})
+        meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps()}
+        self.store.save_item_aggregates(stats, trend, coeng, marks, meta)
         self.dirty_items = set()
         self.coeng = {}
         for dirty in trending.dirty.values():

@@ -31,6 +31,7 @@ def reason(catalog: Catalog, source: str, feature: int) -> str:
         "follows": VOCABULARY[3],
         "trending": VOCABULARY[4],
         "fresh": VOCABULARY[5],
+        "pool": VOCABULARY[5],
         "coengagement": VOCABULARY[6],
         "learned": VOCABULARY[8],
     }.get(source, VOCABULARY[7])

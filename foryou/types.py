@@ -94,6 +94,18 @@ class UserIn(_Strict):
     interests: list[Tag] | None = Field(default=None, max_length=64)
     lang: str | None = Field(default=None, min_length=1, max_length=35)
     age_band: AgeBand | None = None
+    personalized: bool | None = None
+
+
+Keyword = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\w")]
+TopicWeight = Annotated[float, Field(ge=-1.0, le=1.0)]
+
+
+class ControlsIn(_Strict):
+    """`PUT /v1/users/{id}/controls`: only the fields given are replaced."""
+
+    blocked_keywords: list[Keyword] | None = Field(default=None, max_length=200)
+    topic_weights: dict[Tag, TopicWeight] | None = Field(default=None, max_length=256)
 
 
 class EventIn(_Strict):
@@ -157,11 +169,13 @@ class UserRecord:
     lang: str | None = None
     age_band: str | None = None
     created_at: float = 0.0
+    personalized: bool = True  # False: a feed not based on profiling (DSA Article 38)
 
     def public(self) -> dict[str, object]:
         return {
             "id": self.id, "region": self.region, "interests": list(self.interests),
             "lang": self.lang, "age_band": self.age_band, "created_at": format_time(self.created_at),
+            "personalized": self.personalized,
         }
 
 
@@ -193,3 +207,4 @@ class FeedItem:
     id: str
     score: float
     reasons: list[str] = field(default_factory=list)
+    explain: dict[str, object] | None = None  # with `explain=true`: sources, heads, weights, policy steps

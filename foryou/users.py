@@ -1,16 +1,19 @@
-"""User profiles: set the fields given, read back. A user's region is fixed once set."""
+"""Users: profiles (set the fields given, read back; a region is fixed once set), the user's controls
+(keyword filters, topic weights) and "refresh" (personalisation started afresh)."""
 
 from __future__ import annotations
 
 from foryou.errors import Conflict, NotFound
-from foryou.interest import seed_interests
-from foryou.live import Live
-from foryou.types import UserIn
+from foryou.interest import dumps, seed_interests
+from foryou.learning import Learner
+from foryou.live import Live, LiveUser
+from foryou.types import ControlsIn, UserIn
 
 
 class UserService:
-    def __init__(self, live: Live) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None) -> None:
         self.live = live
+        self.learner = learner
 
     def put(self, user_id: str, body: UserIn) -> dict[str, object]:
         live = self.live
@@ -33,10 +36,48 @@ class UserService:
             profile.lang = body.lang
         if "age_band" in body.model_fields_set:
             profile.age_band = body.age_band
+        if body.personalized is not None:
+            profile.personalized = body.personalized
         live.persist_user(user)
         return profile.public()
 
     def get(self, user_id: str) -> dict[str, object]:
+        return self._known(user_id).profile.public()
+
+    def _known(self, user_id: str) -> LiveUser:
         if self.live.region_of(user_id) is None:
             raise NotFound(f"unknown user {user_id!r}", field="id")
-        return self.live.user(user_id).profile.public()
+        return self.live.serving(self.live.user(user_id))
+
+    def controls(self, user_id: str) -> dict[str, object]:
+        return self._known(user_id).controls.public()
+
+    def set_controls(self, user_id: str, body: ControlsIn) -> dict[str, object]:
+        """Replace the fields given; they apply from the next request."""
+        user = self._known(user_id)
+        controls = user.controls
+        if body.blocked_keywords is not None:
+            controls.blocked_keywords = tuple(dict.fromkeys(k.strip() for k in body.blocked_keywords))
+        if body.topic_weights is not None:
+            controls.topic_weights = {t: w for t, w in body.topic_weights.items() if w}
+        self.live.store.put_controls(user.profile.region, user_id, controls.dumps())
+        return controls.public()
+
+    def refresh(self, user_id: str) -> dict[str, object]:
+        """Start personalisation afresh, as for a new user: interests, recent favourites, "not
+        interested" mutes and the learned user vector go; history stays in the store (for the user's own
+        export), what was served is still never served again, follows and controls stay. Saved at once,
+        so that no restart brings the old state back."""
+        live = self.live
+        user = self._known(user_id)
+        region = user.profile.region
+        user.state = user.state.reset()
+        user.state.seq = live.event_mark[region]  # replay after a crash skips what came before
+        live.store.save_user_states(region, {user_id: dumps(user.state, live.catalog)},
+                                    live.store.user_state_watermark(region))
+        if self.learner is not None:
+            self.learner.forget_user(region, user_id)
+            self.learner.checkpoint()
+        user.controls.refreshed_at = live.clock()
+        live.store.put_controls(region, user_id, user.controls.dumps())
+        return {"id": user_id, "refreshed_at": user.controls.public()["refreshed_at"]}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from factories import Clock
 
+from foryou.catalog import STATS
 from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.errors import InvalidInput
@@ -60,7 +61,7 @@ def test_accepts_and_counts(engine: Engine) -> None:
     assert stats(engine, "i0")["views"] == 1 and stats(engine, "i0")["completions"] == 1
     assert stats(engine, "i0")["likes"] == 1 and stats(engine, "i0")["watch_s"] == 10.0
     assert stats(engine, "i1")["completions"] == 0
-    assert engine.live.catalog.stats[engine.live.catalog.index["i1"], -1] == 1  # one early swipe
+    assert engine.live.catalog.stats[engine.live.catalog.index["i1"], STATS["early_swipes"]] == 1
     assert logged(engine) == [("u", "i0", "view", 10.0), ("u", "i1", "view", 1.0), ("u", "i2", "view", 5.0),
                               ("u", "i0", "like", 0.0)]
 

@@ -1,12 +1,17 @@
-"""The adjacency rule: no two consecutive items from the same creator or with the same sound, within a
-response and across consecutive ones; yield (take the best) only when nothing else remains."""
+"""Slot selection (policy/arrange.py). First the adjacency rule alone: no two consecutive items from the
+same creator or with the same sound, within a response and across consecutive ones; yield (take the
+best) only when nothing else remains. Then the topic-run caps, similarity (MMR) and reserved slots."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from foryou.policy import arrange
+from foryou.policy import Limits, Recent, select
+from foryou.policy.arrange import similarity
+
+NO_TOPICS = Limits(topic_cap=1000, sensitive_cap=1000, mmr_lambda=0.0)
+NO_RECENT = Recent()
 
 
 def conflicts(c1: int, s1: int, c2: int, s2: int) -> bool:
@@ -16,8 +21,13 @@ def conflicts(c1: int, s1: int, c2: int, s2: int) -> bool:
 def run(creators: list[int], sounds: list[int], n: int, order: list[int] | None = None,
         last_creator: int = -1, last_sound: int = -1) -> list[int]:
     order = order if order is not None else list(range(len(creators)))
-    return arrange(np.array(order, dtype=np.int64), np.array(creators, dtype=np.int32),
-                   np.array(sounds, dtype=np.int32), n, last_creator, last_sound)
+    m = len(creators)
+    utility = np.zeros(m)
+    utility[order] = -np.arange(len(order), dtype=np.float64)  # best first
+    chosen = select(utility, np.array(creators, dtype=np.int32), np.array(sounds, dtype=np.int32),
+                    np.full(m, -1), np.full((m, 4), -1), np.zeros(m, np.bool_), n,
+                    Recent(creator=last_creator, sound=last_sound), NO_TOPICS)
+    return chosen.picks
 
 
 def test_spreads_a_creator_out() -> None:
@@ -83,3 +93,78 @@ def test_random_worlds(seed: int) -> None:
             assert pos == remaining[0], "when every item conflicts, take the best"
         remaining.remove(pos)
         prev_c, prev_s = creators[pos], sounds[pos]
+
+
+def pick(utility: list[float], topics: list[int], n: int, limits: Limits, recent: Recent = NO_RECENT,
+         sensitive: list[bool] | None = None, tags: list[list[int]] | None = None,
+         slots: list[str] | None = None, groups: dict[str, list[float]] | None = None) -> list[int]:
+    m = len(utility)
+    tag_cols = np.array(tags, dtype=np.int64) if tags else np.full((m, 4), -1)
+    chosen = select(np.array(utility), np.arange(m), np.full(m, -1), np.array(topics), tag_cols,
+                    np.array(sensitive or [False] * m), n, recent, limits, slots or (),
+                    {k: np.array(v) for k, v in (groups or {}).items()})
+    return chosen.picks
+
+
+def test_topic_runs_are_capped_within_and_across_responses() -> None:
+    limits = Limits(topic_cap=2, sensitive_cap=9, mmr_lambda=0.0)
+    # five of topic 1 valued above three of topic 2: no more than two of topic 1 in a row
+    picks = pick([9, 8, 7, 6, 5, 4, 3, 2], [1, 1, 1, 1, 1, 2, 2, 2], 8, limits)
+    assert picks == [0, 1, 5, 2, 3, 6, 4, 7]
+    # the previous response ended with two of topic 1: the next starts with another topic
+    assert pick([9, 1], [1, 2], 1, limits, Recent(topic=1, topic_run=2)) == [1]
+    assert pick([9, 1], [1, 2], 1, limits, Recent(topic=1, topic_run=1)) == [0]
+
+
+def test_sensitive_topics_are_dispersed_across_topics() -> None:
+    limits = Limits(topic_cap=9, sensitive_cap=1, mmr_lambda=0.0)
+    # two different sensitive topics count as one run
+    picks = pick([9, 8, 7, 1], [5, 6, 7, 8], 4, limits, sensitive=[True, True, False, False])
+    assert picks == [0, 2, 1, 3]
+    assert pick([9, 1], [5, 8], 1, limits, Recent(sensitive_run=1), sensitive=[True, False]) == [1]
+
+
+def test_yields_when_only_one_topic_remains() -> None:
+    limits = Limits(topic_cap=1, sensitive_cap=1, mmr_lambda=0.0)
+    assert pick([3, 2, 1], [1, 1, 1], 3, limits) == [0, 1, 2]
+
+
+def test_mmr_trades_value_for_difference() -> None:
+    tags = [[1, 2, -1, -1], [1, 2, -1, -1], [3, 4, -1, -1]]
+    # without the trade-off the near-duplicate comes second; with it, the different item does
+    assert pick([5.0, 4.9, 4.5], [1, 1, 2], 3, Limits(9, 9, 0.0), tags=tags) == [0, 1, 2]
+    assert pick([5.0, 4.9, 4.5], [1, 1, 2], 3, Limits(9, 9, 1.0), tags=tags) == [0, 2, 1]
+    # ... but not when the value gap is larger than the penalty
+    assert pick([5.0, 4.9, 1.0], [1, 1, 2], 3, Limits(9, 9, 1.0), tags=tags) == [0, 1, 2]
+
+
+def test_similarity() -> None:
+    topics = np.array([1, 1, 2, -1, -1])
+    tags = np.array([[1, 2, -1, -1], [2, 3, -1, -1], [1, 2, -1, -1], [-1] * 4, [-1] * 4])
+    sim = similarity(topics, tags, 0)
+    assert sim[0] == 1.0 and sim[1] == 0.5 + 0.5 / 3 and sim[2] == 0.5 and sim[3] == 0.0
+    assert similarity(topics, tags, 3)[4] == 0.0  # no topic and no tags: never similar
+
+
+def test_reserved_slots_take_their_groups_best_member() -> None:
+    limits = Limits(9, 9, 0.0)
+    inf = float("-inf")
+    # slot 1 is for exploration: the group's first-ranked member, whatever its value
+    picks = pick([9, 8, 7, 1, 2], [1, 1, 1, 2, 3], 3, limits, slots=["", "explore", ""],
+                 groups={"explore": [inf, inf, inf, 0.0, -1.0]})
+    assert picks == [0, 3, 1]
+    # an urgent pool item goes before a more valuable one of the group
+    picks = pick([9, 5, 4], [1, 2, 3], 2, limits, slots=["pool", ""], groups={"pool": [inf, 0.0, 1.0]})
+    assert picks == [2, 0]
+    # a reserved slot whose group has no allowed member is a regular one
+    assert pick([9, 8], [1, 2], 2, limits, slots=["pool", "pool"], groups={"pool": [inf, inf]}) == [0, 1]
+
+
+def test_steps_name_what_placed_each_item() -> None:
+    m = 4
+    chosen = select(np.array([9.0, 8.0, 7.0, 1.0]), np.array([0, 0, 1, 2]), np.full(m, -1), np.full(m, -1),
+                    np.full((m, 4), -1), np.zeros(m, np.bool_), 3, Recent(), NO_TOPICS, ["", "", "explore"],
+                    {"explore": np.array([-np.inf, -np.inf, -np.inf, 0.0])})
+    assert chosen.picks == [0, 2, 3]
+    assert chosen.steps == [[], ["diversity"], ["exploration"]]  # item 2 went over item 1 (same creator)
+    assert chosen.recent.creator == 2 and not chosen.yielded

@@ -21,7 +21,7 @@ from foryou.http import errors
 from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.ingest import IngestResult
 from foryou.metrics import Metrics
-from foryou.types import ID_PATTERN, EventBatch, ItemBatch, UserIn
+from foryou.types import ID_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
 
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:-]")]
 
@@ -132,6 +132,23 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
     async def get_user(user_id: IdPath) -> JSON:
         return JSON(engine.users.get(user_id))
 
+    @app.get("/v1/users/{user_id}/controls", tags=["users"])
+    async def get_controls(user_id: IdPath) -> JSON:
+        """The user's keyword filters, topic weights and last refresh."""
+        return JSON(engine.users.controls(user_id))
+
+    @app.put("/v1/users/{user_id}/controls", tags=["users"], openapi_extra=_body(ControlsIn))
+    async def put_controls(user_id: IdPath, request: Request) -> JSON:
+        """Replace the fields given: `blocked_keywords` (up to 200; never serve an item whose caption or
+        tags contain one, case-insensitive, singular or plural) and `topic_weights` (-1..1: less or more
+        of a topic, never none). They apply from the next request."""
+        return JSON(engine.users.set_controls(user_id, await parse(request, ControlsIn)))
+
+    @app.post("/v1/users/{user_id}/refresh", tags=["users"])
+    async def refresh(user_id: IdPath) -> JSON:
+        """Start personalisation afresh, as if new; history is kept but no longer used to recommend."""
+        return JSON(engine.users.refresh(user_id))
+
     @app.post("/v1/events", tags=["events"], openapi_extra=_body(EventBatch))
     async def post_events(request: Request) -> JSON:
         """Up to 10,000 events; a 200 means they are durable. Repeated event ids count once."""
@@ -147,12 +164,20 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
         return JSON({"accepted": result.accepted, "duplicates": result.duplicates})
 
     @app.get("/v1/users/{user_id}/feed", tags=["feed"])
-    async def feed(user_id: IdPath, n: Annotated[int, Query(ge=1, le=100)] = 10) -> JSON:
-        """The user's next `n` videos; each served item is recorded and never served again."""
-        result = engine.feeds.feed(user_id, n)
+    async def feed(user_id: IdPath, n: Annotated[int, Query(ge=1, le=100)] = 10,
+                   explain: Annotated[bool, Query()] = False) -> JSON:
+        """The user's next `n` videos; each served item is recorded and never served again. With
+        `explain=true` each item says why: its sources, each head's prediction, the weights, its value
+        and the policy steps that placed it."""
+        result = engine.feeds.feed(user_id, n, explain)
         metrics.inc("feeds_served_total")
         metrics.inc("feed_items_served_total", len(result.items))
         return JSON(result.as_dict())
+
+    @app.get("/v1/algorithm", tags=["feed"])
+    async def algorithm() -> JSON:
+        """The algorithm card: the live value weights, candidate budgets and policy settings."""
+        return JSON(engine.feeds.algorithm())
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

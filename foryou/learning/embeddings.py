@@ -134,19 +134,23 @@ class EmbeddingTable:
             return 0
         cutoff = now - self.ttl_s
         n = len(self.ids)
-        stale = np.flatnonzero(self.seen[:n] < cutoff).tolist()
+        stale = [key for row in np.flatnonzero(self.seen[:n] < cutoff).tolist() if (key := self.ids[row]) is not None]
+        self.pending = {k: v for k, v in self.pending.items() if v[1] >= cutoff}
+        return self.remove(stale)
+
+    def remove(self, keys: Iterable[str]) -> int:
+        """Free the rows of `keys` (and forget their admission counts); returns how many rows were freed."""
         freed = 0
-        for row in stale:
-            key = self.ids[row]
-            if key is None:
+        for key in keys:
+            self.pending.pop(key, None)
+            row = self.index.pop(key, None)
+            if row is None:
                 continue
-            del self.index[key]
             self.ids[row] = None
             self.free.append(row)
             self.dirty.discard(row)
             self.removed.add(key)
             freed += 1
-        self.pending = {k: v for k, v in self.pending.items() if v[1] >= cutoff}
         return freed
 
     # -- persistence: one blob per row (vector, Adagrad state, last seen) --

@@ -96,6 +96,12 @@ class Joins:
             self.served[(user, i)] = (now, region)
             self.served.move_to_end((user, i))
 
+    def forget(self, user: str) -> None:
+        """Drop the user's open joins (a refresh or an erasure: they must not be learned later)."""
+        for buffer in (self.views, self.served):
+            for key in [k for k in buffer if k[0] == user]:
+                del buffer[key]
+
     def close(self, now: float, out: ExampleList) -> None:
         """Examples of the joins whose window closed by `now`: views with their action labels, and
         served items never viewed (impressions without a play)."""

@@ -170,6 +170,14 @@ class Learner:
             if budget_s is not None and time.perf_counter() - started >= budget_s:
                 return
 
+    def forget_user(self, region: str, user: str) -> None:
+        """Start the user afresh: drop their embedding row and open joins, and save the removal now."""
+        self.joins.forget(user)
+        table = self.model.users[region]
+        if table.remove([user]) and self.settings.enabled:
+            self.live.store.save_model_rows(region, "user", [], [user])
+            table.removed.discard(user)
+
     def items_changed(self, idx: Sequence[int]) -> None:
         if self.settings.enabled:
             self.dirty_items.update(dict.fromkeys(idx))

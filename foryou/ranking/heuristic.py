@@ -19,7 +19,7 @@ _DEFAULT_RATE = {"complete": 0.3, "like": 0.03, "comment": 0.005, "share": 0.003
 # How strongly a user's affinity moves each head, in logits.
 _AFFINITY_GAIN = {"complete": 2.0, "like": 1.5, "comment": 1.2, "share": 1.2, "follow": 1.0}
 _FOLLOWED_GAIN = {"complete": 0.5, "like": 0.5, "comment": 0.5, "share": 0.3, "follow": -3.0}
-_MIN_VALUE = 1e-3  # the learned value's floor before its log (negative weights can take sums below 0)
+MIN_VALUE = 1e-3  # the learned value's floor before its log (negative weights can take sums below 0)
 _PRIOR_VIEWS = 20.0  # pseudo-views that pull an item's rate towards the catalogue's
 
 
@@ -97,5 +97,5 @@ def value(predictions: Mapping[str, np.ndarray], weights: ValueWeights) -> np.nd
         if head in predictions:
             total += predictions[head] * float(getattr(weights, head))
     if "retrieval" in predictions:
-        return np.log(np.maximum(total, _MIN_VALUE)) + weights.retrieval * predictions["retrieval"]
+        return np.log(np.maximum(total, MIN_VALUE)) + weights.retrieval * predictions["retrieval"]
     return total

@@ -4,6 +4,7 @@ up to its budget of item indexes; the feed service merges them, then ranks."""
 from foryou.retrieval.sources import (
     Candidates,
     coengagement,
+    explore,
     fallback,
     follows,
     fresh,
@@ -12,4 +13,4 @@ from foryou.retrieval.sources import (
     trending,
 )
 
-__all__ = ["Candidates", "coengagement", "fallback", "follows", "fresh", "interest", "learned", "trending"]
+__all__ = ["Candidates", "coengagement", "explore", "fallback", "follows", "fresh", "interest", "learned", "trending"]

@@ -1,4 +1,5 @@
-"""The five candidate sources of the engine plus a fallback that keeps a feed from running dry."""
+"""The candidate sources of the engine (exploration's topics come from policy/explore.py) plus a fallback
+that keeps a feed from running dry."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from foryou.catalog import Catalog
-from foryou.interest import CREATOR, SOUND, TAG, TOPIC, UserState, code_of, kind_of
+from foryou.interest import CREATOR, SOUND, TAG, TOPIC, UserState, code_of, key, kind_of
 
 
 class Candidates:
@@ -122,6 +123,16 @@ def fallback(cands: Candidates, eligible: np.ndarray | None, n_items: int, budge
         cands.add(pool.tolist(), "fallback", budget=budget)
     else:
         cands.add(rng.integers(0, n_items, size=2 * budget).tolist(), "fallback", budget=budget)
+
+
+def explore(cands: Candidates, catalog: Catalog, topics: list[int], rng: np.random.Generator,
+            per_topic: int = 60) -> None:
+    """Some items of each topic chosen for exploration (a random window of its postings)."""
+    for topic in topics:
+        postings = catalog.by_topic.get(topic, [])
+        if postings:
+            start = int(rng.integers(len(postings)))
+            cands.add(_window(postings, start, per_topic), "explore", key(TOPIC, topic))
 
 
 def learned(cands: Candidates, nearest: np.ndarray, budget: int) -> None:

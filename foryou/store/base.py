@@ -91,11 +91,17 @@ class Store(Protocol):
 
     def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]: ...
 
-    def last_served(self, region: str, user_id: str) -> str | None:
-        """The item most recently served to this user, if any."""
+    def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
+        """The items most recently served to this user, newest first (at most `limit`)."""
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         """Items this user must never be served again: served before, or viewed."""
+
+    # -- user controls (per region) --
+    def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
+        """Store the user's serialized controls (keyword filters, topic weights), replacing any."""
+
+    def get_controls(self, region: str, user_id: str) -> bytes | None: ...
 
     # -- interest state (per region) --
     def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:

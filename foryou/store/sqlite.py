@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS items (
     created_at REAL NOT NULL, caption TEXT, tags TEXT NOT NULL, topic TEXT, sound TEXT, lang TEXT,
     regions TEXT, mature INTEGER NOT NULL, down INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS item_stats (id TEXT PRIMARY KEY, {", ".join(f"{n} REAL NOT NULL" for n in STAT_NAMES)},
-    early_swipes REAL NOT NULL) WITHOUT ROWID;
+    early_swipes REAL NOT NULL, pool REAL NOT NULL DEFAULT 0, first_served REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trend (region TEXT, id TEXT, score REAL NOT NULL, PRIMARY KEY (region, id))
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS coeng (a TEXT, b TEXT, w REAL NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NUL
 # key's B-tree, which made batch look-ups about 5x slower.
 _REGION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, interests TEXT NOT NULL, lang TEXT,
-    age_band TEXT, created_at REAL NOT NULL) WITHOUT ROWID;
+    age_band TEXT, created_at REAL NOT NULL, personalized INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_controls (user TEXT PRIMARY KEY, controls BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
     type INTEGER NOT NULL, watch_s REAL NOT NULL, ts REAL NOT NULL, id TEXT, request_id TEXT);
 CREATE INDEX IF NOT EXISTS events_user ON events (user);
@@ -58,6 +59,11 @@ CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PR
     WITHOUT ROWID;
 """
 
+# Columns added after a table was first released: (table, column, declaration).
+_ADDED_COLUMNS = (("item_stats", "pool", "REAL NOT NULL DEFAULT 0"),
+                  ("item_stats", "first_served", "REAL NOT NULL DEFAULT 0"),
+                  ("users", "personalized", "INTEGER NOT NULL DEFAULT 1"))
+
 
 def _connect(path: Path, schema: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -69,6 +75,10 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
     # write path, the same durability.
     conn.execute("PRAGMA wal_autocheckpoint=10000")
     conn.executescript(schema)
+    for table, column, kind in _ADDED_COLUMNS:  # data directories made by earlier versions
+        found = conn.execute(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{table}'").fetchone()
+        if found and column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     return conn
 
 
@@ -141,7 +151,7 @@ class SQLiteStore:
         watermarks: Mapping[str, tuple[int, int]],
         meta: Mapping[str, str],
     ) -> None:
-        marks = ",".join("?" * (len(STAT_NAMES) + 2))
+        marks = ",".join("?" * (len(STAT_NAMES) + 4))
         with _tx(self._catalog) as c:
             c.executemany(f"INSERT OR REPLACE INTO item_stats VALUES ({marks})",
                           [(k, *v) for k, v in stats.items()])
@@ -179,23 +189,21 @@ class SQLiteStore:
 
     # -- users --
     def get_user(self, region: str, user_id: str) -> UserRecord | None:
-        row = self._region[region].execute(
-            "SELECT interests, lang, age_band, created_at FROM users WHERE id=?", (user_id,)).fetchone()
-        if row is None:
-            return None
-        return UserRecord(user_id, region, tuple(orjson.loads(row[0])), row[1], row[2], row[3])
+        return self.get_users(region, [user_id]).get(user_id)
 
     def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         out: dict[str, UserRecord] = {}
         for chunk in _chunks(user_ids):
-            q = f"SELECT id, interests, lang, age_band, created_at FROM users WHERE id IN ({_marks(chunk)})"
-            for user_id, interests, lang, age_band, created_at in self._region[region].execute(q, chunk):
-                out[user_id] = UserRecord(user_id, region, tuple(orjson.loads(interests)), lang, age_band, created_at)
+            q = ("SELECT id, interests, lang, age_band, created_at, personalized FROM users "
+                 f"WHERE id IN ({_marks(chunk)})")
+            for user_id, interests, lang, age_band, created_at, personal in self._region[region].execute(q, chunk):
+                out[user_id] = UserRecord(user_id, region, tuple(orjson.loads(interests)), lang, age_band, created_at,
+                                          bool(personal))
         return out
 
     def put_user(self, user: UserRecord) -> None:
         with _tx(self._region[user.region]) as c:
-            c.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?,?)", _user_row(user))
+            c.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?,?,?)", _user_row(user))
 
     def find_user_region(self, user_id: str) -> str | None:
         for region, conn in self._region.items():
@@ -222,7 +230,7 @@ class SQLiteStore:
         accepted_at: float | None = None,
     ) -> list[int]:
         with _tx(self._region[region]) as c:
-            c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?)", [_user_row(u) for u in new_users])
+            c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?,?)", [_user_row(u) for u in new_users])
             first = (c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]) + 1
             c.executemany(
                 "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
@@ -263,16 +271,23 @@ class SQLiteStore:
         for s, user, item, request_id, ts in self._region[region].execute(q, (seq,)):
             yield ServedRecord(user, item, request_id, ts, s)
 
-    def last_served(self, region: str, user_id: str) -> str | None:
-        row = self._region[region].execute(
-            "SELECT item FROM served WHERE user=? ORDER BY seq DESC LIMIT 1", (user_id,)).fetchone()
-        return None if row is None else str(row[0])
+    def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
+        q = "SELECT item FROM served WHERE user=? ORDER BY seq DESC LIMIT ?"
+        return [str(r[0]) for r in self._region[region].execute(q, (user_id, limit))]
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         conn = self._region[region]
         out = {r[0] for r in conn.execute("SELECT item FROM served WHERE user=?", (user_id,))}
         out.update(r[0] for r in conn.execute("SELECT item FROM events WHERE user=? AND type=0", (user_id,)))
         return out
+
+    def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
+        with _tx(self._region[region]) as c:
+            c.execute("INSERT OR REPLACE INTO user_controls VALUES (?,?)", (user_id, controls))
+
+    def get_controls(self, region: str, user_id: str) -> bytes | None:
+        row = self._region[region].execute("SELECT controls FROM user_controls WHERE user=?", (user_id,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- interest state --
     def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:
@@ -339,7 +354,7 @@ def _key(event_id: str) -> int:
 
 
 def _user_row(u: UserRecord) -> tuple[object, ...]:
-    return (u.id, orjson.dumps(list(u.interests)).decode(), u.lang, u.age_band, u.created_at)
+    return (u.id, orjson.dumps(list(u.interests)).decode(), u.lang, u.age_band, u.created_at, int(u.personalized))
 
 
 def _event(row: tuple) -> EventRecord:  # type: ignore[type-arg]

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from foryou.catalog import STATS
 from foryou.store import Store, open_store
-from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
+from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
 REGIONS = ("us", "eu")
-STATS_WIDTH = len(STAT_NAMES) + 1  # the public counters plus early swipes
+STATS_WIDTH = len(STATS)  # the public counters, then the internal ones
 
 
 def _open_sqlite(namespace: Path, regions: Sequence[str]) -> Store:
@@ -286,7 +287,7 @@ class TestUsers:
 
     def test_put_replaces(self, store: Store) -> None:
         store.put_user(UserRecord("u1", "us", ("cats",), "en", "13-17", 1.0))
-        replaced = UserRecord("u1", "us", ("dogs", "birds"), "fr", None, 1.0)
+        replaced = UserRecord("u1", "us", ("dogs", "birds"), "fr", None, 1.0, personalized=False)
         store.put_user(replaced)
         assert store.get_user("us", "u1") == replaced
 
@@ -423,17 +424,27 @@ class TestServed:
         assert store.excluded_items("eu", "u") == {"e1", "e2"}
         assert store.excluded_items("us", "nobody") == set()
 
-    def test_last_served(self, store: Store) -> None:
-        assert store.last_served("us", "u") is None
+    def test_recent_served(self, store: Store) -> None:
+        assert store.recent_served("us", "u", 5) == []
         store.record_served("us", [ServedRecord("u", "a", "r1", 5.0), ServedRecord("u", "b", "r1", 5.0)])
         store.record_served("us", [ServedRecord("v", "c", "r2", 6.0)])
-        assert store.last_served("us", "u") == "b"
+        assert store.recent_served("us", "u", 5) == ["b", "a"]
         store.record_served("us", [ServedRecord("u", "d", "r3", 1.0)])  # the latest row, not the latest ts
-        assert store.last_served("us", "u") == "d"
-        assert store.last_served("us", "v") == "c"
-        assert store.last_served("eu", "u") is None
+        assert store.recent_served("us", "u", 2) == ["d", "b"]
+        assert store.recent_served("us", "v", 5) == ["c"]
+        assert store.recent_served("eu", "u", 5) == []
         store.append_events("us", [event("u", "z", "view")], [])  # a view is not a serve
-        assert store.last_served("us", "u") == "d"
+        assert store.recent_served("us", "u", 1) == ["d"]
+
+    def test_controls_are_per_user_and_region(self, store: Store) -> None:
+        assert store.get_controls("us", "u") is None
+        store.put_controls("us", "u", b"one")
+        store.put_controls("us", "u", b"two")
+        store.put_controls("eu", "v", b"three")
+        assert store.get_controls("us", "u") == b"two"
+        assert store.get_controls("eu", "u") is None
+        assert store.get_controls("us", "v") is None
+        assert store.get_controls("eu", "v") == b"three"
 
     def test_record_served_is_atomic(self, store: Store) -> None:
         with pytest.raises(Boom):
@@ -474,6 +485,7 @@ def _fill(store: Store) -> dict[str, object]:
     """Write some of everything; returns the seqs handed out."""
     store.upsert_items([item("a", tags=("t1",), regions=("us",)), item("b", mature=True), item("c", down=True)])
     store.put_user(UserRecord("u1", "us", ("t1",), "en", "18+", 10.0))
+    store.put_controls("us", "u1", b"c1")
     ev_us = store.append_events("us", [event("u1", "a", event_id="k1"), event("u1", "b", "like")],
                                 [UserRecord("u1", "us", ("t1",), "en", "18+", 10.0)])
     ev_eu = store.append_events("eu", [event("u2", "c", "view", 9.0, event_id="k2")],
@@ -502,7 +514,8 @@ def _snapshot(store: Store) -> dict[str, object]:
         "user_events": store.user_events("us", "u1"),
         "served": {r: list(store.served_after(r, 0)) for r in REGIONS},
         "excluded": [store.excluded_items("us", "u1"), store.excluded_items("eu", "u2")],
-        "last_served": [store.last_served("us", "u1"), store.last_served("eu", "u2")],
+        "recent_served": [store.recent_served("us", "u1", 9), store.recent_served("eu", "u2", 9)],
+        "controls": store.get_controls("us", "u1"),
         "known": store.known_event_ids(["k1", "k2", "k3"]),
         "states": [store.load_user_state("us", "u1"), store.load_user_state("eu", "u2")],
         "state_marks": [store.user_state_watermark(r) for r in REGIONS],
@@ -521,7 +534,7 @@ class TestRegionIsolation:
         assert list(store.events_after("us", 0)) == []
         assert list(store.served_after("us", 0)) == []
         assert store.excluded_items("us", "eve") == set()
-        assert store.last_served("us", "eve") is None
+        assert store.recent_served("us", "eve", 9) == []
         assert store.load_user_state("us", "eve") is None
         assert store.user_state_watermark("us") == 0
         # ... and all of it is in the user's region
@@ -542,7 +555,8 @@ class TestDurability:
         assert len(before["items"]) == 3  # type: ignore[arg-type]
         assert before["known"] == {"k1", "k2"}
         assert before["user_ids"] == {"us": ["u1"], "eu": ["u2"]}
-        assert before["last_served"] == ["c", "a"]
+        assert [r[0] for r in before["recent_served"]] == ["c", "a"]  # type: ignore[index]
+        assert before["controls"] == b"c1"
 
     def test_seqs_keep_increasing_after_reopen(self, opener: Opener) -> None:
         store = opener()

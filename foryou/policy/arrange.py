@@ -1,0 +1,105 @@
+"""Slot-by-slot selection of a response from ranked candidates, under the feed's rules:
+
+- no two consecutive items from the same creator or with the same sound;
+- at most `topic_cap` consecutive items of one topic, and `sensitive_cap` of sensitive topics (any of
+  them counts: clusters of individually fine sensitive videos are dispersed);
+- each slot takes the best value minus `mmr_lambda` x its greatest similarity to the items already in
+  the response (maximal marginal relevance; similarity: half same topic, half tag Jaccard).
+
+All rules hold across consecutive responses (`Recent`) and yield only when nothing else remains.
+Slots may be reserved for a group (exploration, new-video pools): they take the group's best member
+that the rules allow, or a regular pick when none is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+_GROUP_STEP = {"explore": "exploration", "pool": "fresh_pool"}
+_PRIORITY = 1e4  # a group's priority outweighs any difference in value
+
+
+@dataclass(frozen=True)
+class Recent:
+    """What the user saw last: its creator, sound and topic, and the topic runs up to it."""
+
+    creator: int = -1
+    sound: int = -1
+    topic: int = -1
+    topic_run: int = 0
+    sensitive_run: int = 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    topic_cap: int = 4
+    sensitive_cap: int = 1
+    mmr_lambda: float = 0.5
+
+
+@dataclass
+class Selection:
+    picks: list[int] = field(default_factory=list)  # positions into the candidate arrays, in order
+    steps: list[list[str]] = field(default_factory=list)  # the policy steps that placed each pick
+    yielded: bool = False  # a rule gave way: nothing that kept it remained
+    recent: Recent = field(default_factory=Recent)
+
+
+def similarity(topics: np.ndarray, tags: np.ndarray, p: int) -> np.ndarray:
+    """Every candidate's similarity to candidate `p`: 0.5 x same topic + 0.5 x tag Jaccard."""
+    same_topic = (topics == topics[p]) & (topics >= 0)
+    mine = tags[p][tags[p] >= 0]
+    if len(mine) == 0:
+        return 0.5 * same_topic
+    shared = np.zeros(len(topics))
+    for tag in mine:
+        shared += (tags == tag).any(axis=1)
+    union = (tags >= 0).sum(axis=1) + len(mine) - shared
+    return 0.5 * same_topic + 0.5 * shared / np.maximum(union, 1)
+
+
+def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics: np.ndarray, tags: np.ndarray,
+           sensitive: np.ndarray, n: int, recent: Recent = Recent(), limits: Limits = Limits(),
+           slots: Sequence[str] = (), groups: Mapping[str, np.ndarray] | None = None) -> Selection:
+    """Pick up to `n` candidates. `utility`: value on a log scale; `tags`: (candidates, k) codes, -1 pad;
+    `slots[s]`: the group slot s is reserved for ("" or missing: regular); `groups[name]`: a priority per
+    candidate, -inf for non-members (higher goes first, then value)."""
+    groups = groups or {}
+    count = len(utility)
+    taken = np.zeros(count, np.bool_)
+    penalty = np.zeros(count)
+    out = Selection(recent=recent)
+    for slot in range(min(n, count)):
+        r = out.recent
+        allowed = ~taken & (creators != r.creator) & ((sounds < 0) | (sounds != r.sound))
+        if r.topic >= 0 and r.topic_run >= limits.topic_cap:
+            allowed &= topics != r.topic
+        if r.sensitive_run >= limits.sensitive_cap:
+            allowed &= ~sensitive
+        adjusted = utility - limits.mmr_lambda * penalty
+        kind = slots[slot] if slot < len(slots) else ""
+        priority = groups.get(kind)
+        pick, steps = -1, []
+        if priority is not None:
+            members = allowed & np.isfinite(priority)
+            if members.any():
+                pick = int(np.argmax(np.where(members, priority * _PRIORITY + adjusted, -np.inf)))
+                steps.append(_GROUP_STEP.get(kind, kind))
+        if pick < 0 and allowed.any():
+            pick = int(np.argmax(np.where(allowed, adjusted, -np.inf)))
+        if pick < 0:  # every remaining candidate breaks a rule: the best of them
+            out.yielded = True
+            pick = int(np.argmax(np.where(~taken, adjusted, -np.inf)))
+        if not steps and utility[pick] < np.max(np.where(taken, -np.inf, utility)):
+            steps.append("diversity")  # placed over a higher-valued candidate by the rules or MMR
+        taken[pick] = True
+        penalty = np.maximum(penalty, similarity(topics, tags, pick))
+        topic = int(topics[pick])
+        run = r.topic_run + 1 if topic >= 0 and topic == r.topic else (1 if topic >= 0 else 0)
+        out.recent = replace(r, creator=int(creators[pick]), sound=int(sounds[pick]), topic=topic, topic_run=run,
+                             sensitive_run=r.sensitive_run + 1 if sensitive[pick] else 0)
+        out.picks.append(pick)
+        out.steps.append(steps)
+    return out

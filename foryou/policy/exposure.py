@@ -1,0 +1,169 @@
+"""Staged exposure of new videos ("traffic pools"). A new item joins pool 1 and is given reserved
+slots until it has `first` impressions; then, after `eval_delay_s` for its views and actions to arrive,
+its engagement per impression (completions, likes and shares, weighted as in the value) is compared
+with the items that finished the same pool before it: at or above their `quantile` it is promoted to
+the next pool (`growth` times larger), otherwise it is held back and competes on its own like any other
+item. After the last pool it has graduated.
+
+Each item's pool is one persisted counter column, coded: 0 none (an old item); k in pool k; k + 0.5
+pool k filled, being evaluated; -k held after pool k; count + 1 graduated."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import orjson
+
+from foryou.catalog import STATS, Catalog
+from foryou.types import format_time
+
+POOL, SERVED, FIRST = STATS["pool"], STATS["served"], STATS["first_served"]
+_ENGAGED = (STATS["completions"], STATS["likes"], STATS["shares"])
+_MIN_REFERENCE = 20  # with fewer finished items per pool, the bar is the catalogue's mean
+
+
+class Pools:
+    def __init__(self, first: int = 300, growth: float = 10.0, count: int = 3, quantile: float = 0.5,
+                 eval_delay_s: float = 60.0, max_age_s: float = 48 * 3600.0, within_s: float = 3600.0,
+                 weights: tuple[float, float, float] = (1.0, 2.0, 4.0), window: int = 500) -> None:
+        self.first = first
+        self.growth = growth
+        self.count = count
+        self.quantile = quantile
+        self.eval_delay_s = eval_delay_s
+        self.max_age_s = max_age_s
+        self.within_s = within_s
+        self.weights = weights
+        self.window = window
+        self.active: set[int] = set()  # in a pool, still short of its impressions
+        self.evaluating: dict[int, float] = {}  # pool filled -> when
+        self.reference: list[deque[float]] = [deque(maxlen=window) for _ in range(count)]
+
+    def size(self, k: int) -> int:
+        return max(1, round(self.first * self.growth ** (k - 1)))
+
+    def threshold(self, k: int) -> int:
+        """Impressions at which pool k is full (pools are cumulative)."""
+        return sum(self.size(j) for j in range(1, k + 1))
+
+    def score(self, catalog: Catalog, idx: np.ndarray) -> np.ndarray:
+        """Engagement per impression: weighted completions, likes and shares over impressions."""
+        stats = catalog.stats
+        engaged = sum(w * stats[idx, c] for w, c in zip(self.weights, _ENGAGED, strict=True))
+        return np.asarray(engaged / np.maximum(stats[idx, SERVED], 1.0), dtype=np.float64)
+
+    # -- moving items through the pools --
+    def load(self, catalog: Catalog, now: float) -> None:
+        codes = catalog.stats[: len(catalog), POOL]
+        self.active = set(np.flatnonzero((codes >= 1) & (codes <= self.count) & (codes == np.floor(codes))).tolist())
+        self.evaluating = {i: now for i in np.flatnonzero(codes != np.floor(codes)).tolist()}
+        self.served(catalog, list(self.active), now)  # impressions replayed from the log may have filled some
+
+    def admit(self, catalog: Catalog, idxs: list[int], now: float) -> list[int]:
+        """New items created within `max_age_s` join pool 1; returns those that did."""
+        stats, joined = catalog.stats, []
+        for i in idxs:
+            if stats[i, POOL] == 0 and stats[i, SERVED] == 0 and catalog.created_at[i] >= now - self.max_age_s:
+                stats[i, POOL] = 1
+                self.active.add(i)
+                joined.append(i)
+        return joined
+
+    def served(self, catalog: Catalog, idxs: list[int], now: float) -> None:
+        """Count impressions (after `catalog.stats` was incremented): full pools go to evaluation."""
+        stats = catalog.stats
+        for i in idxs:
+            if i not in self.active:
+                continue
+            if stats[i, FIRST] == 0:
+                stats[i, FIRST] = now
+            k = int(stats[i, POOL])
+            if stats[i, SERVED] >= self.threshold(k):
+                stats[i, POOL] = k + 0.5
+                self.active.discard(i)
+                self.evaluating[i] = now
+
+    def tick(self, catalog: Catalog, now: float, totals: np.ndarray) -> list[int]:
+        """Decide the items whose evaluation delay has passed; returns them (their counters changed)."""
+        due = [i for i, t in self.evaluating.items() if now - t >= self.eval_delay_s]
+        if not due:
+            return due
+        catalogue_bar = float(sum(w * totals[c] for w, c in zip(self.weights, _ENGAGED, strict=True))
+                              / max(float(totals[SERVED]), 1.0))
+        scores = self.score(catalog, np.asarray(due, np.int64))
+        stats = catalog.stats
+        for i, score in zip(due, scores.tolist(), strict=True):
+            del self.evaluating[i]
+            k = int(stats[i, POOL])
+            reference = self.reference[k - 1]
+            bar = float(np.quantile(reference, self.quantile)) if len(reference) >= _MIN_REFERENCE else catalogue_bar
+            reference.append(score)
+            if score < bar:
+                stats[i, POOL] = -k
+            elif k < self.count:
+                stats[i, POOL] = k + 1
+                self.active.add(i)
+            else:
+                stats[i, POOL] = self.count + 1
+        return due
+
+    # -- serving --
+    def candidates(self, catalog: Catalog, keep: Callable[[np.ndarray], np.ndarray], now: float,
+                   limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `limit` pool items that `keep` allows, least advanced in their pool first (then oldest),
+        and a priority for each: 1 for an item waiting for its first impression for over half of
+        `within_s`, else 0."""
+        if not self.active:
+            return np.zeros(0, np.int64), np.zeros(0)
+        idx = np.fromiter(self.active, np.int64, len(self.active))
+        idx = idx[keep(idx)]
+        stats = catalog.stats
+        codes = stats[idx, POOL].astype(np.int64)
+        starts = np.asarray([self.threshold(int(k) - 1) for k in codes], np.float64)
+        sizes = np.asarray([self.size(int(k)) for k in codes], np.float64)
+        progress = (stats[idx, SERVED] - starts) / sizes
+        order = np.lexsort((catalog.created_at[idx], progress))[:limit]
+        idx = idx[order]
+        urgent = (stats[idx, FIRST] == 0) & (now - catalog.created_at[idx] > self.within_s / 2)
+        return idx, urgent.astype(np.float64)
+
+    def urgent(self, catalog: Catalog, now: float) -> bool:
+        """Whether some pool item has waited over half of `within_s` for its first impression."""
+        return any(catalog.stats[i, FIRST] == 0 and now - catalog.created_at[i] > self.within_s / 2
+                   for i in self.active)
+
+    def exposure(self, catalog: Catalog, idx: int) -> dict[str, object]:
+        """An item's exposure by pool, for `GET /v1/items/{id}`."""
+        code = float(catalog.stats[idx, POOL])
+        served = float(catalog.stats[idx, SERVED])
+        first = float(catalog.stats[idx, FIRST])
+        if code == 0:
+            k, status = 0, "none"
+        elif code > self.count:
+            k, status = self.count, "graduated"
+        elif code < 0:
+            k, status = int(-code), "held"
+        elif code != int(code):
+            k, status = int(code), "evaluating"
+        else:
+            k = int(code)
+            status = "waiting" if served < self.threshold(k - 1) + 1 and first == 0 else "in_pool"
+        pools = []
+        for j in range(1, k + 1):
+            outcome = "promoted" if j < k or status == "graduated" else ("held" if status == "held" else None)
+            pools.append({"pool": j, "size": self.size(j), "outcome": outcome,
+                          "served": int(min(max(served - self.threshold(j - 1), 0), self.size(j)))})
+        return {"pool": k, "status": status, "first_served_at": format_time(first) if first else None,
+                "score": round(float(self.score(catalog, np.asarray([idx]))[0]), 6) if served else None,
+                "pools": pools}
+
+    # -- persistence of the reference scores (the counters persist with the item's) --
+    def dumps(self) -> str:
+        return orjson.dumps([list(r) for r in self.reference]).decode()
+
+    def loads(self, text: str | None) -> None:
+        if text:
+            for ref, saved in zip(self.reference, orjson.loads(text), strict=False):
+                ref.extend(saved)
