@@ -1,4 +1,5 @@
-"""The command line: serve, load, demo, convert-kuairand, evaluate. Each command parses, calls, and reports."""
+"""The command line: serve, load, demo, convert-kuairand, evaluate, simulate. Each command parses, calls, and
+reports."""
 
 from __future__ import annotations
 
@@ -142,6 +143,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from foryou import simulation
+    from foryou.simulation import report
+
+    settings = load_settings(args.config, overrides={"learning.enabled": args.learning})
+    started = time.perf_counter()
+    result = simulation.simulate(
+        users=args.users, views=args.views, items=args.items, new_items=args.new_items, seed=args.seed, page=args.n,
+        arms=args.arms.split(","), drift=args.drift, skew=args.skew, onboarding=args.onboarding,
+        target_share=args.target_share,
+        pool_impressions=args.pool_impressions, settings=settings, data=args.data and Path(args.data),
+        url=args.url, api_key=args.api_key,
+        progress=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True))
+    if args.plots is not None:
+        from foryou.simulation import plots
+
+        for path in plots.write(result.world, result.runs, args.views, Path(args.plots), args.target_share):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result.report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(report.text(result.report))
+    if not args.quiet:
+        print(f"took {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foryou", description="ForYou: a real-time For You feed engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -176,6 +206,34 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=cmd_evaluate)
+    s = sub.add_parser("simulate", help="drive the engine with simulated users and report how its feed does")
+    s.add_argument("--users", type=int, default=100, help="simulated users (default 100)")
+    s.add_argument("--views", type=int, default=200, help="videos each user watches (default 200)")
+    s.add_argument("--items", type=int, default=6000, help="videos in the catalogue at the start (default 6000)")
+    s.add_argument("--new-items", type=int, default=20,
+                   help="videos uploaded during the run, half good and half bad (default 20)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the world, the users and the engine (default 0)")
+    s.add_argument("--n", type=int, default=10, help="videos per feed page (default 10)")
+    s.add_argument("--arms", default="foryou,popularity,random",
+                   help="comma-separated feeds to compare (default foryou,popularity,random)")
+    s.add_argument("--drift", action="store_true", help="each user's interest moves to another topic mid-run")
+    s.add_argument("--skew", type=float, default=0.0, metavar="S",
+                   help="interest topics drawn with probability ~ 1/rank^S (default 0: uniform; 1: Zipf)")
+    s.add_argument("--onboarding", action="store_true", help="users declare their interests when they arrive")
+    s.add_argument("--target-share", type=float, default=0.6,
+                   help="on-interest share of the trailing 20 views to count views until (default 0.6)")
+    s.add_argument("--pool-impressions", type=int,
+                   help="N of 'time to a new video's N-th impression' (default 300, scaled down for small runs)")
+    s.add_argument("--learning", action=argparse.BooleanOptionalAction,
+                   help="the engine's learned model on or off (default: the settings')")
+    s.add_argument("--config", help="TOML settings of the engine under test (see docs/configuration.md)")
+    s.add_argument("--data", help="keep each arm's data directory under DATA/<arm> (default: temporary)")
+    s.add_argument("--url", help="drive the foryou arm through a running server at URL instead")
+    s.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' with --url")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
+    s.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
+    s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    s.set_defaults(run=cmd_simulate)
     return p
 
 

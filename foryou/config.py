@@ -89,6 +89,8 @@ class LearningSettings:
     max_loss: float = 25.0  # a training step above this loss (or 4x the recent one) is dropped
     index: str = "hnsw"  # the ANN index of item vectors: "hnsw" (usearch) or "exact"
     checkpoint_interval_s: float = 30.0  # model rows changed since are saved this often
+    duel: bool = True  # serve only while the learned value ranks live completions better than the fallback's
+    duel_window: int = 2000  # ... judged on this many recent sampled views (AUC), scored before learning them
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,15 @@ class PolicySettings:
     topic_run_cap: int = 4  # at most this many consecutive items of one topic, across responses
     sensitive_topics: tuple[str, ...] = ("dieting", "sadness", "breakup", "self-harm")
     sensitive_run_cap: int = 1  # ... and of items of sensitive topics (any of them) in a row
-    mmr_lambda: float = 0.5  # diversity: value minus this x the greatest similarity to items above it
-    explore_share: float = 0.1  # share of slots for topics outside the user's known interests
+    mmr_lambda: float = 0.3  # diversity: value minus this x the greatest similarity to items above it
+    explore_share: float = 0.07  # share of slots for topics outside the user's known interests
     known_topics: int = 3  # a user's strongest topics count as known (exploration picks others)
     explore_prior: float = 2.0  # pseudo-views of the topic's catalogue-wide completion rate (Thompson prior)
+    topic_lift_gain: float = 1.0  # value += this x log(user's posterior completion rate of the topic / its rate)
     first_pool: int = 300  # impressions of a new video's first exposure pool
     pool_growth: float = 10.0  # each further pool is this many times the one before
     pool_count: int = 3  # pools before an item is on its own (graduated)
-    pool_share: float = 0.1  # share of slots for items in a pool (doubled while one waits too long)
+    pool_share: float = 0.05  # share of slots for items in a pool (doubled while one waits too long)
     pool_within_h: float = 1.0  # a new item should have its first impression within this long
     pool_max_age_h: float = 48.0  # items created longer ago than this at upload join no pool
     promote_quantile: float = 0.5  # promoted when its engagement per impression is at least this quantile

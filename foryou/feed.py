@@ -14,7 +14,7 @@ from foryou import retrieval
 from foryou.interest import UserState, decay, muted
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
-from foryou.policy import KeywordFilter, Limits, Recent, explore_topics, known_topics, select
+from foryou.policy import KeywordFilter, Limits, Recent, Selection, explore_topics, known_topics, select, topic_lift
 from foryou.policy.controls import topic_shift
 from foryou.ranking import MIN_VALUE, HeuristicRanker, value
 from foryou.reasons import reason
@@ -41,8 +41,9 @@ class Feed:
 class _Ranked:
     idx: np.ndarray  # eligible candidates
     predictions: dict[str, np.ndarray]
-    utility: np.ndarray  # value on a log scale, after the user's topic weights
-    shift: np.ndarray  # the topic weights' part of it
+    utility: np.ndarray  # value on a log scale, after the bandit's topic lift and the user's topic weights
+    lift: np.ndarray  # the topic lift's part of it (zeros without personalisation)
+    shift: np.ndarray  # the topic weights' part
     ranker: str
 
 
@@ -128,9 +129,14 @@ class FeedService:
         predictions, ranker = self._predict(user, idx, personal)
         values = value(predictions, self.live.settings.weights)
         utility = values if "retrieval" in predictions else np.log(np.maximum(values, MIN_VALUE))
-        shift = topic_shift(self.live.catalog, idx, user.controls.topic_weights,
-                            self.live.settings.policy.topic_weight_gain)
-        return _Ranked(idx, predictions, utility + shift, shift, ranker)
+        live, policy = self.live, self.live.settings.policy
+        shift = topic_shift(live.catalog, idx, user.controls.topic_weights, policy.topic_weight_gain)
+        lift = np.zeros(len(idx))
+        if personal and policy.topic_lift_gain:
+            views, completions = live.topic_counts()
+            lift = policy.topic_lift_gain * topic_lift(user.state, views, completions, policy.explore_prior,
+                                                       live.catalog.topic[idx].astype(np.int64))
+        return _Ranked(idx, predictions, utility + lift + shift, lift, shift, ranker)
 
     def scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Candidate generation and ranking as a feed does it, before feed policy and without recording
@@ -193,7 +199,7 @@ class FeedService:
                         state.sensitive_run)
         limits = Limits(policy.topic_run_cap, policy.sensitive_run_cap, policy.mmr_lambda)
 
-        def arrange(idx: np.ndarray) -> tuple[_Ranked, list[int], list[list[str]], bool, Recent]:
+        def arrange(idx: np.ndarray) -> tuple[_Ranked, Selection]:
             ranked = self._rank(user, idx, personal)
             topic_rank = {t: float(-k) for k, t in enumerate(topics)}
             item_topics = catalog.topic[idx]
@@ -207,39 +213,40 @@ class FeedService:
                     groups["pool"][where[i]] = urgent
             chosen = select(ranked.utility, catalog.creator[idx], catalog.sound[idx], item_topics,
                             catalog.tag_cols[idx], live.sensitive(idx), n, recent, limits, slots, groups)
-            return ranked, chosen.picks, chosen.steps, chosen.yielded, chosen.recent
+            return ranked, chosen
 
-        ranked, picks, steps, yielded, after = arrange(idx)
-        if yielded:
+        ranked, chosen = arrange(idx)
+        if chosen.yielded:
             # A rule gave way among the candidates: bring in eligible items by other creators, sounds
             # and topics (a scan of the catalogue, so only now), and arrange again.
-            self._add_alternatives(cands, user, idx[picks], 4 * n)
+            self._add_alternatives(cands, user, idx[chosen.picks], 4 * n)
             idx = self._eligible(user, cands)
-            ranked, picks, steps, yielded, after = arrange(idx)
+            ranked, chosen = arrange(idx)
         request_id = uuid.uuid4().hex
-        chosen = [int(idx[p]) for p in picks]
+        served = [int(idx[p]) for p in chosen.picks]
         items = []
-        for p, i, step in zip(picks, chosen, steps, strict=True):
+        for slot, (p, i) in enumerate(zip(chosen.picks, served, strict=True)):
             sources = cands.sources[i]
-            item = FeedItem(catalog.ids[i], round(float(ranked.utility[p]), 6),
+            item = FeedItem(catalog.ids[i], round(chosen.values[slot], 6),
                             list(dict.fromkeys(reason(catalog, s, f) for s, f in sources))[:3])
             if explain:
-                item.explain = self._explanation(ranked, p, [s for s, _ in sources], step)
+                item.explain = self._explanation(ranked, p, slot, [s for s, _ in sources], chosen)
             items.append(item)
-        if chosen:
-            records = [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in chosen]
+        if served:
+            records = [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in served]
             seqs = live.store.record_served(user.profile.region, records)
-            state.topic_run, state.sensitive_run = after.topic_run, after.sensitive_run
-            live.apply_served(user.profile.region, user, chosen, seqs[-1])
+            state.topic_run, state.sensitive_run = chosen.recent.topic_run, chosen.recent.sensitive_run
+            live.apply_served(user.profile.region, user, served, seqs[-1])
             if self.learner is not None:
-                self.learner.record_served(user.profile.region, user_id, chosen, now)
+                self.learner.record_served(user.profile.region, user_id, served, now)
         live.maybe_checkpoint()
         return Feed(user_id, request_id, items)
 
-    def _explanation(self, ranked: _Ranked, p: int, sources: list[str], steps: list[str]) -> dict[str, object]:
+    def _explanation(self, ranked: _Ranked, p: int, slot: int, sources: list[str],
+                     chosen: Selection) -> dict[str, object]:
         weights = self.live.settings.weights
         heads = {h: round(float(v[p]), 6) for h, v in ranked.predictions.items()}
-        policy = list(steps)
+        policy = list(chosen.steps[slot])
         if ranked.shift[p]:
             policy.append("topic_weight")
         if ranked.ranker == "not_personalized":
@@ -247,8 +254,10 @@ class FeedService:
         return {
             "sources": sources, "ranker": ranked.ranker, "predictions": heads,
             "weights": {h: getattr(weights, h) for h in heads if hasattr(weights, h)},
-            "value": round(float(ranked.utility[p] - ranked.shift[p]), 6),
-            "topic_weight": round(float(ranked.shift[p]), 6), "policy": policy,
+            "value": round(float(ranked.utility[p] - ranked.lift[p] - ranked.shift[p]), 6),
+            "topic_lift": round(float(ranked.lift[p]), 6), "topic_weight": round(float(ranked.shift[p]), 6),
+            "diversity": round(chosen.values[slot] - float(ranked.utility[p]), 6),
+            "policy": policy,
         }
 
     def algorithm(self) -> dict[str, object]:

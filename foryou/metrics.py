@@ -42,5 +42,6 @@ class Metrics:
         for name, value in sorted(self.counters.items()):
             lines += [f"# TYPE foryou_{name} counter", f"foryou_{name} {value:g}"]
         for name, value in sorted(gauges.items()):
-            lines += [f"# TYPE foryou_{name} gauge", f"foryou_{name} {value:g}"]
+            shown = "NaN" if value != value else f"{value:g}"  # NaN: no value yet (Prometheus spelling)
+            lines += [f"# TYPE foryou_{name} gauge", f"foryou_{name} {shown}"]
         return "\n".join(lines) + "\n"

@@ -48,7 +48,8 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.starts += 1
         env = {**os.environ, "FORYOU_STORE_CHECKPOINT_INTERVAL_S": "0.3", "PYTHONUNBUFFERED": "1",
-               "FORYOU_LEARNING_CHECKPOINT_INTERVAL_S": "0.5", "FORYOU_LEARNING_MIN_EXAMPLES": "500"}
+               "FORYOU_LEARNING_CHECKPOINT_INTERVAL_S": "0.5", "FORYOU_LEARNING_MIN_EXAMPLES": "500",
+               "FORYOU_LEARNING_DUEL": "false"}  # the duel is tested in test_learning.py
         log = self.logs / f"server-{self.starts}.log"
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(

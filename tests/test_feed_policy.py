@@ -215,7 +215,9 @@ def test_explain_gives_sources_predictions_weights_and_policy(open_engine) -> No
         assert x["weights"]["like"] == 5.0  # type: ignore[index]
         assert isinstance(x["policy"], list)
         assert ("topic_weight" in x["policy"]) == (topics_of(e, [it.id]) == ["t1"])
-        assert it.score == pytest.approx(x["value"] + x["topic_weight"], abs=1e-5)  # type: ignore[operator]
+        parts = x["value"] + x["topic_weight"] + x["topic_lift"] + x["diversity"]  # type: ignore[operator]
+        assert it.score == pytest.approx(parts, abs=1e-5)
+        assert x["diversity"] <= 1e-9  # the similarity penalty only ever lowers the value
     assert all(i.explain is None for i in e.feeds.feed("v", 5).items)  # only when asked
 
 

@@ -519,3 +519,90 @@ def test_events_shape_the_very_next_feed(client: TestClient) -> None:
     second = sum(1 for i in got if i.startswith("topic1-"))
     assert first >= 4, got
     assert second <= 1, got
+
+
+# -- feed policy: controls, refresh, explanations, the algorithm card, exposure --
+
+def test_controls_round_trip_and_partial_put(client: TestClient) -> None:
+    upsert(client, item("cat1", caption="Cats!"), item("dog1", creator="c2", caption="dogs"))
+    assert client.get("/v1/users/amy/controls").status_code == 404
+    assert client.put("/v1/users/amy/controls", json={"blocked_keywords": ["cat"]}).status_code == 404
+    client.put("/v1/users/amy", json={})
+    assert client.get("/v1/users/amy/controls").json() == {"blocked_keywords": [], "topic_weights": {},
+                                                           "refreshed_at": None}
+    r = client.put("/v1/users/amy/controls", json={"blocked_keywords": ["cat"], "topic_weights": {"pets": -0.5}},
+                   headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["blocked_keywords"] == ["cat"] and r.json()["topic_weights"] == {"pets": -0.5}
+    # a field left out stays; a weight of 0 removes the entry
+    r = client.put("/v1/users/amy/controls", json={"topic_weights": {"pets": 0, "food": 1}})
+    assert r.json()["blocked_keywords"] == ["cat"] and r.json()["topic_weights"] == {"food": 1.0}
+    assert client.get("/v1/users/amy/controls").json() == r.json()
+    assert [i["id"] for i in client.get("/v1/users/amy/feed?n=5").json()["items"]] == ["dog1"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"blocked_keywords": ["x"] * 201}, "blocked_keywords"),
+    ({"blocked_keywords": [""]}, "blocked_keywords.0"),
+    ({"blocked_keywords": ["!!!"]}, "blocked_keywords.0"),
+    ({"blocked_keywords": ["x" * 101]}, "blocked_keywords.0"),
+    ({"topic_weights": {"a": 1.5}}, "topic_weights.a"),
+    ({"topic_weights": {"a": "high"}}, "topic_weights.a"),
+    ({"topic_weights": {"a": 1}, "extra": 1}, "extra"),
+])
+def test_bad_controls_are_refused_and_change_nothing(client: TestClient, body: dict[str, Any], field: str) -> None:
+    client.put("/v1/users/amy", json={})
+    client.put("/v1/users/amy/controls", json={"blocked_keywords": ["keep"]})
+    r = client.put("/v1/users/amy/controls", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == field
+    assert client.get("/v1/users/amy/controls").json()["blocked_keywords"] == ["keep"]
+
+
+def test_refresh(client: TestClient) -> None:
+    assert client.post("/v1/users/ghost/refresh").status_code == 404
+    upsert(client, *(item(f"i{k}", creator=f"c{k}", tags=["t"]) for k in range(4)))
+    client.post("/v1/events", json={"events": [{"user": "amy", "item": "i0", "type": "view", "watch_s": 20.0}]})
+    r = client.post("/v1/users/amy/refresh", headers=AUTH)
+    assert r.status_code == 200 and r.json()["id"] == "amy" and r.json()["refreshed_at"].endswith("Z")
+    assert client.get("/v1/users/amy/controls").json()["refreshed_at"] == r.json()["refreshed_at"]
+    assert "i0" not in [i["id"] for i in client.get("/v1/users/amy/feed?n=10").json()["items"]]
+
+
+def test_personalized_flag(client: TestClient) -> None:
+    assert client.put("/v1/users/amy", json={"personalized": False}).json()["personalized"] is False
+    assert client.put("/v1/users/amy", json={"lang": "en"}).json()["personalized"] is False  # left as it was
+    assert client.put("/v1/users/amy", json={"personalized": "no"}).status_code == 422
+    assert client.get("/v1/users/amy").json()["personalized"] is False
+
+
+def test_feed_explain(client: TestClient) -> None:
+    upsert(client, *(item(f"i{k}", creator=f"c{k}") for k in range(5)))
+    plain = client.get("/v1/users/amy/feed?n=2").json()["items"]
+    assert plain and all("explain" not in i for i in plain)
+    explained = client.get("/v1/users/amy/feed?n=2&explain=true").json()["items"]
+    assert explained
+    for it in explained:
+        x = it["explain"]
+        assert set(x) >= {"sources", "ranker", "predictions", "weights", "value", "topic_weight", "policy"}
+        assert 0 <= x["predictions"]["complete"] <= 1 and x["weights"]["complete"] == 1.0
+    assert client.get("/v1/users/amy/feed?explain=maybe").status_code == 422
+
+
+def test_algorithm_card(client: TestClient) -> None:
+    r = client.get("/v1/algorithm", headers=AUTH)
+    assert r.status_code == 200
+    card = r.json()
+    assert card["weights"]["follow"] == 6.0 and card["policy"]["topic_run_cap"] == 4
+    assert card["ranker"] in ("learned", "heuristic") and "budgets" in card and "signals" in card
+
+
+def test_item_exposure(client: TestClient) -> None:
+    upsert(client, item("old", created_at="2020-01-01T00:00:00Z"), item("new", creator="c2"))
+    assert client.get("/v1/items/old").json()["exposure"]["status"] == "none"
+    fresh = client.get("/v1/items/new").json()["exposure"]
+    assert fresh["status"] == "waiting" and fresh["pool"] == 1 and fresh["first_served_at"] is None
+    assert fresh["pools"] == [{"pool": 1, "size": 300, "outcome": None, "served": 0}]
+    client.get("/v1/users/amy/feed?n=2")
+    after = client.get("/v1/items/new").json()["exposure"]
+    assert after["status"] == "in_pool" and after["pools"][0]["served"] == 1 and after["first_served_at"]

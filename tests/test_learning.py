@@ -16,6 +16,7 @@ from foryou.catalog import Catalog
 from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.evaluation.metrics import auc
+from foryou.learning.duel import below
 from foryou.learning.model import Examples, H, Model
 from foryou.types import EventIn, ItemIn, format_time
 
@@ -97,6 +98,27 @@ def test_learned_completion_head_finds_the_groups_the_heuristic_cannot(trained, 
     heuristic.close()
     assert learned > 0.9, learned
     assert baseline < 0.7, baseline
+    # the duel on live traffic saw the same: the learned value ranks completions higher
+    model_auc, fallback_auc = engine.learner.duel.scores()
+    assert model_auc > fallback_auc + 0.1, (model_auc, fallback_auc)  # the window spans early training too
+
+
+def test_below_counts_ties_half() -> None:
+    assert below(np.array([0.5, 0.1, 0.2, 0.9])) == pytest.approx(2 / 3)
+    assert below(np.array([0.5, 0.5, 0.1])) == pytest.approx(0.75)
+    assert np.isnan(below(np.array([1.0])))
+
+
+def test_the_fallback_serves_while_it_wins_the_duel(trained) -> None:
+    engine, _, _ = trained
+    learner = engine.learner
+    assert learner.healthy
+    assert engine.feeds.feed("g0-u00", 3, explain=True).items[0].explain["ranker"] == "learned"  # type: ignore[index]
+    for _ in range(learner.duel.window):  # live traffic where the fallback ranks completions better
+        learner.duel.record(np.array([0.1, 0.5, 0.9]), np.array([0.9, 0.1, 0.5]))
+    assert learner.duel.scores() == (0.0, 1.0) and not learner.healthy
+    assert engine.feeds.feed("g0-u00", 3, explain=True).items[0].explain["ranker"] == "heuristic"  # type: ignore[index]
+    assert "model_auc" in engine.learner.gauges()
 
 
 def test_retrieval_proposes_the_users_group_and_feeds_use_it(trained) -> None:

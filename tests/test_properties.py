@@ -55,6 +55,7 @@ class UserModel:
     served: set[str] = field(default_factory=set)
     viewed: set[str] = field(default_factory=set)
     last: tuple[str, str | None] | None = None  # (creator, sound) of the last item served
+    muted: dict[tuple[str, str], float] = field(default_factory=dict)  # ("creator"|"sound", name) -> until
 
 
 class Clock:
@@ -144,7 +145,10 @@ class FeedWorld:
                 and (not spec.mature or user.age_band == "18+"))
 
     def available(self, user: UserModel) -> set[str]:
-        return {i for i in self.items if self.eligible(user, i) and i not in user.served and i not in user.viewed}
+        muted = {key for key, until in user.muted.items() if until > self.clock.now}
+        return {i for i in self.items if self.eligible(user, i) and i not in user.served and i not in user.viewed
+                and ("creator", self.items[i].creator) not in muted
+                and ("sound", self.items[i].sound or "") not in muted}
 
     @staticmethod
     def clash(prev: tuple[str, str | None] | None, spec: ItemSpec) -> bool:
@@ -206,6 +210,11 @@ class FeedWorld:
         elif kind == "act":
             uid, item_id = uids[op[1] % len(uids)], ids[op[2] % len(ids)]
             self.engine.events.ingest([EventIn(user=uid, item=item_id, type=op[3])])
+            if op[3] == "not_interested":  # that creator and sound are not served for 30 days
+                spec, until = self.items[item_id], self.clock.now + 30 * 86400
+                self.users[uid].muted[("creator", spec.creator)] = until
+                if spec.sound is not None:
+                    self.users[uid].muted[("sound", spec.sound)] = until
         elif kind in ("down", "restore"):
             item_id = ids[op[1] % len(ids)]
             self.engine.items.set_down(item_id, kind == "down")

@@ -26,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from foryou.interest import decay
+from foryou.learning.duel import Duel
 from foryou.learning.features import HEAD, popularity
 from foryou.learning.joins import ExampleList, Joins
 from foryou.learning.model import Examples, Model
 from foryou.live import Live
+from foryou.ranking import HeuristicRanker, value
 from foryou.retrieval.ann import VectorIndex, make_index, restore_index
 from foryou.signals import completion_mask, early_swipe_mask
 from foryou.types import EventRecord
@@ -41,6 +44,9 @@ _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits 
 INDEX_FILE = "ann-index.bin"  # in the data directory: the ANN index as of the last clean shutdown
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
+_DUEL_RATE = 1 / 16  # share of completed views scored by both rankers for the duel ...
+_DUEL_MAX = 64  # ... at most this many per learned batch (bounds its cost)
+_DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
 
 
 class Learner:
@@ -65,11 +71,16 @@ class Learner:
         self._dropped_in_row = 0
         self._last_checkpoint = 0.0
         self._last_expire = 0.0
+        self.duel = Duel(s.duel_window)
+        self.fallback = HeuristicRanker()
+        self._rng = np.random.default_rng(seed)
 
     @property
     def healthy(self) -> bool:
+        """Trained enough, training steps sound, and ranking completions better than the fallback."""
         return (self.settings.enabled and self.examples >= self.settings.min_examples
-                and self.recent_bad < 0.5 and bool(np.isfinite(self.model.weights).all()))
+                and self.recent_bad < 0.5 and bool(np.isfinite(self.model.weights).all())
+                and (self.duel.learned_wins or not self.settings.duel))
 
     # -- learning --
     def learn_many(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int] | None = None,
@@ -79,6 +90,8 @@ class Learner:
         if not self.settings.enabled or not events:
             return
         duration = self.live.catalog.duration_l
+        if self.settings.duel and self.examples >= self.settings.min_examples:
+            self._score_both(region, events)
         out = ExampleList()
         view_at, watch = self.joins.add_events(region, events, self.live.catalog.index, out)
         now = max(e.ts for e in events)
@@ -100,6 +113,24 @@ class Learner:
             self.marks[region] = max(self.marks[region], seqs[-1])
         if accepted is not None:
             self.lag_s = time.time() - accepted
+
+    def _score_both(self, region: str, events: Sequence[EventRecord]) -> None:
+        """The duel: a sample of the batch's completed views, each with random catalogue items, scored
+        by both rankers before anything learns them."""
+        live, catalog = self.live, self.live.catalog
+        index, duration = catalog.index, catalog.duration_l
+        done = [e for e in events if e.type == "view" and e.item in index
+                and e.watch_s >= 0.9 * duration[index[e.item]]]
+        if not done or len(catalog) < 2:
+            return
+        take = min(int(self._rng.binomial(len(done), _DUEL_RATE)), _DUEL_MAX)
+        done = [done[k] for k in self._rng.choice(len(done), take, replace=False)]
+        weights, totals, now = live.settings.weights, live.totals(), live.clock()
+        for e in done:
+            idx = np.concatenate([[index[e.item]], self._rng.integers(0, len(catalog), _DUEL_NEGATIVES)])
+            state = live.user(e.user, region).state
+            mine = self.fallback.predict(catalog, state, idx, decay(state, now, live.tau), totals)
+            self.duel.record(value(self.predict(region, e.user, idx), weights), value(mine, weights))
 
     def record_served(self, region: str, user: str, items: Sequence[int], now: float) -> None:
         if self.settings.enabled:
@@ -201,12 +232,15 @@ class Learner:
         return popularity(live.catalog, idx, live.trending.current(idx, live.clock()))
 
     def gauges(self) -> dict[str, float]:
+        learned, fallback = self.duel.scores()
         marks = self.live.event_mark
         behind = sum(max(marks[r] - m, 0) for r, m in self.marks.items()) if self.settings.enabled else 0
         return {"model_version": self.version, "model_lag_seconds": self.lag_s, "model_events_behind": behind,
                 "model_examples": self.examples, "model_bad_steps": self.bad_steps,
                 "model_healthy": float(self.healthy), "model_loss": self.loss,
-                "model_rows": sum(len(t) for t in self.model.tables().values())}
+                "model_rows": sum(len(t) for t in self.model.tables().values()),
+                # the duel's AUCs, once there are enough samples (Prometheus has no "no value yet")
+                **({"model_auc": learned, "fallback_auc": fallback} if learned == learned else {})}
 
     # -- persistence --
     def checkpoint(self) -> None:
@@ -224,7 +258,7 @@ class Learner:
         header = json.dumps({"marks": self.marks, "version": self.version, "examples": self.examples,
                              "loss": self.loss, "steps": self.steps}).encode()
         np.savez(buf, weights=model.weights, accum=model.weights_accum, watch=model.watch.counts,
-                 header=np.frombuffer(header, np.uint8))
+                 header=np.frombuffer(header, np.uint8), duel=self.duel.as_array())
         store.save_model_blob("model", buf.getvalue())
 
     def load(self) -> None:
@@ -277,12 +311,14 @@ class Learner:
         """A saved model of another width or format is ignored: training starts afresh from the log."""
         model, store = self.model, self.live.store
         saved = np.load(io.BytesIO(blob))
-        if set(saved.files) != {"weights", "accum", "watch", "header"} or (
+        if not {"weights", "accum", "watch", "header"} <= set(saved.files) or (
                 saved["weights"].shape != model.weights.shape or saved["watch"].shape != model.watch.counts.shape):
             return
         header = json.loads(bytes(saved["header"]).decode())
         model.weights[:], model.weights_accum[:] = saved["weights"], saved["accum"]
         model.watch.counts[:] = saved["watch"]
+        if "duel" in saved.files:
+            self.duel.load(saved["duel"])
         self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
         self.version, self.examples = header["version"], header["examples"]
         self.loss, self.steps = header["loss"], header["steps"]

@@ -9,8 +9,8 @@ the catalogue's arrays; the feed service (foryou/feed.py) applies them in order:
 
 from foryou.policy.arrange import Limits, Recent, Selection, select
 from foryou.policy.controls import Controls, KeywordFilter
-from foryou.policy.explore import explore_topics, known_topics
+from foryou.policy.explore import explore_topics, known_topics, topic_lift
 from foryou.policy.exposure import Pools
 
 __all__ = ["Controls", "KeywordFilter", "Limits", "Pools", "Recent", "Selection", "explore_topics",
-           "known_topics", "select"]
+           "known_topics", "select", "topic_lift"]

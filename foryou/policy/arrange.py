@@ -6,7 +6,8 @@
 - each slot takes the best value minus `mmr_lambda` x its greatest similarity to the items already in
   the response (maximal marginal relevance; similarity: half same topic, half tag Jaccard).
 
-All rules hold across consecutive responses (`Recent`) and yield only when nothing else remains.
+All rules hold across consecutive responses (`Recent`) and yield only when nothing else remains: the
+topic-run caps first, adjacency last.
 Slots may be reserved for a group (exploration, new-video pools): they take the group's best member
 that the rules allow, or a regular pick when none is allowed."""
 
@@ -42,6 +43,7 @@ class Limits:
 @dataclass
 class Selection:
     picks: list[int] = field(default_factory=list)  # positions into the candidate arrays, in order
+    values: list[float] = field(default_factory=list)  # each pick's value in its slot, after the MMR penalty
     steps: list[list[str]] = field(default_factory=list)  # the policy steps that placed each pick
     yielded: bool = False  # a rule gave way: nothing that kept it remained
     recent: Recent = field(default_factory=Recent)
@@ -73,7 +75,8 @@ def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics
     out = Selection(recent=recent)
     for slot in range(min(n, count)):
         r = out.recent
-        allowed = ~taken & (creators != r.creator) & ((sounds < 0) | (sounds != r.sound))
+        adjacent_ok = ~taken & (creators != r.creator) & ((sounds < 0) | (sounds != r.sound))
+        allowed = adjacent_ok.copy()
         if r.topic >= 0 and r.topic_run >= limits.topic_cap:
             allowed &= topics != r.topic
         if r.sensitive_run >= limits.sensitive_cap:
@@ -89,7 +92,10 @@ def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics
                 steps.append(_GROUP_STEP.get(kind, kind))
         if pick < 0 and allowed.any():
             pick = int(np.argmax(np.where(allowed, adjusted, -np.inf)))
-        if pick < 0:  # every remaining candidate breaks a rule: the best of them
+        if pick < 0 and adjacent_ok.any():  # the topic-run caps give way first ...
+            out.yielded = True
+            pick = int(np.argmax(np.where(adjacent_ok, adjusted, -np.inf)))
+        if pick < 0:  # ... then adjacency: every remaining candidate breaks it, so the best of them
             out.yielded = True
             pick = int(np.argmax(np.where(~taken, adjusted, -np.inf)))
         if not steps and utility[pick] < np.max(np.where(taken, -np.inf, utility)):
@@ -101,5 +107,6 @@ def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics
         out.recent = replace(r, creator=int(creators[pick]), sound=int(sounds[pick]), topic=topic, topic_run=run,
                              sensitive_run=r.sensitive_run + 1 if sensitive[pick] else 0)
         out.picks.append(pick)
+        out.values.append(float(adjusted[pick]))
         out.steps.append(steps)
     return out
