@@ -35,8 +35,10 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("onboarding", "users declare their true interests when they arrive", "--onboarding", {"onboarding": True}, {}),
     ("no learning", "the hand-set ranking alone (learned model off)", "--no-learning", {},
      {"learning.enabled": False}),
-    ("crowd", "600 users who watch 40 videos each: enough people to fill a first exposure pool of 300 (a user "
-     "sees a video once)", "--users 600 --views 40", {"users": 600, "views": 40}, {}),
+    ("crowd, small pools", "600 users who watch 40 videos each, and exposure pools of 15, 150 and 1,500: a user "
+     "sees a video once and a new video's pool is filled by its topic's fans, about 30 of 600 here, so the "
+     "default pool of 300 cannot fill at this size", "--users 600 --views 40 --pool-impressions 15, with "
+     "FORYOU_POLICY_FIRST_POOL=15", {"users": 600, "views": 40, "pool_impressions": 15}, {"policy.first_pool": 15}),
     ("skewed interests", "interest topics drawn with probability ~ 1/rank (Zipf) instead of uniformly",
      "--skew 1", {"skew": 1.0}, {}),
     ("pages of 5", "each request asks for 5 videos, so the feed reacts after 5 views instead of 10", "--n 5",

@@ -209,7 +209,9 @@ class FeedService:
             }
             where = {int(i): k for k, i in enumerate(idx.tolist())}
             for i, urgent in zip(pool_idx.tolist(), pool_urgent.tolist(), strict=True):
-                if i in where:
+                # A new video's audience: users who finish its topic more than most (so that its pool
+                # measures the video, not who happened to see it); anyone once it waits too long.
+                if i in where and (urgent or ranked.lift[where[i]] > 0 or not personal):
                     groups["pool"][where[i]] = urgent
             chosen = select(ranked.utility, catalog.creator[idx], catalog.sound[idx], item_topics,
                             catalog.tag_cols[idx], live.sensitive(idx), n, recent, limits, slots, groups)

@@ -174,6 +174,13 @@ def test_every_route_is_documented(app: Any) -> None:
     assert not stale, f"docs/api.md documents routes the app doesn't have: {stale}"
 
 
+def test_algorithm_card_example_is_the_live_card(app: Any) -> None:
+    """The example response of `GET /v1/algorithm` is what a fresh server returns, default for default."""
+    section = _read(DOCS / "api.md").split("### GET /v1/algorithm", 1)[1].split("\n### ", 1)[0]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    assert example == json.loads(json.dumps(app.state.engine.feeds.algorithm()))  # as the response carries it
+
+
 def test_reasons_vocabulary_is_documented() -> None:
     from foryou.reasons import VOCABULARY
 

@@ -300,18 +300,21 @@ def test_new_videos_get_a_first_pool_then_good_ones_are_promoted(open_engine, cl
         item(f"bad{k}", f"t{k % 4}", age_days=0.0) for k in range(4)]
     e.items.upsert(fresh)
     assert e.items.get("good0")["exposure"]["status"] == "waiting"  # type: ignore[index]
+    # 40 users, each a fan of one topic (they have finished two of its videos)
+    e.events.ingest([view(f"u{u}", f"t{u % 4}-{k}") for u in range(40) for k in range(2)])
     first_seen: dict[str, int] = {}
-    for step in range(120):
-        user = f"u{step}"
+    for step in range(160):
+        user = f"u{step % 40}"
         served = ids(e, user, 10)
         for i in served:
             first_seen.setdefault(i, step)
-        # everyone finishes good new videos and swipes bad ones; old ones half and half
-        e.events.ingest([view(user, i, 20.0 if i.startswith("good") or (i.startswith("t") and hash(i) % 2) else 0.5)
+        # fans finish their topic's old videos and the good new ones, and swipe the rest
+        topic = f"t{step % 40 % 4}"
+        e.events.ingest([view(user, i, 20.0 if i.startswith("good") or i.startswith(f"{topic}-") else 0.5)
                          for i in served])
         clock.advance(10)
         e.live.maybe_checkpoint()
-    assert all(f"{k}{j}" in first_seen and first_seen[f"{k}{j}"] < 20 for k in ("good", "bad") for j in range(4))
+    assert all(f"{k}{j}" in first_seen and first_seen[f"{k}{j}"] < 40 for k in ("good", "bad") for j in range(4))
     for j in range(4):
         good, bad = e.items.get(f"good{j}")["exposure"], e.items.get(f"bad{j}")["exposure"]
         assert good["pools"][0]["outcome"] == "promoted" and good["pool"] == 2, good  # type: ignore[index]

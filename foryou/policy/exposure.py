@@ -1,9 +1,11 @@
 """Staged exposure of new videos ("traffic pools"). A new item joins pool 1 and is given reserved
 slots until it has `first` impressions; then, after `eval_delay_s` for its views and actions to arrive,
 its engagement per impression (completions, likes and shares, weighted as in the value) is compared
-with the items that finished the same pool before it: at or above their `quantile` it is promoted to
-the next pool (`growth` times larger), otherwise it is held back and competes on its own like any other
-item. After the last pool it has graduated.
+with its peers', the items that went through the same pool before it (while those are fewer than 3,
+the others half through it now): at or above their `quantile` it is promoted to the next pool
+(`growth` times larger), otherwise it is held back and competes on its own like any other item. After
+the last pool it has graduated. The feed gives pool slots to users who finish the item's topic more
+than most, so that the score measures the video rather than who happened to be shown it.
 
 Each item's pool is one persisted counter column, coded: 0 none (an old item); k in pool k; k + 0.5
 pool k filled, being evaluated; -k held after pool k; count + 1 graduated."""
@@ -19,9 +21,11 @@ import orjson
 from foryou.catalog import STATS, Catalog
 from foryou.types import format_time
 
-POOL, SERVED, FIRST = STATS["pool"], STATS["served"], STATS["first_served"]
+POOL, SERVED, VIEWS, FIRST = STATS["pool"], STATS["served"], STATS["views"], STATS["first_served"]
+EARLY = STATS["early_swipes"]
 _ENGAGED = (STATS["completions"], STATS["likes"], STATS["shares"])
-_MIN_REFERENCE = 20  # with fewer finished items per pool, the bar is the catalogue's mean
+_MIN_PEERS = 3  # an item is compared with at least this many others of its pool ...
+_MAX_WAIT_S = 3600.0  # ... or, after waiting this long for them, with the catalogue's mean
 
 
 class Pools:
@@ -49,10 +53,14 @@ class Pools:
         return sum(self.size(j) for j in range(1, k + 1))
 
     def score(self, catalog: Catalog, idx: np.ndarray) -> np.ndarray:
-        """Engagement per impression: weighted completions, likes and shares over impressions."""
+        """Engagement per view given a chance: weighted completions, likes and shares over the views
+        that were not early swipes. Viewers to whom the topic means nothing swipe at once whatever the
+        video; of those who stay past the first seconds, how many finish, like and share is what the
+        video itself earns."""
         stats = catalog.stats
         engaged = sum(w * stats[idx, c] for w, c in zip(self.weights, _ENGAGED, strict=True))
-        return np.asarray(engaged / np.maximum(stats[idx, SERVED], 1.0), dtype=np.float64)
+        stayed = np.maximum(stats[idx, VIEWS] - stats[idx, EARLY], 1.0)
+        return np.asarray(engaged / stayed, dtype=np.float64)
 
     # -- moving items through the pools --
     def load(self, catalog: Catalog, now: float) -> None:
@@ -85,21 +93,39 @@ class Pools:
                 self.active.discard(i)
                 self.evaluating[i] = now
 
+    def _peers(self, catalog: Catalog, k: int, item: int) -> list[float]:
+        """The scores to compare an item of pool k with: the items that finished pool k before it, and
+        while those are few, the others in pool k that have at least half of its impressions."""
+        reference = list(self.reference[k - 1])
+        if len(reference) >= _MIN_PEERS:
+            return reference
+        stats, half = catalog.stats, self.threshold(k - 1) + self.size(k) / 2
+        others = [i for i in (*self.active, *self.evaluating)
+                  if i != item and int(stats[i, POOL]) == k and stats[i, SERVED] >= half]
+        return reference + self.score(catalog, np.asarray(others, np.int64)).tolist()
+
     def tick(self, catalog: Catalog, now: float, totals: np.ndarray) -> list[int]:
-        """Decide the items whose evaluation delay has passed; returns them (their counters changed)."""
+        """Decide the items whose evaluation delay has passed; returns them (their counters changed).
+        An item is promoted when its score is at least the `quantile` of its peers' (items of its age:
+        those that went through the same pool); one without enough peers waits up to `_MAX_WAIT_S`
+        for them, then is compared with the catalogue's mean engagement per impression."""
         due = [i for i, t in self.evaluating.items() if now - t >= self.eval_delay_s]
         if not due:
-            return due
+            return []
         catalogue_bar = float(sum(w * totals[c] for w, c in zip(self.weights, _ENGAGED, strict=True))
-                              / max(float(totals[SERVED]), 1.0))
+                              / max(float(totals[VIEWS] - totals[EARLY]), 1.0))
         scores = self.score(catalog, np.asarray(due, np.int64))
         stats = catalog.stats
+        decided = []
         for i, score in zip(due, scores.tolist(), strict=True):
-            del self.evaluating[i]
             k = int(stats[i, POOL])
-            reference = self.reference[k - 1]
-            bar = float(np.quantile(reference, self.quantile)) if len(reference) >= _MIN_REFERENCE else catalogue_bar
-            reference.append(score)
+            peers = self._peers(catalog, k, i)
+            if len(peers) < _MIN_PEERS and now - self.evaluating[i] < _MAX_WAIT_S:
+                continue
+            del self.evaluating[i]
+            decided.append(i)
+            bar = float(np.quantile(peers, self.quantile)) if len(peers) >= _MIN_PEERS else catalogue_bar
+            self.reference[k - 1].append(score)
             if score < bar:
                 stats[i, POOL] = -k
             elif k < self.count:
@@ -107,7 +133,7 @@ class Pools:
                 self.active.add(i)
             else:
                 stats[i, POOL] = self.count + 1
-        return due
+        return decided
 
     # -- serving --
     def candidates(self, catalog: Catalog, keep: Callable[[np.ndarray], np.ndarray], now: float,
