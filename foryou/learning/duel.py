@@ -22,7 +22,7 @@ def below(scores: np.ndarray) -> float:
 
 
 class Duel:
-    def __init__(self, window: int = 2000, min_samples: int = 200) -> None:
+    def __init__(self, window: int = 2000, min_samples: int = 100) -> None:
         self.window = window
         self.min_samples = min_samples
         self.samples: deque[tuple[float, float]] = deque(maxlen=window)

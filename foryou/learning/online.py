@@ -45,7 +45,7 @@ INDEX_FILE = "ann-index.bin"  # in the data directory: the ANN index as of the l
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
 _DUEL_RATE = 1 / 16  # share of completed views scored by both rankers for the duel ...
-_DUEL_MAX = 64  # ... at most this many per learned batch (bounds its cost)
+_DUEL_MAX = 64  # ... at most this many per learned batch, or 1 per 50 events of a larger one (bounds its cost)
 _DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
 
 
@@ -123,7 +123,7 @@ class Learner:
                 and e.watch_s >= 0.9 * duration[index[e.item]]]
         if not done or len(catalog) < 2:
             return
-        take = min(int(self._rng.binomial(len(done), _DUEL_RATE)), _DUEL_MAX)
+        take = min(int(self._rng.binomial(len(done), _DUEL_RATE)), max(_DUEL_MAX, len(events) // 50))
         done = [done[k] for k in self._rng.choice(len(done), take, replace=False)]
         weights, totals, now = live.settings.weights, live.totals(), live.clock()
         for e in done:
