@@ -22,20 +22,28 @@ _WORD = re.compile(r"[^\W_]+")
 _NO_PLURAL = ("ss", "us", "is")
 
 
-def singular(word: str) -> str:
-    """A simple English singular, so that a filter on "cats" also stops "cat" (and the reverse)."""
+def word_key(word: str) -> str:
+    """One key for an English word's singular and plural, so that a filter on "cats" also stops "cat"
+    and "movie" stops "Movies": plural endings go (ies, es after s/x/z/ch/sh, s), then a final e, and
+    a final y becomes i (movie, movies -> movi; puppy, puppies -> puppi; box, boxes -> box). Not a real
+    stemmer: "news" and "new" share a key."""
     if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith(("sses", "xes", "zes", "ches", "shes")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(_NO_PLURAL):
-        return word[:-1]
+        word = word[:-3] + "i"
+    elif len(word) > 3 and word.endswith("es") and (word[-3] in "sxz" or word.endswith(("ches", "shes"))):
+        word = word[:-2]
+    elif len(word) > 3 and word.endswith("s") and not word.endswith(_NO_PLURAL):
+        word = word[:-1]
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
+    elif len(word) > 3 and word.endswith("y"):
+        word = word[:-1] + "i"
     return word
 
 
 def words(text: str) -> list[str]:
-    """Case-folded, singular words of a caption, tag or keyword ("#Cats-and-dogs" -> cat, and, dog)."""
-    return [singular(w) for w in _WORD.findall(text.casefold())]
+    """The keys (`word_key`) of the case-folded words of a caption, tag or keyword ("#Cats-and-dogs" ->
+    cat, and, dog)."""
+    return [word_key(w) for w in _WORD.findall(text.casefold())]
 
 
 SEPARATOR = -1  # between the caption and each tag in an item's word sequence: phrases do not span them

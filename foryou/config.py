@@ -188,6 +188,25 @@ def _apply(settings: Settings, section: str, key: str, value: Any) -> Settings:
     return replace(settings, **{section: updated})
 
 
+# [policy] settings that only make sense in a range: (name, lowest, highest).
+_POLICY_RANGES = (("topic_run_cap", 1, None), ("sensitive_run_cap", 1, None), ("mmr_lambda", 0, None),
+                  ("explore_share", 0, 1), ("known_topics", 0, None), ("explore_prior", 0.01, None),
+                  ("topic_lift_gain", 0, None), ("first_pool", 1, None), ("pool_growth", 1, None),
+                  ("pool_count", 1, None), ("pool_share", 0, 0.5), ("pool_within_h", 0, None),
+                  ("pool_max_age_h", 0, None), ("promote_quantile", 0, 1), ("pool_eval_delay_s", 0, None),
+                  ("topic_weight_gain", 0, None), ("not_interested_days", 0, None))
+
+
+def _check_policy(policy: PolicySettings) -> None:
+    for name, low, high in _POLICY_RANGES:
+        value = getattr(policy, name)
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ConfigError(f"setting policy.{name} must be {bounds}, got {value!r}", field=f"policy.{name}")
+    if policy.explore_share + policy.pool_share > 1:
+        raise ConfigError("policy.explore_share + policy.pool_share must be at most 1", field="policy.explore_share")
+
+
 def load_settings(
     config_file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -220,6 +239,7 @@ def load_settings(
             settings = _apply(settings, section, key, value)
     if not settings.server.regions:
         raise ConfigError("server.regions must name at least one region", field="server.regions")
+    _check_policy(settings.policy)
     import re
 
     for region in settings.server.regions:

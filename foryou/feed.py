@@ -107,9 +107,10 @@ class FeedService:
             mask[where] = self._keep(user)(where)
         return mask
 
-    def _eligible(self, user: LiveUser, cands: retrieval.Candidates) -> np.ndarray:
+    def _eligible(self, user: LiveUser, cands: retrieval.Candidates,
+                  keep: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         idx = np.fromiter(cands.sources.keys(), np.int64, len(cands.sources))
-        return idx[self._keep(user)(idx)]
+        return idx[(keep or self._keep(user))(idx)]
 
     # -- ranking --
     def _learned(self) -> Learner | None:
@@ -153,13 +154,14 @@ class FeedService:
         return self._predict(self.live.user(user_id), items)[0]
 
     # -- policy --
-    def _slots(self, n: int, personal: bool, pool_ready: bool) -> list[str]:
+    def _slots(self, n: int, personal: bool, pool_urgent: np.ndarray) -> list[str]:
         """Which slots are reserved: each for exploration with probability `explore_share` (personal
-        feeds only), else for the new-video pools with `pool_share` (twice that while one waits)."""
+        feeds only), else for the new-video pools with `pool_share` (twice that while one waits too
+        long; none when no pool item may be shown)."""
         policy = self.live.settings.policy
         explore = policy.explore_share if personal else 0.0
-        pool = policy.pool_share if pool_ready else 0.0
-        if pool and self.live.pools.urgent(self.live.catalog, self.live.clock()):
+        pool = policy.pool_share if len(pool_urgent) else 0.0
+        if pool_urgent.any():
             pool = min(2 * pool, 0.5)
         draws = self.rng.random(n)
         return ["explore" if d < explore else "pool" if d < explore + pool else "" for d in draws]
@@ -184,16 +186,19 @@ class FeedService:
         personal = user.profile.personalized
         now = live.clock()
         cands = self.candidates(user, personal)
-        keep = self._keep(user)
-        pool_idx, pool_urgent = live.pools.candidates(
-            catalog, lambda i: keep(i) & ~np.isin(i, list(user.state.excluded)), now, POOL_CANDIDATES)
+        keep, excluded = self._keep(user), user.state.excluded
+
+        def unseen(i: np.ndarray) -> np.ndarray:
+            return keep(i) & np.fromiter((x not in excluded for x in i.tolist()), np.bool_, len(i))
+
+        pool_idx, pool_urgent = live.pools.candidates(catalog, unseen, now, POOL_CANDIDATES)
         cands.add(pool_idx.tolist(), "pool")
-        slots = self._slots(n, personal, len(pool_idx) > 0)
+        slots = self._slots(n, personal, pool_urgent)
         topics = self._explore(user, cands, slots) if personal else []
-        idx = self._eligible(user, cands)
+        idx = self._eligible(user, cands, keep)
         if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
             retrieval.fallback(cands, self._eligible_mask(user), len(catalog), n * 4, self.rng)
-            idx = self._eligible(user, cands)
+            idx = self._eligible(user, cands, keep)
         state = user.state
         recent = Recent(state.last_creator, state.last_sound, state.last_topic, state.topic_run,
                         state.sensitive_run)
@@ -222,7 +227,7 @@ class FeedService:
             # A rule gave way among the candidates: bring in eligible items by other creators, sounds
             # and topics (a scan of the catalogue, so only now), and arrange again.
             self._add_alternatives(cands, user, idx[chosen.picks], 4 * n)
-            idx = self._eligible(user, cands)
+            idx = self._eligible(user, cands, keep)
             ranked, chosen = arrange(idx)
         request_id = uuid.uuid4().hex
         served = [int(idx[p]) for p in chosen.picks]

@@ -97,7 +97,7 @@ class UserIn(_Strict):
     personalized: bool | None = None
 
 
-Keyword = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\w")]
+Keyword = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"[^\W_]")]
 TopicWeight = Annotated[float, Field(ge=-1.0, le=1.0)]
 
 

@@ -64,15 +64,18 @@ class UserService:
         return controls.public()
 
     def refresh(self, user_id: str) -> dict[str, object]:
-        """Start personalisation afresh, as for a new user: interests, recent favourites, "not
-        interested" mutes and the learned user vector go; history stays in the store (for the user's own
-        export), what was served is still never served again, follows and controls stay. Saved at once,
-        so that no restart brings the old state back."""
+        """Start personalisation afresh, as for a new user: interests learned from events (the declared
+        ones are seeded again), recent favourites, "not interested" mutes and the learned user vector
+        go; history stays in the store (for the user's own export), what was served is still never
+        served again, follows and controls stay. Saved at once, so that no restart brings the old state
+        back."""
         live = self.live
         user = self._known(user_id)
         region = user.profile.region
         user.state = user.state.reset()
         user.state.seq = live.event_mark[region]  # replay after a crash skips what came before
+        if user.profile.interests:  # as for a new user: the declared interests lead again
+            seed_interests(user.state, live.catalog, user.profile.interests, live.clock(), live.tau)
         live.store.save_user_states(region, {user_id: dumps(user.state, live.catalog)},
                                     live.store.user_state_watermark(region))
         if self.learner is not None:

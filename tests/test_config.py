@@ -186,3 +186,10 @@ def test_bad_region_code_in_file(tmp_path: Path) -> None:
         load_settings(write(tmp_path, '[server]\nregions = ["us", "Europe"]\n'), env={})
     with pytest.raises(ConfigError):
         load_settings(write(tmp_path, "[server]\nregions = []\n"), env={})
+
+
+@pytest.mark.parametrize("name, value", [("topic_run_cap", 0), ("explore_share", 1.5), ("pool_count", 0),
+                                         ("pool_share", 0.6), ("promote_quantile", -0.1), ("mmr_lambda", -1.0)])
+def test_policy_settings_out_of_range_are_refused(name: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"policy.{name}"):
+        load_settings(env={}, overrides={f"policy.{name}": value})

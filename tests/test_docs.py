@@ -88,7 +88,8 @@ def test_env_var_names_in_docs_are_the_ones_the_loader_reads() -> None:
         if isinstance(value, bool):
             other = "0" if value else "1"
         elif isinstance(value, int | float):
-            other = str(int(value) + 1)
+            # shares must stay within their range: half of a share, one more of anything else
+            other = str(value / 2) if isinstance(value, float) and 0 < value < 1 else str(int(value) + 1)
         else:
             other = "zz"
         env = {"FORYOU_" + name.replace(".", "_").upper(): other}

@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foryou.policy import Limits, Recent, select
+from foryou.catalog import STATS, Catalog
+from foryou.policy import Limits, Pools, Recent, select
 from foryou.policy.arrange import similarity
+from foryou.types import ItemRecord
 
 NO_TOPICS = Limits(topic_cap=1000, sensitive_cap=1000, mmr_lambda=0.0)
 NO_RECENT = Recent()
@@ -168,3 +170,62 @@ def test_steps_name_what_placed_each_item() -> None:
     assert chosen.picks == [0, 2, 3]
     assert chosen.steps == [[], ["diversity"], ["exploration"]]  # item 2 went over item 1 (same creator)
     assert chosen.recent.creator == 2 and not chosen.yielded
+
+
+# -- new-video pools (policy/exposure.py) --
+def pool_catalog(n: int, now: float) -> Catalog:
+    catalog = Catalog(("us",))
+    catalog.put_many([ItemRecord(f"i{k}", f"c{k}", 10.0, now - 60.0 * k) for k in range(n)])
+    return catalog
+
+
+def test_pool_sizes_and_admission() -> None:
+    pools = Pools(first=10, growth=3.0, count=3, max_age_s=3600.0)
+    assert [pools.size(k) for k in (1, 2, 3)] == [10, 30, 90] and pools.threshold(2) == 40
+    catalog = pool_catalog(3, 10_000.0)
+    catalog.created_at[2] = 0.0  # an old item (an import) joins no pool
+    assert pools.admit(catalog, [0, 1, 2], 10_000.0) == [0, 1]
+    assert pools.exposure(catalog, 2)["status"] == "none" and pools.exposure(catalog, 0)["status"] == "waiting"
+
+
+def test_full_pools_are_decided_against_their_peers() -> None:
+    pools = Pools(first=4, growth=2.0, count=2, eval_delay_s=10.0)
+    catalog = pool_catalog(4, 0.0)
+    pools.admit(catalog, [0, 1, 2, 3], 0.0)
+    stats = catalog.stats
+    for i, done in zip(range(4), (4, 3, 1, 0), strict=True):  # views, and how many were finished
+        stats[i, STATS["served"]] = stats[i, STATS["views"]] = 4
+        stats[i, STATS["completions"]] = done
+    pools.served(catalog, [0, 1, 2, 3], 5.0)
+    assert pools.evaluating == {0: 5.0, 1: 5.0, 2: 5.0, 3: 5.0} and not pools.active
+    totals = catalog.stats[:4].sum(axis=0)
+    assert pools.tick(catalog, 10.0, totals) == []  # the views and actions of the last impressions may come
+    assert sorted(pools.tick(catalog, 15.0, totals)) == [0, 1, 2, 3]
+    assert [pools.exposure(catalog, i)["status"] for i in range(4)] == ["in_pool", "in_pool", "held", "held"]
+    assert pools.exposure(catalog, 0)["pools"][0]["outcome"] == "promoted" and pools.active == {0, 1}
+
+
+def test_pool_candidates_put_an_item_waiting_too_long_first() -> None:
+    pools = Pools(first=10, growth=2.0, within_s=600.0)
+    catalog = pool_catalog(3, 1000.0)  # created at 1000, 940, 880
+    pools.admit(catalog, [0, 1, 2], 1000.0)
+    stats = catalog.stats
+    stats[2, STATS["pool"]] = 2  # the oldest was promoted: at the start of pool 2, no progress in it
+    stats[2, STATS["served"]], stats[2, STATS["first_served"]] = 10.0, 950.0
+    stats[0, STATS["served"]], stats[0, STATS["first_served"]] = 1.0, 1000.0
+    everything = lambda i: np.ones(len(i), np.bool_)  # noqa: E731
+    idx, urgent = pools.candidates(catalog, everything, 1100.0, 5)  # nobody has waited too long yet
+    assert idx.tolist() == [2, 1, 0] and not urgent.any()  # no progress first, the older first
+    idx, urgent = pools.candidates(catalog, everything, 1300.0, 5)  # item 1 has waited 360 s of 600
+    assert idx.tolist() == [1, 2, 0] and urgent.tolist() == [1.0, 0.0, 0.0]
+    idx, urgent = pools.candidates(catalog, lambda i: i != 1, 1300.0, 5)
+    assert idx.tolist() == [2, 0] and not urgent.any()
+
+
+def test_the_last_pool_under_evaluation_is_not_yet_graduated() -> None:
+    pools = Pools(first=2, count=2)
+    catalog = pool_catalog(1, 0.0)
+    catalog.stats[0, STATS["pool"]] = 2.5
+    assert pools.exposure(catalog, 0)["status"] == "evaluating"
+    catalog.stats[0, STATS["pool"]] = 3
+    assert pools.exposure(catalog, 0)["status"] == "graduated"

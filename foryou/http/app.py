@@ -140,7 +140,7 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
     @app.put("/v1/users/{user_id}/controls", tags=["users"], openapi_extra=_body(ControlsIn))
     async def put_controls(user_id: IdPath, request: Request) -> JSON:
         """Replace the fields given: `blocked_keywords` (up to 200; never serve an item whose caption or
-        tags contain one, case-insensitive, singular or plural) and `topic_weights` (-1..1: less or more
+        tags or topic contain one, case-insensitive, singular or plural) and `topic_weights` (-1..1: less or more
         of a topic, never none). They apply from the next request."""
         return JSON(engine.users.set_controls(user_id, await parse(request, ControlsIn)))
 

@@ -26,17 +26,22 @@ class Duel:
         self.window = window
         self.min_samples = min_samples
         self.samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self._scores: tuple[float, float] | None = None  # cached: feeds ask on every request
 
     def record(self, learned: np.ndarray, fallback: np.ndarray) -> None:
         """Both rankers' values of one completed item (first) and random items (the rest)."""
         self.samples.append((below(learned), below(fallback)))
+        self._scores = None
 
     def scores(self) -> tuple[float, float]:
         """(learned AUC, fallback AUC) over the window; NaN until there are `min_samples`."""
-        if len(self.samples) < self.min_samples:
-            return float("nan"), float("nan")
-        data = np.asarray(self.samples, dtype=np.float64)
-        return float(data[:, 0].mean()), float(data[:, 1].mean())
+        if self._scores is None:
+            if len(self.samples) < self.min_samples:
+                self._scores = (float("nan"), float("nan"))
+            else:
+                data = np.asarray(self.samples, dtype=np.float64)
+                self._scores = (float(data[:, 0].mean()), float(data[:, 1].mean()))
+        return self._scores
 
     @property
     def learned_wins(self) -> bool:
@@ -48,5 +53,6 @@ class Duel:
 
     def load(self, saved: np.ndarray) -> None:
         self.samples.clear()
+        self._scores = None
         if saved.ndim == 2 and saved.shape[1] == 2:
             self.samples.extend((float(a), float(b)) for a, b in saved[-self.window:])

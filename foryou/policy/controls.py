@@ -1,5 +1,6 @@
 """A user's explicit controls: keyword filters and topic weights ("more of / less of"), and how
-candidates are checked against them. Words are matched case-folded and singular (catalog.words)."""
+candidates are checked against them. Words are matched case-folded, a plural like its singular
+(catalog.words)."""
 
 from __future__ import annotations
 

@@ -44,6 +44,9 @@ class Pools:
         self.active: set[int] = set()  # in a pool, still short of its impressions
         self.evaluating: dict[int, float] = {}  # pool filled -> when
         self.reference: list[deque[float]] = [deque(maxlen=window) for _ in range(count)]
+        # pool k's first impression is at starts[k] and it holds sizes[k] (index 0 unused)
+        self._starts = np.asarray([self.threshold(k - 1) for k in range(count + 1)], np.float64)
+        self._sizes = np.asarray([self.size(k) for k in range(count + 1)], np.float64)
 
     def size(self, k: int) -> int:
         return max(1, round(self.first * self.growth ** (k - 1)))
@@ -64,10 +67,16 @@ class Pools:
 
     # -- moving items through the pools --
     def load(self, catalog: Catalog, now: float) -> None:
-        codes = catalog.stats[: len(catalog), POOL]
+        """Rebuild from the persisted pool counters (clamped to the pools configured now), and admit new
+        items whose admission a crash lost before it was saved."""
+        n, stats = len(catalog), catalog.stats
+        codes = np.clip(stats[:n, POOL], -self.count, self.count + 1)
+        stats[:n, POOL] = codes
         self.active = set(np.flatnonzero((codes >= 1) & (codes <= self.count) & (codes == np.floor(codes))).tolist())
         self.evaluating = {i: now for i in np.flatnonzero(codes != np.floor(codes)).tolist()}
         self.served(catalog, list(self.active), now)  # impressions replayed from the log may have filled some
+        lost = (codes == 0) & (stats[:n, SERVED] == 0) & (catalog.created_at[:n] >= now - self.max_age_s)
+        self.admit(catalog, np.flatnonzero(lost & catalog.alive[:n]).tolist(), now)
 
     def admit(self, catalog: Catalog, idxs: list[int], now: float) -> list[int]:
         """New items created within `max_age_s` join pool 1; returns those that did."""
@@ -85,7 +94,7 @@ class Pools:
         for i in idxs:
             if i not in self.active:
                 continue
-            if stats[i, FIRST] == 0:
+            if stats[i, FIRST] == 0 and stats[i, SERVED] > 0:
                 stats[i, FIRST] = now
             k = int(stats[i, POOL])
             if stats[i, SERVED] >= self.threshold(k):
@@ -138,27 +147,19 @@ class Pools:
     # -- serving --
     def candidates(self, catalog: Catalog, keep: Callable[[np.ndarray], np.ndarray], now: float,
                    limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to `limit` pool items that `keep` allows, least advanced in their pool first (then oldest),
-        and a priority for each: 1 for an item waiting for its first impression for over half of
-        `within_s`, else 0."""
+        """Up to `limit` pool items that `keep` allows, and a priority for each: 1 for an item waiting for
+        its first impression for over half of `within_s` (these first), else 0; then the least advanced
+        in their pool first, then the oldest."""
         if not self.active:
             return np.zeros(0, np.int64), np.zeros(0)
         idx = np.fromiter(self.active, np.int64, len(self.active))
         idx = idx[keep(idx)]
         stats = catalog.stats
         codes = stats[idx, POOL].astype(np.int64)
-        starts = np.asarray([self.threshold(int(k) - 1) for k in codes], np.float64)
-        sizes = np.asarray([self.size(int(k)) for k in codes], np.float64)
-        progress = (stats[idx, SERVED] - starts) / sizes
-        order = np.lexsort((catalog.created_at[idx], progress))[:limit]
-        idx = idx[order]
+        progress = (stats[idx, SERVED] - self._starts[codes]) / self._sizes[codes]
         urgent = (stats[idx, FIRST] == 0) & (now - catalog.created_at[idx] > self.within_s / 2)
-        return idx, urgent.astype(np.float64)
-
-    def urgent(self, catalog: Catalog, now: float) -> bool:
-        """Whether some pool item has waited over half of `within_s` for its first impression."""
-        return any(catalog.stats[i, FIRST] == 0 and now - catalog.created_at[i] > self.within_s / 2
-                   for i in self.active)
+        order = np.lexsort((catalog.created_at[idx], progress, ~urgent))[:limit]
+        return idx[order], urgent[order].astype(np.float64)
 
     def exposure(self, catalog: Catalog, idx: int) -> dict[str, object]:
         """An item's exposure by pool, for `GET /v1/items/{id}`."""
@@ -167,12 +168,12 @@ class Pools:
         first = float(catalog.stats[idx, FIRST])
         if code == 0:
             k, status = 0, "none"
-        elif code > self.count:
-            k, status = self.count, "graduated"
         elif code < 0:
             k, status = int(-code), "held"
         elif code != int(code):
             k, status = int(code), "evaluating"
+        elif code > self.count:
+            k, status = self.count, "graduated"
         else:
             k = int(code)
             status = "waiting" if served < self.threshold(k - 1) + 1 and first == 0 else "in_pool"
