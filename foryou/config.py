@@ -113,6 +113,7 @@ class PolicySettings:
     pool_max_age_h: float = 48.0  # items created longer ago than this at upload join no pool
     promote_quantile: float = 0.5  # promoted when its engagement per impression is at least this quantile
     pool_eval_delay_s: float = 60.0  # wait this long after a pool fills for its views and actions
+    pool_expire_days: float = 14.0  # an item whose pool has not filled this long after upload is held
     topic_weight_gain: float = 1.0  # a user's topic weight w moves the value by w x this (log scale)
     not_interested_days: float = 30.0  # after "not interested", that creator and sound are not served
 
@@ -194,6 +195,7 @@ _POLICY_RANGES = (("topic_run_cap", 1, None), ("sensitive_run_cap", 1, None), ("
                   ("topic_lift_gain", 0, None), ("first_pool", 1, None), ("pool_growth", 1, None),
                   ("pool_count", 1, None), ("pool_share", 0, 0.5), ("pool_within_h", 0, None),
                   ("pool_max_age_h", 0, None), ("promote_quantile", 0, 1), ("pool_eval_delay_s", 0, None),
+                  ("pool_expire_days", 0, None),
                   ("topic_weight_gain", 0, None), ("not_interested_days", 0, None))
 
 

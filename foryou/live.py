@@ -67,7 +67,8 @@ class Live:
         self._last_purge = 0.0
         p, w = settings.policy, settings.weights
         self.pools = Pools(p.first_pool, p.pool_growth, p.pool_count, p.promote_quantile, p.pool_eval_delay_s,
-                           p.pool_max_age_h * 3600, p.pool_within_h * 3600, (w.complete, w.like, w.share))
+                           p.pool_max_age_h * 3600, p.pool_within_h * 3600, (w.complete, w.like, w.share),
+                           expire_s=p.pool_expire_days * 86400)
         self._topics: tuple[float, np.ndarray, np.ndarray] | None = None
 
     # -- start-up --

@@ -229,3 +229,13 @@ def test_the_last_pool_under_evaluation_is_not_yet_graduated() -> None:
     assert pools.exposure(catalog, 0)["status"] == "evaluating"
     catalog.stats[0, STATS["pool"]] = 3
     assert pools.exposure(catalog, 0)["status"] == "graduated"
+
+
+def test_items_whose_pool_never_fills_are_held_after_a_while() -> None:
+    pools = Pools(first=10, expire_s=1000.0)
+    catalog = pool_catalog(2, 0.0)  # created at 0 and -60
+    pools.admit(catalog, [0, 1], 0.0)
+    totals = catalog.stats[:2].sum(axis=0)
+    assert pools.tick(catalog, 900.0, totals) == [] and pools.active == {0, 1}
+    assert pools.tick(catalog, 1000.0, totals) == [1]  # the older one, 1060 s after its upload
+    assert pools.active == {0} and pools.exposure(catalog, 1)["status"] == "held"

@@ -31,7 +31,8 @@ _MAX_WAIT_S = 3600.0  # ... or, after waiting this long for them, with the catal
 class Pools:
     def __init__(self, first: int = 300, growth: float = 10.0, count: int = 3, quantile: float = 0.5,
                  eval_delay_s: float = 60.0, max_age_s: float = 48 * 3600.0, within_s: float = 3600.0,
-                 weights: tuple[float, float, float] = (1.0, 2.0, 4.0), window: int = 500) -> None:
+                 weights: tuple[float, float, float] = (1.0, 2.0, 4.0), window: int = 500,
+                 expire_s: float = 14 * 86400.0) -> None:
         self.first = first
         self.growth = growth
         self.count = count
@@ -41,6 +42,8 @@ class Pools:
         self.within_s = within_s
         self.weights = weights
         self.window = window
+        self.expire_s = expire_s
+        self._last_expiry = 0.0
         self.active: set[int] = set()  # in a pool, still short of its impressions
         self.evaluating: dict[int, float] = {}  # pool filled -> when
         self.reference: list[deque[float]] = [deque(maxlen=window) for _ in range(count)]
@@ -118,9 +121,10 @@ class Pools:
         An item is promoted when its score is at least the `quantile` of its peers' (items of its age:
         those that went through the same pool); one without enough peers waits up to `_MAX_WAIT_S`
         for them, then is compared with the catalogue's mean engagement per impression."""
+        expired = self._expire(catalog, now) if now - self._last_expiry >= 60.0 else []
         due = [i for i, t in self.evaluating.items() if now - t >= self.eval_delay_s]
         if not due:
-            return []
+            return expired
         catalogue_bar = float(sum(w * totals[c] for w, c in zip(self.weights, _ENGAGED, strict=True))
                               / max(float(totals[VIEWS] - totals[EARLY]), 1.0))
         scores = self.score(catalog, np.asarray(due, np.int64))
@@ -142,7 +146,18 @@ class Pools:
                 self.active.add(i)
             else:
                 stats[i, POOL] = self.count + 1
-        return decided
+        return expired + decided
+
+    def _expire(self, catalog: Catalog, now: float) -> list[int]:
+        """Items still short of their pool `expire_s` after upload had their chance: held, so that the
+        set of pool items does not grow with uploads that find no audience (checked once a minute)."""
+        self._last_expiry = now
+        stats, cutoff = catalog.stats, now - self.expire_s
+        old = [i for i in self.active if catalog.created_at[i] < cutoff]
+        for i in old:
+            self.active.discard(i)
+            stats[i, POOL] = -int(stats[i, POOL])
+        return old
 
     # -- serving --
     def candidates(self, catalog: Catalog, keep: Callable[[np.ndarray], np.ndarray], now: float,
