@@ -19,7 +19,7 @@ TAG, TOPIC, CREATOR, SOUND = 0, 1, 2, 3
 _KIND_SHIFT = 32
 RECENT = 8  # recent positives kept for item-to-item retrieval
 MAX_FEATURES = 128  # weights kept per user: the strongest, by magnitude (bounds memory and state size)
-MAX_TOPIC_VIEWS = 100.0  # a topic's view counts halve past this, so that the bandit follows drift
+MAX_TOPIC_VIEWS = 15.0  # a topic's view counts halve past this: the bandit weighs recent views, and follows drift
 MAX_TOPICS = 256  # topics whose counts a user keeps (the most viewed)
 
 
