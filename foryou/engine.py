@@ -13,6 +13,7 @@ from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.live import Live
+from foryou.privacy import ExportService
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
@@ -32,6 +33,7 @@ class Engine:
         self.users = UserService(self.live, self.learner)
         self.events = IngestService(self.live, self.learner)
         self.feeds = FeedService(self.live, self.learner, seed=seed)
+        self.privacy = ExportService(self.live, self.learner)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,

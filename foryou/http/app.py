@@ -144,6 +144,12 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
         of a topic, never none). They apply from the next request."""
         return JSON(engine.users.set_controls(user_id, await parse(request, ControlsIn)))
 
+    @app.get("/v1/users/{user_id}/data", tags=["privacy"])
+    async def export(user_id: IdPath) -> JSON:
+        """Everything held about the user (right of access and portability): profile, controls, events,
+        served history, inferred interests with weights, and the learned user vector."""
+        return JSON(engine.privacy.export(user_id))
+
     @app.post("/v1/users/{user_id}/refresh", tags=["users"])
     async def refresh(user_id: IdPath) -> JSON:
         """Start personalisation afresh, as if new; history is kept but no longer used to recommend."""

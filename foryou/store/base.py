@@ -94,6 +94,9 @@ class Store(Protocol):
     def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
         """The items most recently served to this user, newest first (at most `limit`)."""
 
+    def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
+        """Every item served to this user, oldest first (for the user's own export)."""
+
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         """Items this user must never be served again: served before, or viewed."""
 

@@ -275,6 +275,10 @@ class SQLiteStore:
         q = "SELECT item FROM served WHERE user=? ORDER BY seq DESC LIMIT ?"
         return [str(r[0]) for r in self._region[region].execute(q, (user_id, limit))]
 
+    def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
+        q = "SELECT seq, user, item, request_id, ts FROM served WHERE user=? ORDER BY seq"
+        return [ServedRecord(u, i, r, ts, s) for s, u, i, r, ts in self._region[region].execute(q, (user_id,))]
+
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         conn = self._region[region]
         out = {r[0] for r in conn.execute("SELECT item FROM served WHERE user=?", (user_id,))}

@@ -436,6 +436,14 @@ class TestServed:
         store.append_events("us", [event("u", "z", "view")], [])  # a view is not a serve
         assert store.recent_served("us", "u", 1) == ["d"]
 
+    def test_user_served(self, store: Store) -> None:
+        assert store.user_served("us", "u") == []
+        store.record_served("us", [ServedRecord("u", "a", "r1", 5.0), ServedRecord("v", "b", "r1", 5.0)])
+        store.record_served("us", [ServedRecord("u", "c", "r2", 1.0)])
+        got = store.user_served("us", "u")
+        assert [(r.item, r.request_id, r.ts) for r in got] == [("a", "r1", 5.0), ("c", "r2", 1.0)]
+        assert got[0].seq < got[1].seq and store.user_served("eu", "u") == []
+
     def test_controls_are_per_user_and_region(self, store: Store) -> None:
         assert store.get_controls("us", "u") is None
         store.put_controls("us", "u", b"one")

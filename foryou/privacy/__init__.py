@@ -1,0 +1,6 @@
+"""User-data protection (docs/privacy.md): what the engine holds about a user, and the user's rights
+over it. So far: the export (right of access and portability)."""
+
+from foryou.privacy.export import ExportService
+
+__all__ = ["ExportService"]

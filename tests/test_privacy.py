@@ -1,0 +1,73 @@
+"""User-data protection: the export (right of access and portability) holds everything about the user,
+and nothing about anyone else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import MakeClient
+from factories import Clock
+
+from foryou.config import load_settings
+from foryou.engine import Engine
+from foryou.errors import NotFound
+from foryou.types import ControlsIn, EventIn, ItemIn, UserIn, format_time
+
+T0 = 1_700_000_000.0
+
+
+def world() -> list[ItemIn]:
+    return [ItemIn(id=f"i{k}", creator=f"c{k % 3}", duration_s=10.0, tags=[f"t{k % 2}"], sound=f"s{k % 2}",
+                   created_at=format_time(T0 - 86400)) for k in range(12)]
+
+
+def test_export_holds_everything_about_the_user_and_nothing_else(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    settings = load_settings(overrides={"server.data": str(tmp_path), "server.regions": "us,eu",
+                                        "learning.min_examples": 1, "learning.index": "exact"}, env={})
+    with Engine.open(settings, clock=clock, seed=0) as e:
+        e.items.upsert(world())
+        e.users.put("amy", UserIn(region="eu", interests=["t1"], lang="fr"))
+        e.users.set_controls("amy", ControlsIn(blocked_keywords=["spoiler"], topic_weights={"t0": -0.5}))
+        e.events.ingest([EventIn(user="amy", item="i0", type="view", watch_s=10.0, id="e1"),
+                         EventIn(user="amy", item="i1", type="follow"),
+                         EventIn(user="amy", item="i2", type="not_interested"),
+                         EventIn(user="bob", item="i3", type="view", watch_s=10.0)])
+        served = [i.id for i in e.feeds.feed("amy", 3).items]
+        e.feeds.feed("bob", 3)
+        data = e.privacy.export("amy")
+        assert data["profile"]["region"] == "eu" and data["profile"]["lang"] == "fr"  # type: ignore[index]
+        assert data["controls"]["blocked_keywords"] == ["spoiler"]  # type: ignore[index]
+        events = data["events"]
+        assert [(x["item"], x["type"]) for x in events] == [  # type: ignore[union-attr, index]
+            ("i0", "view"), ("i1", "follow"), ("i2", "not_interested")]
+        assert events[0]["id"] == "e1" and events[0]["watch_s"] == 10.0  # type: ignore[index]
+        assert [x["item"] for x in data["served"]] == served  # type: ignore[union-attr, index]
+        inferred = data["inferred"]
+        weights = {(x["kind"], x["name"]): x["weight"] for x in inferred["interests"]}  # type: ignore[index]
+        # i0 (topic t0, creator c0) was finished: +1 on the topic; i2 (t0, c2) was "not interested": -4
+        assert weights[("topic", "t0")] == pytest.approx(-3.0)
+        assert weights[("creator", "c0")] > 0 > weights[("creator", "c2")]
+        assert ("topic", "t1") in weights  # the declared interest
+        assert inferred["follows"] == ["c1"]  # type: ignore[index]
+        muted = {(x["kind"], x["name"]) for x in inferred["not_interested"]}  # type: ignore[index]
+        assert muted == {("creator", "c2"), ("sound", "s0")}
+        assert inferred["topic_views"] == {"t0": {"views": 1.0, "completions": 1.0}}  # type: ignore[index]
+        vector = inferred["learned_vector"]  # type: ignore[index]
+        assert vector is not None and len(vector) == settings.learning.dim
+        assert "bob" not in str(data)  # nothing of the other user (ids, events, served rows)
+        with pytest.raises(NotFound):
+            e.privacy.export("nobody")
+
+
+def test_export_over_http(make_client: MakeClient) -> None:
+    client = make_client()
+    client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10}]})
+    assert client.get("/v1/users/amy/data").status_code == 404
+    client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "view", "watch_s": 3}]})
+    r = client.get("/v1/users/amy/data")
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"exported_at", "profile", "controls", "events", "served", "inferred"}
+    assert body["profile"]["id"] == "amy" and [x["item"] for x in body["events"]] == ["a"]
