@@ -1,5 +1,5 @@
-"""The command line: serve, load, demo, convert-kuairand, evaluate, simulate. Each command parses, calls, and
-reports."""
+"""The command line: serve, load, demo, convert-kuairand, evaluate, simulate, audit verify. Each command parses,
+calls, and reports."""
 
 from __future__ import annotations
 
@@ -172,6 +172,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from foryou.privacy import verify
+
+    data = Path(args.data or _settings(args).server.data)
+    verdict = verify(data)
+    if verdict.problem is not None:
+        print(f"audit log in {data}: BROKEN at {verdict.problem}", file=sys.stderr)
+        return 1
+    print(f"audit log in {data}: intact, {verdict.records} records")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foryou", description="ForYou: a real-time For You feed engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -234,6 +246,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     s.set_defaults(run=cmd_simulate)
+    s = sub.add_parser("audit", help="check the tamper-evident audit log")
+    audit = s.add_subparsers(dest="audit_command", required=True)
+    s = audit.add_parser("verify", help="walk the hash chain; exit 1 naming the first bad record")
+    s.add_argument("--data", help="data directory (default ./foryou-data)")
+    s.add_argument("--config", help="TOML settings file (see docs/configuration.md)")
+    s.set_defaults(run=cmd_audit_verify)
     return p
 
 

@@ -13,7 +13,7 @@ from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.live import Live
-from foryou.privacy import ExportService
+from foryou.privacy import AuditLog, ExportService
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
@@ -29,11 +29,12 @@ class Engine:
         self.clock = clock
         self.live = Live(store, settings, clock)
         self.learner = Learner(self.live, seed or 0)
+        self.audit = AuditLog(Path(settings.server.data))
         self.items = ItemService(self.live, self.learner)
-        self.users = UserService(self.live, self.learner)
+        self.users = UserService(self.live, self.learner, self.audit)
         self.events = IngestService(self.live, self.learner)
-        self.feeds = FeedService(self.live, self.learner, seed=seed)
-        self.privacy = ExportService(self.live, self.learner)
+        self.feeds = FeedService(self.live, self.learner, seed=seed, audit=self.audit)
+        self.privacy = ExportService(self.live, self.learner, self.audit)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,

@@ -16,6 +16,7 @@ from foryou.learning import Learner
 from foryou.live import Live, LiveUser
 from foryou.policy import KeywordFilter, Limits, Recent, Selection, explore_topics, known_topics, select, topic_lift
 from foryou.policy.controls import topic_shift
+from foryou.privacy.audit import AuditLog
 from foryou.ranking import MIN_VALUE, HeuristicRanker, value
 from foryou.reasons import reason
 from foryou.types import FeedItem, ServedRecord
@@ -49,11 +50,12 @@ class _Ranked:
 
 class FeedService:
     def __init__(self, live: Live, learner: Learner | None = None, ranker: HeuristicRanker | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, audit: AuditLog | None = None) -> None:
         self.live = live
         self.learner = learner
         self.ranker = ranker or HeuristicRanker()
         self.rng = np.random.default_rng(seed)
+        self.audit = audit
 
     # -- candidates --
     def candidates(self, user: LiveUser, personal: bool = True) -> retrieval.Candidates:
@@ -179,6 +181,14 @@ class FeedService:
         return topics
 
     def feed(self, user_id: str, n: int = 10, explain: bool = False) -> Feed:
+        """The user's next `n` items. With `explain` each says why; that reads the user's inferred state,
+        so it is audited."""
+        if explain and self.audit is not None:
+            with self.audit.recording("explain", user_id, self.live.clock()):
+                return self._feed(user_id, n, explain)
+        return self._feed(user_id, n, explain)
+
+    def _feed(self, user_id: str, n: int, explain: bool) -> Feed:
         live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy
         user = live.serving(live.user(user_id))
         if not user.stored:
@@ -269,7 +279,9 @@ class FeedService:
 
     def algorithm(self) -> dict[str, object]:
         """The algorithm card: which ranking serves now, the value weights, the candidate budgets and
-        every policy setting, live."""
+        every policy setting, live. An admin view: audited."""
+        if self.audit is not None:
+            self.audit.append("algorithm", None, "ok", self.live.clock())
         settings, learner = self.live.settings, self._learned()
         return {
             "ranker": "learned" if learner is not None else "heuristic",

@@ -7,13 +7,15 @@ from foryou.errors import Conflict, NotFound
 from foryou.interest import dumps, seed_interests
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
+from foryou.privacy.audit import AuditLog
 from foryou.types import ControlsIn, UserIn
 
 
 class UserService:
-    def __init__(self, live: Live, learner: Learner | None = None) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None, audit: AuditLog | None = None) -> None:
         self.live = live
         self.learner = learner
+        self.audit = audit
 
     def put(self, user_id: str, body: UserIn) -> dict[str, object]:
         live = self.live
@@ -68,7 +70,13 @@ class UserService:
         ones are seeded again), recent favourites, "not interested" mutes and the learned user vector
         go; history stays in the store (for the user's own export), what was served is still never
         served again, follows and controls stay. Saved at once, so that no restart brings the old state
-        back."""
+        back. Audited."""
+        if self.audit is None:
+            return self._refresh(user_id)
+        with self.audit.recording("refresh", user_id, self.live.clock()):
+            return self._refresh(user_id)
+
+    def _refresh(self, user_id: str) -> dict[str, object]:
         live = self.live
         user = self._known(user_id)
         region = user.profile.region

@@ -71,3 +71,82 @@ def test_export_over_http(make_client: MakeClient) -> None:
     body = r.json()
     assert set(body) == {"exported_at", "profile", "controls", "events", "served", "inferred"}
     assert body["profile"]["id"] == "amy" and [x["item"] for x in body["events"]] == ["a"]
+
+
+# -- the audit log --
+def audited_engine(tmp_path: Path) -> Engine:
+    settings = load_settings(overrides={"server.data": str(tmp_path), "learning.enabled": False}, env={})
+    engine = Engine.open(settings, clock=Clock(T0), seed=0)
+    engine.items.upsert(world())
+    engine.events.ingest([EventIn(user="amy", item="i0", type="view", watch_s=10.0)])
+    engine.privacy.export("amy")
+    engine.feeds.feed("amy", 2, explain=True)
+    engine.feeds.feed("amy", 2)  # a plain feed reads no raw data: not audited
+    engine.users.refresh("amy")
+    with pytest.raises(NotFound):
+        engine.privacy.export("nobody")
+    engine.feeds.algorithm()
+    return engine
+
+
+def test_privacy_and_admin_calls_are_audited_without_user_ids(tmp_path: Path) -> None:
+    from foryou.privacy import verify
+
+    with audited_engine(tmp_path) as e:
+        records = e.audit.page()
+        assert [(r["seq"], r["action"], r["outcome"]) for r in records] == [
+            (1, "export", "ok"), (2, "explain", "ok"), (3, "refresh", "ok"), (4, "export", "NotFound"),
+            (5, "algorithm", "ok")]
+        assert records[0]["subject"] == e.audit.subject("amy") != e.audit.subject("nobody")
+        assert records[4]["subject"] is None and e.audit.page(after=3, limit=1) == [records[3]]
+    log = (tmp_path / "audit.log").read_bytes()
+    assert b"amy" not in log and b"nobody" not in log  # keyed hashes only
+    assert verify(tmp_path).problem is None and verify(tmp_path).records == 5
+    with audited_engine(tmp_path) as again:  # a restart continues the chain
+        assert again.audit.page()[-1]["seq"] == 10
+    assert verify(tmp_path).records == 10 and verify(tmp_path).problem is None
+
+
+def _tamper(path: Path, how: str) -> None:
+    lines = (path / "audit.log").read_bytes().splitlines(keepends=True)
+    if how == "edit":
+        lines[2] = lines[2].replace(b'"refresh"', b'"export"')
+    elif how == "delete":
+        del lines[1]
+    elif how == "reorder":
+        lines[1], lines[2] = lines[2], lines[1]
+    elif how == "truncate":
+        lines = lines[:3]
+    elif how == "garbage":
+        lines[3] = b"not json\n"
+    (path / "audit.log").write_bytes(b"".join(lines))
+
+
+@pytest.mark.parametrize("how, first_bad", [("edit", "record 3"), ("delete", "record 2"), ("reorder", "record 2"),
+                                            ("truncate", "ends at record 3"), ("garbage", "record 4")])
+def test_verify_names_the_first_bad_record(tmp_path: Path, how: str, first_bad: str) -> None:
+    from foryou import cli
+
+    audited_engine(tmp_path).close()
+    assert cli.main(["audit", "verify", "--data", str(tmp_path)]) == 0
+    _tamper(tmp_path, how)
+    from foryou.privacy import verify
+
+    problem = verify(tmp_path).problem
+    assert problem is not None and first_bad in problem, problem
+    assert cli.main(["audit", "verify", "--data", str(tmp_path)]) == 1
+
+
+def test_audit_over_http(make_client: MakeClient) -> None:
+    client = make_client()
+    client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10}]})
+    client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "view", "watch_s": 3}]})
+    assert client.get("/v1/users/amy/data").status_code == 200
+    assert client.get("/v1/users/ghost/data").status_code == 404
+    body = client.get("/v1/audit").json()
+    assert [(r["action"], r["outcome"]) for r in body["records"]] == [("export", "ok"), ("export", "NotFound")]
+    assert body["next"] is None
+    page = client.get("/v1/audit?after=0&limit=1").json()
+    assert [r["seq"] for r in page["records"]] == [1] and page["next"] == 1
+    assert client.get("/v1/audit").json()["records"][-1]["action"] == "audit_read"  # reading it is recorded
+    assert client.get("/v1/audit?limit=0").status_code == 422

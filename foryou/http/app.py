@@ -185,6 +185,15 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
         """The algorithm card: the live value weights, candidate budgets and policy settings."""
         return JSON(engine.feeds.algorithm())
 
+    @app.get("/v1/audit", tags=["privacy"])
+    async def audit(after: Annotated[int, Query(ge=0)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSON:
+        """The audit log, oldest first: records with `seq` > `after` (at most `limit`). Reading it is
+        itself recorded."""
+        records = engine.audit.page(after, limit)
+        engine.audit.append("audit_read", None, "ok", engine.clock())
+        return JSON({"records": records, "next": records[-1]["seq"] if len(records) == limit else None})
+
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         live = engine.live

@@ -8,6 +8,7 @@ from foryou.errors import NotFound
 from foryou.interest import CREATOR, SOUND, TAG, TOPIC, UserState, code_of, decay, kind_of
 from foryou.learning import Learner
 from foryou.live import Live
+from foryou.privacy.audit import AuditLog
 from foryou.types import format_time
 
 _KINDS = {TAG: "tag", TOPIC: "topic", CREATOR: "creator", SOUND: "sound"}
@@ -29,13 +30,20 @@ def interests(catalog: Catalog, state: UserState, now: float, tau: float) -> lis
 
 
 class ExportService:
-    def __init__(self, live: Live, learner: Learner | None = None) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None, audit: AuditLog | None = None) -> None:
         self.live = live
         self.learner = learner
+        self.audit = audit
 
     def export(self, user_id: str) -> dict[str, object]:
         """Profile, controls, events, served history, inferred interests with weights, and the learned
-        user vector: everything the engine holds about the user."""
+        user vector: everything the engine holds about the user. Audited."""
+        if self.audit is None:
+            return self._export(user_id)
+        with self.audit.recording("export", user_id, self.live.clock()):
+            return self._export(user_id)
+
+    def _export(self, user_id: str) -> dict[str, object]:
         live = self.live
         region = live.region_of(user_id)
         if region is None:

@@ -1,0 +1,146 @@
+"""The audit log: an append-only, hash-chained record of every privacy and admin call and every read
+of a user's raw data. Each record holds the time, the API key id (none until keys exist), the action,
+the subject as a keyed hash (HMAC-SHA256 with the data directory's privacy key, so the log itself
+carries no user id) and the outcome, plus the previous record's hash and its own. The latest hash is
+also kept outside the log (`audit.head`), so that a cut-off tail is caught as surely as an edit, a
+deletion or a reordering. `verify` names the first bad record."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from foryou.errors import ForYouError
+from foryou.types import format_time
+
+LOG, HEAD, KEY = "audit.log", "audit.head", "privacy.key"
+_GENESIS = "0" * 64
+
+
+def privacy_key(directory: Path) -> bytes:
+    """The data directory's secret for keyed hashes of user ids, created on first use (mode 0600)."""
+    path = directory / KEY
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+        return key
+
+
+def keyed_hash(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def _digest(prev: str, body: dict[str, object]) -> str:
+    return hashlib.sha256(prev.encode() + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.key = privacy_key(directory)
+        self.seq, self.head = _read_head(directory)
+
+    def append(self, action: str, subject: str | None, outcome: str, now: float,
+               key_id: str | None = None) -> dict[str, object]:
+        """Append one record durably (fsync) and move the head to it."""
+        body: dict[str, object] = {
+            "seq": self.seq + 1, "ts": format_time(now), "key": key_id, "action": action,
+            "subject": keyed_hash(self.key, subject) if subject is not None else None, "outcome": outcome,
+            "prev": self.head,
+        }
+        record = {**body, "hash": _digest(self.head, body)}
+        with open(self.directory / LOG, "ab") as out:
+            out.write(orjson.dumps(record) + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self.seq, self.head = int(body["seq"]), str(record["hash"])  # type: ignore[call-overload]
+        tmp = self.directory / (HEAD + ".tmp")
+        tmp.write_bytes(orjson.dumps({"seq": self.seq, "hash": self.head}))
+        os.replace(tmp, self.directory / HEAD)
+        return record
+
+    @contextlib.contextmanager
+    def recording(self, action: str, subject: str | None, now: float) -> Iterator[None]:
+        """Audit the call inside: "ok", or the error's kind when it raises (and re-raise)."""
+        try:
+            yield
+        except ForYouError as exc:
+            self.append(action, subject, type(exc).__name__, now)
+            raise
+        self.append(action, subject, "ok", now)
+
+    def page(self, after: int = 0, limit: int = 100) -> list[dict[str, object]]:
+        """Records with seq > `after`, oldest first, at most `limit`."""
+        out: list[dict[str, object]] = []
+        for record in _records(self.directory):
+            if int(record.get("seq", 0)) > after:  # type: ignore[call-overload]
+                out.append(record)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def subject(self, user_id: str) -> str:
+        """The keyed hash a record carries for this user id (to find a user's records)."""
+        return keyed_hash(self.key, user_id)
+
+
+def _read_head(directory: Path) -> tuple[int, str]:
+    try:
+        head = orjson.loads((directory / HEAD).read_bytes())
+        return int(head["seq"]), str(head["hash"])
+    except FileNotFoundError:
+        return 0, _GENESIS
+
+
+def _records(directory: Path) -> Iterator[dict[str, object]]:
+    try:
+        with open(directory / LOG, "rb") as lines:
+            for line in lines:
+                yield orjson.loads(line)
+    except FileNotFoundError:
+        return
+
+
+@dataclass
+class Verdict:
+    records: int
+    problem: str | None  # None: intact
+
+
+def verify(directory: Path) -> Verdict:
+    """Walk the chain: each record's seq follows the last, its `prev` is the last hash and its `hash`
+    is its own; the head file names the last record. The first broken rule is the problem."""
+    prev, expected, count = _GENESIS, 1, 0
+    try:
+        for record in _records(directory):
+            count += 1
+            seq = record.get("seq")
+            if seq != expected:
+                return Verdict(count, f"record {expected}: found seq {seq} (a record was deleted, added or moved)")
+            body = {k: v for k, v in record.items() if k != "hash"}
+            if record.get("prev") != prev or _digest(prev, body) != record.get("hash"):
+                return Verdict(count, f"record {expected}: its hash does not match (the record was edited)")
+            prev, expected = str(record["hash"]), expected + 1
+    except orjson.JSONDecodeError:
+        return Verdict(count, f"record {expected}: not a JSON record (the log was edited)")
+    try:
+        seq, head = _read_head(directory)
+    except (OSError, ValueError, KeyError):
+        return Verdict(count, "the head file is unreadable")
+    if (seq, head) != (expected - 1, prev):
+        return Verdict(count, f"the log ends at record {expected - 1} but the head names record {seq} "
+                              "(the log was cut off, or the head replaced)")
+    return Verdict(count, None)
