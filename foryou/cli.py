@@ -1,5 +1,5 @@
-"""The command line: serve, load, demo, convert-kuairand, evaluate, simulate, audit verify. Each command parses,
-calls, and reports."""
+"""The command line: serve, load, demo, convert-kuairand, evaluate, simulate, retention run, audit
+verify. Each command parses, calls, and reports."""
 
 from __future__ import annotations
 
@@ -172,6 +172,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    from foryou.engine import Engine
+
+    settings = _settings(args)
+    if settings.privacy.retention_days <= 0:
+        print("retention is off (privacy.retention_days = 0): nothing deleted")
+        return 0
+    with Engine.open(settings) as engine:
+        deleted = engine.retention.run()
+    print(f"deleted {sum(deleted.values())} events older than {settings.privacy.retention_days:g} days "
+          f"({', '.join(f'{r}: {n}' for r, n in deleted.items())})")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from foryou.privacy import verify
 
@@ -246,6 +260,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     s.set_defaults(run=cmd_simulate)
+    s = sub.add_parser("retention", help="delete raw events past privacy.retention_days")
+    retention = s.add_subparsers(dest="retention_command", required=True)
+    s = retention.add_parser("run", help="delete them now (derived state is checkpointed first)")
+    _server_args(s, serving=False)
+    s.set_defaults(run=cmd_retention_run)
     s = sub.add_parser("audit", help="check the tamper-evident audit log")
     audit = s.add_subparsers(dest="audit_command", required=True)
     s = audit.add_parser("verify", help="walk the hash chain; exit 1 naming the first bad record")

@@ -119,6 +119,13 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """User-data protection (docs/privacy.md)."""
+
+    retention_days: float = 0.0  # raw events older than this are deleted, hourly (0: kept for ever)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     weights: ValueWeights = field(default_factory=ValueWeights)
@@ -127,6 +134,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     learning: LearningSettings = field(default_factory=LearningSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
 
 class ConfigError(ForYouError):

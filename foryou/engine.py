@@ -13,7 +13,7 @@ from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.live import Live
-from foryou.privacy import AuditLog, ExportService
+from foryou.privacy import AuditLog, ExportService, RetentionService
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
@@ -35,6 +35,7 @@ class Engine:
         self.events = IngestService(self.live, self.learner)
         self.feeds = FeedService(self.live, self.learner, seed=seed, audit=self.audit)
         self.privacy = ExportService(self.live, self.learner, self.audit)
+        self.retention = RetentionService(self.live, self.learner, self.audit)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,
@@ -45,6 +46,13 @@ class Engine:
         engine.live.load()
         engine.learner.load()
         return engine
+
+    def tick(self, now: float) -> None:
+        """Periodic work between requests (the server runs it every half second): the trainer's joins,
+        index and checkpoints, and retention once an hour when it is on."""
+        self.learner.tick(now)
+        if self.retention.due(now):
+            self.retention.run(now)
 
     def checkpoint(self) -> None:
         """Save all derived state: the live state's and the learned model's."""

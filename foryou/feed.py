@@ -289,6 +289,7 @@ class FeedService:
                       else "heuristic: sum of P(head) x weight; policy works on its log"),
             "weights": asdict(settings.weights), "budgets": asdict(settings.budgets),
             "signals": asdict(settings.signals), "policy": asdict(settings.policy),
+            "privacy": asdict(settings.privacy),
             "learning": {"enabled": settings.learning.enabled, "healthy": learner is not None,
                          "version": self.learner.version if self.learner is not None else 0},
         }

@@ -77,7 +77,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 async def _ticks(engine: Engine) -> None:
     while True:
         await asyncio.sleep(TICK_S)
-        engine.learner.tick(engine.clock())
+        engine.tick(engine.clock())
 
 
 def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:

@@ -82,6 +82,10 @@ class Store(Protocol):
 
     def user_events(self, region: str, user_id: str) -> list[EventRecord]: ...
 
+    def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
+        """Delete the region's events with `ts` before `before_ts` and seq at most `through_seq` (never
+        the newest: sequence numbers must keep growing); returns how many."""
+
     def forget_event_ids(self, before_ts: float) -> int:
         """Drop idempotency keys accepted before `before_ts`; returns how many."""
 

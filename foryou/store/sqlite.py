@@ -251,6 +251,11 @@ class SQLiteStore:
              "ORDER BY seq")
         return [_event(r) for r in self._region[region].execute(q, (user_id,))]
 
+    def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
+        with _tx(self._region[region]) as c:
+            q = "DELETE FROM events WHERE ts<? AND seq<=? AND seq<(SELECT max(seq) FROM events)"
+            return int(c.execute(q, (before_ts, through_seq)).rowcount)
+
     def forget_event_ids(self, before_ts: float) -> int:
         removed = 0
         for conn in self._region.values():

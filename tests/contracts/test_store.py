@@ -436,6 +436,15 @@ class TestServed:
         store.append_events("us", [event("u", "z", "view")], [])  # a view is not a serve
         assert store.recent_served("us", "u", 1) == ["d"]
 
+    def test_delete_events_keeps_the_newest_and_the_sequence(self, store: Store) -> None:
+        seqs = store.append_events("us", [event("u", f"i{k}", ts=float(k)) for k in range(5)], [])
+        assert store.delete_events("us", 3.0, seqs[-1]) == 3  # ts 0, 1, 2
+        assert [e.ts for e in store.events_after("us", 0)] == [3.0, 4.0]
+        assert store.delete_events("us", 100.0, seqs[3]) == 1  # only through seq 4
+        assert store.delete_events("us", 100.0, seqs[-1]) == 0  # never the newest
+        assert store.append_events("us", [event("u", "z")], []) == [seqs[-1] + 1]
+        assert store.delete_events("eu", 100.0, 100) == 0
+
     def test_user_served(self, store: Store) -> None:
         assert store.user_served("us", "u") == []
         store.record_served("us", [ServedRecord("u", "a", "r1", 5.0), ServedRecord("v", "b", "r1", 5.0)])
