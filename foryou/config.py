@@ -123,6 +123,7 @@ class PrivacySettings:
     """User-data protection (docs/privacy.md)."""
 
     retention_days: float = 0.0  # raw events older than this are deleted, hourly (0: kept for ever)
+    personalize_minors: bool = True  # false: users under 18 get the feed not based on profiling
 
 
 @dataclass(frozen=True)

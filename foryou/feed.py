@@ -101,6 +101,12 @@ class FeedService:
             return ok
         return keep
 
+    def _personal(self, user: LiveUser) -> bool:
+        """Whether the user's feed may be based on their profile: they did not switch it off, and they
+        are not a minor while `privacy.personalize_minors` is off."""
+        minor = user.profile.age_band in ("under13", "13-17")
+        return user.profile.personalized and not (minor and not self.live.settings.privacy.personalize_minors)
+
     def _eligible_mask(self, user: LiveUser) -> np.ndarray:
         catalog = self.live.catalog
         mask = catalog.eligible_all(user.profile.region, user.profile.age_band == "18+")
@@ -193,7 +199,7 @@ class FeedService:
         user = live.serving(live.user(user_id))
         if not user.stored:
             live.persist_user(user)
-        personal = user.profile.personalized
+        personal = self._personal(user)
         now = live.clock()
         cands = self.candidates(user, personal)
         keep, excluded = self._keep(user), user.state.excluded

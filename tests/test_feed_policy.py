@@ -359,3 +359,13 @@ def test_a_crash_before_the_checkpoint_keeps_a_new_videos_pool(tmp_path: Path, c
     finally:
         again.close()
         e.close()
+
+
+def test_minors_get_the_non_personalised_feed_when_configured(open_engine) -> None:  # type: ignore[no-untyped-def]
+    e = open_engine(**{"privacy.personalize_minors": False})
+    e.items.upsert(topic_world(6, 40))
+    for user, band in (("teen", "13-17"), ("kid", "under13"), ("adult", "18+"), ("unknown", None)):
+        e.users.put(user, UserIn(age_band=band))
+        strong_fan(e, user)
+        ranker = e.feeds.feed(user, 3, explain=True).items[0].explain["ranker"]  # type: ignore[index]
+        assert ranker == ("not_personalized" if band in ("13-17", "under13") else "heuristic"), (user, ranker)
