@@ -124,6 +124,7 @@ class PrivacySettings:
 
     retention_days: float = 0.0  # raw events older than this are deleted, hourly (0: kept for ever)
     personalize_minors: bool = True  # false: users under 18 get the feed not based on profiling
+    erasure_refuse_days: float = 30.0  # events and requests for an erased user are refused this long
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.live import Live
-from foryou.privacy import AuditLog, ExportService, RetentionService
+from foryou.privacy import AuditLog, ErasureService, ExportService, RetentionService, Tombstones
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
@@ -30,12 +30,14 @@ class Engine:
         self.live = Live(store, settings, clock)
         self.learner = Learner(self.live, seed or 0)
         self.audit = AuditLog(Path(settings.server.data))
+        self.tombstones = Tombstones(self.audit.key)
         self.items = ItemService(self.live, self.learner)
-        self.users = UserService(self.live, self.learner, self.audit)
-        self.events = IngestService(self.live, self.learner)
-        self.feeds = FeedService(self.live, self.learner, seed=seed, audit=self.audit)
+        self.users = UserService(self.live, self.learner, self.audit, self.tombstones)
+        self.events = IngestService(self.live, self.learner, self.tombstones)
+        self.feeds = FeedService(self.live, self.learner, seed=seed, audit=self.audit, tombstones=self.tombstones)
         self.privacy = ExportService(self.live, self.learner, self.audit)
         self.retention = RetentionService(self.live, self.learner, self.audit)
+        self.erasure = ErasureService(self.live, self.learner, self.audit, self.tombstones)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,
@@ -45,6 +47,7 @@ class Engine:
         engine = cls(open_store(url, settings.server.regions), settings, clock, seed)
         engine.live.load()
         engine.learner.load()
+        engine.tombstones.load(engine.store)
         return engine
 
     def tick(self, now: float) -> None:

@@ -55,5 +55,11 @@ class Conflict(ForYouError):
     status = 409
 
 
+class Gone(ForYouError):
+    """The user was erased: their events and requests are refused for a while."""
+
+    status = 410
+
+
 class PayloadTooLarge(ForYouError):
     status = 413

@@ -17,6 +17,7 @@ from foryou.live import Live, LiveUser
 from foryou.policy import KeywordFilter, Limits, Recent, Selection, explore_topics, known_topics, select, topic_lift
 from foryou.policy.controls import topic_shift
 from foryou.privacy.audit import AuditLog
+from foryou.privacy.erasure import Tombstones
 from foryou.ranking import MIN_VALUE, HeuristicRanker, value
 from foryou.reasons import reason
 from foryou.types import FeedItem, ServedRecord
@@ -50,12 +51,13 @@ class _Ranked:
 
 class FeedService:
     def __init__(self, live: Live, learner: Learner | None = None, ranker: HeuristicRanker | None = None,
-                 seed: int | None = None, audit: AuditLog | None = None) -> None:
+                 seed: int | None = None, audit: AuditLog | None = None, tombstones: Tombstones | None = None) -> None:
         self.live = live
         self.learner = learner
         self.ranker = ranker or HeuristicRanker()
         self.rng = np.random.default_rng(seed)
         self.audit = audit
+        self.tombstones = tombstones
 
     # -- candidates --
     def candidates(self, user: LiveUser, personal: bool = True) -> retrieval.Candidates:
@@ -196,6 +198,8 @@ class FeedService:
 
     def _feed(self, user_id: str, n: int, explain: bool) -> Feed:
         live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy
+        if self.tombstones is not None:
+            self.tombstones.refuse([user_id], live.clock())
         user = live.serving(live.user(user_id))
         if not user.stored:
             live.persist_user(user)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from foryou.errors import FieldError, InvalidInput
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
+from foryou.privacy.erasure import Tombstones
 from foryou.types import EventIn, EventRecord, parse_time
 
 MAX_FUTURE_S = 300.0
@@ -25,9 +26,10 @@ class IngestResult:
 
 
 class IngestService:
-    def __init__(self, live: Live, learner: Learner | None = None) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None, tombstones: Tombstones | None = None) -> None:
         self.live = live
         self.learner = learner
+        self.tombstones = tombstones
 
     def ingest(self, events: Sequence[EventIn], checkpoint: bool = True) -> IngestResult:
         """Validate the whole batch, then append it."""
@@ -54,6 +56,8 @@ class IngestService:
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
         if errors:
             raise InvalidInput(errors)
+        if self.tombstones is not None:  # last: a 410 only for a batch otherwise valid
+            self.tombstones.refuse([r.user for r in records], now)
         return records
 
     def append(self, records: Sequence[EventRecord], checkpoint: bool = True) -> IngestResult:

@@ -204,6 +204,13 @@ class Live:
             self._topics = (now, views, completions)
         return self._topics[1], self._topics[2]
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop everything held in memory about the user (erasure): cached state, pending saves."""
+        live = self.users.pop(user_id, None)
+        region = self.user_region.pop(user_id, None) or (live.profile.region if live is not None else None)
+        if region is not None:
+            self.dirty_users[region].pop(user_id, None)
+
     def persist_user(self, live: LiveUser) -> None:
         self.store.put_user(live.profile)
         self.mark_stored(live)

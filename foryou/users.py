@@ -8,14 +8,17 @@ from foryou.interest import dumps, seed_interests
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
 from foryou.privacy.audit import AuditLog
+from foryou.privacy.erasure import Tombstones
 from foryou.types import ControlsIn, UserIn
 
 
 class UserService:
-    def __init__(self, live: Live, learner: Learner | None = None, audit: AuditLog | None = None) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None, audit: AuditLog | None = None,
+                 tombstones: Tombstones | None = None) -> None:
         self.live = live
         self.learner = learner
         self.audit = audit
+        self.tombstones = tombstones
 
     def put(self, user_id: str, body: UserIn) -> dict[str, object]:
         live = self.live
@@ -23,6 +26,8 @@ class UserService:
         if body.region is not None and body.region not in held:
             raise Conflict(f"region {body.region!r} is not held by this server (it holds {', '.join(held)})",
                            field="region")
+        if self.tombstones is not None:
+            self.tombstones.refuse([user_id], live.clock())
         existing_region = live.region_of(user_id)
         if body.region is not None and existing_region is not None and body.region != existing_region:
             raise Conflict(f"user {user_id!r} belongs to region {existing_region!r}; a region is fixed once set",

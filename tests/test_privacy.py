@@ -192,3 +192,81 @@ def test_retention_is_off_unless_configured(tmp_path: Path) -> None:
         e.events.ingest([EventIn(user="amy", item="i0", type="view", watch_s=10.0, ts=format_time(T0))])
         assert not e.retention.due(T0 + 400 * 86400) and e.retention.run() == {}
         assert len(e.live.store.user_events("us", "amy")) == 1
+
+
+# -- erasure --
+ERIN = "erin-7f3a9c"  # a user id that occurs nowhere else
+
+
+def files_holding(folder: Path, needle: bytes) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes())
+
+
+def test_erasure_leaves_the_id_in_no_file_and_refuses_the_user_after(tmp_path: Path) -> None:
+    from foryou.errors import Gone
+
+    clock = Clock(T0)
+    settings = load_settings(overrides={"server.data": str(tmp_path), "server.regions": "us,eu",
+                                        "learning.min_examples": 1, "learning.index": "exact"}, env={})
+    e = Engine.open(settings, clock=clock, seed=0)
+    e.items.upsert(world())
+    e.users.put(ERIN, UserIn(region="eu", interests=["t1"]))
+    e.users.set_controls(ERIN, ControlsIn(blocked_keywords=["spoiler"]))
+    e.events.ingest([EventIn(user=ERIN, item=f"i{k}", type="view", watch_s=10.0, id=f"{ERIN}-e{k}")
+                     for k in range(4)] + [EventIn(user=ERIN, item="i1", type="like", request_id=f"{ERIN}-r")])
+    e.events.ingest([EventIn(user=u, item=f"i{k}", type="view", watch_s=10.0) for u in ("zed", "bob")
+                     for k in range(3)])
+    e.feeds.feed(ERIN, 3, explain=True)
+    e.feeds.feed("zed", 3)
+    e.privacy.export(ERIN)
+    e.checkpoint()
+    clock.advance(120)
+    e.learner.tick(clock.t)  # joins closed: the user's examples learned and their row saved
+    e.checkpoint()
+    assert files_holding(tmp_path, ERIN.encode()), "the test must start with the id stored somewhere"
+    zed_events = len(e.live.store.user_events("us", "zed"))
+
+    receipt = e.erasure.erase(ERIN)
+    assert receipt["erased"] is True and receipt["region"] == "eu"
+    deleted = receipt["deleted"]
+    assert deleted["profile"] == 1 and deleted["events"] == 5 and deleted["event_ids"] == 4  # type: ignore[index]
+    assert deleted["served"] == 3 and deleted["controls"] == 1 and deleted["interest_state"] == 1  # type: ignore[index]
+    assert files_holding(tmp_path, ERIN.encode()) == []
+    e.close()
+    assert files_holding(tmp_path, ERIN.encode()) == []  # nor after the shutdown's checkpoint and index save
+
+    again = Engine.open(settings, clock=clock, seed=0)
+    try:
+        with pytest.raises(NotFound):
+            again.privacy.export(ERIN)
+        with pytest.raises(Gone):  # in-flight events cannot bring the user back
+            again.events.ingest([EventIn(user="zed", item="i5", type="view", watch_s=1.0),
+                                 EventIn(user=ERIN, item="i5", type="view", watch_s=1.0)])
+        with pytest.raises(Gone):
+            again.feeds.feed(ERIN, 3)
+        with pytest.raises(Gone):
+            again.users.put(ERIN, UserIn())
+        assert len(again.live.store.user_events("us", "zed")) == zed_events  # the refused batch stored nothing
+        assert again.items.get("i0")["stats"]["views"] == 3  # type: ignore[index]  # anonymous aggregates stay
+        actions = [(r["action"], r["outcome"]) for r in again.audit.page()]
+        assert ("erase", "ok") in actions and actions[-1] == ("export", "NotFound")
+        clock.advance(31 * 86400)  # after the window the id is free again
+        assert again.feeds.feed(ERIN, 1).items
+    finally:
+        again.close()
+    with pytest.raises(NotFound):
+        Engine.open(settings, clock=clock, seed=0).erasure.erase("nobody")
+
+
+def test_erasure_over_http(make_client: MakeClient) -> None:
+    client = make_client()
+    client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10}]})
+    assert client.delete("/v1/users/amy").status_code == 404
+    client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "view", "watch_s": 3}]})
+    r = client.delete("/v1/users/amy")
+    assert r.status_code == 200 and r.json()["deleted"]["events"] == 1 and r.json()["refused_until"].endswith("Z")
+    r = client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "view", "watch_s": 3}]})
+    refused = "user 'amy' was erased: events and requests about them are refused for now"
+    assert r.status_code == 410 and r.json()["errors"][0] == {"field": "user", "index": 0, "message": refused}
+    assert client.get("/v1/users/amy/feed").status_code == 410
+    assert client.get("/v1/users/amy").status_code == 404

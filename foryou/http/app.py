@@ -144,6 +144,12 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
         of a topic, never none). They apply from the next request."""
         return JSON(engine.users.set_controls(user_id, await parse(request, ControlsIn)))
 
+    @app.delete("/v1/users/{user_id}", tags=["privacy"])
+    async def erase(user_id: IdPath) -> JSON:
+        """Erase the user: everything held about them is deleted and a receipt returned; their events and
+        requests are refused (410) for `privacy.erasure_refuse_days`."""
+        return JSON(engine.erasure.erase(user_id))
+
     @app.get("/v1/users/{user_id}/data", tags=["privacy"])
     async def export(user_id: IdPath) -> JSON:
         """Everything held about the user (right of access and portability): profile, controls, events,

@@ -121,6 +121,18 @@ class Store(Protocol):
 
     def user_state_watermark(self, region: str) -> int: ...
 
+    # -- erasure --
+    def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
+        """Delete everything of the user in `region`'s store (profile, events, served rows, interest
+        state, controls, embedding row, and the idempotency keys of `event_ids`), so that the id is
+        left in no file: deleted content is overwritten and the write-ahead log truncated. Returns the
+        rows deleted per kind."""
+
+    def save_tombstone(self, subject: str, until: float) -> None:
+        """Remember an erased user's keyed hash (shared: it carries no id) until `until`."""
+
+    def iter_tombstones(self) -> Iterator[tuple[str, float]]: ...
+
     # -- learned models --
     def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
                         removed: Sequence[str]) -> None:

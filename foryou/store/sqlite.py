@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PRIMARY KEY (tbl, key))
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones (subject TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
 """
 
 # user_state keeps its rowid: its rows are kilobytes, and a WITHOUT ROWID table stores rows inside the
@@ -122,6 +123,8 @@ class SQLiteStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._catalog = _connect(self.directory / "catalog.db", _CATALOG_SCHEMA)
         self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
+        for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
+            conn.execute("PRAGMA secure_delete=ON")
 
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
@@ -318,6 +321,30 @@ class SQLiteStore:
     def user_state_watermark(self, region: str) -> int:
         row = self._region[region].execute("SELECT value FROM meta WHERE key='state_watermark'").fetchone()
         return 0 if row is None else int(row[0])
+
+    # -- erasure --
+    def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
+        conn = self._region[region]
+        counts: dict[str, int] = {}
+        with _tx(conn) as c:
+            for kind, query in (("profile", "DELETE FROM users WHERE id=?"),
+                                ("events", "DELETE FROM events WHERE user=?"),
+                                ("served", "DELETE FROM served WHERE user=?"),
+                                ("interest_state", "DELETE FROM user_state WHERE user=?"),
+                                ("controls", "DELETE FROM user_controls WHERE user=?"),
+                                ("model_rows", "DELETE FROM model_rows WHERE tbl='user' AND key=?")):
+                counts[kind] = c.execute(query, (user_id,)).rowcount
+            keys = [(_key(i),) for i in event_ids]
+            counts["event_ids"] = sum(c.execute("DELETE FROM event_keys WHERE h=?", k).rowcount for k in keys)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the deleted pages' old images
+        return counts
+
+    def save_tombstone(self, subject: str, until: float) -> None:
+        with _tx(self._catalog) as c:
+            c.execute("INSERT OR REPLACE INTO tombstones VALUES (?,?)", (subject, until))
+
+    def iter_tombstones(self) -> Iterator[tuple[str, float]]:
+        yield from self._catalog.execute("SELECT subject, until FROM tombstones")
 
     # -- learned models: embedding rows (users' in their region, the rest shared) and dense blobs --
     def _model_conn(self, region: str | None) -> sqlite3.Connection:

@@ -445,6 +445,30 @@ class TestServed:
         assert store.append_events("us", [event("u", "z")], []) == [seqs[-1] + 1]
         assert store.delete_events("eu", 100.0, 100) == 0
 
+    def test_erase_user_deletes_only_that_users_rows(self, store: Store) -> None:
+        events = [event("u", "a", event_id="k1"), event("u", "b", "like"), event("v", "a", event_id="k2")]
+        store.append_events("eu", events, [UserRecord("u", "eu", (), None, None, 1.0),
+                                           UserRecord("v", "eu", (), None, None, 1.0)])
+        store.record_served("eu", [ServedRecord("u", "c", "r", 2.0), ServedRecord("v", "c", "r", 2.0)])
+        store.save_user_states("eu", {"u": b"s", "v": b"t"}, 3)
+        store.put_controls("eu", "u", b"c")
+        store.save_model_rows("eu", "user", [("u", b"row"), ("v", b"row")], [])
+        deleted = store.erase_user("eu", "u", ["k1"])
+        assert deleted == {"profile": 1, "events": 2, "served": 1, "interest_state": 1, "controls": 1,
+                           "model_rows": 1, "event_ids": 1}
+        assert store.get_user("eu", "u") is None and store.user_events("eu", "u") == []
+        assert store.user_served("eu", "u") == [] and store.load_user_state("eu", "u") is None
+        assert store.get_controls("eu", "u") is None and [k for k, _ in store.iter_model_rows("eu", "user")] == ["v"]
+        assert store.known_event_ids(["k1", "k2"]) == {"k2"}
+        assert len(store.user_events("eu", "v")) == 1 and store.load_user_state("eu", "v") == b"t"
+
+    def test_tombstones(self, store: Store) -> None:
+        assert list(store.iter_tombstones()) == []
+        store.save_tombstone("h1", 5.0)
+        store.save_tombstone("h1", 7.0)
+        store.save_tombstone("h2", 6.0)
+        assert sorted(store.iter_tombstones()) == [("h1", 7.0), ("h2", 6.0)]
+
     def test_user_served(self, store: Store) -> None:
         assert store.user_served("us", "u") == []
         store.record_served("us", [ServedRecord("u", "a", "r1", 5.0), ServedRecord("v", "b", "r1", 5.0)])
