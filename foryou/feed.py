@@ -16,7 +16,7 @@ from foryou.learning import Learner
 from foryou.live import Live, LiveUser
 from foryou.policy import KeywordFilter, Limits, Recent, Selection, explore_topics, known_topics, select, topic_lift
 from foryou.policy.controls import topic_shift
-from foryou.privacy.audit import AuditLog
+from foryou.privacy.audit import AuditLog, audited
 from foryou.privacy.erasure import Tombstones
 from foryou.ranking import MIN_VALUE, HeuristicRanker, value
 from foryou.reasons import reason
@@ -191,10 +191,8 @@ class FeedService:
     def feed(self, user_id: str, n: int = 10, explain: bool = False) -> Feed:
         """The user's next `n` items. With `explain` each says why; that reads the user's inferred state,
         so it is audited."""
-        if explain and self.audit is not None:
-            with self.audit.recording("explain", user_id, self.live.clock()):
-                return self._feed(user_id, n, explain)
-        return self._feed(user_id, n, explain)
+        with audited(self.audit if explain else None, "explain", user_id, self.live.clock()):
+            return self._feed(user_id, n, explain)
 
     def _feed(self, user_id: str, n: int, explain: bool) -> Feed:
         live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy

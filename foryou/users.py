@@ -7,7 +7,7 @@ from foryou.errors import Conflict, NotFound
 from foryou.interest import dumps, seed_interests
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
-from foryou.privacy.audit import AuditLog
+from foryou.privacy.audit import AuditLog, audited
 from foryou.privacy.erasure import Tombstones
 from foryou.types import ControlsIn, UserIn
 
@@ -76,9 +76,7 @@ class UserService:
         go; history stays in the store (for the user's own export), what was served is still never
         served again, follows and controls stay. Saved at once, so that no restart brings the old state
         back. Audited."""
-        if self.audit is None:
-            return self._refresh(user_id)
-        with self.audit.recording("refresh", user_id, self.live.clock()):
+        with audited(self.audit, "refresh", user_id, self.live.clock()):
             return self._refresh(user_id)
 
     def _refresh(self, user_id: str) -> dict[str, object]:

@@ -97,6 +97,12 @@ class AuditLog:
         return keyed_hash(self.key, user_id)
 
 
+def audited(audit: AuditLog | None, action: str, subject: str | None,
+            now: float) -> contextlib.AbstractContextManager[None]:
+    """`audit.recording(...)`, or nothing when there is no log (a service used on its own)."""
+    return audit.recording(action, subject, now) if audit is not None else contextlib.nullcontext()
+
+
 def _read_head(directory: Path) -> tuple[int, str]:
     try:
         head = orjson.loads((directory / HEAD).read_bytes())

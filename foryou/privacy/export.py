@@ -8,7 +8,7 @@ from foryou.errors import NotFound
 from foryou.interest import CREATOR, SOUND, TAG, TOPIC, UserState, code_of, decay, kind_of
 from foryou.learning import Learner
 from foryou.live import Live
-from foryou.privacy.audit import AuditLog
+from foryou.privacy.audit import AuditLog, audited
 from foryou.types import format_time
 
 _KINDS = {TAG: "tag", TOPIC: "topic", CREATOR: "creator", SOUND: "sound"}
@@ -38,9 +38,7 @@ class ExportService:
     def export(self, user_id: str) -> dict[str, object]:
         """Profile, controls, events, served history, inferred interests with weights, and the learned
         user vector: everything the engine holds about the user. Audited."""
-        if self.audit is None:
-            return self._export(user_id)
-        with self.audit.recording("export", user_id, self.live.clock()):
+        with audited(self.audit, "export", user_id, self.live.clock()):
             return self._export(user_id)
 
     def _export(self, user_id: str) -> dict[str, object]:
