@@ -270,3 +270,26 @@ def test_erasure_over_http(make_client: MakeClient) -> None:
     assert r.status_code == 410 and r.json()["errors"][0] == {"field": "user", "index": 0, "message": refused}
     assert client.get("/v1/users/amy/feed").status_code == 410
     assert client.get("/v1/users/amy").status_code == 404
+
+
+# -- residency --
+def test_no_byte_of_a_users_data_is_outside_their_regions_file(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    settings = load_settings(overrides={"server.data": str(tmp_path), "server.regions": "us,eu",
+                                        "learning.min_examples": 1, "learning.index": "exact"}, env={})
+    users = {"us": "usr-a41f09", "eu": "eur-b73c18"}  # ids that occur nowhere else
+    with Engine.open(settings, clock=clock, seed=0) as e:
+        e.items.upsert(world())
+        for region, user in users.items():
+            e.users.put(user, UserIn(region=region, interests=["t0"]))
+            e.users.set_controls(user, ControlsIn(blocked_keywords=["x"]))
+            e.events.ingest([EventIn(user=user, item=f"i{k}", type="view", watch_s=10.0, id=f"{user}-{k}",
+                                     request_id=f"{user}-req") for k in range(4)])
+            e.feeds.feed(user, 3, explain=True)
+            e.privacy.export(user)
+        clock.advance(120)
+        e.learner.tick(clock.t)
+        e.checkpoint()
+    for region, user in users.items():
+        holding = files_holding(tmp_path, user.encode())
+        assert holding and all(name.startswith(f"region-{region}.db") for name in holding), (user, holding)
