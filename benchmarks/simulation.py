@@ -39,6 +39,8 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
      "sees a video once and a new video's pool is filled by its topic's fans, about 30 of 600 here, so the "
      "default pool of 300 cannot fill at this size", "--users 600 --views 40 --pool-impressions 15, with "
      "FORYOU_POLICY_FIRST_POOL=15", {"users": 600, "views": 40, "pool_impressions": 15}, {"policy.first_pool": 15}),
+    ("no duel", "the learned model serves whenever healthy, without having to beat the hand-set ranking "
+     "(learning.duel off)", "with FORYOU_LEARNING_DUEL=false", {}, {"learning.duel": False}),
     ("skewed interests", "interest topics drawn with probability ~ 1/rank (Zipf) instead of uniformly",
      "--skew 1", {"skew": 1.0}, {}),
     ("pages of 5", "each request asks for 5 videos, so the feed reacts after 5 views instead of 10", "--n 5",
