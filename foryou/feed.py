@@ -60,8 +60,10 @@ class FeedService:
         self.tombstones = tombstones
 
     # -- candidates --
-    def candidates(self, user: LiveUser, personal: bool = True) -> retrieval.Candidates:
-        """Every source's proposals; without `personal`, only those not based on the user's profile."""
+    def candidates(self, user: LiveUser, personal: bool = True,
+                   keep: Callable[[np.ndarray], np.ndarray] | None = None) -> retrieval.Candidates:
+        """Every source's proposals; without `personal`, only those not based on the user's profile.
+        `keep`: the user's eligibility filter (`_keep`), if the caller already has it."""
         live, catalog, state = self.live, self.live.catalog, user.state
         budgets, signals = live.settings.budgets, live.settings.signals
         now = live.clock()
@@ -81,7 +83,7 @@ class FeedService:
             neighbours = [live.neighbours(a) for a in state.recent[-4:]]
             retrieval.coengagement(cands, neighbours, budgets.coengagement)
         small = len(catalog) <= SMALL_CATALOG
-        retrieval.fallback(cands, self._eligible_mask(user) if small else None, len(catalog),
+        retrieval.fallback(cands, self._eligible_mask(user, keep) if small else None, len(catalog),
                            budgets.fallback, self.rng)
         return cands
 
@@ -109,12 +111,12 @@ class FeedService:
         minor = user.profile.age_band in ("under13", "13-17")
         return user.profile.personalized and not (minor and not self.live.settings.privacy.personalize_minors)
 
-    def _eligible_mask(self, user: LiveUser) -> np.ndarray:
+    def _eligible_mask(self, user: LiveUser, keep: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         catalog = self.live.catalog
         mask = catalog.eligible_all(user.profile.region, user.profile.age_band == "18+")
         if user.controls.blocked_keywords or user.state.muted:
             where = np.flatnonzero(mask)
-            mask[where] = self._keep(user)(where)
+            mask[where] = (keep or self._keep(user))(where)
         return mask
 
     def _eligible(self, user: LiveUser, cands: retrieval.Candidates,
@@ -203,8 +205,8 @@ class FeedService:
             live.persist_user(user)
         personal = self._personal(user)
         now = live.clock()
-        cands = self.candidates(user, personal)
         keep, excluded = self._keep(user), user.state.excluded
+        cands = self.candidates(user, personal, keep)
 
         def unseen(i: np.ndarray) -> np.ndarray:
             return keep(i) & np.fromiter((x not in excluded for x in i.tolist()), np.bool_, len(i))
@@ -215,7 +217,7 @@ class FeedService:
         topics = self._explore(user, cands, slots) if personal else []
         idx = self._eligible(user, cands, keep)
         if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
-            retrieval.fallback(cands, self._eligible_mask(user), len(catalog), n * 4, self.rng)
+            retrieval.fallback(cands, self._eligible_mask(user, keep), len(catalog), n * 4, self.rng)
             idx = self._eligible(user, cands, keep)
         state = user.state
         recent = Recent(state.last_creator, state.last_sound, state.last_topic, state.topic_run,
@@ -244,7 +246,7 @@ class FeedService:
         if chosen.yielded:
             # A rule gave way among the candidates: bring in eligible items by other creators, sounds
             # and topics (a scan of the catalogue, so only now), and arrange again.
-            self._add_alternatives(cands, user, idx[chosen.picks], 4 * n)
+            self._add_alternatives(cands, user, idx[chosen.picks], 4 * n, keep)
             idx = self._eligible(user, cands, keep)
             ranked, chosen = arrange(idx)
         request_id = uuid.uuid4().hex
@@ -303,10 +305,10 @@ class FeedService:
         }
 
     def _add_alternatives(self, cands: retrieval.Candidates, user: LiveUser, chosen: np.ndarray,
-                          budget: int) -> None:
+                          budget: int, keep: Callable[[np.ndarray], np.ndarray]) -> None:
         catalog = self.live.catalog
         n = len(catalog)
-        mask = self._eligible_mask(user)
+        mask = self._eligible_mask(user, keep)
         mask &= ~np.isin(catalog.creator[:n], catalog.creator[chosen])
         sounds = catalog.sound[chosen]
         mask &= ~np.isin(catalog.sound[:n], sounds[sounds >= 0])
