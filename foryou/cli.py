@@ -1,5 +1,5 @@
-"""The command line: serve, load, demo, convert-kuairand, evaluate, simulate, retention run, audit
-verify. Each command parses, calls, and reports."""
+"""The command line: serve, load, demo, keys, convert-kuairand, evaluate, simulate, retention run,
+audit verify. Each command parses, calls, and reports."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from typing import Any
 from foryou.config import Settings, load_settings
 from foryou.errors import ForYouError
 from foryou.evaluation import MODELS
+from foryou.privacy.keys import SCOPES, KeyRing
+
+ADMIN_KEY_ENV = "FORYOU_ADMIN_KEY"
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
@@ -34,7 +37,11 @@ def _server_args(p: argparse.ArgumentParser, serving: bool = True) -> None:
         p.add_argument("--port", type=int, help="port (default 8000)")
 
 
-def _serve(settings: Settings, banner: list[str] | None = None) -> None:
+def _keyring(settings: Settings) -> KeyRing:
+    return KeyRing(Path(settings.server.data), os.environ.get(ADMIN_KEY_ENV) or None)
+
+
+def _serve(settings: Settings, keys: KeyRing, banner: list[str] | None = None) -> None:
     import uvicorn
 
     from foryou.engine import Engine
@@ -50,13 +57,27 @@ def _serve(settings: Settings, banner: list[str] | None = None) -> None:
         print(line, flush=True)
     print(f"Serving on http://{host}:{port} - interactive API docs: http://{host}:{port}/docs", flush=True)
     try:
-        uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(create_app(engine, keys), host=host, port=port, log_level="warning", access_log=False)
     finally:
         engine.close()
+        keys.close()
+
+
+def _new_key_lines(keys: KeyRing, settings: Settings, name: str) -> list[str]:
+    """Create an admin key and say it, once; audited like any key made with `foryou keys create`."""
+    from foryou.privacy import AuditLog
+
+    key, token = keys.create(name, ["admin"], time.time())
+    AuditLog(Path(settings.server.data)).append("key_create", None, "ok", time.time(), target=key.id)
+    return [f"Admin API key (shown only now; stored as a salted hash): {token}",
+            f"  send it as 'Authorization: Bearer {token}'; manage keys with 'foryou keys'"]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _serve(_settings(args))
+    settings = _settings(args)
+    keys = _keyring(settings)
+    banner = [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")
+    _serve(settings, keys, banner)
     return 0
 
 
@@ -87,8 +108,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
             load_files(engine, DEMO_DIR / "items.jsonl.gz", DEMO_DIR / "events.jsonl.gz", progress=True)
         some_user = engine.live.store.find_user_region("u0") and "u0"
     base = f"http://{settings.server.host}:{settings.server.port}"
-    _serve(settings, [f"Try: curl '{base}/v1/users/{some_user or 'demo-user'}/feed?n=5'"])
+    keys = _keyring(settings)
+    now = time.time()
+    for old in keys.list():  # a fresh demo key each start; the last one stops working
+        if old.name == "demo" and old.active(now):
+            keys.revoke(old.id, now)
+    lines = _new_key_lines(keys, settings, "demo")
+    token = lines[0].rsplit(" ", 1)[-1]
+    _serve(settings, keys, [*lines, f"Try: curl -H 'Authorization: Bearer {token}' "
+                                     f"'{base}/v1/users/{some_user or 'demo-user'}/feed?n=5'"])
     return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from foryou.privacy import AuditLog
+
+    settings = _settings(args)
+    keys = _keyring(settings)
+    now = time.time()
+    try:
+        if args.keys_command == "list":
+            for key in keys.list():
+                state = "active" if key.active(now) else "revoked"
+                if key.active(now) and key.expires_at is not None:
+                    state = f"expires in {key.expires_at - now:.0f}s"
+                print(f"{key.id}  {key.name:<16} {','.join(key.scopes):<24} {key.region or 'all regions':<12} {state}")
+            return 0
+        audit = AuditLog(Path(settings.server.data))
+        if args.keys_command == "revoke":
+            key = keys.revoke(args.id, now)
+            audit.append("key_revoke", None, "ok", now, target=key.id)
+            print(f"revoked {key.id} ({key.name})")
+            return 0
+        if args.keys_command == "create":
+            region = args.region
+            if region is not None and region not in settings.server.regions:
+                raise ForYouError(f"region {region!r} is not held here (server.regions: "
+                                  f"{', '.join(settings.server.regions)})", field="--region")
+            key, token = keys.create(args.name, [s.strip() for s in args.scopes.split(",")], now, region)
+        else:
+            key, token = keys.rotate(args.id, now, args.grace_s)
+            print(f"{args.id} stops working in {args.grace_s:g}s", file=sys.stderr)
+        audit.append(f"key_{args.keys_command}", None, "ok", now, target=key.id)
+        print(f"{key.id}: {','.join(key.scopes)} for {key.region or 'all regions'} (shown only now):",
+              file=sys.stderr)
+        print(token)
+        return 0
+    finally:
+        keys.close()
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -213,6 +280,27 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="load the bundled demo catalogue (once) and serve it")
     _server_args(s)
     s.set_defaults(run=cmd_demo)
+    s = sub.add_parser("keys", help="create, list, revoke and rotate API keys (stored as salted hashes)")
+    keys = s.add_subparsers(dest="keys_command", required=True)
+    s = keys.add_parser("create", help="a new key, printed once on stdout")
+    s.add_argument("--name", required=True, help="what the key is for (shown by 'list')")
+    s.add_argument("--scopes", required=True, help=f"comma-separated, of {','.join(SCOPES)}")
+    s.add_argument("--region", help="limit the key to the users of one region (default: all held here)")
+    _server_args(s, serving=False)
+    s.set_defaults(run=cmd_keys)
+    s = keys.add_parser("list", help="every key: id, name, scopes, region, state (never the secret)")
+    _server_args(s, serving=False)
+    s.set_defaults(run=cmd_keys)
+    s = keys.add_parser("revoke", help="stop a key working, at once (also on a running server)")
+    s.add_argument("id", help="the key's id (from 'list')")
+    _server_args(s, serving=False)
+    s.set_defaults(run=cmd_keys)
+    s = keys.add_parser("rotate", help="a new key with the same name, scopes and region; the old one is revoked")
+    s.add_argument("id", help="the key's id (from 'list')")
+    s.add_argument("--grace-s", type=float, default=0.0, metavar="S",
+                   help="keep the old key working S more seconds while clients move over (default 0)")
+    _server_args(s, serving=False)
+    s.set_defaults(run=cmd_keys)
     s = sub.add_parser("convert-kuairand", help="convert KuaiRand-Pure CSVs into items/events JSONL")
     s.add_argument("--src", required=True, help="folder holding the KuaiRand-Pure files")
     s.add_argument("--out", required=True, help="folder to write items.jsonl and events.jsonl into")

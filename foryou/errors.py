@@ -45,6 +45,18 @@ class InvalidInput(ForYouError):
         super().__init__(errors[0].message if errors else "invalid input", errors=errors)
 
 
+class Unauthorized(ForYouError):
+    """No valid API key: missing, unknown, revoked or expired."""
+
+    status = 401
+
+
+class Forbidden(ForYouError):
+    """A valid key, but outside its scopes or its region."""
+
+    status = 403
+
+
 class NotFound(ForYouError):
     status = 404
 

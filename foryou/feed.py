@@ -190,17 +190,19 @@ class FeedService:
         retrieval.explore(cands, catalog, topics, self.rng, EXPLORE_WINDOW)
         return topics
 
-    def feed(self, user_id: str, n: int = 10, explain: bool = False) -> Feed:
-        """The user's next `n` items. With `explain` each says why; that reads the user's inferred state,
-        so it is audited."""
+    def feed(self, user_id: str, n: int = 10, explain: bool = False, region: str | None = None) -> Feed:
+        """The user's next `n` items; a new user is created in `region` (the request's X-Region, or the
+        server's first). With `explain` each says why; that reads the user's inferred state, so it is
+        audited."""
         with audited(self.audit if explain else None, "explain", user_id, self.live.clock()):
-            return self._feed(user_id, n, explain)
+            return self._feed(user_id, n, explain, region)
 
-    def _feed(self, user_id: str, n: int, explain: bool) -> Feed:
+    def _feed(self, user_id: str, n: int, explain: bool, region: str | None) -> Feed:
         live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy
+        placed = live.place(user_id, region)
         if self.tombstones is not None:
             self.tombstones.refuse([user_id], live.clock())
-        user = live.serving(live.user(user_id))
+        user = live.serving(live.user(user_id, placed))
         if not user.stored:
             live.persist_user(user)
         personal = self._personal(user)

@@ -35,8 +35,9 @@ class IngestService:
         """Validate the whole batch, then append it."""
         return self.append(self.validate(events), checkpoint)
 
-    def validate(self, events: Sequence[EventIn]) -> list[EventRecord]:
-        """The checks that need the catalogue and the clock; raises `InvalidInput` listing them all."""
+    def validate(self, events: Sequence[EventIn], region: str | None = None) -> list[EventRecord]:
+        """The checks that need the catalogue and the clock; raises `InvalidInput` listing them all.
+        `region` is the one the request names (X-Region): every user in the batch must be of it."""
         live = self.live
         now = live.clock()
         index = live.catalog.index
@@ -56,13 +57,17 @@ class IngestService:
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
         if errors:
             raise InvalidInput(errors)
+        if region is not None:
+            for user_id in dict.fromkeys(r.user for r in records):
+                live.place(user_id, region)
         if self.tombstones is not None:  # last: a 410 only for a batch otherwise valid
             self.tombstones.refuse([r.user for r in records], now)
         return records
 
-    def append(self, records: Sequence[EventRecord], checkpoint: bool = True) -> IngestResult:
-        """Append already-validated records. The bulk loader passes `checkpoint=False` and
-        checkpoints once at the end."""
+    def append(self, records: Sequence[EventRecord], checkpoint: bool = True,
+               region: str | None = None) -> IngestResult:
+        """Append already-validated records; users not seen before are created in `region` (default:
+        the server's first). The bulk loader passes `checkpoint=False` and checkpoints once at the end."""
         live = self.live
         ids = [r.id for r in records if r.id is not None]
         known = live.store.known_event_ids(ids) if ids else set()
@@ -74,7 +79,7 @@ class IngestService:
                 known.add(r.id)
             fresh.append(r)
         duplicates = len(records) - len(fresh)
-        live.prefetch([r.user for r in fresh])  # one look-up per region; unknown users are created
+        live.prefetch([r.user for r in fresh], region)  # one look-up per region; unknown users are created
         by_region: dict[str, list[EventRecord]] = {}
         new_users: dict[str, LiveUser] = {}
         for r in fresh:

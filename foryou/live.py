@@ -14,6 +14,7 @@ import numpy as np
 
 from foryou.catalog import STATS, Catalog
 from foryou.config import Settings
+from foryou.errors import Conflict
 from foryou.interest import UserState, dumps, learn_one, loads, seed_interests
 from foryou.policy import Controls, Pools
 from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask
@@ -125,6 +126,20 @@ class Live:
         if live is not None:
             return live.profile.region if live.stored else None
         return self.user_region.get(user_id)
+
+    def place(self, user_id: str, region: str | None = None) -> str:
+        """The region a request about this user acts in: the user's own. A region the request names
+        (X-Region, or the profile's `region`) must be one this server holds and, for a stored user,
+        theirs: a user's data is never copied to another region's store to serve a request."""
+        held = self.settings.server.regions
+        if region is not None and region not in held:
+            raise Conflict(f"region {region!r} is not held by this server (it holds {', '.join(held)}): "
+                           f"send requests for its users to the server of region {region!r}", field="region")
+        stored = self.region_of(user_id)
+        if region is not None and stored is not None and stored != region:
+            raise Conflict(f"user {user_id!r} belongs to region {stored!r}, not {region!r}; a region is fixed "
+                           "once set", field="region")
+        return stored or region or held[0]
 
     def user(self, user_id: str, region: str | None = None) -> LiveUser:
         """The user's live state, loaded on demand; a user never seen is created in `region`

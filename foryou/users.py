@@ -20,19 +20,15 @@ class UserService:
         self.audit = audit
         self.tombstones = tombstones
 
-    def put(self, user_id: str, body: UserIn) -> dict[str, object]:
+    def put(self, user_id: str, body: UserIn, region: str | None = None) -> dict[str, object]:
+        """`region` is the one the request names (X-Region); the body's `region` must agree with it."""
         live = self.live
-        held = live.settings.server.regions
-        if body.region is not None and body.region not in held:
-            raise Conflict(f"region {body.region!r} is not held by this server (it holds {', '.join(held)})",
-                           field="region")
+        if body.region is not None and region is not None and body.region != region:
+            raise Conflict(f"the body names region {body.region!r} but the request {region!r}", field="region")
+        placed = live.place(user_id, body.region or region)
         if self.tombstones is not None:
             self.tombstones.refuse([user_id], live.clock())
-        existing_region = live.region_of(user_id)
-        if body.region is not None and existing_region is not None and body.region != existing_region:
-            raise Conflict(f"user {user_id!r} belongs to region {existing_region!r}; a region is fixed once set",
-                           field="region")
-        user = live.user(user_id, body.region)
+        user = live.user(user_id, placed)
         profile = user.profile
         if "interests" in body.model_fields_set:
             profile.interests = tuple(dict.fromkeys(body.interests or ()))
@@ -48,20 +44,21 @@ class UserService:
         live.persist_user(user)
         return profile.public()
 
-    def get(self, user_id: str) -> dict[str, object]:
-        return self._known(user_id).profile.public()
+    def get(self, user_id: str, region: str | None = None) -> dict[str, object]:
+        return self._known(user_id, region).profile.public()
 
-    def _known(self, user_id: str) -> LiveUser:
+    def _known(self, user_id: str, region: str | None) -> LiveUser:
+        self.live.place(user_id, region)
         if self.live.region_of(user_id) is None:
             raise NotFound(f"unknown user {user_id!r}", field="id")
         return self.live.serving(self.live.user(user_id))
 
-    def controls(self, user_id: str) -> dict[str, object]:
-        return self._known(user_id).controls.public()
+    def controls(self, user_id: str, region: str | None = None) -> dict[str, object]:
+        return self._known(user_id, region).controls.public()
 
-    def set_controls(self, user_id: str, body: ControlsIn) -> dict[str, object]:
+    def set_controls(self, user_id: str, body: ControlsIn, region: str | None = None) -> dict[str, object]:
         """Replace the fields given; they apply from the next request."""
-        user = self._known(user_id)
+        user = self._known(user_id, region)
         controls = user.controls
         if body.blocked_keywords is not None:
             controls.blocked_keywords = tuple(dict.fromkeys(k.strip() for k in body.blocked_keywords))
@@ -70,19 +67,19 @@ class UserService:
         self.live.store.put_controls(user.profile.region, user_id, controls.dumps())
         return controls.public()
 
-    def refresh(self, user_id: str) -> dict[str, object]:
+    def refresh(self, user_id: str, region: str | None = None) -> dict[str, object]:
         """Start personalisation afresh, as for a new user: interests learned from events (the declared
         ones are seeded again), recent favourites, "not interested" mutes and the learned user vector
         go; history stays in the store (for the user's own export), what was served is still never
         served again, follows and controls stay. Saved at once, so that no restart brings the old state
         back. Audited."""
         with audited(self.audit, "refresh", user_id, self.live.clock()):
-            return self._refresh(user_id)
+            return self._refresh(user_id, region)
 
-    def _refresh(self, user_id: str) -> dict[str, object]:
+    def _refresh(self, user_id: str, region: str | None) -> dict[str, object]:
         live = self.live
-        user = self._known(user_id)
-        region = user.profile.region
+        user = self._known(user_id, region)
+        region = user.profile.region  # the request's was checked against it
         user.state = user.state.reset()
         user.state.seq = live.event_mark[region]  # replay after a crash skips what came before
         if user.profile.interests:  # as for a new user: the declared interests lead again

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from foryou.types import ItemRecord
 
+ADMIN_KEY = "test-admin-key-0123456789"  # what the tests' servers get as FORYOU_ADMIN_KEY
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
 
 def item(item_id: str, **kw: object) -> ItemRecord:
     """An item record with plain defaults (a 10 s video by its own creator), overridden by `kw`."""

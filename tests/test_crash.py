@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from factories import ADMIN_KEY, AUTH
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -49,7 +50,7 @@ class Server:
         self.starts += 1
         env = {**os.environ, "FORYOU_STORE_CHECKPOINT_INTERVAL_S": "0.3", "PYTHONUNBUFFERED": "1",
                "FORYOU_LEARNING_CHECKPOINT_INTERVAL_S": "0.5", "FORYOU_LEARNING_MIN_EXAMPLES": "500",
-               "FORYOU_LEARNING_DUEL": "false"}  # the duel is tested in test_learning.py
+               "FORYOU_LEARNING_DUEL": "false", "FORYOU_ADMIN_KEY": ADMIN_KEY}  # the duel is tested in test_learning.py
         log = self.logs / f"server-{self.starts}.log"
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
@@ -117,7 +118,7 @@ class Ledger:
 
 def post_events_forever(url: str, ledger: Ledger, stop: threading.Event, worker: int, rng: random.Random,
                         batch_no: Iterator[int]) -> None:
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10, headers=AUTH) as client:
         while not stop.is_set():
             n = next(batch_no)
             batch = []
@@ -149,7 +150,7 @@ def post_events_forever(url: str, ledger: Ledger, stop: threading.Event, worker:
 
 
 def read_feeds_forever(url: str, ledger: Ledger, stop: threading.Event, rng: random.Random) -> None:
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10, headers=AUTH) as client:
         while not stop.is_set():
             user = rng.choice(USERS)
             ledger.begin()
@@ -212,7 +213,7 @@ def gauges(client: httpx.Client) -> dict[str, float]:
 
 
 def check_everything_survived(server: Server, ledger: Ledger) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
         # The trainer resumed: its checkpoint plus the log re-learned, nothing left behind.
         model = gauges(client)
         assert model["foryou_model_events_behind"] == 0, model
@@ -266,7 +267,7 @@ def test_sigkill_mid_ingestion_loses_nothing_acknowledged(server: Server) -> Non
     server.start()
     items = [{"id": f"i{k}", "creator": f"c{k % 23}", "duration_s": 15 + k % 20, "tags": [f"t{k % 11}"],
               "sound": f"s{k % 13}"} for k in range(N_ITEMS)]
-    r = httpx.post(server.url + "/v1/items", json={"items": items}, timeout=30)
+    r = httpx.post(server.url + "/v1/items", json={"items": items}, timeout=30, headers=AUTH)
     assert r.status_code == 200 and r.json() == {"upserted": N_ITEMS}
     ledger = Ledger()
     # round 1: crash under load; round 2: restart, more load, crash again (replay after a checkpoint)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import ADMIN_KEY, AUTH
 
 from foryou import cli
 from foryou.config import Settings, load_settings, setting_names
@@ -111,14 +112,14 @@ def test_example_toml_is_valid_and_complete(tmp_path: Path) -> None:
 # -- (b) CLI --help <-> docs/cli.md --
 
 
-def help_texts() -> Iterator[tuple[str, str]]:
-    """(command, its --help) for `foryou` and each subcommand; run with COLUMNS set."""
-    parser = cli.parser()
-    yield "foryou", parser.format_help()
+def help_texts(parser: argparse.ArgumentParser | None = None, command: str = "foryou") -> Iterator[tuple[str, str]]:
+    """(command, its --help) for `foryou` and each subcommand, nested ones too; run with COLUMNS set."""
+    parser = parser or cli.parser()
+    yield command, parser.format_help()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                yield f"foryou {name}", sub.format_help()
+                yield from help_texts(sub, f"{command} {name}")
 
 
 def _stable_width(env: Any) -> None:
@@ -148,9 +149,10 @@ def test_cli_help_matches_docs(monkeypatch: pytest.MonkeyPatch) -> None:
 def app(tmp_path: Path) -> Any:
     from foryou.engine import Engine
     from foryou.http import create_app
+    from foryou.privacy.keys import KeyRing
 
     engine = Engine.open(load_settings(env={}, overrides={"server.data": str(tmp_path / "data")}))
-    yield create_app(engine)
+    yield create_app(engine, KeyRing(tmp_path / "data", ADMIN_KEY))
     engine.close()
 
 
@@ -194,7 +196,8 @@ async def _scrape(app: Any) -> str:
     """Exercise a few routes, then read /metrics (in process, through the ASGI interface)."""
     import httpx
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://docs") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://docs",
+                                 headers=AUTH) as client:
         await client.get("/healthz")
         await client.post("/v1/events", content=b'{"events": []}')
         await client.get("/v1/users/docs-user/feed", params={"n": 1})

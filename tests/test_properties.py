@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from factories import ADMIN_KEY, AUTH
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ with warnings.catch_warnings():  # starlette warns (a UserWarning) that it prefe
 from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.http import create_app
+from foryou.privacy.keys import KeyRing
 from foryou.types import EventIn, ItemIn, UserIn
 
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ counter = itertools.count()
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     data = tmp_path_factory.mktemp("props")
     engine = Engine.open(load_settings(overrides={"server.data": str(data), "server.regions": "us,eu"}, env={}))
-    client = TestClient(create_app(engine), raise_server_exceptions=False)
+    client = TestClient(create_app(engine, KeyRing(data, ADMIN_KEY)), raise_server_exceptions=False, headers=AUTH)
     r = client.post("/v1/items", json={"items": [{"id": "base", "creator": "c", "duration_s": 10}]})
     assert r.status_code == 200
     yield client

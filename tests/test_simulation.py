@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from factories import ADMIN_KEY
 
 from foryou.cli import main
 from foryou.config import load_settings
@@ -225,12 +226,14 @@ def _server(data: Path) -> Iterator[str]:
 
     from foryou.engine import Engine
     from foryou.http import create_app
+    from foryou.privacy.keys import KeyRing
 
     engine = Engine.open(load_settings(overrides={"server.data": str(data)}, env={}))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", access_log=False))
+    app = create_app(engine, KeyRing(data, ADMIN_KEY))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -248,7 +251,7 @@ def _server(data: Path) -> Iterator[str]:
 def test_http_mode_drives_a_real_server(tmp_path: Path) -> None:
     with _server(tmp_path / "server") as url:
         result = simulate(users=6, views=25, items=400, new_items=4, seed=5, arms=["foryou", "random"], url=url,
-                          api_key="secret")
+                          api_key=ADMIN_KEY)
     arms = result.report["arms"]
     assert result.report["params"]["url"] == url
     assert arms["foryou"]["views"] == arms["random"]["views"] == 150

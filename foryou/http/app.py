@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.responses import PlainTextResponse, Response
@@ -18,12 +18,17 @@ from foryou import __version__
 from foryou.engine import Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
+from foryou.http.auth import OPEN_PATHS, Auth, check_region
 from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.ingest import IngestResult
 from foryou.metrics import Metrics
-from foryou.types import ID_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
+from foryou.privacy.keys import KeyRing
+from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
 
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:-]")]
+XRegion = Annotated[str | None, Header(
+    alias="X-Region", pattern=REGION_PATTERN,
+    description="the user's region; a region this server does not hold, or not the user's, is refused (409)")]
 
 
 class JSON(Response):
@@ -39,11 +44,15 @@ TICK_S = 0.5  # how often the learner's periodic work (joins, index, checkpoint)
 _BODIES: dict[str, type[BaseModel]] = {}
 
 
-def _body(model: type[M]) -> dict[str, Any]:
-    """OpenAPI for a body we parse ourselves (JSON whatever the Content-Type, with orjson speed)."""
-    _BODIES[model.__name__] = model
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+def _op(scope: str, body: type[BaseModel] | None = None) -> dict[str, Any]:
+    """OpenAPI extras: the scope a key needs (`x-scope`, which the auth middleware enforces), and a
+    body we parse ourselves (JSON whatever the Content-Type, with orjson speed)."""
+    extra: dict[str, Any] = {"x-scope": scope}
+    if body is not None:
+        _BODIES[body.__name__] = body
+        ref = {"$ref": f"#/components/schemas/{body.__name__}"}
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+    return extra
 
 
 async def parse(request: Request, model: type[M]) -> M:
@@ -70,6 +79,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[name] = body
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                if path not in OPEN_PATHS:
+                    operation["security"] = [{"bearer": []}]
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -80,7 +94,8 @@ async def _ticks(engine: Engine) -> None:
         engine.tick(engine.clock())
 
 
-def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
+def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) -> FastAPI:
+    """The app over `engine`; every route but /healthz and the docs needs one of `keys`."""
     metrics = metrics or Metrics()
 
     @contextlib.asynccontextmanager
@@ -95,103 +110,107 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
                   description="A real-time For You feed engine: catalogue, events, feeds.")
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=int(engine.settings.server.max_body_mb * 1024 * 1024))
+    app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, region_of=engine.live.region_of)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.state.engine = engine
+    app.state.keys = keys
     app.state.metrics = metrics
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSON:
         return JSON({"status": "ok"})
 
-    @app.post("/v1/items", tags=["catalogue"], openapi_extra=_body(ItemBatch))
+    @app.post("/v1/items", tags=["catalogue"], openapi_extra=_op("catalog", ItemBatch))
     async def upsert_items(request: Request) -> JSON:
         """Upsert up to 10,000 items by id; counters and takedown state are kept."""
         batch = await parse(request, ItemBatch)
         return JSON({"upserted": engine.items.upsert(batch.items)})
 
-    @app.get("/v1/items/{item_id}", tags=["catalogue"])
+    @app.get("/v1/items/{item_id}", tags=["catalogue"], openapi_extra=_op("catalog"))
     async def get_item(item_id: IdPath) -> JSON:
         """The item with its live counters (`stats`)."""
         return JSON(engine.items.get(item_id))
 
-    @app.delete("/v1/items/{item_id}", tags=["catalogue"])
+    @app.delete("/v1/items/{item_id}", tags=["catalogue"], openapi_extra=_op("catalog"))
     async def take_down(item_id: IdPath) -> JSON:
         """Take an item down: it is never served again (until restored)."""
         return JSON(engine.items.set_down(item_id, True))
 
-    @app.post("/v1/items/{item_id}/restore", tags=["catalogue"])
+    @app.post("/v1/items/{item_id}/restore", tags=["catalogue"], openapi_extra=_op("catalog"))
     async def restore(item_id: IdPath) -> JSON:
         return JSON(engine.items.set_down(item_id, False))
 
-    @app.put("/v1/users/{user_id}", tags=["users"], openapi_extra=_body(UserIn))
-    async def put_user(user_id: IdPath, request: Request) -> JSON:
+    @app.put("/v1/users/{user_id}", tags=["users"], openapi_extra=_op("feed", UserIn))
+    async def put_user(user_id: IdPath, request: Request, region: XRegion = None) -> JSON:
         """Set the fields given; the rest are left as they are. A region is fixed once set."""
-        return JSON(engine.users.put(user_id, await parse(request, UserIn)))
+        return JSON(engine.users.put(user_id, await parse(request, UserIn), region))
 
-    @app.get("/v1/users/{user_id}", tags=["users"])
-    async def get_user(user_id: IdPath) -> JSON:
-        return JSON(engine.users.get(user_id))
+    @app.get("/v1/users/{user_id}", tags=["users"], openapi_extra=_op("feed"))
+    async def get_user(user_id: IdPath, region: XRegion = None) -> JSON:
+        return JSON(engine.users.get(user_id, region))
 
-    @app.get("/v1/users/{user_id}/controls", tags=["users"])
-    async def get_controls(user_id: IdPath) -> JSON:
+    @app.get("/v1/users/{user_id}/controls", tags=["users"], openapi_extra=_op("feed"))
+    async def get_controls(user_id: IdPath, region: XRegion = None) -> JSON:
         """The user's keyword filters, topic weights and last refresh."""
-        return JSON(engine.users.controls(user_id))
+        return JSON(engine.users.controls(user_id, region))
 
-    @app.put("/v1/users/{user_id}/controls", tags=["users"], openapi_extra=_body(ControlsIn))
-    async def put_controls(user_id: IdPath, request: Request) -> JSON:
+    @app.put("/v1/users/{user_id}/controls", tags=["users"], openapi_extra=_op("feed", ControlsIn))
+    async def put_controls(user_id: IdPath, request: Request, region: XRegion = None) -> JSON:
         """Replace the fields given: `blocked_keywords` (up to 200; never serve an item whose caption or
         tags or topic contain one, case-insensitive, singular or plural) and `topic_weights` (-1..1: less or more
         of a topic, never none). They apply from the next request."""
-        return JSON(engine.users.set_controls(user_id, await parse(request, ControlsIn)))
+        return JSON(engine.users.set_controls(user_id, await parse(request, ControlsIn), region))
 
-    @app.delete("/v1/users/{user_id}", tags=["privacy"])
-    async def erase(user_id: IdPath) -> JSON:
+    @app.delete("/v1/users/{user_id}", tags=["privacy"], openapi_extra=_op("privacy"))
+    async def erase(user_id: IdPath, region: XRegion = None) -> JSON:
         """Erase the user: everything held about them is deleted and a receipt returned; their events and
         requests are refused (410) for `privacy.erasure_refuse_days`."""
-        return JSON(engine.erasure.erase(user_id))
+        return JSON(engine.erasure.erase(user_id, region))
 
-    @app.get("/v1/users/{user_id}/data", tags=["privacy"])
-    async def export(user_id: IdPath) -> JSON:
+    @app.get("/v1/users/{user_id}/data", tags=["privacy"], openapi_extra=_op("privacy"))
+    async def export(user_id: IdPath, region: XRegion = None) -> JSON:
         """Everything held about the user (right of access and portability): profile, controls, events,
         served history, inferred interests with weights, and the learned user vector."""
-        return JSON(engine.privacy.export(user_id))
+        return JSON(engine.privacy.export(user_id, region))
 
-    @app.post("/v1/users/{user_id}/refresh", tags=["users"])
-    async def refresh(user_id: IdPath) -> JSON:
+    @app.post("/v1/users/{user_id}/refresh", tags=["users"], openapi_extra=_op("feed"))
+    async def refresh(user_id: IdPath, region: XRegion = None) -> JSON:
         """Start personalisation afresh, as if new; history is kept but no longer used to recommend."""
-        return JSON(engine.users.refresh(user_id))
+        return JSON(engine.users.refresh(user_id, region))
 
-    @app.post("/v1/events", tags=["events"], openapi_extra=_body(EventBatch))
-    async def post_events(request: Request) -> JSON:
-        """Up to 10,000 events; a 200 means they are durable. Repeated event ids count once."""
+    @app.post("/v1/events", tags=["events"], openapi_extra=_op("events", EventBatch))
+    async def post_events(request: Request, region: XRegion = None) -> JSON:
+        """Up to 10,000 events; a 200 means they are durable. Repeated event ids count once. Users not
+        seen before are created in X-Region (default: the server's first region)."""
         batch = await parse(request, EventBatch)
-        records = engine.events.validate(batch.events)
+        check_region(request.state.key, {e.user for e in batch.events}, engine.live.region_of)
+        records = engine.events.validate(batch.events, region)
         result = IngestResult(0, 0)
         for start in range(0, len(records), INGEST_CHUNK):
             if start:  # let feed requests in between chunks of a large batch
                 await asyncio.sleep(0)
-            result += engine.events.append(records[start:start + INGEST_CHUNK])
+            result += engine.events.append(records[start:start + INGEST_CHUNK], region=region)
         metrics.inc("events_ingested_total", result.accepted)
         metrics.inc("events_duplicate_total", result.duplicates)
         return JSON({"accepted": result.accepted, "duplicates": result.duplicates})
 
-    @app.get("/v1/users/{user_id}/feed", tags=["feed"])
+    @app.get("/v1/users/{user_id}/feed", tags=["feed"], openapi_extra=_op("feed"))
     async def feed(user_id: IdPath, n: Annotated[int, Query(ge=1, le=100)] = 10,
-                   explain: Annotated[bool, Query()] = False) -> JSON:
+                   explain: Annotated[bool, Query()] = False, region: XRegion = None) -> JSON:
         """The user's next `n` videos; each served item is recorded and never served again. With
         `explain=true` each item says why: its sources, each head's prediction, the weights, its value
         and the policy steps that placed it."""
-        result = engine.feeds.feed(user_id, n, explain)
+        result = engine.feeds.feed(user_id, n, explain, region)
         metrics.inc("feeds_served_total")
         metrics.inc("feed_items_served_total", len(result.items))
         return JSON(result.as_dict())
 
-    @app.get("/v1/algorithm", tags=["feed"])
+    @app.get("/v1/algorithm", tags=["feed"], openapi_extra=_op("admin"))
     async def algorithm() -> JSON:
         """The algorithm card: the live value weights, candidate budgets and policy settings."""
         return JSON(engine.feeds.algorithm())
 
-    @app.get("/v1/audit", tags=["privacy"])
+    @app.get("/v1/audit", tags=["privacy"], openapi_extra=_op("admin"))
     async def audit(after: Annotated[int, Query(ge=0)] = 0,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSON:
         """The audit log, oldest first: records with `seq` > `after` (at most `limit`). Reading it is
@@ -200,8 +219,10 @@ def create_app(engine: Engine, metrics: Metrics | None = None) -> FastAPI:
         engine.audit.append("audit_read", None, "ok", engine.clock())
         return JSON({"records": records, "next": records[-1]["seq"] if len(records) == limit else None})
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, openapi_extra=_op("admin"))
     async def prometheus() -> PlainTextResponse:
+        """Prometheus metrics (admin: each scrape is audited like every admin call)."""
+        engine.audit.append("metrics_read", None, "ok", engine.clock())
         live = engine.live
         gauges = {
             "catalog_items": float(len(live.catalog)),

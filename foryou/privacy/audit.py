@@ -1,18 +1,22 @@
 """The audit log: an append-only, hash-chained record of every privacy and admin call and every read
-of a user's raw data. Each record holds the time, the API key id (none until keys exist), the action,
+of a user's raw data. Each record holds the time, the API key id (null: the operator's command line), the action,
 the subject as a keyed hash (HMAC-SHA256 with the data directory's privacy key, so the log itself
 carries no user id) and the outcome, plus the previous record's hash and its own. The latest hash is
 also kept outside the log (`audit.head`), so that a cut-off tail is caught as surely as an edit, a
-deletion or a reordering. `verify` names the first bad record."""
+deletion or a reordering. `verify` names the first bad record. Appends take a file lock and re-read
+the head, so a command-line tool (`foryou keys`, `foryou retention run`) may append while a server
+runs."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from foryou.types import format_time
 
 LOG, HEAD, KEY = "audit.log", "audit.head", "privacy.key"
 _GENESIS = "0" * 64
+# The API key the current request came with (the HTTP edge sets it); audit records name it.
+CALLER: ContextVar[str | None] = ContextVar("foryou_caller", default=None)
 
 
 def privacy_key(directory: Path) -> bytes:
@@ -54,22 +60,27 @@ class AuditLog:
         self.seq, self.head = _read_head(directory)
 
     def append(self, action: str, subject: str | None, outcome: str, now: float,
-               key_id: str | None = None) -> dict[str, object]:
-        """Append one record durably (fsync) and move the head to it."""
-        body: dict[str, object] = {
-            "seq": self.seq + 1, "ts": format_time(now), "key": key_id, "action": action,
-            "subject": keyed_hash(self.key, subject) if subject is not None else None, "outcome": outcome,
-            "prev": self.head,
-        }
-        record = {**body, "hash": _digest(self.head, body)}
+               target: str | None = None) -> dict[str, object]:
+        """Append one record durably (fsync) and move the head to it. `subject` is a user id (stored
+        as its keyed hash); `target` names what else the action was on (an API key id)."""
         with open(self.directory / LOG, "ab") as out:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            self.seq, self.head = _read_head(self.directory)  # another process may have appended
+            body: dict[str, object] = {
+                "seq": self.seq + 1, "ts": format_time(now), "key": CALLER.get(), "action": action,
+                "subject": keyed_hash(self.key, subject) if subject is not None else None, "outcome": outcome,
+                "prev": self.head,
+            }
+            if target is not None:
+                body["target"] = target
+            record = {**body, "hash": _digest(self.head, body)}
             out.write(orjson.dumps(record) + b"\n")
             out.flush()
             os.fsync(out.fileno())
-        self.seq, self.head = int(body["seq"]), str(record["hash"])  # type: ignore[call-overload]
-        tmp = self.directory / (HEAD + ".tmp")
-        tmp.write_bytes(orjson.dumps({"seq": self.seq, "hash": self.head}))
-        os.replace(tmp, self.directory / HEAD)
+            self.seq, self.head = int(body["seq"]), str(record["hash"])  # type: ignore[call-overload]
+            tmp = self.directory / (HEAD + ".tmp")
+            tmp.write_bytes(orjson.dumps({"seq": self.seq, "hash": self.head}))
+            os.replace(tmp, self.directory / HEAD)
         return record
 
     @contextlib.contextmanager

@@ -48,14 +48,15 @@ class ErasureService:
         self.audit = audit
         self.tombstones = tombstones
 
-    def erase(self, user_id: str) -> dict[str, object]:
+    def erase(self, user_id: str, region: str | None = None) -> dict[str, object]:
         """Erase the user and return a receipt: what was deleted, and until when the id is refused.
         Audited (the audit record carries the keyed hash, not the id)."""
         with self.audit.recording("erase", user_id, self.live.clock()):
-            return self._erase(user_id)
+            return self._erase(user_id, region)
 
-    def _erase(self, user_id: str) -> dict[str, object]:
+    def _erase(self, user_id: str, named: str | None) -> dict[str, object]:
         live, store = self.live, self.live.store
+        live.place(user_id, named)
         region = live.region_of(user_id)
         if region is None:
             raise NotFound(f"unknown user {user_id!r}", field="id")

@@ -35,14 +35,15 @@ class ExportService:
         self.learner = learner
         self.audit = audit
 
-    def export(self, user_id: str) -> dict[str, object]:
+    def export(self, user_id: str, region: str | None = None) -> dict[str, object]:
         """Profile, controls, events, served history, inferred interests with weights, and the learned
         user vector: everything the engine holds about the user. Audited."""
         with audited(self.audit, "export", user_id, self.live.clock()):
-            return self._export(user_id)
+            return self._export(user_id, region)
 
-    def _export(self, user_id: str) -> dict[str, object]:
+    def _export(self, user_id: str, named: str | None) -> dict[str, object]:
         live = self.live
+        live.place(user_id, named)
         region = live.region_of(user_id)
         if region is None:
             raise NotFound(f"unknown user {user_id!r}", field="id")

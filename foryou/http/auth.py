@@ -1,0 +1,84 @@
+"""Authentication and authorisation, before anything else about a request is looked at (its body,
+its parameters, whether the item exists): 401 without a valid key, 403 for a key outside the route's
+scope or its region. A route's scope is its OpenAPI `x-scope`. A region-bound key's requests act in
+its region: X-Region is set to it when absent, and a user of another region is refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from foryou.errors import FieldError, Forbidden
+from foryou.http.errors import error_response
+from foryou.privacy.audit import CALLER
+from foryou.privacy.keys import ApiKey, KeyRing
+
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+REGION_HEADER = b"x-region"
+
+
+def required_scope(routes: Iterable[BaseRoute], scope: Scope) -> tuple[str | None, dict[str, str]]:
+    """The scope the matching route needs (None: no such route; any valid key may learn that) and
+    its path parameters."""
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.FULL:
+            extra = getattr(route, "openapi_extra", None) or {}
+            return extra.get("x-scope", "admin"), child.get("path_params", {})
+    return None, {}
+
+
+def check_region(key: ApiKey, user_ids: Iterable[str], region_of: Callable[[str], str | None]) -> None:
+    """Refuse (403) a region-bound key a request about any user of another region."""
+    if key.region is None:
+        return
+    for user_id in user_ids:
+        found = region_of(user_id)
+        if found is not None and found != key.region:
+            raise Forbidden(f"this key is for region {key.region!r}; user {user_id!r} is not of it",
+                            field="authorization")
+
+
+class Auth:
+    def __init__(self, app: ASGIApp, keys: KeyRing, routes: Callable[[], Iterable[BaseRoute]],
+                 region_of: Callable[[str], str | None]) -> None:
+        self.app = app
+        self.keys = keys
+        self.routes = routes
+        self.region_of = region_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        key = self.keys.authenticate(token.strip(), time.time()) if scheme.lower() == "bearer" else None
+        if key is None:
+            problem = [FieldError("authorization", "a valid API key is required: 'Authorization: Bearer <key>'")]
+            await error_response(401, problem, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        needed, params = required_scope(self.routes(), scope)
+        try:
+            if needed is not None and not key.allows(needed):
+                raise Forbidden(f"this key lacks the {needed!r} scope", field="authorization")
+            if key.region is not None:
+                named = headers.get(REGION_HEADER)
+                if named is not None and named.decode("latin-1") != key.region:
+                    raise Forbidden(f"this key is for region {key.region!r}", field="authorization")
+                if "user_id" in params:
+                    check_region(key, [params["user_id"]], self.region_of)
+                if named is None:
+                    scope = {**scope, "headers": [*scope["headers"], (REGION_HEADER, key.region.encode())]}
+        except Forbidden as exc:
+            await error_response(403, exc.errors)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["key"] = key
+        token_var = CALLER.set(key.id)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CALLER.reset(token_var)
