@@ -2,7 +2,7 @@
 from a few keep-alive connections so that one slow answer does not stall the schedule. Prints one JSON
 line with what it achieved.
 
-    python benchmarks/ingester.py --port 8000 --rate 10000 --batch 1000 --seconds 20 --users N --items M
+    python benchmarks/ingester.py --port 8000 --rate 10000 --batch 1000 --seconds 20 --users N --items M --key KEY
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--users", type=int, required=True)
     p.add_argument("--items", type=int, required=True)
     p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--key", help="API key with the events scope, sent as 'Authorization: Bearer <key>'")
     a = p.parse_args()
 
     interval = a.batch / a.rate
@@ -52,6 +53,7 @@ def main() -> None:
     failures: list[str] = []
     t0 = time.perf_counter() + 0.05
     deadline = t0 + a.seconds + 30  # bounded even if the server stalls
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {a.key}"} if a.key else {})}
 
     def worker(wid: int) -> None:
         rng = random.Random(wid * 7919 + time.time_ns())
@@ -72,7 +74,7 @@ def main() -> None:
                 time.sleep(due - now)
             sent = time.perf_counter()
             try:
-                conn.request("POST", "/v1/events", payload, {"Content-Type": "application/json"})
+                conn.request("POST", "/v1/events", payload, headers)
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status != 200:

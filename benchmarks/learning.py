@@ -225,8 +225,8 @@ def feed_latency(base: Path, on: bool, users: int, seconds: float, max_feeds: in
     return out
 
 
-def scrape(port: int) -> dict[str, float]:
-    status, raw = bench.get(port, "/metrics", timeout=10)
+def scrape(port: int, key: str | None = None) -> dict[str, float]:
+    status, raw = bench.get(port, "/metrics", timeout=10, key=key)
     out = {}
     for line in raw.decode().splitlines() if status == 200 else []:
         if line.startswith(("foryou_model_", "foryou_events_ingested_total")):
@@ -235,9 +235,10 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def mixed(base: Path, on: bool, conns: int, a: argparse.Namespace, client: bench.Client) -> dict[str, Any]:
-    """foryou serve on a fresh copy of the loaded directory; ingester at --rate while wrk fetches feeds;
-    /metrics every 0.5 s."""
+def mixed(base: Path, on: bool, conns: int, a: argparse.Namespace, client: bench.Client,
+          key: str | None = None) -> dict[str, Any]:
+    """foryou serve on a fresh copy of the loaded directory (its keys.db, and so `key`, included); ingester at
+    --rate while wrk fetches feeds; /metrics every 0.5 s."""
     work, spy_path = OUT / "learning-work", OUT / f"profile-learning-mixed-{'on' if on else 'off'}-{conns}.txt"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(base, work)
@@ -251,31 +252,31 @@ def mixed(base: Path, on: bool, conns: int, a: argparse.Namespace, client: bench
     def scraper() -> None:
         while not stop.wait(0.5):
             with contextlib.suppress(OSError, ValueError):
-                samples.append({"t": time.perf_counter(), **scrape(port)})
+                samples.append({"t": time.perf_counter(), **scrape(port, key)})
 
     try:
-        start = scrape(port)
+        start = scrape(port, key)
         feed_mode = ("feed", a.users, 10)
-        client.run("warm-up", port, feed_mode, conns, 2.0)
+        client.run("warm-up", port, feed_mode, conns, 2.0, key=key)
         bench.wait_quiet()
         ingest_s = a.mixed_s + 3
         ing = subprocess.Popen([bench.PY, str(bench.BENCH / "ingester.py"), "--port", str(port), "--rate", str(a.rate),
                                 "--batch", "1000", "--seconds", str(ingest_s), "--users", str(a.users),
-                                "--items", str(a.items), "--connections", "4"], cwd=bench.ROOT, stdout=subprocess.PIPE,
-                               text=True)
+                                "--items", str(a.items), "--connections", "4", *(["--key", key] if key else [])],
+                               cwd=bench.ROOT, stdout=subprocess.PIPE, text=True)
         thread = threading.Thread(target=scraper, daemon=True)
         thread.start()
         time.sleep(1.5)
         spy = bench.start_pyspy(srv.pid, a.mixed_s, spy_path, rate=50) if bench.pyspy_available() else None
         t0 = time.perf_counter()
-        feed = client.run("mixed", port, feed_mode, conns, a.mixed_s, srv.pid, quiet=False)
+        feed = client.run("mixed", port, feed_mode, conns, a.mixed_s, srv.pid, quiet=False, key=key)
         t1 = time.perf_counter()
         text, _ = ing.communicate(timeout=ingest_s + 120)
         if spy is not None:
             spy.wait(timeout=60)
         stop.set()
         thread.join()
-        end = scrape(port)
+        end = scrape(port, key)
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -516,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     log("4. feed latency in-process, learning on and off")
     feeds = [feed_latency(base, on, a.users, a.feed_s, a.max_feeds) for on in (True, False)]
     log(f"5. mixed: {a.rate:,.0f} events/s + feeds over HTTP, learning on and off")
-    runs = [mixed(base, on, conns, a, client) for on, conns in ((True, a.conns), (False, a.conns), (True, 1))]
+    key = bench.make_key(base)  # in the loaded directory: each run's copy holds it
+    runs = [mixed(base, on, conns, a, client, key) for on, conns in ((True, a.conns), (False, a.conns), (True, 1))]
 
     sec = section(a, m, command, learn, append, prof, memory, load, feeds, runs)
     print(sec)

@@ -124,20 +124,25 @@ def wait_quiet(threshold: float = 0.25) -> float:
             return other
 
 
-def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def auth(key: str | None) -> dict[str, str]:
+    """The header that authenticates a request to the ForYou server (none for servers without keys)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def get(port: int, path: str, timeout: float = 5.0, key: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=auth(key))
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
         conn.close()
 
 
-def post(port: int, path: str, body: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+def post(port: int, path: str, body: bytes, timeout: float = 30.0, key: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        conn.request("POST", path, body, {"Content-Type": "application/json", **auth(key)})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -213,13 +218,14 @@ class Result:
 
 class Client:
     """Closed-loop HTTP load: wrk (preferred) or a uvloop raw-socket client. `mode` is one of
-    ("get", path), ("feed", users, n), ("events", users, items, batch)."""
+    ("get", path), ("feed", users, n), ("events", users, items, batch). With `key`, every request carries
+    `Authorization: Bearer <key>`."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
     def run(self, name: str, port: int, mode: tuple[Any, ...], conns: int, seconds: float,
-            server_pid: int | None = None, quiet: bool = True) -> Result:
+            server_pid: int | None = None, quiet: bool = True, key: str | None = None) -> Result:
         """One closed-loop measurement. With a server pid it also records the server's CPU, and (after waiting
         for the machine to be quiet) the CPU every other process used meanwhile."""
         if server_pid and quiet:
@@ -227,9 +233,9 @@ class Client:
         cpu0 = cpu_s(server_pid) if server_pid else 0.0
         busy0, wall0 = system_busy(), time.perf_counter()
         if self.kind == "wrk":
-            r = self._wrk(name, port, mode, conns, seconds)
+            r = self._wrk(name, port, mode, conns, seconds, key)
         else:
-            r = self._python(name, port, mode, conns, seconds)
+            r = self._python(name, port, mode, conns, seconds, key)
         wall = time.perf_counter() - wall0
         if server_pid:
             server = cpu_s(server_pid) - cpu0
@@ -237,13 +243,14 @@ class Client:
             r.other_cpu = max(0.0, (system_busy() - busy0 - server - r.client_cpu * r.seconds) / wall)
         return r
 
-    def _wrk(self, name: str, port: int, mode: tuple[Any, ...], conns: int, seconds: float) -> Result:
+    def _wrk(self, name: str, port: int, mode: tuple[Any, ...], conns: int, seconds: float,
+             key: str | None = None) -> Result:
         args = [str(a) for a in mode]
         if mode[0] == "events":
             ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             args = [*args, f"{time.time_ns() % 10**12}", ts]
         cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(LUA),
-               f"http://127.0.0.1:{port}/", "--", *args]
+               *(f"-H{k}: {v}" for k, v in auth(key).items()), f"http://127.0.0.1:{port}/", "--", *args]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         killer = threading.Timer(seconds + 90, proc.kill)  # bounded whatever happens
         killer.start()
@@ -265,12 +272,13 @@ class Client:
                       extra={"p90_ms": d["p90_us"] / 1000, "p999_ms": d["p999_us"] / 1000,
                              "max_ms": d["max_us"] / 1000, "mean_ms": d["mean_us"] / 1000, "raw": d})
 
-    def _python(self, name: str, port: int, mode: tuple[Any, ...], conns: int, seconds: float) -> Result:
+    def _python(self, name: str, port: int, mode: tuple[Any, ...], conns: int, seconds: float,
+                key: str | None = None) -> Result:
         import asyncio
 
         import uvloop
 
-        host = f"Host: 127.0.0.1:{port}\r\n"
+        host = f"Host: 127.0.0.1:{port}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in auth(key).items())
         rng = random.Random(time.time_ns())
         prefix = f"p{time.time_ns() % 10**12}"
         counter = [0]
@@ -525,19 +533,33 @@ def uvicorn_floor(port: int) -> list[str]:
             str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 
 
+def make_key(data: Path) -> str | None:
+    """A new admin key in `data`'s keys.db (`foryou keys create`), as a client of the server would use: the
+    server looks it up in SQLite and hashes it on every request. None when the code under test has no
+    keys (a --rev before authentication): its servers need none."""
+    proc = subprocess.run([PY, "-m", "foryou.cli", "keys", "create", "--data", str(data), "--name", "bench",
+                           "--scopes", "admin"], cwd=CODE.dir, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        if "invalid choice: 'keys'" in proc.stderr:
+            log("  this revision has no API keys: requests go without one")
+            return None
+        raise RuntimeError(f"foryou keys create failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def serve_cmd(data: Path, port: int) -> list[str]:
     return [PY, "-m", "foryou.cli", "serve", "--data", str(data), "--host", "127.0.0.1", "--port", str(port)]
 
 
-def sanity(port: int, users: int, items: int) -> str:
+def sanity(port: int, users: int, items: int, key: str | None = None) -> str:
     """One feed and one small event batch through the real API, checked, before timing anything."""
-    status, raw = get(port, "/v1/users/u1/feed?n=10", timeout=60)
+    status, raw = get(port, "/v1/users/u1/feed?n=10", timeout=60, key=key)
     if status != 200:
         raise RuntimeError(f"feed answered {status}: {raw[:500]!r}")
     got = len(orjson.loads(raw)["items"])
     ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     payload = events_body(random.Random(1), f"s{time.time_ns()}", 0, 10, users, items, ts)
-    status, raw = post(port, "/v1/events", payload)
+    status, raw = post(port, "/v1/events", payload, key=key)
     if status != 200:
         raise RuntimeError(f"events answered {status}: {raw[:500]!r}")
     return f"feed returned {got} items; events: {raw.decode()}"
@@ -1024,12 +1046,18 @@ def main(argv: list[str] | None = None) -> int:
     profiles.extend(got)
     log(f"  p50 {feed_ip.p50_ms:.2f} ms, p99 {feed_ip.p99_ms:.2f} ms ({feed_ip.requests:,} feeds)")
 
+    log("API key: foryou keys create --scopes admin")
+    api_key = make_key(data)
+    if api_key:
+        notes.append("Every request to the ForYou server but /healthz carries `Authorization: Bearer` with an admin "
+                     "key made by `foryou keys create` (looked up in keys.db and hashed on each request).")
+
     def spy(srv: Server, title: str, mode: tuple[Any, ...], conns: int, fname: str) -> None:
         if not (profile and pyspy_available()):
             return
         path = OUT / f"profile-{fname}.txt"
         proc = start_pyspy(srv.pid, a.profile_seconds, path)
-        client.run("profiled", srv.port, mode, conns, a.profile_seconds + 1)
+        client.run("profiled", srv.port, mode, conns, a.profile_seconds + 1, key=api_key)
         proc.wait(timeout=a.profile_seconds + 60)
         got = parse_pyspy(path, title)
         if got:
@@ -1069,22 +1097,22 @@ def main(argv: list[str] | None = None) -> int:
             if " in " in line and "items loaded" in line:
                 serve["open_s"] = line.rsplit(" in ", 1)[1].split("s;")[0]
         log(f"  ready in {srv.ready_s:.2f}s, RSS {serve['rss_start']:.0f} MiB")
-        notes.append("Sanity check before timing: " + sanity(srv.port, a.users, a.items) + ".")
+        notes.append("Sanity check before timing: " + sanity(srv.port, a.users, a.items, api_key) + ".")
 
         healthz = client.run("GET /healthz (ForYou app, no engine work)", port, ("get", "/healthz"), a.conns,
                              a.duration, srv.pid)
         log(f"healthz: {healthz.rps:,.0f} req/s")
         feed_mode = ("feed", a.users, 10)
-        client.run("warm-up", port, feed_mode, a.conns, a.warmup)
+        client.run("warm-up", port, feed_mode, a.conns, a.warmup, key=api_key)
         feed_http = client.run(f"(b) feed over HTTP, n=10, {a.conns} conns", port, feed_mode, a.conns,
-                               a.duration, srv.pid)
+                               a.duration, srv.pid, key=api_key)
         serve["rss_feed"], _ = rss_mb(srv.pid)
         log(f"feed/http: {feed_http.rps:,.0f} req/s, p50 {feed_http.p50_ms:.2f} ms, p99 {feed_http.p99_ms:.2f} ms")
         spy(srv, f"feed over HTTP ({a.conns} conns), server process", feed_mode, a.conns, "feed")
 
         events_mode = ("events", a.users, a.items, a.batch)
         events_http = client.run(f"(d) POST /v1/events, {a.batch}/batch, {a.ingest_conns} conns", port,
-                                 events_mode, a.ingest_conns, a.duration, srv.pid)
+                                 events_mode, a.ingest_conns, a.duration, srv.pid, key=api_key)
         log(f"events/http: {events_http.events_per_s:,.0f} events/s, p50 {events_http.p50_ms:.1f} ms")
         spy(srv, f"POST /v1/events over HTTP ({a.batch}/batch), server process", events_mode, a.ingest_conns,
             "events")
@@ -1093,11 +1121,12 @@ def main(argv: list[str] | None = None) -> int:
         ingest_s = a.duration + a.warmup + 2
         ing = subprocess.Popen([PY, str(BENCH / "ingester.py"), "--port", str(port), "--rate", str(a.mixed_rate),
                                 "--batch", str(a.batch), "--seconds", str(ingest_s), "--users", str(a.users),
-                                "--items", str(a.items), "--connections", "4"],
+                                "--items", str(a.items), "--connections", "4",
+                                *(["--key", api_key] if api_key else [])],
                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
         time.sleep(1.0 + a.warmup)
         mixed = client.run(f"mixed: (b) while another client posts {a.mixed_rate:,.0f} events/s", port, feed_mode,
-                           a.conns, a.duration, srv.pid)
+                           a.conns, a.duration, srv.pid, key=api_key)
         out, _ = ing.communicate(timeout=ingest_s + 120)
         mixed_ingest: dict[str, Any] = {}
         for line in out.splitlines():

@@ -3,8 +3,10 @@
 --   feed   <users> <n>                              GET /v1/users/u<random>/feed?n=<n>
 --   events <users> <items> <batch> <nonce> <ts>     POST /v1/events with <batch> fresh events
 -- done() prints one line "WRKJSON {...}" with the counts and latency percentiles (microseconds).
+-- Headers given with -H (the API key: -H "Authorization: Bearer <key>") go with every request.
 
 local mode, users, items, n, batch, nonce, ts, path
+local headers = { ["Content-Type"] = "application/json" }
 local counter = 0
 local thread_no = 0
 local threads = {}
@@ -30,9 +32,10 @@ function init(args)
       ts = args[6]
    end
    math.randomseed(os.time() * 1000 + (tid or 0) * 7919 + math.floor(os.clock() * 1e6))
+   for name, value in pairs(wrk.headers) do  -- wrk.format uses wrk.headers only when given no headers
+      if headers[name] == nil then headers[name] = value end
+   end
 end
-
-local headers = { ["Content-Type"] = "application/json" }
 
 local function events_body()
    local parts = {}

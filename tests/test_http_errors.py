@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import MakeClient
+from factories import ADMIN_KEY, AUTH
 
 with warnings.catch_warnings():  # starlette warns (a UserWarning) that it prefers httpx2 over httpx
     warnings.simplefilter("ignore")
@@ -457,3 +458,21 @@ def test_a_bad_key_is_refused_before_the_body_is_read(client: TestClient) -> Non
                     headers={"Authorization": "Bearer nonsense"})
     one_error(r, 401, "authorization")
     assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_an_unexpected_error_shows_and_logs_no_detail(make_client: MakeClient,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    def boom(user_id: str) -> None:
+        raise RuntimeError(f"user {user_id} broke it with key {ADMIN_KEY}")
+
+    client = make_client()
+    client.app.add_api_route("/v1/boom/{user_id}", boom)  # type: ignore[attr-defined]
+    loud = TestClient(client.app, raise_server_exceptions=True, headers=AUTH)  # nothing is re-raised
+    with caplog.at_level("DEBUG"):
+        r = loud.get("/v1/boom/secret-user")
+    assert r.status_code == 500 and r.json() == {"errors": [{"field": "", "message": "internal error"}]}
+    logged = "\n".join(rec.getMessage() + str(rec.exc_info or "") for rec in caplog.records
+                       if rec.name != "httpx")  # the test's own client logs the URL it asked for
+    assert "GET /v1/boom/{user_id}: RuntimeError at test_http_errors.py:" in logged  # enough to find the bug
+    for secret in ("secret-user", ADMIN_KEY, "Traceback"):
+        assert secret not in logged and secret not in r.text

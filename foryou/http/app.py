@@ -112,6 +112,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     app.add_middleware(BodyLimit, max_bytes=int(engine.settings.server.max_body_mb * 1024 * 1024))
     app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, region_of=engine.live.region_of)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(errors.Shield)
     app.state.engine = engine
     app.state.keys = keys
     app.state.metrics = metrics

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import traceback
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foryou.errors import FieldError, ForYouError
 from foryou.types import ID_PATTERN, REGION_PATTERN, RFC3339_PATTERN
@@ -71,7 +74,40 @@ def install(app: FastAPI) -> None:
         field = "body" if exc.status_code == 413 else ""
         return error_response(exc.status_code, [FieldError(field, message)], getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unexpected error", exc_info=exc)
-        return error_response(500, [FieldError("", "internal error")])
+
+
+def describe(scope: Scope, exc: BaseException) -> str:
+    """What an operator needs to find a bug, and nothing a request carried: the route's template (not
+    the path, which holds ids), the exception's type and where it was raised. Not its message, which
+    may quote a user id or a key."""
+    route = getattr(scope.get("route"), "path", "unmatched")
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{scope.get('method')} {route}: {type(exc).__name__} at {where}"
+
+
+class Shield:
+    """The outermost middleware: an exception no handler took becomes a plain 500 and one log line
+    from `describe`. Caught here, it never reaches Starlette's error middleware, which would re-raise
+    it for the server to log with its message and stack."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.error("unexpected error: %s", describe(scope, exc))
+            if not started:
+                await error_response(500, [FieldError("", "internal error")])(scope, receive, send)
