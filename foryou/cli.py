@@ -253,6 +253,23 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from foryou.engine import Engine
+    from foryou.privacy import AuditLog
+
+    settings = _settings(args)
+    if not settings.learning.enabled:
+        raise ForYouError("learning is off (learning.enabled = false): there is no model to retrain",
+                          field="learning.enabled")
+    started = time.perf_counter()
+    with Engine.relearn(settings) as engine:
+        gauges = engine.learner.gauges()
+    AuditLog(Path(settings.server.data)).append("retrain", None, "ok", time.time())
+    print(f"retrained from the log: {gauges['model_examples']:.0f} examples, {gauges['model_rows']:.0f} rows, "
+          f"in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from foryou.privacy import verify
 
@@ -353,6 +370,9 @@ def parser() -> argparse.ArgumentParser:
     s = retention.add_parser("run", help="delete them now (derived state is checkpointed first)")
     _server_args(s, serving=False)
     s.set_defaults(run=cmd_retention_run)
+    s = sub.add_parser("retrain", help="drop the learned model and learn it again from the log as it is now")
+    _server_args(s, serving=False)
+    s.set_defaults(run=cmd_retrain)
     s = sub.add_parser("audit", help="check the tamper-evident audit log")
     audit = s.add_subparsers(dest="audit_command", required=True)
     s = audit.add_parser("verify", help="walk the hash chain; exit 1 naming the first bad record")

@@ -12,6 +12,7 @@ from foryou.feed import FeedService
 from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
+from foryou.learning.online import INDEX_FILE
 from foryou.live import Live
 from foryou.privacy import AuditLog, ErasureService, ExportService, RetentionService, Tombstones
 from foryou.store import Store, open_store
@@ -49,6 +50,19 @@ class Engine:
         engine.learner.load()
         engine.tombstones.load(engine.store)
         return engine
+
+    @classmethod
+    def relearn(cls, settings: Settings, clock: Callable[[], float] = time.time, seed: int | None = None) -> Engine:
+        """Drop the learned model and open the engine, which learns it again from the log as it is now:
+        what the model took from events since erased or past retention goes with them. Run it with no
+        server on the data directory; it takes as long as learning the whole log."""
+        store = open_store(str(Path(settings.server.data)), settings.server.regions)
+        try:
+            store.drop_model()
+        finally:
+            store.close()
+        (Path(settings.server.data) / INDEX_FILE).unlink(missing_ok=True)
+        return cls.open(settings, clock, seed=seed)
 
     def tick(self, now: float) -> None:
         """Periodic work between requests (the server runs it every half second): the trainer's joins,

@@ -3,7 +3,9 @@ and nothing about anyone else."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MakeClient
@@ -256,6 +258,61 @@ def test_erasure_leaves_the_id_in_no_file_and_refuses_the_user_after(tmp_path: P
         again.close()
     with pytest.raises(NotFound):
         Engine.open(settings, clock=clock, seed=0).erasure.erase("nobody")
+
+
+def test_retraining_after_erasure_leaves_nothing_the_model_learned_from_the_user(tmp_path: Path) -> None:
+    """The shared model learned from the erased user's events. Retrained after the erasure, it is
+    exactly the model of an engine that never learned while the user's events were there: a function
+    of the remaining log and of the item counters (which keep the user's share as anonymous counts)."""
+
+    def run(folder: Path, learn_live: bool) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        overrides = {"server.data": str(folder), "learning.min_examples": 1, "learning.index": "exact"}
+        clock = Clock(T0 + 1000)
+        live_settings = load_settings(overrides={**overrides, "learning.enabled": learn_live}, env={})
+        with Engine.open(live_settings, clock=clock, seed=0) as e:
+            e.items.upsert(world())
+            e.events.ingest([EventIn(user=u, item=f"i{(k * 5 + len(u)) % 12}", type="view",
+                                     watch_s=10.0 if k % 3 else 2.0, ts=format_time(T0 + 10 * k))
+                             for k in range(40) for u in ("amy", "bob")])
+            clock.advance(3600)
+            e.learner.tick(clock.t)
+            e.erasure.erase("bob")
+        settings = load_settings(overrides=overrides, env={})
+        before = shared_rows(settings)
+        with Engine.relearn(settings, clock=clock, seed=0) as e:
+            clock.advance(3600)
+            e.learner.tick(clock.t)
+        return before, shared_rows(settings)
+
+    def shared_rows(settings: Any) -> dict[str, bytes]:
+        from foryou.store import open_store
+
+        store = open_store(settings.server.data, settings.server.regions)
+        try:
+            return {f"{t}/{k}": v for t in ("item", "creator", "tag") for k, v in store.iter_model_rows(None, t)}
+        finally:
+            store.close()
+
+    learned_with_bob, retrained = run(tmp_path / "a", learn_live=True)
+    never_learned, trained_after = run(tmp_path / "b", learn_live=False)
+    assert learned_with_bob and never_learned == {}
+    assert learned_with_bob != retrained  # bob's events had shaped the shared rows ...
+    assert retrained == trained_after  # ... and after retraining nothing of that is left
+
+
+def test_retrain_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from foryou.cli import main
+
+    settings = load_settings(overrides={"server.data": str(tmp_path), "learning.min_examples": 1}, env={})
+    with Engine.open(settings) as e:
+        e.items.upsert(world())
+        e.events.ingest([EventIn(user="amy", item=f"i{k}", type="view", watch_s=10.0) for k in range(6)])
+    assert main(["retrain", "--data", str(tmp_path)]) == 0
+    assert re.match(r"retrained from the log: \d+ examples, \d+ rows, in ", capsys.readouterr().out)
+    assert '"action":"retrain"' in (tmp_path / "audit.log").read_text()
+    monkeypatch.setenv("FORYOU_LEARNING_ENABLED", "false")
+    assert main(["retrain", "--data", str(tmp_path)]) == 2
+    assert "no model to retrain" in capsys.readouterr().err
 
 
 def test_erasure_over_http(make_client: MakeClient) -> None:

@@ -146,4 +146,8 @@ class Store(Protocol):
 
     def get_model_blob(self, key: str) -> bytes | None: ...
 
+    def drop_model(self) -> None:
+        """Delete every embedding row (shared and per region) and every blob, atomically per file:
+        the next start learns the model again from the log."""
+
     def close(self) -> None: ...

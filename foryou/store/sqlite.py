@@ -323,6 +323,13 @@ class SQLiteStore:
         return 0 if row is None else int(row[0])
 
     # -- erasure --
+    def drop_model(self) -> None:
+        for conn in (*self._region.values(), self._catalog):  # the shared blob last: it holds the marks
+            with _tx(conn) as c:
+                c.execute("DELETE FROM model_rows")
+                if conn is self._catalog:
+                    c.execute("DELETE FROM model_blobs")
+
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
         conn = self._region[region]
         counts: dict[str, int] = {}

@@ -648,3 +648,17 @@ def test_model_blobs_replace_and_survive_reopen(opener: Opener, store: Store) ->
     store.save_model_blob("model", b"v1")
     store.save_model_blob("model", b"v2" * 1000)
     assert opener.reopen(store).get_model_blob("model") == b"v2" * 1000
+
+
+def test_drop_model_forgets_every_row_and_blob(opener: Opener, store: Store) -> None:
+    store.save_model_rows(None, "item", [("a", b"\x01")], [])
+    store.save_model_rows("us", "user", [("u1", b"us-row")], [])
+    store.save_model_rows("eu", "user", [("u2", b"eu-row")], [])
+    store.save_model_blob("model", b"v1")
+    store.drop_model()
+    again = opener.reopen(store)
+    assert again.get_model_blob("model") is None
+    for region, table in ((None, "item"), ("us", "user"), ("eu", "user")):
+        assert dict(again.iter_model_rows(region, table)) == {}
+    again.save_model_rows(None, "item", [("b", b"\x02")], [])  # and is usable after
+    assert dict(again.iter_model_rows(None, "item")) == {"b": b"\x02"}
