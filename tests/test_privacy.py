@@ -187,6 +187,25 @@ def test_retention_deletes_old_events_and_keeps_what_they_taught(tmp_path: Path)
     assert cli.main(["retention", "run", "--data", str(tmp_path)]) == 0  # nothing older now (wall clock)
 
 
+def test_retention_over_http_runs_on_the_servers_schedule(make_client: MakeClient) -> None:
+    import time
+
+    clock = Clock(T0)
+    client = make_client(clock=clock, **{"privacy.retention_days": 30})
+    client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10},
+                                             {"id": "b", "creator": "d", "duration_s": 10}]})
+    old = {"user": "amy", "item": "a", "type": "view", "watch_s": 10, "ts": format_time(T0 - 40 * 86400)}
+    new = {"user": "amy", "item": "b", "type": "view", "watch_s": 10, "ts": format_time(T0)}
+    assert client.post("/v1/events", json={"events": [old, new]}).status_code == 200
+    assert client.get("/v1/algorithm").json()["privacy"]["retention_days"] == 30.0
+    with client:  # the lifespan: the server's ticks run retention (hourly; the first tick is due at once)
+        deadline = time.monotonic() + 10
+        while len(client.get("/v1/users/amy/data").json()["events"]) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [x["item"] for x in client.get("/v1/users/amy/data").json()["events"]] == ["b"]
+    assert "retention" in [r["action"] for r in client.get("/v1/audit").json()["records"]]
+
+
 def test_retention_is_off_unless_configured(tmp_path: Path) -> None:
     settings = load_settings(overrides={"server.data": str(tmp_path)}, env={})
     with Engine.open(settings, clock=Clock(T0 + 400 * 86400), seed=0) as e:
@@ -315,11 +334,29 @@ def test_retrain_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     assert "no model to retrain" in capsys.readouterr().err
 
 
-def test_erasure_over_http(make_client: MakeClient) -> None:
-    client = make_client()
+def test_minors_over_http(make_client: MakeClient) -> None:
+    client = make_client(**{"privacy.personalize_minors": False})
+    items = [{"id": f"v{k}", "creator": f"c{k}", "duration_s": 10, "tags": [f"t{k % 3}"], "mature": k % 2 == 0}
+             for k in range(12)]
+    client.post("/v1/items", json={"items": items})
+    for user, band in (("teen", "13-17"), ("adult", "18+"), ("unknown", None)):
+        assert client.put(f"/v1/users/{user}", json={"age_band": band}).status_code == 200
+        client.post("/v1/events", json={"events": [{"user": user, "item": "v1", "type": "like"}]})
+        got = client.get(f"/v1/users/{user}/feed?n=10&explain=true").json()["items"]
+        mature = [x["id"] for x in got if int(x["id"][1:]) % 2 == 0]
+        assert (mature != []) == (band == "18+"), (user, mature)  # mature items only for known adults
+        ranker = got[0]["explain"]["ranker"]
+        assert (ranker == "not_personalized") == (band == "13-17"), (user, ranker)
+
+
+def test_erasure_over_http(make_client: MakeClient, tmp_path: Path) -> None:
+    client = make_client(data=tmp_path / "d")
     client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10}]})
     assert client.delete("/v1/users/amy").status_code == 404
     client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "view", "watch_s": 3}]})
+    assert client.get("/v1/users/amy/feed").status_code == 200
+    client.app.state.engine.checkpoint()  # type: ignore[attr-defined]
+    assert files_holding(tmp_path / "d", b"amy")  # the scan can find it
     r = client.delete("/v1/users/amy")
     assert r.status_code == 200 and r.json()["deleted"]["events"] == 1 and r.json()["refused_until"].endswith("Z")
     r = client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "view", "watch_s": 3}]})
@@ -327,26 +364,39 @@ def test_erasure_over_http(make_client: MakeClient) -> None:
     assert r.status_code == 410 and r.json()["errors"][0] == {"field": "user", "index": 0, "message": refused}
     assert client.get("/v1/users/amy/feed").status_code == 410
     assert client.get("/v1/users/amy").status_code == 404
+    client.app.state.engine.checkpoint()  # type: ignore[attr-defined]
+    assert files_holding(tmp_path / "d", b"amy") == []  # the scan, after erasure through the API
 
 
 # -- residency --
-def test_no_byte_of_a_users_data_is_outside_their_regions_file(tmp_path: Path) -> None:
+def test_no_byte_of_a_users_data_is_outside_their_regions_file(make_client: MakeClient, tmp_path: Path) -> None:
+    """Two users of two regions, placed by X-Region and by their profile, with profile, controls,
+    events, feeds, an export, model training and checkpoints, all through the API: each one's id
+    and every value only they sent occur only in their own region's files."""
     clock = Clock(T0)
-    settings = load_settings(overrides={"server.data": str(tmp_path), "server.regions": "us,eu",
-                                        "learning.min_examples": 1, "learning.index": "exact"}, env={})
-    users = {"us": "usr-a41f09", "eu": "eur-b73c18"}  # ids that occur nowhere else
-    with Engine.open(settings, clock=clock, seed=0) as e:
-        e.items.upsert(world())
-        for region, user in users.items():
-            e.users.put(user, UserIn(region=region, interests=["t0"]))
-            e.users.set_controls(user, ControlsIn(blocked_keywords=["x"]))
-            e.events.ingest([EventIn(user=user, item=f"i{k}", type="view", watch_s=10.0, id=f"{user}-{k}",
-                                     request_id=f"{user}-req") for k in range(4)])
-            e.feeds.feed(user, 3, explain=True)
-            e.privacy.export(user)
-        clock.advance(120)
-        e.learner.tick(clock.t)
-        e.checkpoint()
+    data = tmp_path / "data"
+    client = make_client(data=data, clock=clock, **{"server.regions": "us,eu", "learning.min_examples": 1,
+                                                      "learning.index": "exact"})
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    items = [i.model_dump(exclude_none=True) for i in world()]
+    assert client.post("/v1/items", json={"items": items}).status_code == 200
+    users = {"us": "usr-a41f09", "eu": "eur-b73c18"}  # ids and values that occur nowhere else
     for region, user in users.items():
-        holding = files_holding(tmp_path, user.encode())
-        assert holding and all(name.startswith(f"region-{region}.db") for name in holding), (user, holding)
+        marks = {"X-Region": region}
+        assert client.get(f"/v1/users/{user}/feed?n=2", headers=marks).status_code == 200  # created in region
+        r = client.put(f"/v1/users/{user}", json={"region": region, "interests": ["t0"], "lang": f"x-{user[:3]}q"})
+        assert r.status_code == 200
+        r = client.put(f"/v1/users/{user}/controls", json={"blocked_keywords": [f"kw{user[4:]}"]}, headers=marks)
+        assert r.status_code == 200
+        events = [{"user": user, "item": f"i{k}", "type": "view", "watch_s": 10.0, "id": f"ev-{user[4:]}-{k}",
+                   "request_id": f"rq-{user[4:]}"} for k in range(4)]
+        assert client.post("/v1/events", json={"events": events}, headers=marks).status_code == 200
+        assert client.get(f"/v1/users/{user}/feed?n=3&explain=true", headers=marks).status_code == 200
+        assert client.get(f"/v1/users/{user}/data").json()["profile"]["region"] == region
+    clock.advance(120)
+    engine.learner.tick(clock.t)
+    engine.checkpoint()
+    for region, user in users.items():
+        for value in (user, f"x-{user[:3]}q", f"kw{user[4:]}", f"ev-{user[4:]}", f"rq-{user[4:]}"):
+            holding = files_holding(data, value.encode())
+            assert holding and all(name.startswith(f"region-{region}.db") for name in holding), (value, holding)
