@@ -70,7 +70,7 @@ def _new_key_lines(keys: KeyRing, settings: Settings, name: str) -> list[str]:
     key, token = keys.create(name, ["admin"], time.time())
     AuditLog(Path(settings.server.data)).append("key_create", None, "ok", time.time(), target=key.id)
     return [f"Admin API key (shown only now; stored as a salted hash): {token}",
-            f"  send it as 'Authorization: Bearer {token}'; manage keys with 'foryou keys'"]
+            "  send 'Authorization: Bearer <key>' with every request; manage keys with 'foryou keys'"]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
