@@ -45,7 +45,9 @@ class UserService:
         return profile.public()
 
     def get(self, user_id: str, region: str | None = None) -> dict[str, object]:
-        return self._known(user_id, region).profile.public()
+        """The profile; a read of the user's data, so audited."""
+        with audited(self.audit, "profile_read", user_id, self.live.clock()):
+            return self._known(user_id, region).profile.public()
 
     def _known(self, user_id: str, region: str | None) -> LiveUser:
         self.live.place(user_id, region)
@@ -54,7 +56,9 @@ class UserService:
         return self.live.serving(self.live.user(user_id))
 
     def controls(self, user_id: str, region: str | None = None) -> dict[str, object]:
-        return self._known(user_id, region).controls.public()
+        """The controls; a read of the user's data, so audited."""
+        with audited(self.audit, "controls_read", user_id, self.live.clock()):
+            return self._known(user_id, region).controls.public()
 
     def set_controls(self, user_id: str, body: ControlsIn, region: str | None = None) -> dict[str, object]:
         """Replace the fields given; they apply from the next request."""

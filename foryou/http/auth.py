@@ -5,10 +5,11 @@ its region: X-Region is set to it when absent, and a user of another region is r
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foryou.errors import FieldError, Forbidden
@@ -20,14 +21,24 @@ OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.
 REGION_HEADER = b"x-region"
 
 
-def required_scope(routes: Iterable[BaseRoute], scope: Scope) -> tuple[str | None, dict[str, str]]:
-    """The scope the matching route needs (None: no such route; any valid key may learn that) and
-    its path parameters."""
-    for route in routes:
-        match, child = route.matches(scope)
-        if match == Match.FULL:
-            extra = getattr(route, "openapi_extra", None) or {}
-            return extra.get("x-scope", "admin"), child.get("path_params", {})
+RouteTable = list[tuple[re.Pattern[str], frozenset[str], str]]
+
+
+def route_table(routes: Iterable[BaseRoute]) -> RouteTable:
+    """(path pattern, methods, scope) of each route: a route's scope is its OpenAPI `x-scope`, and a
+    route without one is admin-only."""
+    return [(r.path_regex, frozenset(r.methods or ()),
+             (getattr(r, "openapi_extra", None) or {}).get("x-scope", "admin")) for r in routes if isinstance(r, Route)]
+
+
+def required_scope(table: RouteTable, method: str, path: str) -> tuple[str | None, dict[str, str]]:
+    """The scope the route of `method` and `path` needs (None: no such route; any valid key may learn
+    that) and its path parameters. A regex match per route, not the router's full match: it runs on
+    every request, before the router matches again."""
+    for pattern, methods, needed in table:
+        found = pattern.match(path)
+        if found is not None and method in methods:
+            return needed, found.groupdict()
     return None, {}
 
 
@@ -49,6 +60,7 @@ class Auth:
         self.keys = keys
         self.routes = routes
         self.region_of = region_of
+        self.table: RouteTable | None = None  # built at the first request, when every route exists
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -61,7 +73,9 @@ class Auth:
             problem = [FieldError("authorization", "a valid API key is required: 'Authorization: Bearer <key>'")]
             await error_response(401, problem, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
-        needed, params = required_scope(self.routes(), scope)
+        if self.table is None:
+            self.table = route_table(self.routes())
+        needed, params = required_scope(self.table, scope["method"], scope["path"])
         try:
             if needed is not None and not key.allows(needed):
                 raise Forbidden(f"this key lacks the {needed!r} scope", field="authorization")
