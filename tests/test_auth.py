@@ -137,6 +137,7 @@ def test_keys_are_stored_only_as_salted_hashes(make_client: MakeClient, tmp_path
     rows = keyring(client).db.execute("SELECT salt, hash FROM api_keys").fetchall()
     assert len({salt for salt, _ in rows}) == len(rows) == 3  # a salt of its own each
     assert ADMIN_KEY.encode() not in stored  # the environment's key is never written
+    assert (tmp_path / "d" / FILE).stat().st_mode & 0o777 == 0o600
 
 
 def test_revoke_and_rotate_take_effect_on_a_running_server(make_client: MakeClient, tmp_path: Path,

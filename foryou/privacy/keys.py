@@ -71,7 +71,9 @@ class KeyRing:
             self.env = (salt, _hash(salt, admin_key))
         directory.mkdir(parents=True, exist_ok=True)
         # autocommit; the CLI writes while a server reads, which WAL allows
-        self.db = sqlite3.connect(directory / FILE, isolation_level=None, check_same_thread=False, timeout=10)
+        path = directory / FILE
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        path.chmod(0o600)  # only hashes, but nobody else's business (SQLite gives its -wal the same mode)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(_SCHEMA)
 
