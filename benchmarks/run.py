@@ -877,7 +877,7 @@ def scale_key(a: argparse.Namespace) -> str:
 
 def update_doc(new_section: str, key: str) -> None:
     sections: dict[str, str] = {}
-    preamble = PREAMBLE
+    preamble, tail = PREAMBLE, ""
     if DOC.exists():
         text = DOC.read_text()
         first = text.find("<!-- scale ")
@@ -895,13 +895,14 @@ def update_doc(new_section: str, key: str) -> None:
                 break
             sections[k] = text[start:end + len(end_marker)]
             pos = end + len(end_marker)
+        tail = text[pos:] if sections else ""  # what follows the scales (the policy section) is kept
     sections[key] = new_section
 
     def order(k: str) -> tuple[int, ...]:
         return tuple(int(part.split("=")[1]) for part in k.split())
 
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(preamble + "\n".join(sections[k] for k in sorted(sections, key=order)))
+    DOC.write_text(preamble + "\n".join(sections[k] for k in sorted(sections, key=order)) + tail)
 
 
 def targets_md(feed_http: Result, feed_ip: Result, events_http: Result, load: dict[str, Any] | None,

@@ -100,6 +100,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from foryou.bulk import load_files
     from foryou.engine import Engine
+    from foryou.privacy import AuditLog
 
     settings = _settings(args)
     with Engine.open(settings) as engine:
@@ -113,6 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for old in keys.list():  # a fresh demo key each start; the last one stops working
         if old.name == "demo" and old.active(now):
             keys.revoke(old.id, now)
+            AuditLog(Path(settings.server.data)).append("key_revoke", None, "ok", now, target=old.id)
     lines = _new_key_lines(keys, settings, "demo")
     token = lines[0].rsplit(" ", 1)[-1]
     _serve(settings, keys, [*lines, f"Try: curl -H 'Authorization: Bearer {token}' "

@@ -265,4 +265,5 @@ def test_serve_makes_an_admin_key_once_and_demo_a_new_one_each_start(
     now = time.time()
     assert ring.authenticate(demo_tokens[1], now) is not None
     assert ring.authenticate(demo_tokens[0], now) is None  # the last start's demo key stops working
+    assert '"key_revoke"' in (tmp_path / "d" / LOG).read_text()
     assert ring.authenticate(token[0], now) is not None
