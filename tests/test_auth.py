@@ -190,6 +190,9 @@ def test_a_region_bound_key_stays_in_its_region(make_client: MakeClient) -> None
     assert client.delete("/v1/users/sam", headers=bearer(eu)).status_code == 403
     r = client.get("/v1/users/new/feed", headers={**bearer(eu), "X-Region": "us"})
     assert r.status_code == 403 and "region 'eu'" in r.text
+    for twice in ([("X-Region", "us"), ("X-Region", "eu")], [("X-Region", "eu"), ("X-Region", "us")]):
+        r = client.get("/v1/users/new2/feed", headers=[("Authorization", f"Bearer {eu}"), *twice])
+        assert r.status_code == 403, twice  # a second header cannot smuggle another region past the check
     assert client.get("/v1/users/new/feed", headers=bearer(eu)).status_code == 200  # created in its region
     assert client.get("/v1/users/new").json()["region"] == "eu"
     ev = {"events": [{"user": "sam", "item": "a", "type": "like"}, {"user": "ann", "item": "a", "type": "like"}]}

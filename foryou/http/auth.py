@@ -80,12 +80,13 @@ class Auth:
             if needed is not None and not key.allows(needed):
                 raise Forbidden(f"this key lacks the {needed!r} scope", field="authorization")
             if key.region is not None:
-                named = headers.get(REGION_HEADER)
-                if named is not None and named.decode("latin-1") != key.region:
+                # every X-Region the request carries, not one: the app reads the first, a dict the last
+                named = [v.decode("latin-1") for k, v in scope["headers"] if k == REGION_HEADER]
+                if any(region != key.region for region in named):
                     raise Forbidden(f"this key is for region {key.region!r}", field="authorization")
                 if "user_id" in params:
                     check_region(key, [params["user_id"]], self.region_of)
-                if named is None:
+                if not named:
                     scope = {**scope, "headers": [*scope["headers"], (REGION_HEADER, key.region.encode())]}
         except Forbidden as exc:
             await error_response(403, exc.errors)(scope, receive, send)
