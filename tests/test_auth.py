@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import MakeClient
-from factories import ADMIN_KEY
+from factories import ADMIN_KEY, AUTH
 
 from foryou import cli
 from foryou.errors import InvalidInput
@@ -270,3 +270,44 @@ def test_serve_makes_an_admin_key_once_and_demo_a_new_one_each_start(
     assert ring.authenticate(demo_tokens[0], now) is None  # the last start's demo key stops working
     assert '"key_revoke"' in (tmp_path / "d" / LOG).read_text()
     assert ring.authenticate(token[0], now) is not None
+
+
+def test_nothing_slips_in_between_the_chunks_of_a_large_batch(make_client: MakeClient,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of events is appended in chunks, letting other requests in between. An erasure, or a
+    profile placing a new user in another region, that arrives meanwhile waits for the batch: the
+    erasure then removes the batch's events too, and the profile finds the user already placed."""
+    import asyncio
+
+    import httpx
+
+    from foryou.http import app as app_module
+
+    monkeypatch.setattr(app_module, "INGEST_CHUNK", 1)  # a yield after every event
+    client = make_client(**{"server.regions": "us,eu"})
+    client.post("/v1/items", json={"items": [{"id": f"i{k}", "creator": "c", "duration_s": 10} for k in range(5)]})
+    client.put("/v1/users/vic", json={"region": "us"})
+    eu_events = make_key(client, "events", region="eu")
+    filler = [{"user": f"f{k}", "item": f"i{k % 5}", "type": "like"} for k in range(150)]
+
+    async def race() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=client.app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as c:
+            async def later(method: str, path: str, **kw: Any) -> httpx.Response:
+                await asyncio.sleep(0.02)  # while the batch is in its chunks
+                return await c.request(method, path, **kw)
+
+            batch1 = {"events": [*filler, {"user": "vic", "item": "i1", "type": "like"}]}
+            others = [{**e, "user": "g" + str(e["user"])} for e in filler]  # of no region yet
+            batch2 = {"events": [*others, {"user": "neo", "item": "i2", "type": "like"}]}
+            return list(await asyncio.gather(
+                c.post("/v1/events", json=batch1), later("DELETE", "/v1/users/vic"),
+                c.post("/v1/events", json=batch2, headers=bearer(eu_events)),
+                later("PUT", "/v1/users/neo", json={"region": "us"})))
+
+    posted, erased, posted_eu, placed = asyncio.run(race())
+    assert posted.status_code == 200 and erased.status_code == 200, (posted.text, erased.text)
+    assert erased.json()["deleted"]["events"] == 1  # it waited for the batch, and erased its event too
+    assert client.get("/v1/users/vic/data").status_code == 404
+    assert posted_eu.status_code == 200 and placed.status_code == 409, (posted_eu.text, placed.text)
+    assert client.get("/v1/users/neo").json()["region"] == "eu"

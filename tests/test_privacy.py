@@ -279,6 +279,27 @@ def test_erasure_leaves_the_id_in_no_file_and_refuses_the_user_after(tmp_path: P
         Engine.open(settings, clock=clock, seed=0).erasure.erase("nobody")
 
 
+def test_erasure_leaves_no_stale_copy_in_index_pages(tmp_path: Path) -> None:
+    """Many users' events interleaved, so that the user index's pages split and merge around the
+    erased user's entries (this layout left five stale copies before the indexes were rebuilt)."""
+    import random
+
+    settings = load_settings(overrides={"server.data": str(tmp_path), "learning.enabled": False}, env={})
+    rng, user = random.Random(0), "erin-7f3a9c"
+    with Engine.open(settings, clock=Clock(T0), seed=0) as e:
+        e.items.upsert([ItemIn(id=f"i{k}", creator=f"c{k % 3}", duration_s=10.0, tags=["t"]) for k in range(50)])
+        for b in range(200):
+            batch = [EventIn(user=f"u{k:05d}", item=f"i{rng.randrange(50)}", type="like") for k in range(50)]
+            if b < 20:
+                batch += [EventIn(user=user, item=f"i{k}", type="like") for k in range(9)]
+            rng.shuffle(batch)
+            e.events.ingest(batch)
+        e.checkpoint()
+        assert files_holding(tmp_path, user.encode())
+        assert e.erasure.erase(user)["deleted"]["events"] == 180  # type: ignore[index]
+        assert files_holding(tmp_path, user.encode()) == []
+
+
 def test_retraining_after_erasure_leaves_nothing_the_model_learned_from_the_user(tmp_path: Path) -> None:
     """The shared model learned from the erased user's events. Retrained after the erasure, it is
     exactly the model of an engine that never learned while the user's events were there: a function

@@ -18,7 +18,7 @@ from foryou import __version__
 from foryou.engine import Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
-from foryou.http.auth import OPEN_PATHS, Auth, check_region
+from foryou.http.auth import OPEN_PATHS, Auth, check_named_region, check_region
 from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.ingest import IngestResult
 from foryou.metrics import Metrics
@@ -115,6 +115,9 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     app.add_middleware(errors.Shield)
     app.state.engine = engine
     app.state.keys = keys
+    # A large batch of events yields between chunks (so that feeds get in); what could make its checks
+    # stale meanwhile (an erasure, a new user placed in a region) waits for the batch instead.
+    users_changing = asyncio.Lock()
     app.state.metrics = metrics
 
     @app.get("/healthz", tags=["ops"])
@@ -144,7 +147,10 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     @app.put("/v1/users/{user_id}", tags=["users"], openapi_extra=_op("feed", UserIn))
     async def put_user(user_id: IdPath, request: Request, region: XRegion = None) -> JSON:
         """Set the fields given; the rest are left as they are. A region is fixed once set."""
-        return JSON(engine.users.put(user_id, await parse(request, UserIn), region))
+        body = await parse(request, UserIn)
+        check_named_region(request.state.key, body.region)
+        async with users_changing:
+            return JSON(engine.users.put(user_id, body, region))
 
     @app.get("/v1/users/{user_id}", tags=["users"], openapi_extra=_op("feed"))
     async def get_user(user_id: IdPath, region: XRegion = None) -> JSON:
@@ -166,7 +172,8 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     async def erase(user_id: IdPath, region: XRegion = None) -> JSON:
         """Erase the user: everything held about them is deleted and a receipt returned; their events and
         requests are refused (410) for `privacy.erasure_refuse_days`."""
-        return JSON(engine.erasure.erase(user_id, region))
+        async with users_changing:
+            return JSON(engine.erasure.erase(user_id, region))
 
     @app.get("/v1/users/{user_id}/data", tags=["privacy"], openapi_extra=_op("privacy"))
     async def export(user_id: IdPath, region: XRegion = None) -> JSON:
@@ -184,13 +191,14 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         """Up to 10,000 events; a 200 means they are durable. Repeated event ids count once. Users not
         seen before are created in X-Region (default: the server's first region)."""
         batch = await parse(request, EventBatch)
-        check_region(request.state.key, {e.user for e in batch.events}, engine.live.region_of)
-        records = engine.events.validate(batch.events, region)
-        result = IngestResult(0, 0)
-        for start in range(0, len(records), INGEST_CHUNK):
-            if start:  # let feed requests in between chunks of a large batch
-                await asyncio.sleep(0)
-            result += engine.events.append(records[start:start + INGEST_CHUNK], region=region)
+        async with users_changing:  # from the checks to the last chunk
+            check_region(request.state.key, {e.user for e in batch.events}, engine.live.region_of)
+            records = engine.events.validate(batch.events, region)
+            result = IngestResult(0, 0)
+            for start in range(0, len(records), INGEST_CHUNK):
+                if start:  # let feed requests in between chunks of a large batch
+                    await asyncio.sleep(0)
+                result += engine.events.append(records[start:start + INGEST_CHUNK], region=region)
         metrics.inc("events_ingested_total", result.accepted)
         metrics.inc("events_duplicate_total", result.duplicates)
         return JSON({"accepted": result.accepted, "duplicates": result.duplicates})
@@ -201,7 +209,11 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         """The user's next `n` videos; each served item is recorded and never served again. With
         `explain=true` each item says why: its sources, each head's prediction, the weights, its value
         and the policy steps that placed it."""
-        result = engine.feeds.feed(user_id, n, explain, region)
+        if engine.live.region_of(user_id) is None:  # a feed creates a new user: not in a batch's midst
+            async with users_changing:
+                result = engine.feeds.feed(user_id, n, explain, region)
+        else:
+            result = engine.feeds.feed(user_id, n, explain, region)
         metrics.inc("feeds_served_total")
         metrics.inc("feed_items_served_total", len(result.items))
         return JSON(result.as_dict())

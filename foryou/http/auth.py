@@ -53,6 +53,12 @@ def check_region(key: ApiKey, user_ids: Iterable[str], region_of: Callable[[str]
                             field="authorization")
 
 
+def check_named_region(key: ApiKey, region: str | None) -> None:
+    """Refuse (403) a region-bound key a request that names another region (a profile's `region`)."""
+    if key.region is not None and region is not None and region != key.region:
+        raise Forbidden(f"this key is for region {key.region!r}", field="authorization")
+
+
 class Auth:
     def __init__(self, app: ASGIApp, keys: KeyRing, routes: Callable[[], Iterable[BaseRoute]],
                  region_of: Callable[[str], str | None]) -> None:
