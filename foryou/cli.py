@@ -276,11 +276,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from foryou.privacy import verify
 
     data = Path(args.data or _settings(args).server.data)
-    verdict = verify(data)
+    verdict = verify(data, args.anchor)
     if verdict.problem is not None:
         print(f"audit log in {data}: BROKEN at {verdict.problem}", file=sys.stderr)
         return 1
-    print(f"audit log in {data}: intact, {verdict.records} records")
+    print(f"audit log in {data}: intact, {verdict.records} records; head {verdict.head}")
     return 0
 
 
@@ -380,6 +380,8 @@ def parser() -> argparse.ArgumentParser:
     s = audit.add_parser("verify", help="walk the hash chain; exit 1 naming the first bad record")
     s.add_argument("--data", help="data directory (default ./foryou-data)")
     s.add_argument("--config", help="TOML settings file (see docs/configuration.md)")
+    s.add_argument("--anchor", metavar="SEQ:HASH",
+                   help="a head printed by an earlier verify and kept elsewhere: the log must still hold it")
     s.set_defaults(run=cmd_audit_verify)
     return p
 

@@ -75,3 +75,9 @@ class Gone(ForYouError):
 
 class PayloadTooLarge(ForYouError):
     status = 413
+
+
+class Unavailable(ForYouError):
+    """The engine cannot do this safely now (e.g. the audit log is damaged, so audited calls stop)."""
+
+    status = 503

@@ -311,3 +311,24 @@ def test_nothing_slips_in_between_the_chunks_of_a_large_batch(make_client: MakeC
     assert client.get("/v1/users/vic/data").status_code == 404
     assert posted_eu.status_code == 200 and placed.status_code == 409, (posted_eu.text, placed.text)
     assert client.get("/v1/users/neo").json()["region"] == "eu"
+
+
+def test_refused_privacy_and_admin_calls_are_audited(make_client: MakeClient) -> None:
+    client = make_client()
+    feed = make_key(client, "feed")
+    assert client.get("/v1/users/amy/data", headers=bearer(feed)).status_code == 403
+    assert client.get("/v1/items/a", headers=bearer(feed)).status_code == 403  # every 403
+    assert client.get("/v1/items/a", headers={"Authorization": ""}).status_code == 401  # not audited: catalog
+    if time.time() % 60 > 50:  # the flood below must fall within one minute of the wall clock
+        time.sleep(61 - time.time() % 60)
+    for _ in range(70):  # a flood without a key: at most 60 records a minute
+        assert client.get("/v1/audit", headers=bearer("nonsense")).status_code == 401
+    assert client.get("/v1/audit", headers=[("Authorization", f"Bearer {ADMIN_KEY}"),
+                                            ("Authorization", "Bearer nonsense")]).status_code == 401  # one header
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    records = client.get("/v1/audit?limit=1000").json()["records"]
+    refused = [(r["key"], r["outcome"], r["target"], r["subject"]) for r in records if r["action"] == "refused"]
+    feed_id = feed.split("_")[1]
+    assert refused[:2] == [(feed_id, "Forbidden", "GET /v1/users/{user_id}/data", engine.audit.subject("amy")),
+                           (feed_id, "Forbidden", "GET /v1/items/{item_id}", None)]
+    assert refused[2:] == [(None, "Unauthorized", "GET /v1/audit", None)] * 60

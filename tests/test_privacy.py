@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from conftest import MakeClient
 from factories import Clock
@@ -121,22 +122,49 @@ def _tamper(path: Path, how: str) -> None:
         lines = lines[:3]
     elif how == "garbage":
         lines[3] = b"not json\n"
+    elif how == "scalar":
+        lines[3] = b"1\n"
+    elif how == "rewound":  # cut off, and the head rewritten to match: only an anchor catches it
+        lines = lines[:3]
+        last = orjson.loads(lines[-1])
+        (path / "audit.head").write_bytes(orjson.dumps({"seq": last["seq"], "hash": last["hash"]}))
     (path / "audit.log").write_bytes(b"".join(lines))
 
 
 @pytest.mark.parametrize("how, first_bad", [("edit", "record 3"), ("delete", "record 2"), ("reorder", "record 2"),
-                                            ("truncate", "ends at record 3"), ("garbage", "record 4")])
-def test_verify_names_the_first_bad_record(tmp_path: Path, how: str, first_bad: str) -> None:
+                                            ("truncate", "ends at record 3"), ("garbage", "record 4"),
+                                            ("scalar", "record 4"), ("rewound", "before the anchor's record")])
+def test_verify_names_the_first_bad_record(tmp_path: Path, how: str, first_bad: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     from foryou import cli
+    from foryou.privacy import verify
 
     audited_engine(tmp_path).close()
     assert cli.main(["audit", "verify", "--data", str(tmp_path)]) == 0
+    anchor = capsys.readouterr().out.rsplit("head ", 1)[1].strip()  # kept elsewhere by the operator
+    assert verify(tmp_path, anchor).problem is None
     _tamper(tmp_path, how)
-    from foryou.privacy import verify
-
-    problem = verify(tmp_path).problem
+    problem = verify(tmp_path, anchor).problem
     assert problem is not None and first_bad in problem, problem
-    assert cli.main(["audit", "verify", "--data", str(tmp_path)]) == 1
+    assert cli.main(["audit", "verify", "--data", str(tmp_path), "--anchor", anchor]) == 1
+    if how == "rewound":  # without the anchor, a rewritten head hides the cut: the documented limit
+        assert verify(tmp_path).problem is None
+
+
+def test_a_damaged_audit_log_stops_audited_calls_and_nothing_else(make_client: MakeClient, tmp_path: Path) -> None:
+    client = make_client(data=tmp_path / "d")
+    client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10}]})
+    client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "like"}]})
+    assert client.get("/v1/users/amy/data").status_code == 200
+    (tmp_path / "d" / "audit.head").write_bytes(b"")
+    for method, path in (("GET", "/v1/users/amy/data"), ("DELETE", "/v1/users/amy"), ("GET", "/v1/algorithm")):
+        r = client.request(method, path)
+        assert r.status_code == 503 and "audit" in r.text, (path, r.text)
+    assert client.get("/v1/users/amy/feed").status_code == 200  # serving goes on
+    assert client.get("/v1/users/amy").status_code == 503  # a read of the profile is audited
+    with (tmp_path / "d" / "audit.log").open("ab") as log:
+        log.write(b"not json\n")
+    assert client.get("/v1/audit").status_code == 503
 
 
 def test_audit_over_http(make_client: MakeClient) -> None:

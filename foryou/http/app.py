@@ -110,7 +110,8 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
                   description="A real-time For You feed engine: catalogue, events, feeds.")
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=int(engine.settings.server.max_body_mb * 1024 * 1024))
-    app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, region_of=engine.live.region_of)
+    app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, region_of=engine.live.region_of,
+                       audit=engine.audit, clock=engine.clock)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(errors.Shield)
     app.state.engine = engine

@@ -1,7 +1,8 @@
 """Authentication and authorisation, before anything else about a request is looked at (its body,
 its parameters, whether the item exists): 401 without a valid key, 403 for a key outside the route's
 scope or its region. A route's scope is its OpenAPI `x-scope`. A region-bound key's requests act in
-its region: X-Region is set to it when absent, and a user of another region is refused."""
+its region: X-Region is set to it when absent, and a user of another region is refused. Every 403,
+and 401s on privacy and admin routes, are audited as `refused`."""
 
 from __future__ import annotations
 
@@ -12,34 +13,37 @@ from collections.abc import Callable, Iterable
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from foryou.errors import FieldError, Forbidden
+from foryou.errors import FieldError, Forbidden, ForYouError
 from foryou.http.errors import error_response
-from foryou.privacy.audit import CALLER
+from foryou.privacy.audit import CALLER, AuditLog
 from foryou.privacy.keys import ApiKey, KeyRing
 
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 REGION_HEADER = b"x-region"
 
 
-RouteTable = list[tuple[re.Pattern[str], frozenset[str], str]]
+RouteTable = list[tuple[re.Pattern[str], frozenset[str], str, str]]
+AUDITED_SCOPES = ("privacy", "admin")  # refusals on these routes are audited
+REFUSALS_PER_MINUTE = 60  # of requests without a valid key: a flood must not become a flood of fsyncs
 
 
 def route_table(routes: Iterable[BaseRoute]) -> RouteTable:
-    """(path pattern, methods, scope) of each route: a route's scope is its OpenAPI `x-scope`, and a
-    route without one is admin-only."""
+    """(path pattern, methods, scope, path template) of each route: a route's scope is its OpenAPI
+    `x-scope`, and a route without one is admin-only."""
     return [(r.path_regex, frozenset(r.methods or ()),
-             (getattr(r, "openapi_extra", None) or {}).get("x-scope", "admin")) for r in routes if isinstance(r, Route)]
+             (getattr(r, "openapi_extra", None) or {}).get("x-scope", "admin"), r.path)
+            for r in routes if isinstance(r, Route)]
 
 
-def required_scope(table: RouteTable, method: str, path: str) -> tuple[str | None, dict[str, str]]:
+def required_scope(table: RouteTable, method: str, path: str) -> tuple[str | None, dict[str, str], str]:
     """The scope the route of `method` and `path` needs (None: no such route; any valid key may learn
-    that) and its path parameters. A regex match per route, not the router's full match: it runs on
-    every request, before the router matches again."""
-    for pattern, methods, needed in table:
+    that), its path parameters and its template. A regex match per route, not the router's full
+    match: it runs on every request, before the router matches again."""
+    for pattern, methods, needed, template in table:
         found = pattern.match(path)
         if found is not None and method in methods:
-            return needed, found.groupdict()
-    return None, {}
+            return needed, found.groupdict(), template
+    return None, {}, "unmatched"
 
 
 def check_region(key: ApiKey, user_ids: Iterable[str], region_of: Callable[[str], str | None]) -> None:
@@ -61,27 +65,48 @@ def check_named_region(key: ApiKey, region: str | None) -> None:
 
 class Auth:
     def __init__(self, app: ASGIApp, keys: KeyRing, routes: Callable[[], Iterable[BaseRoute]],
-                 region_of: Callable[[str], str | None]) -> None:
+                 region_of: Callable[[str], str | None], audit: AuditLog, clock: Callable[[], float]) -> None:
         self.app = app
         self.keys = keys
         self.routes = routes
         self.region_of = region_of
+        self.audit = audit
+        self.clock = clock
         self.table: RouteTable | None = None  # built at the first request, when every route exists
+        self.minute, self.refusals = 0, 0
+
+    def _record(self, key: ApiKey | None, outcome: str, route: str, user_id: str | None) -> None:
+        """A refused privacy or admin call, in the audit log (401s at most REFUSALS_PER_MINUTE)."""
+        if key is None:
+            minute = int(time.time() // 60)
+            self.minute, self.refusals = minute, (self.refusals + 1 if minute == self.minute else 1)
+            if self.refusals > REFUSALS_PER_MINUTE:
+                return
+        token = CALLER.set(key.id if key is not None else None)
+        try:
+            self.audit.append("refused", user_id, outcome, self.clock(), target=route)
+        except ForYouError:  # a damaged log: the request is refused all the same
+            pass
+        finally:
+            CALLER.reset(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers", ()))
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        key = self.keys.authenticate(token.strip(), time.time()) if scheme.lower() == "bearer" else None
-        if key is None:
-            problem = [FieldError("authorization", "a valid API key is required: 'Authorization: Bearer <key>'")]
-            await error_response(401, problem, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-            return
         if self.table is None:
             self.table = route_table(self.routes())
-        needed, params = required_scope(self.table, scope["method"], scope["path"])
+        needed, params, template = required_scope(self.table, scope["method"], scope["path"])
+        route = f"{scope['method']} {template}"
+        sent = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
+        scheme, _, token = (sent[0] if len(sent) == 1 else b"").decode("latin-1").partition(" ")
+        key = self.keys.authenticate(token.strip(), time.time()) if scheme.lower() == "bearer" else None
+        if key is None:
+            if needed in AUDITED_SCOPES:
+                self._record(None, "Unauthorized", route, params.get("user_id"))
+            problem = [FieldError("authorization", "a valid API key is required: one 'Authorization: Bearer <key>'")]
+            await error_response(401, problem, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
         try:
             if needed is not None and not key.allows(needed):
                 raise Forbidden(f"this key lacks the {needed!r} scope", field="authorization")
@@ -95,6 +120,7 @@ class Auth:
                 if not named:
                     scope = {**scope, "headers": [*scope["headers"], (REGION_HEADER, key.region.encode())]}
         except Forbidden as exc:
+            self._record(key, "Forbidden", route, params.get("user_id"))
             await error_response(403, exc.errors)(scope, receive, send)
             return
         scope.setdefault("state", {})["key"] = key

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from foryou.errors import ForYouError
+from foryou.errors import ForYouError, Unavailable
 from foryou.types import format_time
 
 LOG, HEAD, KEY = "audit.log", "audit.head", "privacy.key"
@@ -57,7 +57,10 @@ class AuditLog:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.key = privacy_key(directory)
-        self.seq, self.head = _read_head(directory)
+        try:
+            self.seq, self.head = _read_head(directory)
+        except (OSError, ValueError, KeyError, TypeError):  # the server starts; audited calls get 503
+            self.seq, self.head = 0, _GENESIS
 
     def append(self, action: str, subject: str | None, outcome: str, now: float,
                target: str | None = None) -> dict[str, object]:
@@ -65,7 +68,7 @@ class AuditLog:
         as its keyed hash); `target` names what else the action was on (an API key id)."""
         with open(self.directory / LOG, "ab") as out:
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # released when the file closes
-            self.seq, self.head = _read_head(self.directory)  # another process may have appended
+            self.seq, self.head = _head(self.directory)  # another process may have appended
             body: dict[str, object] = {
                 "seq": self.seq + 1, "ts": format_time(now), "key": CALLER.get(), "action": action,
                 "subject": keyed_hash(self.key, subject) if subject is not None else None, "outcome": outcome,
@@ -79,13 +82,18 @@ class AuditLog:
             os.fsync(out.fileno())
             self.seq, self.head = int(body["seq"]), str(record["hash"])  # type: ignore[call-overload]
             tmp = self.directory / (HEAD + ".tmp")
-            tmp.write_bytes(orjson.dumps({"seq": self.seq, "hash": self.head}))
+            with open(tmp, "wb") as head:
+                head.write(orjson.dumps({"seq": self.seq, "hash": self.head}))
+                head.flush()
+                os.fsync(head.fileno())
             os.replace(tmp, self.directory / HEAD)
         return record
 
     @contextlib.contextmanager
     def recording(self, action: str, subject: str | None, now: float) -> Iterator[None]:
-        """Audit the call inside: "ok", or the error's kind when it raises (and re-raise)."""
+        """Audit the call inside: "ok", or the error's kind when it raises (and re-raise). Nothing runs
+        while the log cannot be appended to (fail closed: no unrecorded read or erasure)."""
+        _head(self.directory)
         try:
             yield
         except ForYouError as exc:
@@ -96,11 +104,14 @@ class AuditLog:
     def page(self, after: int = 0, limit: int = 100) -> list[dict[str, object]]:
         """Records with seq > `after`, oldest first, at most `limit`."""
         out: list[dict[str, object]] = []
-        for record in _records(self.directory):
-            if int(record.get("seq", 0)) > after:  # type: ignore[call-overload]
-                out.append(record)
-                if len(out) >= limit:
-                    break
+        try:
+            for record in _records(self.directory):
+                if int(record.get("seq", 0)) > after:  # type: ignore[call-overload]
+                    out.append(record)
+                    if len(out) >= limit:
+                        break
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            raise Unavailable("the audit log is damaged: run `foryou audit verify`", field="audit") from None
         return out
 
     def subject(self, user_id: str) -> str:
@@ -112,6 +123,15 @@ def audited(audit: AuditLog | None, action: str, subject: str | None,
             now: float) -> contextlib.AbstractContextManager[None]:
     """`audit.recording(...)`, or nothing when there is no log (a service used on its own)."""
     return audit.recording(action, subject, now) if audit is not None else contextlib.nullcontext()
+
+
+def _head(directory: Path) -> tuple[int, str]:
+    """`_read_head`, or 503 when the head is unreadable: audited calls stop until an operator looks."""
+    try:
+        return _read_head(directory)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise Unavailable("the audit log's head is unreadable: audited calls are refused until it is "
+                          "repaired (`foryou audit verify`)", field="audit") from None
 
 
 def _read_head(directory: Path) -> tuple[int, str]:
@@ -135,29 +155,42 @@ def _records(directory: Path) -> Iterator[dict[str, object]]:
 class Verdict:
     records: int
     problem: str | None  # None: intact
+    head: str = ""  # "SEQ:HASH" of the last record: kept elsewhere, it is an anchor for a later verify
 
 
-def verify(directory: Path) -> Verdict:
+def verify(directory: Path, anchor: str | None = None) -> Verdict:
     """Walk the chain: each record's seq follows the last, its `prev` is the last hash and its `hash`
-    is its own; the head file names the last record. The first broken rule is the problem."""
+    is its own; the head file names the last record. The first broken rule is the problem. With an
+    `anchor` ("SEQ:HASH", a head recorded earlier, away from this directory) the log must still hold
+    that record: this catches a log cut off together with a rewritten head, or both deleted."""
+    anchor_seq, _, anchor_hash = (anchor or "0:").partition(":")
+    if not anchor_seq.isdigit():
+        return Verdict(0, f"the anchor {anchor!r} is not SEQ:HASH")
     prev, expected, count = _GENESIS, 1, 0
     try:
         for record in _records(directory):
             count += 1
+            if not isinstance(record, dict):
+                return Verdict(count, f"record {expected}: not a JSON record (the log was edited)")
             seq = record.get("seq")
             if seq != expected:
                 return Verdict(count, f"record {expected}: found seq {seq} (a record was deleted, added or moved)")
             body = {k: v for k, v in record.items() if k != "hash"}
             if record.get("prev") != prev or _digest(prev, body) != record.get("hash"):
                 return Verdict(count, f"record {expected}: its hash does not match (the record was edited)")
+            if expected == int(anchor_seq) and record["hash"] != anchor_hash:
+                return Verdict(count, f"record {expected}: not the anchor's record (the log was rewritten)")
             prev, expected = str(record["hash"]), expected + 1
     except orjson.JSONDecodeError:
         return Verdict(count, f"record {expected}: not a JSON record (the log was edited)")
     try:
         seq, head = _read_head(directory)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return Verdict(count, "the head file is unreadable")
     if (seq, head) != (expected - 1, prev):
         return Verdict(count, f"the log ends at record {expected - 1} but the head names record {seq} "
                               "(the log was cut off, or the head replaced)")
-    return Verdict(count, None)
+    if int(anchor_seq) > expected - 1:
+        return Verdict(count, f"the log ends at record {expected - 1}, before the anchor's record {anchor_seq} "
+                              "(the log was cut off and its head rewritten)")
+    return Verdict(count, None, f"{seq}:{head}")
