@@ -4,10 +4,12 @@ audit verify. Each command parses, calls, and reports."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from foryou.evaluation import MODELS
 from foryou.privacy.keys import SCOPES, KeyRing
 
 ADMIN_KEY_ENV = "FORYOU_ADMIN_KEY"
+LOCK_FILE = "foryou.lock"  # held (flock) by a server, and by commands that must not run beside one
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
@@ -41,7 +44,24 @@ def _keyring(settings: Settings) -> KeyRing:
     return KeyRing(Path(settings.server.data), os.environ.get(ADMIN_KEY_ENV) or None)
 
 
-def _serve(settings: Settings, keys: KeyRing, banner: list[str] | None = None) -> None:
+@contextlib.contextmanager
+def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
+    """Hold the data directory's lock: one server at a time, and `load`, `retrain` and `retention run`
+    never beside a server (whose live state would not see their writes). `keys` needs no lock."""
+    directory = Path(settings.server.data)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ForYouError(f"another foryou process (a server?) is using {directory}: stop it before "
+                              f"{doing}", field="--data") from None
+        yield
+
+
+def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = list) -> None:
+    """Serve; `banner` gives the lines to print once the engine is open (a key made before a start-up
+    that fails would never be shown, yet would stop the next start from making one)."""
     import uvicorn
 
     from foryou.engine import Engine
@@ -53,7 +73,7 @@ def _serve(settings: Settings, keys: KeyRing, banner: list[str] | None = None) -
     host, port = settings.server.host, settings.server.port
     print(f"ForYou: {len(engine.live.catalog)} items loaded from {settings.server.data} in {took:.1f}s; "
           f"regions {','.join(settings.server.regions)}", flush=True)
-    for line in banner or []:
+    for line in banner():
         print(line, flush=True)
     print(f"Serving on http://{host}:{port} - interactive API docs: http://{host}:{port}/docs", flush=True)
     try:
@@ -76,8 +96,12 @@ def _new_key_lines(keys: KeyRing, settings: Settings, name: str) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     keys = _keyring(settings)
-    banner = [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")
-    _serve(settings, keys, banner)
+
+    def banner() -> list[str]:
+        return [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")
+
+    with _exclusive(settings, "serving it"):
+        _serve(settings, keys, banner)
     return 0
 
 
@@ -88,7 +112,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.items is None and args.events is None:
         raise ForYouError("give --items and/or --events", field="args")
     started = time.perf_counter()
-    with Engine.open(_settings(args)) as engine:
+    settings = _settings(args)
+    with _exclusive(settings, "loading into it"), Engine.open(settings) as engine:
         report = load_files(engine, args.items and Path(args.items), args.events and Path(args.events),
                             progress=not args.quiet)
     took = time.perf_counter() - started
@@ -103,22 +128,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from foryou.privacy import AuditLog
 
     settings = _settings(args)
-    with Engine.open(settings) as engine:
-        if len(engine.live.catalog) == 0:
-            print("Loading the bundled demo catalogue (KuaiRand-Pure sample, CC BY-SA 4.0)...", flush=True)
-            load_files(engine, DEMO_DIR / "items.jsonl.gz", DEMO_DIR / "events.jsonl.gz", progress=True)
-        some_user = engine.live.store.find_user_region("u0") and "u0"
-    base = f"http://{settings.server.host}:{settings.server.port}"
     keys = _keyring(settings)
-    now = time.time()
-    for old in keys.list():  # a fresh demo key each start; the last one stops working
-        if old.name == "demo" and old.active(now):
-            keys.revoke(old.id, now)
-            AuditLog(Path(settings.server.data)).append("key_revoke", None, "ok", now, target=old.id)
-    lines = _new_key_lines(keys, settings, "demo")
-    token = lines[0].rsplit(" ", 1)[-1]
-    _serve(settings, keys, [*lines, f"Try: curl -H 'Authorization: Bearer {token}' "
-                                     f"'{base}/v1/users/{some_user or 'demo-user'}/feed?n=5'"])
+
+    def banner() -> list[str]:
+        now = time.time()
+        for old in keys.list():  # a fresh demo key each start; the last one stops working
+            if old.name == "demo" and old.active(now):
+                keys.revoke(old.id, now)
+                AuditLog(Path(settings.server.data)).append("key_revoke", None, "ok", now, target=old.id)
+        lines = _new_key_lines(keys, settings, "demo")
+        token = lines[0].rsplit(" ", 1)[-1]
+        base = f"http://{settings.server.host}:{settings.server.port}"
+        return [*lines, f"Try: curl -H 'Authorization: Bearer {token}' '{base}/v1/users/{some_user}/feed?n=5'"]
+
+    with _exclusive(settings, "serving it"):
+        with Engine.open(settings) as engine:
+            if len(engine.live.catalog) == 0:
+                print("Loading the bundled demo catalogue (KuaiRand-Pure sample, CC BY-SA 4.0)...", flush=True)
+                load_files(engine, DEMO_DIR / "items.jsonl.gz", DEMO_DIR / "events.jsonl.gz", progress=True)
+            some_user = "u0" if engine.live.store.find_user_region("u0") else "demo-user"
+        _serve(settings, keys, banner)
     return 0
 
 
@@ -138,6 +167,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return 0
         audit = AuditLog(Path(settings.server.data))
         if args.keys_command == "revoke":
+            if not keys.get(args.id).active(now):
+                print(f"{args.id} was already revoked")
+                return 0
             key = keys.revoke(args.id, now)
             audit.append("key_revoke", None, "ok", now, target=key.id)
             print(f"revoked {key.id} ({key.name})")
@@ -248,7 +280,7 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
     if settings.privacy.retention_days <= 0:
         print("retention is off (privacy.retention_days = 0): nothing deleted")
         return 0
-    with Engine.open(settings) as engine:
+    with _exclusive(settings, "running retention on it"), Engine.open(settings) as engine:
         deleted = engine.retention.run()
     print(f"deleted {sum(deleted.values())} events older than {settings.privacy.retention_days:g} days "
           f"({', '.join(f'{r}: {n}' for r, n in deleted.items())})")
@@ -264,7 +296,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         raise ForYouError("learning is off (learning.enabled = false): there is no model to retrain",
                           field="learning.enabled")
     started = time.perf_counter()
-    with Engine.relearn(settings) as engine:
+    with _exclusive(settings, "retraining"), Engine.relearn(settings) as engine:
         gauges = engine.learner.gauges()
     AuditLog(Path(settings.server.data)).append("retrain", None, "ok", time.time())
     print(f"retrained from the log: {gauges['model_examples']:.0f} examples, {gauges['model_rows']:.0f} rows, "

@@ -57,6 +57,7 @@ class IngestService:
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
         if errors:
             raise InvalidInput(errors)
+        live.check_held(region)  # even for an empty batch
         if region is not None:
             for user_id in dict.fromkeys(r.user for r in records):
                 live.place(user_id, region)

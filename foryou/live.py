@@ -131,15 +131,19 @@ class Live:
         """The region a request about this user acts in: the user's own. A region the request names
         (X-Region, or the profile's `region`) must be one this server holds and, for a stored user,
         theirs: a user's data is never copied to another region's store to serve a request."""
-        held = self.settings.server.regions
-        if region is not None and region not in held:
-            raise Conflict(f"region {region!r} is not held by this server (it holds {', '.join(held)}): "
-                           f"send requests for its users to the server of region {region!r}", field="region")
+        self.check_held(region)
         stored = self.region_of(user_id)
         if region is not None and stored is not None and stored != region:
             raise Conflict(f"user {user_id!r} belongs to region {stored!r}, not {region!r}; a region is fixed "
                            "once set", field="region")
-        return stored or region or held[0]
+        return stored or region or self.settings.server.regions[0]
+
+    def check_held(self, region: str | None) -> None:
+        """409 for a region this server does not hold: its users' data is elsewhere."""
+        held = self.settings.server.regions
+        if region is not None and region not in held:
+            raise Conflict(f"region {region!r} is not held by this server (it holds {', '.join(held)}): "
+                           f"send requests for its users to the server of region {region!r}", field="region")
 
     def user(self, user_id: str, region: str | None = None) -> LiveUser:
         """The user's live state, loaded on demand; a user never seen is created in `region`

@@ -156,8 +156,11 @@ def test_revoke_and_rotate_take_effect_on_a_running_server(make_client: MakeClie
     third = capsys.readouterr().out.strip()
     assert client.get("/v1/users/amy/feed", headers=bearer(second)).status_code == 200  # within its grace
     assert client.get("/v1/users/amy/feed", headers=bearer(third)).status_code == 200
+    # a key in its grace period cannot be rotated again (that would lengthen its life)
+    assert cli.main(["keys", "rotate", second.split("_")[1], "--grace-s", "1e9", "--data", str(data)]) == 2
     assert cli.main(["keys", "revoke", third.split("_")[1], "--data", str(data)]) == 0
     assert client.get("/v1/users/amy/feed", headers=bearer(third)).status_code == 401
+    assert cli.main(["keys", "revoke", third.split("_")[1], "--data", str(data)]) == 0  # said, not recorded
     capsys.readouterr()
     assert cli.main(["keys", "list", "--data", str(data)]) == 0
     listed = capsys.readouterr().out
@@ -237,7 +240,7 @@ def test_the_environment_admin_key_must_be_long(tmp_path: Path) -> None:
 def test_serve_makes_an_admin_key_once_and_demo_a_new_one_each_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     banners: list[list[str]] = []
-    monkeypatch.setattr(cli, "_serve", lambda settings, keys, banner=None: banners.append(banner or []))
+    monkeypatch.setattr(cli, "_serve", lambda settings, keys, banner=list: banners.append(banner()))
     monkeypatch.delenv("FORYOU_ADMIN_KEY", raising=False)
     data = str(tmp_path / "d")
     assert cli.main(["serve", "--data", data]) == 0
@@ -332,3 +335,13 @@ def test_refused_privacy_and_admin_calls_are_audited(make_client: MakeClient) ->
     assert refused[:2] == [(feed_id, "Forbidden", "GET /v1/users/{user_id}/data", engine.audit.subject("amy")),
                            (feed_id, "Forbidden", "GET /v1/items/{item_id}", None)]
     assert refused[2:] == [(None, "Unauthorized", "GET /v1/audit", None)] * 60
+
+
+def test_users_data_files_are_private(make_client: MakeClient, tmp_path: Path) -> None:
+    client = make_client(data=tmp_path / "d", **{"server.regions": "us,eu"})
+    client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10}]})
+    client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "like"}]})
+    assert client.get("/v1/users/amy/data").status_code == 200  # audited: the log and its head exist
+    assert client.post("/v1/events", json={"events": []}, headers={"X-Region": "cn"}).status_code == 409
+    for name in ("region-us.db", "region-eu.db", "audit.log", "audit.head", "keys.db", "privacy.key"):
+        assert (tmp_path / "d" / name).stat().st_mode & 0o777 == 0o600, name

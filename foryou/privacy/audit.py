@@ -66,7 +66,7 @@ class AuditLog:
                target: str | None = None) -> dict[str, object]:
         """Append one record durably (fsync) and move the head to it. `subject` is a user id (stored
         as its keyed hash); `target` names what else the action was on (an API key id)."""
-        with open(self.directory / LOG, "ab") as out:
+        with open(os.open(self.directory / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # released when the file closes
             self.seq, self.head = _head(self.directory)  # another process may have appended
             body: dict[str, object] = {
@@ -82,7 +82,7 @@ class AuditLog:
             os.fsync(out.fileno())
             self.seq, self.head = int(body["seq"]), str(record["hash"])  # type: ignore[call-overload]
             tmp = self.directory / (HEAD + ".tmp")
-            with open(tmp, "wb") as head:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as head:
                 head.write(orjson.dumps({"seq": self.seq, "hash": self.head}))
                 head.flush()
                 os.fsync(head.fileno())

@@ -115,8 +115,9 @@ class KeyRing:
         """A new key with the same name, scopes and region; the old one keeps working `grace_s` more
         seconds, so that clients can move over without an outage."""
         old = self.get(key_id)
-        if not old.active(now):
-            raise InvalidInput([FieldError("id", f"key {key_id!r} is revoked; create a new one")])
+        if old.expires_at is not None:  # revoked, or rotated already (a second rotation would extend it)
+            raise InvalidInput([FieldError("id", f"key {key_id!r} is revoked or already rotated; rotate its "
+                                                 "successor, or create a new key")])
         new = self.create(old.name, old.scopes, now, old.region)
         self.db.execute("UPDATE api_keys SET expires_at=? WHERE id=?", (now + max(0.0, grace_s), key_id))
         return new

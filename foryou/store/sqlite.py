@@ -123,6 +123,8 @@ class SQLiteStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._catalog = _connect(self.directory / "catalog.db", _CATALOG_SCHEMA)
         self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
+        for r in self.regions:  # users' data: readable by the server's user only (-wal and -shm follow)
+            (self.directory / f"region-{r}.db").chmod(0o600)
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
 
