@@ -357,7 +357,9 @@ def test_retraining_after_erasure_leaves_nothing_the_model_learned_from_the_user
 
         store = open_store(settings.server.data, settings.server.regions)
         try:
-            return {f"{t}/{k}": v for t in ("item", "creator", "tag") for k, v in store.iter_model_rows(None, t)}
+            rows = {f"{t}/{k}": v for t in ("item", "creator", "tag") for k, v in store.iter_model_rows(None, t)}
+            blob = store.get_model_blob("model")  # the dense weights and their optimiser state
+            return {**rows, "blob": blob} if blob is not None else rows
         finally:
             store.close()
 
