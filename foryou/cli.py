@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -310,7 +311,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     data = Path(args.data or _settings(args).server.data)
     verdict = verify(data, args.anchor)
     if verdict.problem is not None:
-        print(f"audit log in {data}: BROKEN at {verdict.problem}", file=sys.stderr)
+        print(f"audit log in {data}: BROKEN: {verdict.problem}", file=sys.stderr)
         return 1
     print(f"audit log in {data}: intact, {verdict.records} records; head {verdict.head}")
     return 0
@@ -427,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e.field + ': ' if e.field and e.field not in e.message else ''}{e.message}",
                   file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, sqlite3.DatabaseError) as exc:  # a file missing or unreadable, a damaged database
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

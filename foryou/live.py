@@ -4,9 +4,10 @@ events and served rows logged after it, and checkpointed back to the store every
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -54,6 +55,7 @@ class Live:
         self.tau = settings.signals.interest_half_life_h * 3600 / math.log(2)
         self.users: OrderedDict[str, LiveUser] = OrderedDict()
         self.user_region: dict[str, str] = {}
+        self.pending: dict[str, str] = {}  # users of a batch being appended, not stored yet: their region
         self.dirty_items: set[int] = set()
         # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
         self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
@@ -132,11 +134,24 @@ class Live:
         (X-Region, or the profile's `region`) must be one this server holds and, for a stored user,
         theirs: a user's data is never copied to another region's store to serve a request."""
         self.check_held(region)
-        stored = self.region_of(user_id)
+        stored = self.region_of(user_id) or self.pending.get(user_id)
         if region is not None and stored is not None and stored != region:
             raise Conflict(f"user {user_id!r} belongs to region {stored!r}, not {region!r}; a region is fixed "
                            "once set", field="region")
         return stored or region or self.settings.server.regions[0]
+
+    @contextlib.contextmanager
+    def placing(self, user_ids: Iterable[str], region: str | None) -> Iterator[None]:
+        """While a batch of events is appended in chunks, its users not stored yet count as placed in
+        `region` (default: the first held), so that a request about them meanwhile finds them there."""
+        fresh = [u for u in user_ids if self.region_of(u) is None and u not in self.pending]
+        for user_id in fresh:
+            self.pending[user_id] = region or self.settings.server.regions[0]
+        try:
+            yield
+        finally:
+            for user_id in fresh:
+                del self.pending[user_id]
 
     def check_held(self, region: str | None) -> None:
         """409 for a region this server does not hold: its users' data is elsewhere."""

@@ -206,6 +206,9 @@ def test_a_region_bound_key_stays_in_its_region(make_client: MakeClient) -> None
     assert client.post("/v1/events", json=ev, headers=bearer(eu)).status_code == 200
     assert client.get("/v1/users/ann").json()["region"] == "eu"
     assert client.get("/v1/users/sam").status_code == 200  # the unbound admin key reaches every region
+    assert client.put("/v1/users/zed", json={"region": "us"}, headers=bearer(eu)).status_code == 403
+    refused = {r["target"] for r in client.get("/v1/audit?limit=1000").json()["records"] if r["action"] == "refused"}
+    assert {"POST /v1/events", "PUT /v1/users/{user_id}", "GET /v1/users/{user_id}/data"} <= refused
 
 
 def test_x_region_routes_users_and_refuses_regions_not_held(make_client: MakeClient) -> None:
@@ -277,9 +280,9 @@ def test_serve_makes_an_admin_key_once_and_demo_a_new_one_each_start(
 
 def test_nothing_slips_in_between_the_chunks_of_a_large_batch(make_client: MakeClient,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch of events is appended in chunks, letting other requests in between. An erasure, or a
-    profile placing a new user in another region, that arrives meanwhile waits for the batch: the
-    erasure then removes the batch's events too, and the profile finds the user already placed."""
+    """A batch of events is appended in chunks, letting other requests in between. An erasure that
+    arrives meanwhile waits for the batch, then removes its events too; a profile or a feed naming
+    another region for one of the batch's new users finds the user already placed."""
     import asyncio
 
     import httpx
@@ -303,16 +306,18 @@ def test_nothing_slips_in_between_the_chunks_of_a_large_batch(make_client: MakeC
             batch1 = {"events": [*filler, {"user": "vic", "item": "i1", "type": "like"}]}
             others = [{**e, "user": "g" + str(e["user"])} for e in filler]  # of no region yet
             batch2 = {"events": [*others, {"user": "neo", "item": "i2", "type": "like"}]}
-            return list(await asyncio.gather(
-                c.post("/v1/events", json=batch1), later("DELETE", "/v1/users/vic"),
-                c.post("/v1/events", json=batch2, headers=bearer(eu_events)),
-                later("PUT", "/v1/users/neo", json={"region": "us"})))
+            first = await asyncio.gather(c.post("/v1/events", json=batch1), later("DELETE", "/v1/users/vic"))
+            second = await asyncio.gather(c.post("/v1/events", json=batch2, headers=bearer(eu_events)),
+                                          later("PUT", "/v1/users/neo", json={"region": "us"}),
+                                          later("GET", "/v1/users/neo/feed", headers={"X-Region": "us"}))
+            return [*first, *second]
 
-    posted, erased, posted_eu, placed = asyncio.run(race())
+    posted, erased, posted_eu, placed, fed = asyncio.run(race())
     assert posted.status_code == 200 and erased.status_code == 200, (posted.text, erased.text)
     assert erased.json()["deleted"]["events"] == 1  # it waited for the batch, and erased its event too
     assert client.get("/v1/users/vic/data").status_code == 404
     assert posted_eu.status_code == 200 and placed.status_code == 409, (posted_eu.text, placed.text)
+    assert fed.status_code == 409 and "belongs to region 'eu'" in fed.text  # placed already, not waiting
     assert client.get("/v1/users/neo").json()["region"] == "eu"
 
 
@@ -343,5 +348,7 @@ def test_users_data_files_are_private(make_client: MakeClient, tmp_path: Path) -
     client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "like"}]})
     assert client.get("/v1/users/amy/data").status_code == 200  # audited: the log and its head exist
     assert client.post("/v1/events", json={"events": []}, headers={"X-Region": "cn"}).status_code == 409
-    for name in ("region-us.db", "region-eu.db", "audit.log", "audit.head", "keys.db", "privacy.key"):
+    names = ["region-us.db", "region-eu.db", "region-us.db-wal", "region-us.db-shm", "audit.log", "audit.head",
+             "keys.db", "privacy.key"]
+    for name in names:
         assert (tmp_path / "d" / name).stat().st_mode & 0o777 == 0o600, name

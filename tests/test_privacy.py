@@ -458,3 +458,24 @@ def test_no_byte_of_a_users_data_is_outside_their_regions_file(make_client: Make
         for value in (user, f"x-{user[:3]}q", f"kw{user[4:]}", f"ev-{user[4:]}", f"rq-{user[4:]}"):
             holding = files_holding(data, value.encode())
             assert holding and all(name.startswith(f"region-{region}.db") for name in holding), (value, holding)
+
+
+def test_an_unwritable_audit_log_refuses_audited_calls_before_they_act(make_client: MakeClient, tmp_path: Path) -> None:
+    from foryou.privacy import verify
+
+    client = make_client(data=tmp_path / "d")
+    client.post("/v1/items", json={"items": [{"id": "a", "creator": "c", "duration_s": 10}]})
+    client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "like"}]})
+    assert client.get("/v1/users/amy/data").status_code == 200
+    log, aside = tmp_path / "d" / "audit.log", tmp_path / "audit.log.aside"
+    log.rename(aside)
+    log.mkdir()  # a log that cannot be opened for writing, as on a read-only or failed disk
+    try:
+        r = client.delete("/v1/users/amy")
+        assert r.status_code == 503 and "cannot be written" in r.text
+        assert client.get("/v1/users/amy/data", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+        assert "unreadable" in str(verify(tmp_path / "d").problem)
+    finally:
+        log.rmdir()
+        aside.rename(log)
+    assert client.get("/v1/users/amy/data").json()["events"]  # the erasure did not happen unrecorded

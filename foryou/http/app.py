@@ -18,7 +18,7 @@ from foryou import __version__
 from foryou.engine import Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
-from foryou.http.auth import OPEN_PATHS, Auth, check_named_region, check_region
+from foryou.http.auth import OPEN_PATHS, Auth, Refusals, check_named_region, check_region
 from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.ingest import IngestResult
 from foryou.metrics import Metrics
@@ -110,14 +110,16 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
                   description="A real-time For You feed engine: catalogue, events, feeds.")
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=int(engine.settings.server.max_body_mb * 1024 * 1024))
+    refusals = Refusals(engine.audit, engine.clock)
     app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, region_of=engine.live.region_of,
-                       audit=engine.audit, clock=engine.clock)
+                       refusals=refusals)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(errors.Shield)
     app.state.engine = engine
     app.state.keys = keys
-    # A large batch of events yields between chunks (so that feeds get in); what could make its checks
-    # stale meanwhile (an erasure, a new user placed in a region) waits for the batch instead.
+    # A large batch of events yields between chunks (so that feeds get in). An erasure meanwhile would
+    # be undone by the later chunks, so it waits for the batch; the batch's new users are placed in
+    # their region at once (`Live.placing`), so that a feed or a profile meanwhile finds them there.
     users_changing = asyncio.Lock()
     app.state.metrics = metrics
 
@@ -149,9 +151,9 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     async def put_user(user_id: IdPath, request: Request, region: XRegion = None) -> JSON:
         """Set the fields given; the rest are left as they are. A region is fixed once set."""
         body = await parse(request, UserIn)
-        check_named_region(request.state.key, body.region)
-        async with users_changing:
-            return JSON(engine.users.put(user_id, body, region))
+        with refusals.watching(request.state.key, "PUT /v1/users/{user_id}", user_id):
+            check_named_region(request.state.key, body.region)
+        return JSON(engine.users.put(user_id, body, region))
 
     @app.get("/v1/users/{user_id}", tags=["users"], openapi_extra=_op("feed"))
     async def get_user(user_id: IdPath, region: XRegion = None) -> JSON:
@@ -193,13 +195,15 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         seen before are created in X-Region (default: the server's first region)."""
         batch = await parse(request, EventBatch)
         async with users_changing:  # from the checks to the last chunk
-            check_region(request.state.key, {e.user for e in batch.events}, engine.live.region_of)
+            with refusals.watching(request.state.key, "POST /v1/events"):
+                check_region(request.state.key, {e.user for e in batch.events}, engine.live.region_of)
             records = engine.events.validate(batch.events, region)
             result = IngestResult(0, 0)
-            for start in range(0, len(records), INGEST_CHUNK):
-                if start:  # let feed requests in between chunks of a large batch
-                    await asyncio.sleep(0)
-                result += engine.events.append(records[start:start + INGEST_CHUNK], region=region)
+            with engine.live.placing({r.user for r in records}, region):  # new users' region, told to others
+                for start in range(0, len(records), INGEST_CHUNK):
+                    if start:  # let feed requests in between chunks of a large batch
+                        await asyncio.sleep(0)
+                    result += engine.events.append(records[start:start + INGEST_CHUNK], region=region)
         metrics.inc("events_ingested_total", result.accepted)
         metrics.inc("events_duplicate_total", result.duplicates)
         return JSON({"accepted": result.accepted, "duplicates": result.duplicates})
@@ -210,11 +214,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         """The user's next `n` videos; each served item is recorded and never served again. With
         `explain=true` each item says why: its sources, each head's prediction, the weights, its value
         and the policy steps that placed it."""
-        if engine.live.region_of(user_id) is None:  # a feed creates a new user: not in a batch's midst
-            async with users_changing:
-                result = engine.feeds.feed(user_id, n, explain, region)
-        else:
-            result = engine.feeds.feed(user_id, n, explain, region)
+        result = engine.feeds.feed(user_id, n, explain, region)
         metrics.inc("feeds_served_total")
         metrics.inc("feed_items_served_total", len(result.items))
         return JSON(result.as_dict())

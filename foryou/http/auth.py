@@ -6,9 +6,10 @@ and 401s on privacy and admin routes, are audited as `refused`."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,8 +24,8 @@ REGION_HEADER = b"x-region"
 
 
 RouteTable = list[tuple[re.Pattern[str], frozenset[str], str, str]]
-AUDITED_SCOPES = ("privacy", "admin")  # refusals on these routes are audited
-REFUSALS_PER_MINUTE = 60  # of requests without a valid key: a flood must not become a flood of fsyncs
+AUDITED_SCOPES = ("privacy", "admin")  # 401s on these routes are audited (every 403 is)
+REFUSALS_PER_MINUTE = 60  # audited per caller: a flood must not become a flood of fsyncs
 
 
 def route_table(routes: Iterable[BaseRoute]) -> RouteTable:
@@ -63,32 +64,56 @@ def check_named_region(key: ApiKey, region: str | None) -> None:
         raise Forbidden(f"this key is for region {key.region!r}", field="authorization")
 
 
+class Refusals:
+    """Refused calls, in the audit log as `refused`: at most REFUSALS_PER_MINUTE per key (one budget for
+    all calls without a valid key), so that a flood is not a flood of fsyncs; what a minute dropped is
+    recorded as `refused_dropped` (the count as `target`) at that caller's next refusal."""
+
+    def __init__(self, audit: AuditLog, clock: Callable[[], float]) -> None:
+        self.audit = audit
+        self.clock = clock
+        self.counts: dict[str | None, tuple[int, int]] = {}  # caller -> (minute, refusals in it)
+
+    def record(self, key: ApiKey | None, outcome: str, route: str, user_id: str | None) -> None:
+        caller, minute = (key.id if key is not None else None), int(time.time() // 60)
+        last, count = self.counts.get(caller, (minute, 0))
+        dropped = count - REFUSALS_PER_MINUTE if last != minute and count > REFUSALS_PER_MINUTE else 0
+        count = count + 1 if last == minute else 1
+        self.counts[caller] = (minute, count)
+        if count > REFUSALS_PER_MINUTE:
+            return
+        token = CALLER.set(caller)
+        try:
+            if dropped:
+                self.audit.append("refused_dropped", None, outcome, self.clock(), target=str(dropped))
+            self.audit.append("refused", user_id, outcome, self.clock(), target=route)
+        except (ForYouError, OSError):  # a damaged log: the request is refused all the same
+            pass
+        finally:
+            CALLER.reset(token)
+
+    @contextlib.contextmanager
+    def watching(self, key: ApiKey, route: str, user_id: str | None = None) -> Iterator[None]:
+        """Record a 403 raised inside (a check a handler makes once it has read the body)."""
+        try:
+            yield
+        except Forbidden:
+            self.record(key, "Forbidden", route, user_id)
+            raise
+
+
 class Auth:
     def __init__(self, app: ASGIApp, keys: KeyRing, routes: Callable[[], Iterable[BaseRoute]],
-                 region_of: Callable[[str], str | None], audit: AuditLog, clock: Callable[[], float]) -> None:
+                 region_of: Callable[[str], str | None], refusals: Refusals) -> None:
         self.app = app
         self.keys = keys
         self.routes = routes
         self.region_of = region_of
-        self.audit = audit
-        self.clock = clock
+        self.refusals = refusals
         self.table: RouteTable | None = None  # built at the first request, when every route exists
-        self.minute, self.refusals = 0, 0
 
     def _record(self, key: ApiKey | None, outcome: str, route: str, user_id: str | None) -> None:
-        """A refused privacy or admin call, in the audit log (401s at most REFUSALS_PER_MINUTE)."""
-        if key is None:
-            minute = int(time.time() // 60)
-            self.minute, self.refusals = minute, (self.refusals + 1 if minute == self.minute else 1)
-            if self.refusals > REFUSALS_PER_MINUTE:
-                return
-        token = CALLER.set(key.id if key is not None else None)
-        try:
-            self.audit.append("refused", user_id, outcome, self.clock(), target=route)
-        except ForYouError:  # a damaged log: the request is refused all the same
-            pass
-        finally:
-            CALLER.reset(token)
+        self.refusals.record(key, outcome, route, user_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:

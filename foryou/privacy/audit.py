@@ -65,7 +65,16 @@ class AuditLog:
     def append(self, action: str, subject: str | None, outcome: str, now: float,
                target: str | None = None) -> dict[str, object]:
         """Append one record durably (fsync) and move the head to it. `subject` is a user id (stored
-        as its keyed hash); `target` names what else the action was on (an API key id)."""
+        as its keyed hash); `target` names what else the action was on (an API key id). 503 when the
+        log cannot be written."""
+        try:
+            return self._append(action, subject, outcome, now, target)
+        except OSError:
+            raise Unavailable("the audit log cannot be written: audited calls are refused until it can",
+                              field="audit") from None
+
+    def _append(self, action: str, subject: str | None, outcome: str, now: float,
+                target: str | None) -> dict[str, object]:
         with open(os.open(self.directory / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # released when the file closes
             self.seq, self.head = _head(self.directory)  # another process may have appended
@@ -94,6 +103,11 @@ class AuditLog:
         """Audit the call inside: "ok", or the error's kind when it raises (and re-raise). Nothing runs
         while the log cannot be appended to (fail closed: no unrecorded read or erasure)."""
         _head(self.directory)
+        try:  # and writable (a full or read-only disk): checked before, so that no action goes unrecorded
+            os.close(os.open(self.directory / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        except OSError:
+            raise Unavailable("the audit log cannot be written: audited calls are refused until it can",
+                              field="audit") from None
         try:
             yield
         except ForYouError as exc:
@@ -164,7 +178,7 @@ def verify(directory: Path, anchor: str | None = None) -> Verdict:
     `anchor` ("SEQ:HASH", a head recorded earlier, away from this directory) the log must still hold
     that record: this catches a log cut off together with a rewritten head, or both deleted."""
     anchor_seq, _, anchor_hash = (anchor or "0:").partition(":")
-    if not anchor_seq.isdigit():
+    if not anchor_seq.isdigit() or (anchor is not None and int(anchor_seq) < 1):
         return Verdict(0, f"the anchor {anchor!r} is not SEQ:HASH")
     prev, expected, count = _GENESIS, 1, 0
     try:
@@ -183,6 +197,8 @@ def verify(directory: Path, anchor: str | None = None) -> Verdict:
             prev, expected = str(record["hash"]), expected + 1
     except orjson.JSONDecodeError:
         return Verdict(count, f"record {expected}: not a JSON record (the log was edited)")
+    except OSError as exc:
+        return Verdict(count, f"the log is unreadable ({exc.strerror})")
     try:
         seq, head = _read_head(directory)
     except (OSError, ValueError, KeyError, TypeError):

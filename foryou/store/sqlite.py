@@ -6,7 +6,9 @@ WAL is in the OS's hands); only a power loss can lose the last commits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -122,9 +124,14 @@ class SQLiteStore:
         self.regions = tuple(regions)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._catalog = _connect(self.directory / "catalog.db", _CATALOG_SCHEMA)
+        for r in self.regions:  # users' data: readable by the server's user only. SQLite gives the -wal
+            # and -shm files the database's mode when it creates them, so the database is made first.
+            path = self.directory / f"region-{r}.db"
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / name).chmod(0o600)
         self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
-        for r in self.regions:  # users' data: readable by the server's user only (-wal and -shm follow)
-            (self.directory / f"region-{r}.db").chmod(0o600)
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
 
