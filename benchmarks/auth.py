@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import run as bench
 
 from foryou.config import load_settings
 from foryou.engine import Engine
@@ -28,8 +29,6 @@ from foryou.http import create_app
 from foryou.http.auth import required_scope, route_table
 from foryou.privacy.keys import KeyRing
 
-ROOT = Path(__file__).absolute().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- auth -->\n", "<!-- /auth -->\n"
 ENV_KEY = "bench-admin-key-0123456789"
 ROUNDS = 5
@@ -106,12 +105,7 @@ def main() -> None:
     print(block)
     if a.no_doc:
         return
-    doc = DOC.read_text(encoding="utf-8")
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block
-    DOC.write_text(doc, encoding="utf-8")
+    bench.replace_section(BEGIN, END, block)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ import argparse
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import run as bench
 
 from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.types import ControlsIn, EventIn, ItemIn, UserIn, format_time
 
-ROOT = Path(__file__).absolute().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- policy -->\n", "<!-- /policy -->\n"
 T0 = 1_767_225_600.0
 PLAIN = {"policy.explore_share": 0.0, "policy.pool_share": 0.0, "policy.mmr_lambda": 0.0,
@@ -113,12 +111,7 @@ def main() -> None:
     print(block)
     if a.no_doc:
         return
-    doc = DOC.read_text(encoding="utf-8")
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block
-    DOC.write_text(doc, encoding="utf-8")
+    bench.replace_section(BEGIN, END, block)
 
 
 if __name__ == "__main__":

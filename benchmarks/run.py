@@ -875,6 +875,17 @@ def scale_key(a: argparse.Namespace) -> str:
     return f"items={a.items} users={a.users} events={a.events}"
 
 
+def replace_section(begin: str, end: str, block: str) -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) in place of the text between those
+    markers in docs/benchmarks.md, or at its end the first time (policy.py and auth.py write theirs so)."""
+    doc = DOC.read_text(encoding="utf-8")
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block
+    DOC.write_text(doc, encoding="utf-8")
+
+
 def update_doc(new_section: str, key: str) -> None:
     sections: dict[str, str] = {}
     preamble, tail = PREAMBLE, ""
