@@ -112,9 +112,6 @@ class Auth:
         self.refusals = refusals
         self.table: RouteTable | None = None  # built at the first request, when every route exists
 
-    def _record(self, key: ApiKey | None, outcome: str, route: str, user_id: str | None) -> None:
-        self.refusals.record(key, outcome, route, user_id)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
@@ -128,7 +125,7 @@ class Auth:
         key = self.keys.authenticate(token.strip(), time.time()) if scheme.lower() == "bearer" else None
         if key is None:
             if needed in AUDITED_SCOPES:
-                self._record(None, "Unauthorized", route, params.get("user_id"))
+                self.refusals.record(None, "Unauthorized", route, params.get("user_id"))
             problem = [FieldError("authorization", "a valid API key is required: one 'Authorization: Bearer <key>'")]
             await error_response(401, problem, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
@@ -145,7 +142,7 @@ class Auth:
                 if not named:
                     scope = {**scope, "headers": [*scope["headers"], (REGION_HEADER, key.region.encode())]}
         except Forbidden as exc:
-            self._record(key, "Forbidden", route, params.get("user_id"))
+            self.refusals.record(key, "Forbidden", route, params.get("user_id"))
             await error_response(403, exc.errors)(scope, receive, send)
             return
         scope.setdefault("state", {})["key"] = key

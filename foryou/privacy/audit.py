@@ -4,8 +4,7 @@ the subject as a keyed hash (HMAC-SHA256 with the data directory's privacy key, 
 carries no user id) and the outcome, plus the previous record's hash and its own. The latest hash is
 also kept outside the log (`audit.head`), so that a cut-off tail is caught as surely as an edit, a
 deletion or a reordering. `verify` names the first bad record. Appends take a file lock and re-read
-the head, so a command-line tool (`foryou keys`, `foryou retention run`) may append while a server
-runs."""
+the head, so a command-line tool (`foryou keys`) may append while a server runs."""
 
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ LOG, HEAD, KEY = "audit.log", "audit.head", "privacy.key"
 _GENESIS = "0" * 64
 # The API key the current request came with (the HTTP edge sets it); audit records name it.
 CALLER: ContextVar[str | None] = ContextVar("foryou_caller", default=None)
+_UNWRITABLE = "the audit log cannot be written: audited calls are refused until it can"
 
 
 def privacy_key(directory: Path) -> bytes:
@@ -70,8 +70,7 @@ class AuditLog:
         try:
             return self._append(action, subject, outcome, now, target)
         except OSError:
-            raise Unavailable("the audit log cannot be written: audited calls are refused until it can",
-                              field="audit") from None
+            raise Unavailable(_UNWRITABLE, field="audit") from None
 
     def _append(self, action: str, subject: str | None, outcome: str, now: float,
                 target: str | None) -> dict[str, object]:
@@ -106,8 +105,7 @@ class AuditLog:
         try:  # and writable (a full or read-only disk): checked before, so that no action goes unrecorded
             os.close(os.open(self.directory / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
         except OSError:
-            raise Unavailable("the audit log cannot be written: audited calls are refused until it can",
-                              field="audit") from None
+            raise Unavailable(_UNWRITABLE, field="audit") from None
         try:
             yield
         except ForYouError as exc:
