@@ -263,3 +263,12 @@ def write_cli_doc() -> None:
 
 if __name__ == "__main__":
     write_cli_doc()
+
+
+def test_tests_named_in_the_docs_exist() -> None:
+    """privacy.md (and any page) names the tests behind its guarantees: each must exist."""
+    defined = set(re.findall(r"^def (test_\w+)", "".join(p.read_text(encoding="utf-8")
+                                                           for p in (ROOT / "tests").rglob("test_*.py")), re.M))
+    for page in DOCS.glob("*.md"):
+        named = set(re.findall(r"`(test_\w+)`", _read(page)))
+        assert named <= defined, f"{page.name} names tests that do not exist: {sorted(named - defined)}"
