@@ -57,10 +57,6 @@ class AuditLog:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.key = privacy_key(directory)
-        try:
-            self.seq, self.head = _read_head(directory)
-        except (OSError, ValueError, KeyError, TypeError):  # the server starts; audited calls get 503
-            self.seq, self.head = 0, _GENESIS
 
     def append(self, action: str, subject: str | None, outcome: str, now: float,
                target: str | None = None) -> dict[str, object]:
@@ -76,22 +72,21 @@ class AuditLog:
                 target: str | None) -> dict[str, object]:
         with open(os.open(self.directory / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # released when the file closes
-            self.seq, self.head = _head(self.directory)  # another process may have appended
+            seq, prev = _head(self.directory)  # read under the lock: another process may have appended
             body: dict[str, object] = {
-                "seq": self.seq + 1, "ts": format_time(now), "key": CALLER.get(), "action": action,
+                "seq": seq + 1, "ts": format_time(now), "key": CALLER.get(), "action": action,
                 "subject": keyed_hash(self.key, subject) if subject is not None else None, "outcome": outcome,
-                "prev": self.head,
+                "prev": prev,
             }
             if target is not None:
                 body["target"] = target
-            record = {**body, "hash": _digest(self.head, body)}
+            record = {**body, "hash": _digest(prev, body)}
             out.write(orjson.dumps(record) + b"\n")
             out.flush()
             os.fsync(out.fileno())
-            self.seq, self.head = int(body["seq"]), str(record["hash"])  # type: ignore[call-overload]
             tmp = self.directory / (HEAD + ".tmp")
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as head:
-                head.write(orjson.dumps({"seq": self.seq, "hash": self.head}))
+                head.write(orjson.dumps({"seq": seq + 1, "hash": record["hash"]}))
                 head.flush()
                 os.fsync(head.fileno())
             os.replace(tmp, self.directory / HEAD)
