@@ -353,7 +353,8 @@ class SQLiteStore:
             keys = [(_key(i),) for i in event_ids]
             counts["event_ids"] = sum(c.execute("DELETE FROM event_keys WHERE h=?", k).rowcount for k in keys)
         # Splitting and merging index pages leaves stale copies of keys in free space within pages,
-        # which secure_delete does not reach: rebuild the indexes keyed by user (benchmarks/erasure.py: ~1.7 s per million events).
+        # which secure_delete does not reach: rebuild the indexes keyed by user (~1.7 s per million
+        # events, benchmarks/erasure.py).
         conn.execute("REINDEX events_user")
         conn.execute("REINDEX served_user")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the deleted pages' old images
