@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from foryou.config import Settings, load_settings
+from foryou.datadir import private_dir, private_file
 from foryou.errors import ForYouError
 from foryou.evaluation import MODELS
 from foryou.privacy.keys import SCOPES, KeyRing
@@ -49,9 +50,8 @@ def _keyring(settings: Settings) -> KeyRing:
 def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
     """Hold the data directory's lock: one server at a time, and `load`, `retrain` and `retention run`
     never beside a server (whose live state would not see their writes). `keys` needs no lock."""
-    directory = Path(settings.server.data)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "a") as lock:
+    directory = private_dir(Path(settings.server.data))
+    with open(private_file(directory / LOCK_FILE), "a") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,10 +86,10 @@ def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = 
 
 def _new_key_lines(keys: KeyRing, settings: Settings, name: str) -> list[str]:
     """Create an admin key and say it, once; audited like any key made with `foryou keys create`."""
-    from foryou.privacy import AuditLog
+    from foryou.privacy import open_audit
 
     key, token = keys.create(name, ["admin"], time.time())
-    AuditLog(Path(settings.server.data)).append("key_create", None, "ok", time.time(), target=key.id)
+    open_audit(settings).append("key_create", None, "ok", time.time(), target=key.id)
     return [f"Admin API key (shown only now; stored as a salted hash): {token}",
             "  send 'Authorization: Bearer <key>' with every request; manage keys with 'foryou keys'"]
 
@@ -126,7 +126,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from foryou.bulk import load_files
     from foryou.engine import Engine
-    from foryou.privacy import AuditLog
+    from foryou.privacy import open_audit
 
     settings = _settings(args)
     keys = _keyring(settings)
@@ -136,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for old in keys.list():  # a fresh demo key each start; the last one stops working
             if old.name == "demo" and old.active(now):
                 keys.revoke(old.id, now)
-                AuditLog(Path(settings.server.data)).append("key_revoke", None, "ok", now, target=old.id)
+                open_audit(settings).append("key_revoke", None, "ok", now, target=old.id)
         lines = _new_key_lines(keys, settings, "demo")
         token = lines[0].rsplit(" ", 1)[-1]
         base = f"http://{settings.server.host}:{settings.server.port}"
@@ -153,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from foryou.privacy import AuditLog
+    from foryou.privacy import open_audit
 
     settings = _settings(args)
     keys = _keyring(settings)
@@ -166,7 +166,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     state = f"expires in {key.expires_at - now:.0f}s"
                 print(f"{key.id}  {key.name:<16} {','.join(key.scopes):<24} {key.region or 'all regions':<12} {state}")
             return 0
-        audit = AuditLog(Path(settings.server.data))
+        audit = open_audit(settings)
         if args.keys_command == "revoke":
             if not keys.get(args.id).active(now):
                 print(f"{args.id} was already revoked")
@@ -290,7 +290,7 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from foryou.engine import Engine
-    from foryou.privacy import AuditLog
+    from foryou.privacy import open_audit
 
     settings = _settings(args)
     if not settings.learning.enabled:
@@ -299,7 +299,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _exclusive(settings, "retraining"), Engine.relearn(settings) as engine:
         gauges = engine.learner.gauges()
-    AuditLog(Path(settings.server.data)).append("retrain", None, "ok", time.time())
+    open_audit(settings).append("retrain", None, "ok", time.time())
     print(f"retrained from the log: {gauges['model_examples']:.0f} examples, {gauges['model_rows']:.0f} rows, "
           f"in {time.perf_counter() - started:.1f}s")
     return 0

@@ -23,6 +23,21 @@ class ServerSettings:
     port: int = 8000
     regions: tuple[str, ...] = ("us",)  # regions this server holds; the first is the default
     max_body_mb: float = 64.0  # larger request bodies get 413
+    feed_budget_ms: float = 50.0  # a feed past this returns what it has (optional steps skipped); 0: no budget
+    max_concurrency: int = 1000  # connections and requests at once; beyond it new ones get 503
+    header_timeout_s: float = 10.0  # a connection whose request headers take longer is closed
+    body_timeout_s: float = 30.0  # a request whose body takes longer to arrive gets 408
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    trusted_proxies: tuple[str, ...] = ()  # peer addresses whose X-Forwarded-For names the client
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Per API key: a token bucket of requests, and how many users its requests may create (docs/api.md)."""
+
+    requests_per_s: float = 1000.0  # sustained requests a second per key (0: no limit)
+    burst: int = 2000  # ... and how many may come at once
+    new_users_per_min: int = 6000  # users a key's requests may create a minute, feeds included (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,8 @@ class PolicySettings:
     pool_expire_days: float = 14.0  # an item whose pool has not filled this long after upload is held
     topic_weight_gain: float = 1.0  # a user's topic weight w moves the value by w x this (log scale)
     not_interested_days: float = 30.0  # after "not interested", that creator and sound are not served
+    max_keyword_words: int = 400  # words across all of a user's blocked keywords
+    max_phrase_words: int = 8  # words in one blocked keyword
 
 
 @dataclass(frozen=True)
@@ -125,11 +142,15 @@ class PrivacySettings:
     retention_days: float = 0.0  # raw events older than this are deleted, hourly (0: kept for ever)
     personalize_minors: bool = True  # false: users under 18 get the feed not based on profiling
     erasure_refuse_days: float = 30.0  # events and requests for an erased user are refused this long
+    secret: str = ""  # the key of users' keyed hashes, as a value (64 hex digits, or 32+ characters); wins
+    secret_file: str = ""  # ... else read from (or created in) this file; default: DATA/privacy.key
+    audit_rotate_mb: float = 64.0  # the audit log moves to a new file past this size (0: never)
 
 
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     weights: ValueWeights = field(default_factory=ValueWeights)
     budgets: SourceBudgets = field(default_factory=SourceBudgets)
     signals: SignalSettings = field(default_factory=SignalSettings)
@@ -199,22 +220,29 @@ def _apply(settings: Settings, section: str, key: str, value: Any) -> Settings:
     return replace(settings, **{section: updated})
 
 
-# [policy] settings that only make sense in a range: (name, lowest, highest).
-_POLICY_RANGES = (("topic_run_cap", 1, None), ("sensitive_run_cap", 1, None), ("mmr_lambda", 0, None),
-                  ("explore_share", 0, 1), ("known_topics", 0, None), ("explore_prior", 0.01, None),
-                  ("topic_lift_gain", 0, None), ("first_pool", 1, None), ("pool_growth", 1, None),
-                  ("pool_count", 1, None), ("pool_share", 0, 0.5), ("pool_within_h", 0, None),
-                  ("pool_max_age_h", 0, None), ("promote_quantile", 0, 1), ("pool_eval_delay_s", 0, None),
-                  ("pool_expire_days", 0, None),
-                  ("topic_weight_gain", 0, None), ("not_interested_days", 0, None))
+# Settings that only make sense in a range: (section.name, lowest, highest).
+_RANGES = (("policy.topic_run_cap", 1, None), ("policy.sensitive_run_cap", 1, None), ("policy.mmr_lambda", 0, None),
+           ("policy.explore_share", 0, 1), ("policy.known_topics", 0, None), ("policy.explore_prior", 0.01, None),
+           ("policy.topic_lift_gain", 0, None), ("policy.first_pool", 1, None), ("policy.pool_growth", 1, None),
+           ("policy.pool_count", 1, None), ("policy.pool_share", 0, 0.5), ("policy.pool_within_h", 0, None),
+           ("policy.pool_max_age_h", 0, None), ("policy.promote_quantile", 0, 1),
+           ("policy.pool_eval_delay_s", 0, None), ("policy.pool_expire_days", 0, None),
+           ("policy.topic_weight_gain", 0, None), ("policy.not_interested_days", 0, None),
+           ("policy.max_keyword_words", 1, None), ("policy.max_phrase_words", 1, None),
+           ("server.feed_budget_ms", 0, None), ("server.max_concurrency", 1, None),
+           ("server.header_timeout_s", 0.1, None), ("server.body_timeout_s", 0.1, None),
+           ("server.keep_alive_s", 0.1, None), ("limits.requests_per_s", 0, None), ("limits.burst", 1, None),
+           ("limits.new_users_per_min", 0, None), ("privacy.audit_rotate_mb", 0, None))
 
 
-def _check_policy(policy: PolicySettings) -> None:
-    for name, low, high in _POLICY_RANGES:
-        value = getattr(policy, name)
+def _check_ranges(settings: Settings) -> None:
+    for name, low, high in _RANGES:
+        section, key = name.split(".")
+        value = getattr(getattr(settings, section), key)
         if value < low or (high is not None and value > high):
             bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise ConfigError(f"setting policy.{name} must be {bounds}, got {value!r}", field=f"policy.{name}")
+            raise ConfigError(f"setting {name} must be {bounds}, got {value!r}", field=name)
+    policy = settings.policy
     if policy.explore_share + policy.pool_share > 1:
         raise ConfigError("policy.explore_share + policy.pool_share must be at most 1", field="policy.explore_share")
 
@@ -251,7 +279,7 @@ def load_settings(
             settings = _apply(settings, section, key, value)
     if not settings.server.regions:
         raise ConfigError("server.regions must name at least one region", field="server.regions")
-    _check_policy(settings.policy)
+    _check_ranges(settings)
     import re
 
     for region in settings.server.regions:

@@ -14,7 +14,7 @@ from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.learning.online import INDEX_FILE
 from foryou.live import Live
-from foryou.privacy import AuditLog, ErasureService, ExportService, RetentionService, Tombstones
+from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
@@ -30,7 +30,7 @@ class Engine:
         self.clock = clock
         self.live = Live(store, settings, clock)
         self.learner = Learner(self.live, seed or 0)
-        self.audit = AuditLog(Path(settings.server.data))
+        self.audit = open_audit(settings)
         self.tombstones = Tombstones(self.audit.key)
         self.items = ItemService(self.live, self.learner)
         self.users = UserService(self.live, self.learner, self.audit, self.tombstones)

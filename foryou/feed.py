@@ -25,6 +25,7 @@ from foryou.types import FeedItem, ServedRecord
 SMALL_CATALOG = 5000  # up to this size the fallback considers every eligible item
 POOL_CANDIDATES = 20  # new-video pool items considered per request (the least advanced first)
 EXPLORE_WINDOW = 60  # items of each explored topic considered
+PUBLIC_PRIVACY = ("retention_days", "personalize_minors", "erasure_refuse_days")
 
 
 @dataclass
@@ -301,7 +302,8 @@ class FeedService:
                       else "heuristic: sum of P(head) x weight; policy works on its log"),
             "weights": asdict(settings.weights), "budgets": asdict(settings.budgets),
             "signals": asdict(settings.signals), "policy": asdict(settings.policy),
-            "privacy": asdict(settings.privacy),
+            # what users are promised, not how it is done (the secret and where it lives stay out)
+            "privacy": {k: v for k, v in asdict(settings.privacy).items() if k in PUBLIC_PRIVACY},
             "learning": {"enabled": settings.learning.enabled, "healthy": learner is not None,
                          "version": self.learner.version if self.learner is not None else 0},
         }

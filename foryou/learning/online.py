@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from foryou.datadir import write_private
 from foryou.interest import decay
 from foryou.learning.duel import Duel
 from foryou.learning.features import HEAD, popularity
@@ -289,7 +290,7 @@ class Learner:
             return
         self.refresh_index()
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(struct.pack("<q", self.version) + self.index.to_bytes())
+        write_private(tmp, struct.pack("<q", self.version) + self.index.to_bytes())
         tmp.replace(path)
 
     def _load_index(self) -> bool:

@@ -2,9 +2,20 @@
 over it. So far: the export (right of access and portability), erasure, the tamper-evident audit log
 and retention."""
 
+from pathlib import Path
+
+from foryou.config import Settings
 from foryou.privacy.audit import AuditLog, verify
 from foryou.privacy.erasure import ErasureService, Tombstones
 from foryou.privacy.export import ExportService
 from foryou.privacy.retention import RetentionService
+from foryou.privacy.secret import privacy_secret
 
-__all__ = ["AuditLog", "ErasureService", "ExportService", "RetentionService", "Tombstones", "verify"]
+
+def open_audit(settings: Settings) -> AuditLog:
+    """The audit log of the settings' data directory, keyed with their privacy secret."""
+    return AuditLog(Path(settings.server.data), privacy_secret(settings))
+
+
+__all__ = ["AuditLog", "ErasureService", "ExportService", "RetentionService", "Tombstones", "open_audit",
+           "privacy_secret", "verify"]

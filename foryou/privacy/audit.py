@@ -1,6 +1,6 @@
 """The audit log: an append-only, hash-chained record of every privacy and admin call and every read
 of a user's raw data. Each record holds the time, the API key id (null: the operator's command line), the action,
-the subject as a keyed hash (HMAC-SHA256 with the data directory's privacy key, so the log itself
+the subject as a keyed hash (HMAC-SHA256 with the privacy secret, privacy/secret.py, so the log itself
 carries no user id) and the outcome, plus the previous record's hash and its own. The latest hash is
 also kept outside the log (`audit.head`), so that a cut-off tail is caught as surely as an edit, a
 deletion or a reordering. `verify` names the first bad record. Appends take a file lock and re-read
@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import hmac
 import os
-import secrets
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -24,25 +23,11 @@ import orjson
 from foryou.errors import ForYouError, Unavailable
 from foryou.types import format_time
 
-LOG, HEAD, KEY = "audit.log", "audit.head", "privacy.key"
+LOG, HEAD = "audit.log", "audit.head"
 _GENESIS = "0" * 64
 # The API key the current request came with (the HTTP edge sets it); audit records name it.
 CALLER: ContextVar[str | None] = ContextVar("foryou_caller", default=None)
 _UNWRITABLE = "the audit log cannot be written: audited calls are refused until it can"
-
-
-def privacy_key(directory: Path) -> bytes:
-    """The data directory's secret for keyed hashes of user ids, created on first use (mode 0600)."""
-    path = directory / KEY
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key)
-        return key
 
 
 def keyed_hash(key: bytes, value: str) -> str:
@@ -54,9 +39,9 @@ def _digest(prev: str, body: dict[str, object]) -> str:
 
 
 class AuditLog:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, key: bytes) -> None:
         self.directory = directory
-        self.key = privacy_key(directory)
+        self.key = key  # the privacy secret (privacy/secret.py)
 
     def append(self, action: str, subject: str | None, outcome: str, now: float,
                target: str | None = None) -> dict[str, object]:

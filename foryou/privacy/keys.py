@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from foryou.datadir import private_dir, private_file
 from foryou.errors import FieldError, InvalidInput, NotFound
 
 SCOPES = ("catalog", "events", "feed", "privacy", "admin")
@@ -69,11 +70,10 @@ class KeyRing:
                 raise InvalidInput([FieldError("FORYOU_ADMIN_KEY", f"must be at least {MIN_ENV_KEY} characters")])
             salt = secrets.token_bytes(16)
             self.env = (salt, _hash(salt, admin_key))
-        directory.mkdir(parents=True, exist_ok=True)
+        # only hashes, but nobody else's business (SQLite gives its -wal the same mode)
+        path = private_file(private_dir(directory) / FILE)
         # autocommit; the CLI writes while a server reads, which WAL allows
-        path = directory / FILE
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        path.chmod(0o600)  # only hashes, but nobody else's business (SQLite gives its -wal the same mode)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(_SCHEMA)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import TypeVar
 
 import orjson
 
+from foryou.datadir import private_dir, private_file
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
 T = TypeVar("T")
@@ -122,15 +122,16 @@ class SQLiteStore:
     def __init__(self, directory: str | Path, regions: Sequence[str]):
         self.directory = Path(directory)
         self.regions = tuple(regions)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._catalog = _connect(self.directory / "catalog.db", _CATALOG_SCHEMA)
-        for r in self.regions:  # users' data: readable by the server's user only. SQLite gives the -wal
-            # and -shm files the database's mode when it creates them, so the database is made first.
-            path = self.directory / f"region-{r}.db"
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        private_dir(self.directory)
+        # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
+        # when it creates them, so the database is made first (files of earlier versions are narrowed).
+        names = ["catalog.db", *(f"region-{r}.db" for r in self.regions)]
+        for name in names:
+            private_file(self.directory / name)
+            for extra in (f"{name}-wal", f"{name}-shm"):
                 with contextlib.suppress(FileNotFoundError):
-                    (self.directory / name).chmod(0o600)
+                    (self.directory / extra).chmod(0o600)
+        self._catalog = _connect(self.directory / "catalog.db", _CATALOG_SCHEMA)
         self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
