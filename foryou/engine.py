@@ -14,7 +14,7 @@ from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.learning.online import INDEX_FILE
 from foryou.live import Live
-from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit
+from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit, privacy_secret
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
@@ -45,7 +45,7 @@ class Engine:
              store_url: str | None = None, seed: int | None = None) -> Engine:
         settings = settings or Settings()
         url = store_url or str(Path(settings.server.data))
-        engine = cls(open_store(url, settings.server.regions), settings, clock, seed)
+        engine = cls(open_store(url, settings.server.regions, privacy_secret(settings)), settings, clock, seed)
         engine.live.load()
         engine.learner.load()
         engine.tombstones.load(engine.store)

@@ -1,5 +1,6 @@
-"""Event ingestion: validate a whole batch, drop duplicates by idempotency key, append durably to each
-user's region log, then apply to the live state. A batch with any invalid event changes nothing."""
+"""Event ingestion: validate a whole batch, drop duplicates by idempotency key (a user's own: the same
+id from another user is another event), append durably to each user's region log, then apply to the
+live state. A batch with any invalid event changes nothing."""
 
 from __future__ import annotations
 
@@ -70,25 +71,24 @@ class IngestService:
         """Append already-validated records; users not seen before are created in `region` (default:
         the server's first). The bulk loader passes `checkpoint=False` and checkpoints once at the end."""
         live = self.live
-        ids = [r.id for r in records if r.id is not None]
-        known = live.store.known_event_ids(ids) if ids else set()
-        fresh: list[EventRecord] = []
-        for r in records:
-            if r.id is not None:
-                if r.id in known:
-                    continue
-                known.add(r.id)
-            fresh.append(r)
-        duplicates = len(records) - len(fresh)
-        live.prefetch([r.user for r in fresh], region)  # one look-up per region; unknown users are created
+        live.prefetch([r.user for r in records], region)  # one look-up per region; unknown users are created
         by_region: dict[str, list[EventRecord]] = {}
+        for r in records:
+            by_region.setdefault(live.user(r.user).profile.region, []).append(r)
+        duplicates = 0
         new_users: dict[str, LiveUser] = {}
-        for r in fresh:
-            user = live.user(r.user)
-            if not user.stored:
-                new_users[r.user] = user
-            by_region.setdefault(user.profile.region, []).append(r)
+        for region, batch in list(by_region.items()):
+            fresh = _drop_known(batch, live.store.known_event_ids(
+                region, [(r.user, r.id) for r in batch if r.id is not None]))
+            duplicates += len(batch) - len(fresh)
+            by_region[region] = fresh
+            for r in fresh:
+                user = live.user(r.user)
+                if not user.stored:
+                    new_users[r.user] = user
         for region, batch in by_region.items():
+            if not batch:
+                continue
             created = [u for u in new_users.values() if u.profile.region == region]
             seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())
             for new_user in created:
@@ -99,3 +99,16 @@ class IngestService:
         if checkpoint:
             live.maybe_checkpoint()
         return IngestResult(len(records) - duplicates, duplicates)
+
+
+def _drop_known(records: Sequence[EventRecord], known: set[tuple[str, str]]) -> list[EventRecord]:
+    """The records whose idempotency key (user, id) is neither `known` nor repeated earlier in the batch."""
+    fresh: list[EventRecord] = []
+    for r in records:
+        if r.id is not None:
+            pair = (r.user, r.id)
+            if pair in known:
+                continue
+            known.add(pair)
+        fresh.append(r)
+    return fresh

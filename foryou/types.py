@@ -12,7 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# 1-128 of [A-Za-z0-9._:-], but not "." or "..", which a client normalising paths would turn into
+# another route (a user ".." could be created but never read or erased). No look-ahead: pydantic's
+# regex engine has none, so the three ways to start are spelled out.
+ID_PATTERN = (r"^([A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}|\.[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,126}"
+              r"|\.\.[A-Za-z0-9._:-]{1,126})$")
 REGION_PATTERN = r"^[a-z][a-z0-9-]{0,15}$"
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]

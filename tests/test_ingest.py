@@ -114,19 +114,25 @@ def test_idempotency_across_batches_first_wins(engine: Engine) -> None:
     assert (again.accepted, again.duplicates) == (1, 1)
     assert logged(engine) == [("u", "i0", "view", 10.0), ("u", "i2", "view", 4.0)]
     assert stats(engine, "i0")["views"] == 1 and stats(engine, "i0")["watch_s"] == 10.0
-    # a key is a key, whatever else the event says
-    other = engine.events.ingest([EventIn(user="v", item="i4", type="like", id="k1")])
-    assert (other.accepted, other.duplicates) == (0, 1)
+    # a user's key is a key, whatever else the event says
+    same = engine.events.ingest([EventIn(user="u", item="i4", type="like", id="k1")])
+    assert (same.accepted, same.duplicates) == (0, 1)
     assert stats(engine, "i4")["likes"] == 0
+    # ... but another user's event with the same id is another event (keys are per user)
+    other = engine.events.ingest([EventIn(user="v", item="i4", type="like", id="k1")])
+    assert (other.accepted, other.duplicates) == (1, 0)
+    assert stats(engine, "i4")["likes"] == 1
 
 
-def test_idempotency_across_regions(engine: Engine) -> None:
+def test_idempotency_is_per_user_and_region(engine: Engine) -> None:
     engine.users.put("eve", UserIn(region="eu"))
     engine.events.ingest([view("eve", "i0", id="shared")])
-    dup = engine.events.ingest([view("ann", "i1", id="shared")])  # ann: us (the default region)
-    assert (dup.accepted, dup.duplicates) == (0, 1)
+    # ann (us, the default region) neither learns of eve's key nor is refused by it
+    mine = engine.events.ingest([view("ann", "i1", id="shared"), view("ann", "i2", id="shared")])
+    assert (mine.accepted, mine.duplicates) == (1, 1)
     assert logged(engine, "eu") == [("eve", "i0", "view", 10.0)]
-    assert logged(engine) == []
+    assert logged(engine) == [("ann", "i1", "view", 10.0)]
+    assert engine.events.ingest([view("eve", "i3", id="shared")]).duplicates == 1  # still eve's
 
 
 def test_idempotency_survives_a_restart(data: Path, clock: Clock) -> None:

@@ -25,7 +25,7 @@ from foryou.metrics import Metrics
 from foryou.privacy.keys import KeyRing
 from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
 
-IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:-]")]
+IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:-], not . or ..")]
 XRegion = Annotated[str | None, Header(
     alias="X-Region", pattern=REGION_PATTERN,
     description="the user's region; a region this server does not hold, or not the user's, is refused (409)")]

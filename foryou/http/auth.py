@@ -36,9 +36,18 @@ def route_table(routes: Iterable[BaseRoute]) -> RouteTable:
             for r in routes if isinstance(r, Route)]
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path without the prefix the app is mounted under (`root_path`, set by a Mount or
+    by a proxy's uvicorn `--root-path`), as the router matches it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("/", ""):
+        return path[len(root):]
+    return path
+
+
 def required_scope(table: RouteTable, method: str, path: str) -> tuple[str | None, dict[str, str], str]:
-    """The scope the route of `method` and `path` needs (None: no such route; any valid key may learn
-    that), its path parameters and its template. A regex match per route, not the router's full
+    """The scope the route of `method` and `path` needs (None: no such route, so only an admin key may
+    learn that), its path parameters and its template. A regex match per route, not the router's full
     match: it runs on every request, before the router matches again."""
     for pattern, methods, needed, template in table:
         found = pattern.match(path)
@@ -113,12 +122,14 @@ class Auth:
         self.table: RouteTable | None = None  # built at the first request, when every route exists
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        # The path as the router sees it: without the prefix the app is mounted under (root_path)
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         if self.table is None:
             self.table = route_table(self.routes())
-        needed, params, template = required_scope(self.table, scope["method"], scope["path"])
+        needed, params, template = required_scope(self.table, scope["method"], path)
         route = f"{scope['method']} {template}"
         sent = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
         scheme, _, token = (sent[0] if len(sent) == 1 else b"").decode("latin-1").partition(" ")
@@ -130,8 +141,8 @@ class Auth:
             await error_response(401, problem, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
         try:
-            if needed is not None and not key.allows(needed):
-                raise Forbidden(f"this key lacks the {needed!r} scope", field="authorization")
+            if not key.allows(needed or "admin"):  # fail closed: a path no route matches is admin-only
+                raise Forbidden(f"this key lacks the {needed or 'admin'!r} scope", field="authorization")
             if key.region is not None:
                 # every X-Region the request carries, not one: the app reads the first, a dict the last
                 named = [v.decode("latin-1") for k, v in scope["headers"] if k == REGION_HEADER]

@@ -21,7 +21,7 @@ log = logging.getLogger("foryou.http")
 
 _BATCH_KEYS = ("items", "events")
 _PATTERN_MESSAGES = {
-    ID_PATTERN: "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    ID_PATTERN: "must be 1-128 characters of A-Z a-z 0-9 . _ : -, and not . or ..",
     REGION_PATTERN: "must be a lowercase region code (a letter, then up to 15 letters, digits or -)",
     RFC3339_PATTERN: "must be an RFC 3339 timestamp with an offset, e.g. 2024-05-01T12:00:00Z",
 }

@@ -18,6 +18,9 @@ from foryou.datadir import private_dir, private_file
 from foryou.errors import FieldError, InvalidInput, NotFound
 
 SCOPES = ("catalog", "events", "feed", "privacy", "admin")
+# Scopes that act on what every region shares (the catalogue, the audit log, metrics, the algorithm):
+# a key bound to one region cannot hold them, since no region of its own would limit what it did.
+SHARED_SCOPES = ("catalog", "admin")
 FILE = "keys.db"
 PREFIX = "fy"
 ENV_ID = "env"
@@ -41,6 +44,8 @@ class ApiKey:
     expires_at: float | None = None  # revoked (or rotated out) from then on
 
     def allows(self, scope: str) -> bool:
+        if self.region is not None and scope in SHARED_SCOPES:  # keys bound before that was refused
+            return False
         return "admin" in self.scopes or scope in self.scopes
 
     def active(self, now: float) -> bool:
@@ -89,6 +94,10 @@ class KeyRing:
                                            + (f" (not {', '.join(bad)})" if bad else ""))])
         if not name.strip():
             raise InvalidInput([FieldError("name", "a key needs a name")])
+        shared = [s for s in scopes if s in SHARED_SCOPES]
+        if region is not None and shared:
+            raise InvalidInput([FieldError("region", f"a key with the {', '.join(shared)} scope acts on what every "
+                                                     "region shares, so it cannot be bound to one region")])
         key = ApiKey(secrets.token_hex(6), name.strip(), tuple(dict.fromkeys(scopes)), region, now)
         secret, salt = secrets.token_hex(24), secrets.token_bytes(16)
         self.db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",

@@ -11,11 +11,12 @@ from foryou.store.sqlite import SQLiteStore
 __all__ = ["SQLiteStore", "Store", "open_store"]
 
 
-def open_store(url: str, regions: Sequence[str]) -> Store:
-    """Open the store a URL names; a bare path means SQLite in that directory."""
+def open_store(url: str, regions: Sequence[str], secret: bytes = b"") -> Store:
+    """Open the store a URL names; a bare path means SQLite in that directory. `secret` (the privacy
+    secret) keys the hashes of idempotency keys."""
     if url.startswith("sqlite:///"):
-        return SQLiteStore(url[len("sqlite:///"):] or ".", regions)
+        return SQLiteStore(url[len("sqlite:///"):] or ".", regions, secret)
     if "://" not in url:
-        return SQLiteStore(url, regions)
+        return SQLiteStore(url, regions, secret)
     scheme = url.split("://", 1)[0]
     raise ForYouError(f"unsupported store URL scheme {scheme!r}: use sqlite:///DIR", field="store")

@@ -68,8 +68,10 @@ class Store(Protocol):
         """Every user id held in the region's store."""
 
     # -- events (per region) --
-    def known_event_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of these idempotency keys any region already holds."""
+    def known_event_ids(self, region: str, events: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (user, event id) pairs the region already holds: an idempotency key belongs
+        to one user of one region, so no other user, and no key of another region, can find or claim
+        it. Stored only as a keyed hash (the privacy secret's), never readable."""
 
     def append_events(
         self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
@@ -124,7 +126,7 @@ class Store(Protocol):
     # -- erasure --
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
         """Delete everything of the user in `region`'s store (profile, events, served rows, interest
-        state, controls, embedding row, and the idempotency keys of `event_ids`), so that the id is
+        state, controls, embedding row, and the user's idempotency keys `event_ids`), so that the id is
         left in no file: deleted content is overwritten and the write-ahead log truncated. Returns the
         rows deleted per kind."""
 

@@ -119,9 +119,10 @@ _ITEM_COLS = "id, creator, duration_s, created_at, caption, tags, topic, sound, 
 class SQLiteStore:
     """`Store` on SQLite files in `directory`: `catalog.db` and `region-<code>.db` per region."""
 
-    def __init__(self, directory: str | Path, regions: Sequence[str]):
+    def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b""):
         self.directory = Path(directory)
         self.regions = tuple(regions)
+        self._id_key = hashlib.sha256(b"foryou event ids:" + secret).digest()  # `secret`: the privacy secret
         private_dir(self.directory)
         # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
         # when it creates them, so the database is made first (files of earlier versions are narrowed).
@@ -229,14 +230,22 @@ class SQLiteStore:
             yield user_id
 
     # -- events --
-    def known_event_ids(self, ids: Sequence[str]) -> set[str]:
-        by_key = {_key(i): i for i in ids}
-        found: set[str] = set()
-        for conn in self._region.values():
-            for chunk in _chunks(list(by_key)):
-                q = f"SELECT h FROM event_keys WHERE h IN ({_marks(chunk)})"
-                found.update(by_key[r[0]] for r in conn.execute(q, chunk))
+    def known_event_ids(self, region: str, events: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        by_key = {self._key(region, user, event_id): (user, event_id) for user, event_id in events}
+        found: set[tuple[str, str]] = set()
+        conn = self._region[region]
+        for chunk in _chunks(list(by_key)):
+            q = f"SELECT h FROM event_keys WHERE h IN ({_marks(chunk)})"
+            found.update(by_key[r[0]] for r in conn.execute(q, chunk))
         return found
+
+    def _key(self, region: str, user: str, event_id: str) -> int:
+        """An idempotency key is kept as a 64-bit keyed hash of (region, user, id): an integer primary
+        key is several times cheaper to insert and look up than text, an id that might carry a user id
+        is not kept readable, and nobody without the secret can test a guess against the table."""
+        message = f"{len(region)}:{region}{len(user)}:{user}{event_id}".encode()
+        digest = hashlib.blake2b(message, key=self._id_key, digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
 
     def append_events(
         self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
@@ -251,7 +260,8 @@ class SQLiteStore:
                  for n, e in enumerate(events)],
             )
             accepted = time.time() if accepted_at is None else accepted_at
-            c.executemany("INSERT INTO event_keys VALUES (?,?)", [(_key(e.id), accepted) for e in events if e.id])
+            c.executemany("INSERT INTO event_keys VALUES (?,?)",
+                          [(self._key(region, e.user, e.id), accepted) for e in events if e.id])
         return list(range(first, first + len(events)))
 
     def events_after(self, region: str, seq: int) -> Iterator[EventRecord]:
@@ -351,7 +361,7 @@ class SQLiteStore:
                                 ("controls", "DELETE FROM user_controls WHERE user=?"),
                                 ("model_rows", "DELETE FROM model_rows WHERE tbl='user' AND key=?")):
                 counts[kind] = c.execute(query, (user_id,)).rowcount
-            keys = [(_key(i),) for i in event_ids]
+            keys = [(self._key(region, user_id, i),) for i in event_ids]
             counts["event_ids"] = sum(c.execute("DELETE FROM event_keys WHERE h=?", k).rowcount for k in keys)
         # Splitting and merging index pages leaves stale copies of keys in free space within pages,
         # which secure_delete does not reach: rebuild the indexes keyed by user (~1.7 s per million
@@ -403,12 +413,6 @@ def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
 
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
-
-
-def _key(event_id: str) -> int:
-    """Idempotency keys are kept as 64-bit hashes: an integer primary key is several times cheaper to
-    insert and look up than text, and a key that might carry a user id is not kept readable."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _user_row(u: UserRecord) -> tuple[object, ...]:

@@ -346,18 +346,19 @@ class TestEvents:
         assert [e.item for e in store.user_events("us", "v")] == ["b"]
         assert store.user_events("us", "nobody") == []
 
-    def test_known_event_ids_across_regions(self, store: Store) -> None:
+    def test_known_event_ids_are_per_user_and_region(self, store: Store) -> None:
         store.append_events("us", [event("u", "a", event_id="k1"), event("u", "b"), event("u", "c", event_id="k2")],
                             [])
         store.append_events("eu", [event("w", "a", event_id="k3")], [])
-        assert store.known_event_ids(["k1", "k2", "k3", "k4"]) == {"k1", "k2", "k3"}
-        assert store.known_event_ids(["k4"]) == set()
-        assert store.known_event_ids([]) == set()
+        asked = [("u", "k1"), ("u", "k2"), ("u", "k3"), ("w", "k1"), ("w", "k3"), ("u", "k4")]
+        assert store.known_event_ids("us", asked) == {("u", "k1"), ("u", "k2")}
+        assert store.known_event_ids("eu", asked) == {("w", "k3")}  # another region's keys are not found
+        assert store.known_event_ids("us", []) == set()
 
     def test_known_event_ids_many(self, store: Store) -> None:
         store.append_events("us", [event("u", "a", event_id=f"id{k}") for k in range(0, 3000, 2)], [])
-        asked = [f"id{k}" for k in range(3000)]
-        assert store.known_event_ids(asked) == {f"id{k}" for k in range(0, 3000, 2)}
+        asked = [("u", f"id{k}") for k in range(3000)]
+        assert store.known_event_ids("us", asked) == {("u", f"id{k}") for k in range(0, 3000, 2)}
 
     def test_forget_event_ids_by_acceptance_time(self, store: Store) -> None:
         # keys are remembered from when they were accepted, whatever the events' own timestamps
@@ -368,10 +369,12 @@ class TestEvents:
         store.append_events("eu", [event("w", "a", ts=5_000.0, event_id="old-eu"), event("w", "b")], [],
                             accepted_at=50.0)
         assert store.forget_event_ids(200.0) == 2
-        assert store.known_event_ids(["old-us", "edge", "new-us", "old-eu"]) == {"edge", "new-us"}
+        asked = [("u", "old-us"), ("u", "edge"), ("u", "new-us")]
+        assert store.known_event_ids("us", asked) == {("u", "edge"), ("u", "new-us")}
+        assert store.known_event_ids("eu", [("w", "old-eu")]) == set()
         assert store.forget_event_ids(200.0) == 0
         assert store.forget_event_ids(300.5) == 2
-        assert store.known_event_ids(["edge", "new-us"]) == set()
+        assert store.known_event_ids("us", asked) == set()
         # the events themselves stay
         assert len(list(store.events_after("us", 0))) == 4
         assert len(list(store.events_after("eu", 0))) == 2
@@ -380,9 +383,9 @@ class TestEvents:
         started = time.time()
         store.append_events("us", [event("u", "a", ts=1.0, event_id="k")], [])
         assert store.forget_event_ids(started - 60) == 0
-        assert store.known_event_ids(["k"]) == {"k"}
+        assert store.known_event_ids("us", [("u", "k")]) == {("u", "k")}
         assert store.forget_event_ids(time.time() + 60) == 1
-        assert store.known_event_ids(["k"]) == set()
+        assert store.known_event_ids("us", [("u", "k")]) == set()
 
     def test_append_is_atomic(self, store: Store) -> None:
         store.append_events("us", [event("u", "a", event_id="k0")], [])
@@ -390,7 +393,7 @@ class TestEvents:
             store.append_events("us", ExplodingSeq([event("u", "b", event_id="k1")]),  # type: ignore[arg-type]
                                 [UserRecord("n1", "us", (), None, None, 1.0)])
         assert [e.item for e in store.events_after("us", 0)] == ["a"]
-        assert store.known_event_ids(["k0", "k1"]) == {"k0"}
+        assert store.known_event_ids("us", [("u", "k0"), ("u", "k1")]) == {("u", "k0")}
         assert store.get_user("us", "n1") is None
         assert store.find_user_region("n1") is None
 
@@ -459,7 +462,7 @@ class TestServed:
         assert store.get_user("eu", "u") is None and store.user_events("eu", "u") == []
         assert store.user_served("eu", "u") == [] and store.load_user_state("eu", "u") is None
         assert store.get_controls("eu", "u") is None and [k for k, _ in store.iter_model_rows("eu", "user")] == ["v"]
-        assert store.known_event_ids(["k1", "k2"]) == {"k2"}
+        assert store.known_event_ids("eu", [("u", "k1"), ("v", "k2")]) == {("v", "k2")}
         assert len(store.user_events("eu", "v")) == 1 and store.load_user_state("eu", "v") == b"t"
 
     def test_tombstones(self, store: Store) -> None:
@@ -557,7 +560,7 @@ def _snapshot(store: Store) -> dict[str, object]:
         "excluded": [store.excluded_items("us", "u1"), store.excluded_items("eu", "u2")],
         "recent_served": [store.recent_served("us", "u1", 9), store.recent_served("eu", "u2", 9)],
         "controls": store.get_controls("us", "u1"),
-        "known": store.known_event_ids(["k1", "k2", "k3"]),
+        "known": [store.known_event_ids(r, [("u1", "k1"), ("u2", "k2"), ("u1", "k3")]) for r in REGIONS],
         "states": [store.load_user_state("us", "u1"), store.load_user_state("eu", "u2")],
         "state_marks": [store.user_state_watermark(r) for r in REGIONS],
     }
@@ -594,7 +597,7 @@ class TestDurability:
         assert _snapshot(reopened) == before
         # the snapshot is not trivially empty
         assert len(before["items"]) == 3  # type: ignore[arg-type]
-        assert before["known"] == {"k1", "k2"}
+        assert before["known"] == [{("u1", "k1")}, {("u2", "k2")}]
         assert before["user_ids"] == {"us": ["u1"], "eu": ["u2"]}
         assert [r[0] for r in before["recent_served"]] == ["c", "a"]  # type: ignore[index]
         assert before["controls"] == b"c1"
