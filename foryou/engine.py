@@ -14,9 +14,13 @@ from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.learning.online import INDEX_FILE
 from foryou.live import Live
+from foryou.periodic import Periodic
 from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit, privacy_secret
 from foryou.store import Store, open_store
 from foryou.users import UserService
+
+
+TICK_S = 0.5  # how often the server runs the periodic work, between requests
 
 
 class Engine:
@@ -39,6 +43,8 @@ class Engine:
         self.privacy = ExportService(self.live, self.learner, self.audit)
         self.retention = RetentionService(self.live, self.learner, self.audit)
         self.erasure = ErasureService(self.live, self.learner, self.audit, self.tombstones)
+        self.periodic = Periodic({"learning": self.learner.tick, "checkpoint": lambda _: self.live.maybe_checkpoint(),
+                                  "retention": self._retention}, TICK_S)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,
@@ -65,9 +71,12 @@ class Engine:
         return cls.open(settings, clock, seed=seed)
 
     def tick(self, now: float) -> None:
-        """Periodic work between requests (the server runs it every half second): the trainer's joins,
-        index and checkpoints, and retention once an hour when it is on."""
-        self.learner.tick(now)
+        """Periodic work between requests (the server runs it every `TICK_S`): the trainer's joins,
+        index and checkpoints, the live state's checkpoint, and retention once an hour when it is on.
+        A task that raises is logged, counted and retried later; the others go on (periodic.py)."""
+        self.periodic.run(now)
+
+    def _retention(self, now: float) -> None:
         if self.retention.due(now):
             self.retention.run(now)
 

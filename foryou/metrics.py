@@ -26,7 +26,10 @@ class Metrics:
     def inc(self, name: str, amount: float = 1.0) -> None:
         self.counters[name] += amount
 
-    def render(self, gauges: dict[str, float]) -> str:
+    def render(self, gauges: dict[str, float],
+               labelled: dict[str, tuple[str, str, dict[str, float]]] | None = None) -> str:
+        """The exposition: request counts and latencies, the counters, `gauges`, and `labelled`
+        series (name -> (type, label, {label value: value}), e.g. failures per periodic task)."""
         lines = ["# TYPE foryou_http_requests_total counter"]
         for (method, route, status), count in sorted(self.requests.items()):
             lines.append(f'foryou_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
@@ -44,4 +47,7 @@ class Metrics:
         for name, value in sorted(gauges.items()):
             shown = "NaN" if value != value else f"{value:g}"  # NaN: no value yet (Prometheus spelling)
             lines += [f"# TYPE foryou_{name} gauge", f"foryou_{name} {shown}"]
+        for name, (kind, label, values) in sorted((labelled or {}).items()):
+            lines.append(f"# TYPE foryou_{name} {kind}")
+            lines += [f'foryou_{name}{{{label}="{k}"}} {v:g}' for k, v in sorted(values.items())]
         return "\n".join(lines) + "\n"

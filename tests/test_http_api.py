@@ -348,24 +348,27 @@ def test_event_ids_are_idempotent_first_wins(client: TestClient) -> None:
     assert out == {"accepted": 2, "duplicates": 1}
     out = post_events(client,
                       {"id": "ev-1", "user": "u1", "item": "e1", "type": "view", "watch_s": 50},
-                      {"id": "ev-2", "user": "u9", "item": "e1", "type": "like"},
+                      {"id": "ev-2", "user": "u1", "item": "e1", "type": "like"},
+                      {"id": "ev-2", "user": "u9", "item": "e1", "type": "like"},  # u9's own key
                       {"id": "ev-3", "user": "u1", "item": "e1", "type": "share"},
                       {"user": "u1", "item": "e1", "type": "share"})
-    assert out == {"accepted": 2, "duplicates": 2}
+    assert out == {"accepted": 3, "duplicates": 2}
     s = stats(client, "e1")
     assert s["views"] == 1 and s["watch_s"] == pytest.approx(10), "the first event with an id wins"
-    assert s["likes"] == 1 and s["shares"] == 2
+    assert s["likes"] == 2 and s["shares"] == 2
 
 
-def test_event_ids_are_global_across_regions(make_client: MakeClient) -> None:
+def test_event_ids_are_per_user_and_region(make_client: MakeClient) -> None:
     client = make_client(**{"server.regions": "us,eu"})
     upsert(client, item("g1"))
     client.put("/v1/users/euro", json={"region": "eu"})
     assert post_events(client, {"id": "same", "user": "euro", "item": "g1", "type": "like"}) == {
         "accepted": 1, "duplicates": 0}
     assert post_events(client, {"id": "same", "user": "yank", "item": "g1", "type": "like"}) == {
+        "accepted": 1, "duplicates": 0}
+    assert post_events(client, {"id": "same", "user": "euro", "item": "g1", "type": "like"}) == {
         "accepted": 0, "duplicates": 1}
-    assert stats(client, "g1")["likes"] == 1
+    assert stats(client, "g1")["likes"] == 2
 
 
 def test_event_ids_survive_restart(make_client: MakeClient, tmp_path: Path) -> None:

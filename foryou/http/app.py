@@ -15,13 +15,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import PlainTextResponse, Response
 
 from foryou import __version__
-from foryou.engine import Engine
+from foryou.engine import TICK_S, Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
 from foryou.http.auth import OPEN_PATHS, Auth, Refusals, check_named_region, check_region
 from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.ingest import IngestResult
 from foryou.metrics import Metrics
+from foryou.periodic import MISSED
 from foryou.privacy.keys import KeyRing
 from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
 
@@ -40,7 +41,6 @@ class JSON(Response):
 
 M = TypeVar("M", bound=BaseModel)
 INGEST_CHUNK = 250  # events appended between two turns of the event loop
-TICK_S = 0.5  # how often the learner's periodic work (joins, index, checkpoint) runs between requests
 _BODIES: dict[str, type[BaseModel]] = {}
 
 
@@ -91,7 +91,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 async def _ticks(engine: Engine) -> None:
     while True:
         await asyncio.sleep(TICK_S)
-        engine.tick(engine.clock())
+        engine.tick(engine.clock())  # never raises: each task's failure is caught, counted and retried
 
 
 def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) -> FastAPI:
@@ -125,6 +125,11 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSON:
+        """200 `{"status": "ok"}`; 503 `{"status": "degraded", "failing": [...]}` while a periodic task
+        (learning, checkpoint, retention) has failed three times in a row."""
+        failing = engine.periodic.failing()
+        if failing:
+            return JSON({"status": "degraded", "failing": failing}, status_code=503)
         return JSON({"status": "ok"})
 
     @app.post("/v1/items", tags=["catalogue"], openapi_extra=_op("catalog", ItemBatch))
@@ -245,7 +250,10 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
             "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
             **engine.learner.gauges(),
         }
-        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
+        periodic = engine.periodic
+        labelled = {"periodic_failures_total": ("counter", "task", {k: float(v) for k, v in periodic.failures.items()}),
+                    "periodic_failing": ("gauge", "task", {k: float(v >= MISSED) for k, v in periodic.in_a_row.items()})}
+        return PlainTextResponse(metrics.render(gauges, labelled), media_type="text/plain; version=0.0.4")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
