@@ -19,7 +19,6 @@ from foryou.privacy import ErasureService, ExportService, RetentionService, Tomb
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
-
 TICK_S = 0.5  # how often the server runs the periodic work, between requests
 
 

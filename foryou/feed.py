@@ -4,6 +4,7 @@ and new-video slots, the adjacency/topic-run/similarity rules), and durably reco
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,8 @@ from foryou.ranking import MIN_VALUE, HeuristicRanker, value
 from foryou.reasons import reason
 from foryou.types import FeedItem, ServedRecord
 
-SMALL_CATALOG = 5000  # up to this size the fallback considers every eligible item
+SWEEP_STEP = 1024  # item indexes a sweep looks at a time (when the sources run short, or for alternatives)
+SWEEP_MOST = 2048  # ... and at most per request
 POOL_CANDIDATES = 20  # new-video pool items considered per request (the least advanced first)
 EXPLORE_WINDOW = 60  # items of each explored topic considered
 PUBLIC_PRIVACY = ("retention_days", "personalize_minors", "erasure_refuse_days")
@@ -33,6 +35,7 @@ class Feed:
     user: str
     request_id: str
     items: list[FeedItem]
+    over_budget: bool = False  # the time budget ran out: optional steps were skipped (counted in /metrics)
 
     def as_dict(self) -> dict[str, object]:
         return {"user": self.user, "request_id": self.request_id,
@@ -83,16 +86,14 @@ class FeedService:
         if personal:
             neighbours = [live.neighbours(a) for a in state.recent[-4:]]
             retrieval.coengagement(cands, neighbours, budgets.coengagement)
-        small = len(catalog) <= SMALL_CATALOG
-        retrieval.fallback(cands, self._eligible_mask(user, keep) if small else None, len(catalog),
-                           budgets.fallback, self.rng)
+        retrieval.fallback(cands, len(catalog), budgets.fallback, self.rng)
         return cands
 
     def _keep(self, user: LiveUser) -> Callable[[np.ndarray], np.ndarray]:
         """Which items may be served to the user: live, in the user's region, for the user's age, not
         matching a blocked keyword, not by a muted creator or with a muted sound."""
         catalog, profile = self.live.catalog, user.profile
-        words = KeywordFilter(catalog, user.controls.blocked_keywords)
+        words = self._keywords(user)
         creators, sounds = muted(user.state, self.live.clock())
 
         def keep(idx: np.ndarray) -> np.ndarray:
@@ -101,8 +102,8 @@ class FeedService:
                 ok &= ~np.isin(catalog.creator[idx], list(creators))
             if sounds:
                 ok &= ~np.isin(catalog.sound[idx], list(sounds))
-            if words:
-                ok &= ~words.blocked(idx)
+            if words and ok.any():  # the costliest check last, on what is left
+                ok[ok] = ~words.blocked(idx[ok])
             return ok
         return keep
 
@@ -112,13 +113,21 @@ class FeedService:
         minor = user.profile.age_band in ("under13", "13-17")
         return user.profile.personalized and not (minor and not self.live.settings.privacy.personalize_minors)
 
-    def _eligible_mask(self, user: LiveUser, keep: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-        catalog = self.live.catalog
-        mask = catalog.eligible_all(user.profile.region, user.profile.age_band == "18+")
-        if user.controls.blocked_keywords or user.state.muted:
-            where = np.flatnonzero(mask)
-            mask[where] = (keep or self._keep(user))(where)
-        return mask
+    def _keywords(self, user: LiveUser) -> KeywordFilter:
+        """The user's blocked keywords, compiled once and kept with the user until they change."""
+        keywords = user.controls.blocked_keywords
+        if user.keywords is None or user.keywords.stale(keywords):
+            user.keywords = KeywordFilter(self.live.catalog, keywords)
+        return user.keywords
+
+    def _sweep(self, user: LiveUser, cands: retrieval.Candidates, keep: Callable[[np.ndarray], np.ndarray],
+               want: int, deadline: float | None) -> None:
+        """Bring in eligible items from the user's place in the catalogue on (a bounded stretch per
+        request), so that the feed reaches every eligible item it has not served over successive
+        requests, however short the sources run."""
+        n = len(self.live.catalog)
+        start = user.sweep_at if user.sweep_at >= 0 else int(self.rng.integers(max(n, 1)))
+        user.sweep_at = retrieval.sweep(cands, keep, start, n, want, SWEEP_STEP, SWEEP_MOST, deadline)
 
     def _eligible(self, user: LiveUser, cands: retrieval.Candidates,
                   keep: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
@@ -208,6 +217,9 @@ class FeedService:
             live.persist_user(user)
         personal = self._personal(user)
         now = live.clock()
+        budget = live.settings.server.feed_budget_ms / 1000
+        deadline = time.perf_counter() + budget if budget > 0 else None
+        over_budget = False
         keep, excluded = self._keep(user), user.state.excluded
         cands = self.candidates(user, personal, keep)
 
@@ -219,9 +231,12 @@ class FeedService:
         slots = self._slots(n, personal, pool_urgent)
         topics = self._explore(user, cands, slots) if personal else []
         idx = self._eligible(user, cands, keep)
-        if len(idx) < n:  # the sources ran short: consider every eligible item not yet seen
-            retrieval.fallback(cands, self._eligible_mask(user, keep), len(catalog), n * 4, self.rng)
-            idx = self._eligible(user, cands, keep)
+        if len(idx) < n:  # the sources ran short: the next stretch of the catalogue, within the budget
+            if deadline is None or time.perf_counter() < deadline:
+                self._sweep(user, cands, keep, n * 4, deadline)
+                idx = self._eligible(user, cands, keep)
+            else:
+                over_budget = True
         state = user.state
         recent = Recent(state.last_creator, state.last_sound, state.last_topic, state.topic_run,
                         state.sensitive_run)
@@ -248,10 +263,13 @@ class FeedService:
         ranked, chosen = arrange(idx)
         if chosen.yielded:
             # A rule gave way among the candidates: bring in eligible items by other creators, sounds
-            # and topics (a scan of the catalogue, so only now), and arrange again.
-            self._add_alternatives(cands, user, idx[chosen.picks], 4 * n, keep)
-            idx = self._eligible(user, cands, keep)
-            ranked, chosen = arrange(idx)
+            # and topics (a sweep of the catalogue, so only now and within the budget), arrange again.
+            if deadline is None or time.perf_counter() < deadline:
+                self._add_alternatives(cands, idx[chosen.picks], 4 * n, keep, deadline)
+                idx = self._eligible(user, cands, keep)
+                ranked, chosen = arrange(idx)
+            else:
+                over_budget = True
         request_id = uuid.uuid4().hex
         served = [int(idx[p]) for p in chosen.picks]
         items = []
@@ -270,7 +288,8 @@ class FeedService:
             if self.learner is not None:
                 self.learner.record_served(user.profile.region, user_id, served, now)
         live.maybe_checkpoint()
-        return Feed(user_id, request_id, items)
+        over_budget = over_budget or (deadline is not None and time.perf_counter() > deadline)
+        return Feed(user_id, request_id, items, over_budget)
 
     def _explanation(self, ranked: _Ranked, p: int, slot: int, sources: list[str],
                      chosen: Selection) -> dict[str, object]:
@@ -308,14 +327,19 @@ class FeedService:
                          "version": self.learner.version if self.learner is not None else 0},
         }
 
-    def _add_alternatives(self, cands: retrieval.Candidates, user: LiveUser, chosen: np.ndarray,
-                          budget: int, keep: Callable[[np.ndarray], np.ndarray]) -> None:
+    def _add_alternatives(self, cands: retrieval.Candidates, chosen: np.ndarray, budget: int,
+                          keep: Callable[[np.ndarray], np.ndarray], deadline: float | None) -> None:
+        """Eligible items by creators, with sounds and of topics none of `chosen` has, from a random
+        place in the catalogue (a bounded sweep)."""
         catalog = self.live.catalog
+        creators, sounds, topics = catalog.creator[chosen], catalog.sound[chosen], catalog.topic[chosen]
+        sounds, topics = sounds[sounds >= 0], topics[topics >= 0]
+
+        def other(idx: np.ndarray) -> np.ndarray:
+            ok = (~np.isin(catalog.creator[idx], creators) & ~np.isin(catalog.sound[idx], sounds)
+                  & ~np.isin(catalog.topic[idx], topics))
+            ok[ok] = keep(idx[ok])
+            return ok
+
         n = len(catalog)
-        mask = self._eligible_mask(user, keep)
-        mask &= ~np.isin(catalog.creator[:n], catalog.creator[chosen])
-        sounds = catalog.sound[chosen]
-        mask &= ~np.isin(catalog.sound[:n], sounds[sounds >= 0])
-        topics = catalog.topic[chosen]
-        mask &= ~np.isin(catalog.topic[:n], topics[topics >= 0])
-        retrieval.fallback(cands, mask, n, budget, self.rng)
+        retrieval.sweep(cands, other, int(self.rng.integers(max(n, 1))), n, budget, SWEEP_STEP, SWEEP_MOST, deadline)

@@ -17,7 +17,7 @@ from foryou.catalog import STATS, Catalog
 from foryou.config import Settings
 from foryou.errors import Conflict
 from foryou.interest import UserState, dumps, learn_one, loads, seed_interests
-from foryou.policy import Controls, Pools
+from foryou.policy import Controls, KeywordFilter, Pools
 from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask
 from foryou.store import Store
 from foryou.trending import Trending
@@ -38,6 +38,8 @@ class LiveUser:
     stored: bool = True  # False until the profile is written to the store
     serving_loaded: bool = False  # served/viewed items, the last served ones and the controls read
     controls: Controls = field(default_factory=Controls)
+    keywords: KeywordFilter | None = None  # the controls' blocked keywords, compiled (feed.py)
+    sweep_at: int = -1  # where the next sweep of the catalogue starts (-1: nowhere yet)
 
     @property
     def dirty(self) -> bool:

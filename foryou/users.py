@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from foryou.errors import Conflict, NotFound
+from foryou.errors import Conflict, InvalidInput, NotFound
 from foryou.interest import dumps, seed_interests
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
+from foryou.policy.controls import keyword_limits
 from foryou.privacy.audit import AuditLog, audited
 from foryou.privacy.erasure import Tombstones
 from foryou.types import ControlsIn, UserIn
@@ -62,6 +63,11 @@ class UserService:
 
     def set_controls(self, user_id: str, body: ControlsIn, region: str | None = None) -> dict[str, object]:
         """Replace the fields given; they apply from the next request."""
+        policy = self.live.settings.policy
+        if body.blocked_keywords is not None:  # the caps bound the filter's work per feed: checked first
+            problems = keyword_limits(body.blocked_keywords, policy.max_keyword_words, policy.max_phrase_words)
+            if problems:
+                raise InvalidInput(problems)
         user = self._known(user_id, region)
         controls = user.controls
         if body.blocked_keywords is not None:

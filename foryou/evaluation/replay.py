@@ -60,7 +60,8 @@ class ForYouModel:
         self.clock_ = _Clock()
         self.dir_ = _scratch_dir()
         settings = self.settings or Settings()
-        settings = replace(settings, server=replace(settings.server, data=self.dir_),
+        # no feed time budget: a wall-clock cut-off would make the grades depend on the machine's speed
+        settings = replace(settings, server=replace(settings.server, data=self.dir_, feed_budget_ms=0.0),
                            learning=replace(settings.learning, enabled=self.learned))
         self.engine_ = Engine.open(settings, clock=self.clock_, seed=self.seed)
         self.clock_.now = float(train.ts[0]) if len(train) else 0.0

@@ -220,6 +220,8 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         `explain=true` each item says why: its sources, each head's prediction, the weights, its value
         and the policy steps that placed it."""
         result = engine.feeds.feed(user_id, n, explain, region)
+        if result.over_budget:
+            metrics.inc("feed_budget_exceeded_total")
         metrics.inc("feeds_served_total")
         metrics.inc("feed_items_served_total", len(result.items))
         return JSON(result.as_dict())
@@ -250,9 +252,9 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
             "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
             **engine.learner.gauges(),
         }
-        periodic = engine.periodic
-        labelled = {"periodic_failures_total": ("counter", "task", {k: float(v) for k, v in periodic.failures.items()}),
-                    "periodic_failing": ("gauge", "task", {k: float(v >= MISSED) for k, v in periodic.in_a_row.items()})}
+        failures, in_a_row = engine.periodic.failures, engine.periodic.in_a_row
+        labelled = {"periodic_failures_total": ("counter", "task", {k: float(v) for k, v in failures.items()}),
+                    "periodic_failing": ("gauge", "task", {k: float(v >= MISSED) for k, v in in_a_row.items()})}
         return PlainTextResponse(metrics.render(gauges, labelled), media_type="text/plain; version=0.0.4")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

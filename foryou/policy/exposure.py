@@ -26,6 +26,8 @@ EARLY = STATS["early_swipes"]
 _ENGAGED = (STATS["completions"], STATS["likes"], STATS["shares"])
 _MIN_PEERS = 3  # an item is compared with at least this many others of its pool ...
 _MAX_WAIT_S = 3600.0  # ... or, after waiting this long for them, with the catalogue's mean
+_DIRECT = 1000  # pools up to this many items are ordered afresh at every request
+_SCAN = 400  # pool items a request's filter looks at, at most
 
 
 class Pools:
@@ -50,6 +52,7 @@ class Pools:
         # pool k's first impression is at starts[k] and it holds sizes[k] (index 0 unused)
         self._starts = np.asarray([self.threshold(k - 1) for k in range(count + 1)], np.float64)
         self._sizes = np.asarray([self.size(k) for k in range(count + 1)], np.float64)
+        self._ordered: tuple[float, np.ndarray, np.ndarray] | None = None  # (when, items, urgent), for large pools
 
     def size(self, k: int) -> int:
         return max(1, round(self.first * self.growth ** (k - 1)))
@@ -164,17 +167,39 @@ class Pools:
                    limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to `limit` pool items that `keep` allows, and a priority for each: 1 for an item waiting for
         its first impression for over half of `within_s` (these first), else 0; then the least advanced
-        in their pool first, then the oldest."""
+        in their pool first, then the oldest. `keep` (the user's filter, the costliest step) sees the
+        items in that order a few at a time, at most `_SCAN` of them, whatever the pools hold."""
         if not self.active:
             return np.zeros(0, np.int64), np.zeros(0)
+        order, urgent = self._order(catalog, now)
+        picked: list[np.ndarray] = []
+        flags: list[np.ndarray] = []
+        found, chunk = 0, 4 * limit
+        for lo in range(0, min(len(order), _SCAN), chunk):
+            idx = order[lo:lo + chunk]
+            live = np.fromiter((i in self.active for i in idx.tolist()), np.bool_, len(idx))  # the order may lag
+            ok = live.copy()
+            ok[live] = keep(idx[live])
+            picked.append(idx[ok][:limit - found])
+            flags.append(urgent[lo:lo + chunk][ok][:limit - found])
+            found += len(picked[-1])
+            if found >= limit:
+                break
+        return np.concatenate(picked), np.concatenate(flags).astype(np.float64)
+
+    def _order(self, catalog: Catalog, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """The active items best first, with their urgency: computed afresh while the pools are small,
+        else at most once a second (so that a request's cost does not grow with the pools)."""
+        if len(self.active) > _DIRECT and self._ordered is not None and now - self._ordered[0] < 1.0:
+            return self._ordered[1], self._ordered[2]
         idx = np.fromiter(self.active, np.int64, len(self.active))
-        idx = idx[keep(idx)]
         stats = catalog.stats
         codes = stats[idx, POOL].astype(np.int64)
         progress = (stats[idx, SERVED] - self._starts[codes]) / self._sizes[codes]
         urgent = (stats[idx, FIRST] == 0) & (now - catalog.created_at[idx] > self.within_s / 2)
-        order = np.lexsort((catalog.created_at[idx], progress, ~urgent))[:limit]
-        return idx[order], urgent[order].astype(np.float64)
+        order = np.lexsort((catalog.created_at[idx], progress, ~urgent))
+        self._ordered = (now, idx[order], urgent[order])
+        return idx[order], urgent[order]
 
     def exposure(self, catalog: Catalog, idx: int) -> dict[str, object]:
         """An item's exposure by pool, for `GET /v1/items/{id}`."""

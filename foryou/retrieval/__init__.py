@@ -10,7 +10,9 @@ from foryou.retrieval.sources import (
     fresh,
     interest,
     learned,
+    sweep,
     trending,
 )
 
-__all__ = ["Candidates", "coengagement", "explore", "fallback", "follows", "fresh", "interest", "learned", "trending"]
+__all__ = ["Candidates", "coengagement", "explore", "fallback", "follows", "fresh", "interest", "learned", "sweep",
+           "trending"]

@@ -1,9 +1,11 @@
-"""The candidate sources of the engine (exploration's topics come from policy/explore.py) plus a fallback
-that keeps a feed from running dry."""
+"""The candidate sources of the engine (exploration's topics come from policy/explore.py), a random
+fallback, and the sweep that keeps a feed from running dry while eligible items remain, a bounded
+stretch of the catalogue per request."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -111,18 +113,36 @@ def coengagement(cands: Candidates, neighbours: list[list[int]], budget: int) ->
         cands.add(items, "coengagement", budget=share)
 
 
-def fallback(cands: Candidates, eligible: np.ndarray | None, n_items: int, budget: int,
-             rng: np.random.Generator) -> None:
-    """Random items, so the feed never runs dry while eligible items remain. With `eligible` (a mask
-    over the whole catalogue) it draws from every eligible item; otherwise it samples indexes."""
+def fallback(cands: Candidates, n_items: int, budget: int, rng: np.random.Generator) -> None:
+    """Random items, so that a feed has candidates beyond what the user's signals reach."""
     if budget <= 0 or n_items == 0:
         return
-    if eligible is not None:
-        pool = np.flatnonzero(eligible)
-        rng.shuffle(pool)
-        cands.add(pool.tolist(), "fallback", budget=budget)
-    else:
-        cands.add(rng.integers(0, n_items, size=2 * budget).tolist(), "fallback", budget=budget)
+    cands.add(rng.integers(0, n_items, size=2 * budget).tolist(), "fallback", budget=budget)
+
+
+def sweep(cands: Candidates, keep: Callable[[np.ndarray], np.ndarray], start: int, n_items: int, want: int,
+          step: int, most: int, deadline: float | None = None) -> int:
+    """The catalogue a bounded stretch at a time, from item index `start` on (wrapping round): adds, in
+    index order, the items not yet excluded or proposed that `keep` allows, until `want` were added,
+    `most` indexes were looked at, or `deadline` (a `time.perf_counter()` value) has passed. Returns
+    where the next sweep should start: right after the last item added, so that over successive calls
+    every item is reached and none is skipped."""
+    if n_items == 0 or want <= 0:
+        return start
+    pos, looked, limit = start % n_items, 0, min(most, n_items)
+    excluded, proposed = cands.excluded, cands.sources
+    while looked < limit and want > 0:
+        stop = min(pos + step, n_items, pos + limit - looked)
+        window = [i for i in range(pos, stop) if i not in excluded and i not in proposed]
+        idx = np.asarray(window, np.int64)
+        taken = idx[keep(idx)][:want].tolist() if len(idx) else []
+        cands.add(taken, "fallback")
+        want -= len(taken)
+        looked += stop - pos
+        pos = (taken[-1] + 1 if want == 0 else stop) % n_items
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return pos
 
 
 def explore(cands: Candidates, catalog: Catalog, topics: list[int], rng: np.random.Generator,

@@ -132,6 +132,7 @@ def _open(settings: Settings, folder: Path, clock: SimClock, seed: int, learn: b
 
     folder.mkdir(parents=True, exist_ok=True)
     learning = dataclasses.replace(settings.learning, enabled=settings.learning.enabled and learn, index="exact")
-    arm_settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, data=str(folder)),
-                                       learning=learning)
+    # no feed time budget: a wall-clock cut-off would make a seed's report depend on the machine's speed
+    server = dataclasses.replace(settings.server, data=str(folder), feed_budget_ms=0.0)
+    arm_settings = dataclasses.replace(settings, server=server, learning=learning)
     return Engine.open(arm_settings, clock=clock, seed=seed)
