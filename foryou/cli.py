@@ -313,7 +313,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if verdict.problem is not None:
         print(f"audit log in {data}: BROKEN: {verdict.problem}", file=sys.stderr)
         return 1
-    print(f"audit log in {data}: intact, {verdict.records} records; head {verdict.head}")
+    files = f" in {verdict.files} files" if verdict.files > 1 else ""  # segments: a rotated log
+    print(f"audit log in {data}: intact, {verdict.records} records{files}; head {verdict.head}")
     return 0
 
 

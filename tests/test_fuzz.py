@@ -37,9 +37,11 @@ UNTRACKED = {LOG, HEAD}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Engine, Path]]:
     data = tmp_path_factory.mktemp("fuzz")
-    # schemathesis runs the app's lifespan, so the trainer's ticks run between requests: with its
-    # periodic checkpoint pushed out of the test, any file that changes was changed by a request
-    overrides = {"server.data": str(data), "server.regions": "us,eu", "learning.checkpoint_interval_s": 1e9}
+    # schemathesis runs the app's lifespan, so the periodic work runs between requests: with the
+    # trainer's and the live state's checkpoints pushed out of the test, any file that changes was
+    # changed by a request
+    overrides = {"server.data": str(data), "server.regions": "us,eu", "learning.checkpoint_interval_s": 1e9,
+                 "store.checkpoint_interval_s": 1e9}
     engine = Engine.open(load_settings(overrides=overrides, env={}))
     from foryou.types import ItemIn, UserIn
 

@@ -13,8 +13,10 @@ from foryou.privacy.secret import privacy_secret
 
 
 def open_audit(settings: Settings) -> AuditLog:
-    """The audit log of the settings' data directory, keyed with their privacy secret."""
-    return AuditLog(Path(settings.server.data), privacy_secret(settings))
+    """The audit log of the settings' data directory, keyed with their privacy secret, rotated past
+    `privacy.audit_rotate_mb`."""
+    return AuditLog(Path(settings.server.data), privacy_secret(settings),
+                    rotate_bytes=int(settings.privacy.audit_rotate_mb * 1024 * 1024))
 
 
 __all__ = ["AuditLog", "ErasureService", "ExportService", "RetentionService", "Tombstones", "open_audit",
