@@ -544,7 +544,8 @@ def make_key(data: Path) -> str | None:
             log("  this revision has no API keys: requests go without one")
             return None
         raise RuntimeError(f"foryou keys create failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    said = proc.stdout.strip().splitlines()[-1]  # the key, or (stdout not a terminal) the 0600 file holding it
+    return said if said.startswith("fy_") else Path(said).read_text().strip()
 
 
 def serve_cmd(data: Path, port: int) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from foryou.config import Settings, load_settings
-from foryou.datadir import private_dir, private_file
+from foryou.datadir import private_dir, private_file, write_private
 from foryou.errors import ForYouError
 from foryou.evaluation import MODELS
 from foryou.privacy.keys import SCOPES, KeyRing
@@ -63,10 +63,8 @@ def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
 def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = list) -> None:
     """Serve; `banner` gives the lines to print once the engine is open (a key made before a start-up
     that fails would never be shown, yet would stop the next start from making one)."""
-    import uvicorn
-
     from foryou.engine import Engine
-    from foryou.http import create_app
+    from foryou.http import create_app, server
 
     started = time.perf_counter()
     engine = Engine.open(settings)
@@ -78,20 +76,34 @@ def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = 
         print(line, flush=True)
     print(f"Serving on http://{host}:{port} - interactive API docs: http://{host}:{port}/docs", flush=True)
     try:
-        uvicorn.run(create_app(engine, keys), host=host, port=port, log_level="warning", access_log=False)
+        server.run(create_app(engine, keys), settings)
     finally:
         engine.close()
         keys.close()
 
 
-def _new_key_lines(keys: KeyRing, settings: Settings, name: str) -> list[str]:
-    """Create an admin key and say it, once; audited like any key made with `foryou keys create`."""
+def _hand_over(token: str, key_id: str, settings: Settings, path: str | None = None) -> str | None:
+    """Where a new key goes: the terminal, when stdout is one; else (a service's log, a pipe) a new
+    0600 file, `path` or DATA/key-<id>.txt, whose path is returned. Never into a log."""
+    if path is None and sys.stdout.isatty():
+        return None
+    out = Path(path) if path is not None else private_dir(Path(settings.server.data)) / f"key-{key_id}.txt"
+    write_private(out, (token + "\n").encode(), exclusive=path is None)
+    return str(out)
+
+
+def _new_key_lines(keys: KeyRing, settings: Settings, name: str) -> tuple[list[str], str]:
+    """Create an admin key and say it once (or where it was written); audited like any key made with
+    `foryou keys create`. Returns the lines and how a shell command gets the key."""
     from foryou.privacy import open_audit
 
     key, token = keys.create(name, ["admin"], time.time())
     open_audit(settings).append("key_create", None, "ok", time.time(), target=key.id)
-    return [f"Admin API key (shown only now; stored as a salted hash): {token}",
-            "  send 'Authorization: Bearer <key>' with every request; manage keys with 'foryou keys'"]
+    written = _hand_over(token, key.id, settings)
+    said = (f"Admin API key (shown only now; stored as a salted hash): {token}" if written is None else
+            f"Admin API key written to {written} (mode 0600; kept nowhere else): read it, then delete the file")
+    lines = [said, "  send 'Authorization: Bearer <key>' with every request; manage keys with 'foryou keys'"]
+    return lines, token if written is None else f"$(cat {written})"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -99,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     keys = _keyring(settings)
 
     def banner() -> list[str]:
-        return [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")
+        return [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")[0]
 
     with _exclusive(settings, "serving it"):
         _serve(settings, keys, banner)
@@ -137,10 +149,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if old.name == "demo" and old.active(now):
                 keys.revoke(old.id, now)
                 open_audit(settings).append("key_revoke", None, "ok", now, target=old.id)
-        lines = _new_key_lines(keys, settings, "demo")
-        token = lines[0].rsplit(" ", 1)[-1]
+        lines, token = _new_key_lines(keys, settings, "demo")
         base = f"http://{settings.server.host}:{settings.server.port}"
-        return [*lines, f"Try: curl -H 'Authorization: Bearer {token}' '{base}/v1/users/{some_user}/feed?n=5'"]
+        return [*lines, f'Try: curl -H "Authorization: Bearer {token}" \'{base}/v1/users/{some_user}/feed?n=5\'']
 
     with _exclusive(settings, "serving it"):
         with Engine.open(settings) as engine:
@@ -185,9 +196,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             key, token = keys.rotate(args.id, now, args.grace_s)
             print(f"{args.id} stops working in {args.grace_s:g}s", file=sys.stderr)
         audit.append(f"key_{args.keys_command}", None, "ok", now, target=key.id)
-        print(f"{key.id}: {','.join(key.scopes)} for {key.region or 'all regions'} (shown only now):",
-              file=sys.stderr)
-        print(token)
+        written = _hand_over(token, key.id, settings, args.key_file)
+        where = "shown only now" if written is None else "written to this 0600 file, kept nowhere else"
+        print(f"{key.id}: {','.join(key.scopes)} for {key.region or 'all regions'} ({where}):", file=sys.stderr)
+        print(token if written is None else written)
         return 0
     finally:
         keys.close()
@@ -335,10 +347,13 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_demo)
     s = sub.add_parser("keys", help="create, list, revoke and rotate API keys (stored as salted hashes)")
     keys = s.add_subparsers(dest="keys_command", required=True)
-    s = keys.add_parser("create", help="a new key, printed once on stdout")
+    key_file = ("write the key to this new 0600 file and print its path (the default when stdout is not "
+                "a terminal: DATA/key-<id>.txt)")
+    s = keys.add_parser("create", help="a new key, shown once on a terminal (else written to a 0600 file)")
     s.add_argument("--name", required=True, help="what the key is for (shown by 'list')")
     s.add_argument("--scopes", required=True, help=f"comma-separated, of {','.join(SCOPES)}")
     s.add_argument("--region", help="limit the key to the users of one region (default: all held here)")
+    s.add_argument("--key-file", metavar="PATH", help=key_file)
     _server_args(s, serving=False)
     s.set_defaults(run=cmd_keys)
     s = keys.add_parser("list", help="every key: id, name, scopes, region, state (never the secret)")
@@ -352,6 +367,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("id", help="the key's id (from 'list')")
     s.add_argument("--grace-s", type=float, default=0.0, metavar="S",
                    help="keep the old key working S more seconds while clients move over (default 0)")
+    s.add_argument("--key-file", metavar="PATH", help=key_file)
     _server_args(s, serving=False)
     s.set_defaults(run=cmd_keys)
     s = sub.add_parser("convert-kuairand", help="convert KuaiRand-Pure CSVs into items/events JSONL")

@@ -34,6 +34,7 @@ def write_private(path: Path, data: bytes, exclusive: bool = False) -> None:
     """Write `data` to a new 0600 file (`exclusive`: fail if it exists), durably."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # a file that existed keeps its mode otherwise: narrowed before it is written
     with os.fdopen(fd, "wb") as out:
         out.write(data)
         out.flush()

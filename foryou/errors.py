@@ -77,6 +77,16 @@ class PayloadTooLarge(ForYouError):
     status = 413
 
 
+class TooManyRequests(ForYouError):
+    """A key's rate limit: try again after `retry_after` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float, field: str = "authorization"):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
 class Unavailable(ForYouError):
     """The engine cannot do this safely now (e.g. the audit log is damaged, so audited calls stop)."""
 

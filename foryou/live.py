@@ -55,8 +55,9 @@ class Live:
         self.catalog = Catalog(regions)
         self.trending = Trending(regions, settings.signals.trending_half_life_h * 3600 / math.log(2))
         self.tau = settings.signals.interest_half_life_h * 3600 / math.log(2)
+        # Recently active users, least recently used first: an idle user leaves memory entirely (the
+        # store knows every user's region; `regions_of` asks it for users not here).
         self.users: OrderedDict[str, LiveUser] = OrderedDict()
-        self.user_region: dict[str, str] = {}
         self.pending: dict[str, str] = {}  # users of a batch being appended, not stored yet: their region
         self.dirty_items: set[int] = set()
         # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
@@ -79,9 +80,6 @@ class Live:
     # -- start-up --
     def load(self) -> None:
         store, catalog = self.store, self.catalog
-        for region in catalog.regions:
-            for user_id in store.iter_user_ids(region):
-                self.user_region[user_id] = region
         catalog.put_many(store.iter_items())
         rows, where = [], []
         for item_id, row in store.iter_item_stats():
@@ -125,11 +123,29 @@ class Live:
 
     # -- users --
     def region_of(self, user_id: str) -> str | None:
-        """The region of a stored user (all user ids are indexed in memory at start-up)."""
-        live = self.users.get(user_id)
-        if live is not None:
-            return live.profile.region if live.stored else None
-        return self.user_region.get(user_id)
+        """The region of a stored user."""
+        return self.regions_of([user_id]).get(user_id)
+
+    def regions_of(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """The regions of those of `user_ids` that are stored: from memory for active users, one
+        look-up per region in the store for the others."""
+        out: dict[str, str] = {}
+        ask: list[str] = []
+        for user_id in user_ids:
+            live = self.users.get(user_id)
+            if live is None:
+                ask.append(user_id)
+            elif live.stored:
+                out[user_id] = live.profile.region
+        if ask:
+            out.update(self.store.find_user_regions(ask))
+        return out
+
+    def unknown(self, user_ids: Iterable[str]) -> list[str]:
+        """Those of `user_ids` neither stored nor being placed by a batch: a request naming them creates them."""
+        ids = [u for u in dict.fromkeys(user_ids) if u not in self.pending]
+        stored = self.regions_of(ids)
+        return [u for u in ids if u not in stored]
 
     def place(self, user_id: str, region: str | None = None) -> str:
         """The region a request about this user acts in: the user's own. A region the request names
@@ -146,7 +162,7 @@ class Live:
     def placing(self, user_ids: Iterable[str], region: str | None) -> Iterator[None]:
         """While a batch of events is appended in chunks, its users not stored yet count as placed in
         `region` (default: the first held), so that a request about them meanwhile finds them there."""
-        fresh = [u for u in user_ids if self.region_of(u) is None and u not in self.pending]
+        fresh = self.unknown(user_ids)
         for user_id in fresh:
             self.pending[user_id] = region or self.settings.server.regions[0]
         try:
@@ -178,26 +194,25 @@ class Live:
         missing = [u for u in dict.fromkeys(user_ids) if u not in self.users]
         if not missing:
             return
+        self._trim()  # before, not after: the users loaded now are about to be used
         catalog, now = self.catalog, self.clock()
-        by_region: dict[str, list[str]] = {}
-        for user_id in missing:
-            found = self.user_region.get(user_id)
-            if found is None:
-                profile = UserRecord(user_id, region or self.settings.server.regions[0], created_at=now)
-                self.users[user_id] = LiveUser(profile, UserState(), stored=False, serving_loaded=True)
-            else:
-                by_region.setdefault(found, []).append(user_id)
-        for found, ids in by_region.items():
-            profiles = self.store.get_users(found, ids)
-            blobs = self.store.load_user_states(found, ids)
-            for user_id in ids:
-                profile = profiles.get(user_id) or UserRecord(user_id, found, created_at=now)
+        for found in self.catalog.regions:  # one look-up per region: the store knows where each user is
+            profiles = self.store.get_users(found, missing)
+            if not profiles:
+                continue
+            blobs = self.store.load_user_states(found, list(profiles))
+            for user_id, profile in profiles.items():
                 blob = blobs.get(user_id)
                 state = loads(blob, catalog) if blob else UserState()
                 if not blob and profile.interests:
                     seed_interests(state, catalog, profile.interests, now, self.tau)
                 self.users[user_id] = LiveUser(profile, state)
-        self._trim()
+            missing = [u for u in missing if u not in profiles]
+            if not missing:
+                break
+        for user_id in missing:  # new users, created in `region` (stored once something is kept of them)
+            profile = UserRecord(user_id, region or self.settings.server.regions[0], created_at=now)
+            self.users[user_id] = LiveUser(profile, UserState(), stored=False, serving_loaded=True)
 
     def serving(self, live: LiveUser) -> LiveUser:
         """Make sure the user's served/viewed items and last served item are loaded (feeds need them;
@@ -240,12 +255,10 @@ class Live:
             self._topics = (now, views, completions)
         return self._topics[1], self._topics[2]
 
-    def forget_user(self, user_id: str) -> None:
-        """Drop everything held in memory about the user (erasure): cached state, pending saves."""
-        live = self.users.pop(user_id, None)
-        region = self.user_region.pop(user_id, None) or (live.profile.region if live is not None else None)
-        if region is not None:
-            self.dirty_users[region].pop(user_id, None)
+    def forget_user(self, user_id: str, region: str) -> None:
+        """Drop everything held in memory about the user of `region` (erasure): cached state, pending saves."""
+        self.users.pop(user_id, None)
+        self.dirty_users[region].pop(user_id, None)
 
     def persist_user(self, live: LiveUser) -> None:
         self.store.put_user(live.profile)
@@ -253,12 +266,12 @@ class Live:
 
     def mark_stored(self, live: LiveUser) -> None:
         live.stored = True
-        self.user_region[live.profile.id] = live.profile.region
 
     def _trim(self) -> None:
-        """Evict least recently used users down to `store.user_cache`. Users with unsaved state cannot
-        leave yet: they are moved to the recent end, so each call looks at a bounded number of users
-        (walking the whole cache on every call made loads with many dirty users quadratic)."""
+        """Evict least recently used users down to `store.user_cache`: nothing of an idle user stays in
+        memory (a user never stored has nothing to lose). Users with unsaved state cannot leave yet:
+        they are moved to the recent end, so each call looks at a bounded number of users (walking the
+        whole cache on every call made loads with many dirty users quadratic)."""
         users = self.users
         dirty = sum(len(d) for d in self.dirty_users.values())
         excess = min(len(users) - self.settings.store.user_cache, len(users) - dirty)  # evictable
@@ -266,7 +279,7 @@ class Live:
         while excess > 0 and budget > 0 and users:
             budget -= 1
             user_id, live = next(iter(users.items()))
-            if live.dirty_since or not live.stored:
+            if live.dirty_since:
                 users.move_to_end(user_id)
             else:
                 del users[user_id]

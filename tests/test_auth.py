@@ -45,6 +45,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def handed_over(text: str) -> str:
+    """The key a command said: on a terminal the key itself, else the path of the 0600 file it wrote."""
+    found = re.search(r"fy_\w+", text)
+    if found:
+        return found[0]
+    path = Path(re.findall(r"(/\S+key-\w+\.txt)", text)[0])
+    assert path.stat().st_mode & 0o777 == 0o600
+    return path.read_text().strip()
+
+
 def keyring(client: Any) -> KeyRing:
     keys: KeyRing = client.app.state.keys
     return keys
@@ -145,15 +155,15 @@ def test_revoke_and_rotate_take_effect_on_a_running_server(make_client: MakeClie
     data = tmp_path / "d"
     client = make_client(data=data)
     assert cli.main(["keys", "create", "--data", str(data), "--name", "app", "--scopes", "feed"]) == 0
-    first = capsys.readouterr().out.strip()
+    first = handed_over(capsys.readouterr().out)
     key_id = first.split("_")[1]
     assert client.get("/v1/users/amy/feed", headers=bearer(first)).status_code == 200
     assert cli.main(["keys", "rotate", key_id, "--data", str(data)]) == 0
-    second = capsys.readouterr().out.strip()
+    second = handed_over(capsys.readouterr().out)
     assert client.get("/v1/users/amy/feed", headers=bearer(first)).status_code == 401
     assert client.get("/v1/users/amy/feed", headers=bearer(second)).status_code == 200
     assert cli.main(["keys", "rotate", second.split("_")[1], "--grace-s", "3600", "--data", str(data)]) == 0
-    third = capsys.readouterr().out.strip()
+    third = handed_over(capsys.readouterr().out)
     assert client.get("/v1/users/amy/feed", headers=bearer(second)).status_code == 200  # within its grace
     assert client.get("/v1/users/amy/feed", headers=bearer(third)).status_code == 200
     # a key in its grace period cannot be rotated again (that would lengthen its life)
@@ -247,8 +257,8 @@ def test_serve_makes_an_admin_key_once_and_demo_a_new_one_each_start(
     monkeypatch.delenv("FORYOU_ADMIN_KEY", raising=False)
     data = str(tmp_path / "d")
     assert cli.main(["serve", "--data", data]) == 0
-    token = re.search(r"fy_\w+", " ".join(banners[-1]))
-    assert token is not None
+    token = [handed_over(" ".join(banners[-1]))]
+    assert "fy_" not in " ".join(banners[-1])  # stdout is no terminal here: the key went to a file
     ring = KeyRing(tmp_path / "d")
     key = ring.authenticate(token[0], NOW)
     assert key is not None and key.scopes == ("admin",)
@@ -268,9 +278,9 @@ def test_serve_makes_an_admin_key_once_and_demo_a_new_one_each_start(
     demo_tokens = []
     for _ in range(2):
         assert cli.main(["demo", "--data", data]) == 0
-        found = re.search(r"fy_\w+", banners[-1][0])
-        assert found is not None and f"Bearer {found[0]}" in banners[-1][-1]  # the curl line uses it
-        demo_tokens.append(found[0])
+        written = re.findall(r"(/\S+key-\w+\.txt)", banners[-1][0])[0]
+        assert f"Bearer $(cat {written})" in banners[-1][-1]  # the curl line reads it
+        demo_tokens.append(handed_over(banners[-1][0]))
     now = time.time()
     assert ring.authenticate(demo_tokens[1], now) is not None
     assert ring.authenticate(demo_tokens[0], now) is None  # the last start's demo key stops working

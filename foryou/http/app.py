@@ -18,8 +18,10 @@ from foryou import __version__
 from foryou.engine import TICK_S, Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
-from foryou.http.auth import OPEN_PATHS, Auth, Refusals, check_named_region, check_region
+from foryou.http.auth import OPEN_PATHS, Auth, check_named_region, check_region
+from foryou.http.limits import Limits
 from foryou.http.middleware import BodyLimit, RequestMetrics
+from foryou.http.refusals import Refusals
 from foryou.ingest import IngestResult
 from foryou.metrics import Metrics
 from foryou.periodic import MISSED
@@ -109,13 +111,16 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     app = FastAPI(title="ForYou", version=__version__, default_response_class=JSON, lifespan=lifespan,
                   description="A real-time For You feed engine: catalogue, events, feeds.")
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=int(engine.settings.server.max_body_mb * 1024 * 1024))
-    refusals = Refusals(engine.audit, engine.clock)
+    server = engine.settings.server
+    app.add_middleware(BodyLimit, max_bytes=int(server.max_body_mb * 1024 * 1024), timeout_s=server.body_timeout_s)
+    refusals = Refusals(engine.audit, engine.clock, server.trusted_proxies)
+    limits = Limits(engine.settings.limits)
     app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, region_of=engine.live.region_of,
-                       refusals=refusals)
+                       refusals=refusals, limits=limits)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(errors.Shield)
     app.state.engine = engine
+    app.state.limits = limits
     app.state.keys = keys
     # A large batch of events yields between chunks (so that feeds get in). An erasure meanwhile would
     # be undone by the later chunks, so it waits for the batch; the batch's new users are placed in
@@ -158,6 +163,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         body = await parse(request, UserIn)
         with refusals.watching(request.state.key, "PUT /v1/users/{user_id}", user_id):
             check_named_region(request.state.key, body.region)
+        limits.new_users(request.state.key.id, len(engine.live.unknown([user_id])))
         return JSON(engine.users.put(user_id, body, region))
 
     @app.get("/v1/users/{user_id}", tags=["users"], openapi_extra=_op("feed"))
@@ -203,6 +209,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
             with refusals.watching(request.state.key, "POST /v1/events"):
                 check_region(request.state.key, {e.user for e in batch.events}, engine.live.region_of)
             records = engine.events.validate(batch.events, region)
+            limits.new_users(request.state.key.id, len(engine.live.unknown({r.user for r in records})))
             result = IngestResult(0, 0)
             with engine.live.placing({r.user for r in records}, region):  # new users' region, told to others
                 for start in range(0, len(records), INGEST_CHUNK):
@@ -214,11 +221,12 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         return JSON({"accepted": result.accepted, "duplicates": result.duplicates})
 
     @app.get("/v1/users/{user_id}/feed", tags=["feed"], openapi_extra=_op("feed"))
-    async def feed(user_id: IdPath, n: Annotated[int, Query(ge=1, le=100)] = 10,
+    async def feed(request: Request, user_id: IdPath, n: Annotated[int, Query(ge=1, le=100)] = 10,
                    explain: Annotated[bool, Query()] = False, region: XRegion = None) -> JSON:
         """The user's next `n` videos; each served item is recorded and never served again. With
         `explain=true` each item says why: its sources, each head's prediction, the weights, its value
         and the policy steps that placed it."""
+        limits.new_users(request.state.key.id, len(engine.live.unknown([user_id])))  # a feed creates a new user
         result = engine.feeds.feed(user_id, n, explain, region)
         if result.over_budget:
             metrics.inc("feed_budget_exceeded_total")

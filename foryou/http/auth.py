@@ -6,17 +6,18 @@ and 401s on privacy and admin routes, are audited as `refused`."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from foryou.errors import FieldError, Forbidden, ForYouError
-from foryou.http.errors import error_response
-from foryou.privacy.audit import CALLER, AuditLog
+from foryou.errors import FieldError, Forbidden, TooManyRequests
+from foryou.http.errors import error_response, refusal
+from foryou.http.limits import Limits
+from foryou.http.refusals import Refusals
+from foryou.privacy.audit import CALLER
 from foryou.privacy.keys import ApiKey, KeyRing
 
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
@@ -25,7 +26,6 @@ REGION_HEADER = b"x-region"
 
 RouteTable = list[tuple[re.Pattern[str], frozenset[str], str, str]]
 AUDITED_SCOPES = ("privacy", "admin")  # 401s on these routes are audited (every 403 is)
-REFUSALS_PER_MINUTE = 60  # audited per caller: a flood must not become a flood of fsyncs
 
 
 def route_table(routes: Iterable[BaseRoute]) -> RouteTable:
@@ -73,52 +73,15 @@ def check_named_region(key: ApiKey, region: str | None) -> None:
         raise Forbidden(f"this key is for region {key.region!r}", field="authorization")
 
 
-class Refusals:
-    """Refused calls, in the audit log as `refused`: at most REFUSALS_PER_MINUTE per key (one budget for
-    all calls without a valid key), so that a flood is not a flood of fsyncs; what a minute dropped is
-    recorded as `refused_dropped` (the count as `target`) at that caller's next refusal."""
-
-    def __init__(self, audit: AuditLog, clock: Callable[[], float]) -> None:
-        self.audit = audit
-        self.clock = clock
-        self.counts: dict[str | None, tuple[int, int]] = {}  # caller -> (minute, refusals in it)
-
-    def record(self, key: ApiKey | None, outcome: str, route: str, user_id: str | None) -> None:
-        caller, minute = (key.id if key is not None else None), int(time.time() // 60)
-        last, count = self.counts.get(caller, (minute, 0))
-        dropped = count - REFUSALS_PER_MINUTE if last != minute and count > REFUSALS_PER_MINUTE else 0
-        count = count + 1 if last == minute else 1
-        self.counts[caller] = (minute, count)
-        if count > REFUSALS_PER_MINUTE:
-            return
-        token = CALLER.set(caller)
-        try:
-            if dropped:
-                self.audit.append("refused_dropped", None, outcome, self.clock(), target=str(dropped))
-            self.audit.append("refused", user_id, outcome, self.clock(), target=route)
-        except (ForYouError, OSError):  # a damaged log: the request is refused all the same
-            pass
-        finally:
-            CALLER.reset(token)
-
-    @contextlib.contextmanager
-    def watching(self, key: ApiKey, route: str, user_id: str | None = None) -> Iterator[None]:
-        """Record a 403 raised inside (a check a handler makes once it has read the body)."""
-        try:
-            yield
-        except Forbidden:
-            self.record(key, "Forbidden", route, user_id)
-            raise
-
-
 class Auth:
     def __init__(self, app: ASGIApp, keys: KeyRing, routes: Callable[[], Iterable[BaseRoute]],
-                 region_of: Callable[[str], str | None], refusals: Refusals) -> None:
+                 region_of: Callable[[str], str | None], refusals: Refusals, limits: Limits) -> None:
         self.app = app
         self.keys = keys
         self.routes = routes
         self.region_of = region_of
         self.refusals = refusals
+        self.limits = limits
         self.table: RouteTable | None = None  # built at the first request, when every route exists
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,9 +99,14 @@ class Auth:
         key = self.keys.authenticate(token.strip(), time.time()) if scheme.lower() == "bearer" else None
         if key is None:
             if needed in AUDITED_SCOPES:
-                self.refusals.record(None, "Unauthorized", route, params.get("user_id"))
+                self.refusals.record(None, "Unauthorized", route, params.get("user_id"), self.refusals.peer(scope))
             problem = [FieldError("authorization", "a valid API key is required: one 'Authorization: Bearer <key>'")]
             await error_response(401, problem, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        try:
+            self.limits.request(key.id)
+        except TooManyRequests as exc:
+            await refusal(exc)(scope, receive, send)
             return
         try:
             if not key.allows(needed or "admin"):  # fail closed: a path no route matches is admin-only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foryou.errors import FieldError, ForYouError
+from foryou.errors import FieldError, ForYouError, TooManyRequests
 from foryou.types import ID_PATTERN, REGION_PATTERN, RFC3339_PATTERN
 
 log = logging.getLogger("foryou.http")
@@ -30,6 +31,18 @@ _PATTERN_MESSAGES = {
 def error_response(status: int, errors: list[FieldError], headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps({"errors": [e.as_dict() for e in errors]})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _headers(exc: ForYouError) -> dict[str, str] | None:
+    """`Retry-After` for a rate limit (whole seconds, at least 1)."""
+    if isinstance(exc, TooManyRequests):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return None
+
+
+def refusal(exc: ForYouError) -> Response:
+    """The response for an error raised outside the app's handlers (the middleware's)."""
+    return error_response(exc.status, exc.errors, _headers(exc))
 
 
 def field_error(err: dict[str, Any]) -> FieldError:
@@ -57,7 +70,7 @@ def field_error(err: dict[str, Any]) -> FieldError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ForYouError)
     async def _engine_error(_: Request, exc: ForYouError) -> Response:
-        return error_response(exc.status, exc.errors)
+        return error_response(exc.status, exc.errors, _headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -71,7 +84,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> Response:
         message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        field = "body" if exc.status_code == 413 else ""
+        field = "body" if exc.status_code in (408, 413) else ""
         return error_response(exc.status_code, [FieldError(field, message)], getattr(exc, "headers", None))
 
 

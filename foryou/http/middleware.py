@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: a body-size limit (413, even without a Content-Length) and request metrics."""
+"""Pure ASGI middleware: a body-size and body-time limit (413, even without a Content-Length; 408) and
+request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -14,9 +16,13 @@ from foryou.metrics import Metrics
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """At most `max_bytes` of body (413), all of it within `timeout_s` of the first read (408, and the
+    connection is closed: the rest of the body would otherwise be read as the next request)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,16 +38,25 @@ class BodyLimit:
                 if too_big:
                     await error_response(413, message)(scope, receive, send)
                     return
-        seen = 0
+        seen, deadline, done = 0, 0.0, False
 
         async def limited() -> Message:
-            # Raised inside the app, where the exception handlers turn it into a 413 response.
-            nonlocal seen
-            msg = await receive()
+            # Raised inside the app, where the exception handlers turn them into 413 and 408 responses.
+            nonlocal seen, deadline, done
+            if done:  # the body is in: what comes now is a disconnect, whenever it comes
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise HTTPException(408, detail=f"the request body took over {self.timeout_s:g}s to arrive",
+                                    headers={"Connection": "close"}) from None
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
                     raise HTTPException(413, detail=message[0].message)
+                done = not msg.get("more_body", False)
             return msg
 
         await self.app(scope, limited, send)

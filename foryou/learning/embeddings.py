@@ -168,13 +168,36 @@ class EmbeddingTable:
 
     def restore(self, rows: Iterable[tuple[str, bytes]]) -> None:
         """Load rows saved by `changes` (into an empty table)."""
+        self.put_rows(rows)
+        self.dirty.clear()
+        self.removed.clear()
+
+    def put_rows(self, rows: Iterable[tuple[str, bytes]]) -> None:
+        """Bring saved rows (as `changes` encoded them) back into memory, unchanged since saved."""
         width = self.dim * 4
         for key, blob in rows:
             if len(blob) != 2 * width + 8:
                 raise ValueError(f"a saved row of {key!r} has {len(blob)} bytes, expected {2 * width + 8}")
             row = self._new_row(key, 0.0)
+            self.dirty.discard(row)
             self.vectors[row] = np.frombuffer(blob, np.float32, self.dim, 0)
             self.accum[row] = np.frombuffer(blob, np.float32, self.dim, width)
             self.seen[row] = np.frombuffer(blob, np.float64, 1, 2 * width)[0]
-        self.dirty.clear()
-        self.removed.clear()
+
+    def seen_of(self, blob: bytes) -> float:
+        """When a saved row was last trained."""
+        return float(np.frombuffer(blob, np.float64, 1, 2 * self.dim * 4)[0])
+
+    def evict(self, keys: Iterable[str]) -> int:
+        """Let the rows of `keys` leave memory, saved as they are (a row changed since the last
+        checkpoint stays until it is saved); returns how many left. `put_rows` brings one back."""
+        gone = 0
+        for key in keys:
+            row = self.index.get(key)
+            if row is None or row in self.dirty:
+                continue
+            del self.index[key]
+            self.ids[row] = None
+            self.free.append(row)
+            gone += 1
+        return gone

@@ -72,6 +72,7 @@ class Learner:
         self._dropped_in_row = 0
         self._last_checkpoint = 0.0
         self._last_expire = 0.0
+        self._expiring: dict[str, str] = {}  # region -> the last key an expiry walk of saved user rows reached
         self.duel = Duel(s.duel_window)
         self.fallback = HeuristicRanker()
         self._rng = np.random.default_rng(seed)
@@ -141,6 +142,8 @@ class Learner:
         size = max(self.settings.batch_size, 1)
         totals = self.live.totals()
         catalog = self.live.catalog
+        for region in set(ex.regions):  # rows of users back after a while: from the store, before training
+            self.load_users(region, [u for u, r in zip(ex.users, ex.regions, strict=True) if r == region])
         for lo in range(0, len(ex.items), size):
             part = Examples(ex.regions[lo:lo + size], ex.users[lo:lo + size], ex.items[lo:lo + size],
                             ex.labels[lo:lo + size], ex.mask[lo:lo + size], ex.retrieval[lo:lo + size])
@@ -179,6 +182,8 @@ class Learner:
             self._last_expire = now
             for table in self.model.tables().values():
                 table.expire(now)
+            self._expiring = {r: "" for r in self.model.users}  # ... and walk the rows saved of idle users
+        self._expire_saved(now)
         if now - self._last_checkpoint >= self.settings.checkpoint_interval_s:
             self.checkpoint()
 
@@ -202,11 +207,55 @@ class Learner:
             if budget_s is not None and time.perf_counter() - started >= budget_s:
                 return
 
+    def load_users(self, region: str, users: Sequence[str]) -> None:
+        """Bring back the saved rows of users who became active again (an idle user's row leaves
+        memory at a checkpoint, `evict_idle`); a row idle past `ttl_days` is deleted instead."""
+        table = self.model.users[region]
+        missing = [u for u in dict.fromkeys(users) if u not in table.index and u not in table.removed]
+        if not missing or not self.settings.enabled:
+            return
+        saved = self.live.store.get_model_rows(region, "user", missing)
+        cutoff = self.live.clock() - table.ttl_s if table.ttl_s > 0 else -np.inf
+        stale = [u for u, blob in saved.items() if table.seen_of(blob) < cutoff]
+        table.removed.update(stale)  # deleted at the next checkpoint
+        table.put_rows((u, blob) for u, blob in saved.items() if u not in stale)
+
+    def evict_idle(self) -> int:
+        """Rows of users no longer in the live state's cache leave memory (they are saved: call after a
+        checkpoint); returns how many left."""
+        active = self.live.users
+        return sum(table.evict([u for u in list(table.index) if u not in active])
+                   for table in self.model.users.values())
+
+    def _expire_saved(self, now: float, page: int = 2000) -> None:
+        """A page of the saved user rows per tick, while an expiry walk is on: those idle past `ttl_days`
+        and not in memory are deleted (rows in memory expire with their table)."""
+        for region, after in list(self._expiring.items()):
+            table = self.model.users[region]
+            rows = self.live.store.model_rows_after(region, "user", after, page)
+            if len(rows) < page:
+                del self._expiring[region]
+            else:
+                self._expiring[region] = rows[-1][0]
+            if table.ttl_s <= 0:
+                continue
+            stale = [u for u, blob in rows if u not in table.index and table.seen_of(blob) < now - table.ttl_s]
+            if stale:
+                self.live.store.save_model_rows(region, "user", [], stale)
+
+    def user_vector(self, region: str, user: str) -> np.ndarray | None:
+        """The user's learned vector, or None for a user without one."""
+        self.load_users(region, [user])
+        if user not in self.model.users[region].index:
+            return None
+        return self.model.user_vectors([region], [user])[0]
+
     def forget_user(self, region: str, user: str) -> None:
         """Start the user afresh: drop their embedding row and open joins, and save the removal now."""
         self.joins.forget(user)
         table = self.model.users[region]
-        if table.remove([user]) and self.settings.enabled:
+        table.remove([user])
+        if self.settings.enabled:  # saved too, whether or not the row was in memory
             self.live.store.save_model_rows(region, "user", [], [user])
             table.removed.discard(user)
 
@@ -218,6 +267,7 @@ class Learner:
         """The `k` items nearest the user's vector (best first); none for a user without a row."""
         if 0 < len(self.dirty_items) <= _INDEX_CHUNK:
             self.refresh_index()  # a few changed vectors now; more wait for the tick (bounded in time)
+        self.load_users(region, [user])
         p = self.model.user_vectors([region], [user])[0]
         if not p.any() or k <= 0:
             return np.zeros(0, np.int64)
@@ -226,6 +276,7 @@ class Learner:
 
     def predict(self, region: str, user: str, idx: np.ndarray) -> dict[str, np.ndarray]:
         live = self.live
+        self.load_users(region, [user])
         return self.model.predict(live.catalog, region, user, idx, live.clock(), live.totals(), self._popularity(idx))
 
     def _popularity(self, idx: np.ndarray) -> np.ndarray:
@@ -255,6 +306,7 @@ class Learner:
             rows, removed = table.changes()
             if rows or removed:
                 store.save_model_rows(region, name, rows, removed)
+        self.evict_idle()
         buf = io.BytesIO()
         header = json.dumps({"marks": self.marks, "version": self.version, "examples": self.examples,
                              "loss": self.loss, "steps": self.steps}).encode()
@@ -324,4 +376,5 @@ class Learner:
         self.version, self.examples = header["version"], header["examples"]
         self.loss, self.steps = header["loss"], header["steps"]
         for (name, region), table in model.tables().items():
-            table.restore(store.iter_model_rows(region, name))
+            if name != "user":  # users' rows come back with each user (`load_users`)
+                table.restore(store.iter_model_rows(region, name))

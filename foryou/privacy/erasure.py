@@ -63,7 +63,7 @@ class ErasureService:
         now = live.clock()
         event_ids = [e.id for e in store.user_events(region, user_id) if e.id is not None]
         self.learner.forget_user(region, user_id)  # its row and open joins, before the store forgets
-        live.forget_user(user_id)
+        live.forget_user(user_id, region)
         deleted = store.erase_user(region, user_id, event_ids)
         subject = keyed_hash(self.tombstones.key, user_id)
         until = now + live.settings.privacy.erasure_refuse_days * 86400

@@ -50,8 +50,9 @@ class ExportService:
         user = live.serving(live.user(user_id))
         state, catalog, store, now = user.state, live.catalog, live.store, live.clock()
         learned: list[float] | None = None
-        if self.learner is not None and user_id in self.learner.model.users[region].index:
-            learned = [round(float(x), 6) for x in self.learner.model.user_vectors([region], [user_id])[0]]
+        vector = self.learner.user_vector(region, user_id) if self.learner is not None else None
+        if vector is not None:
+            learned = [round(float(x), 6) for x in vector]
         return {
             "exported_at": format_time(now),
             "profile": user.profile.public(),

@@ -64,6 +64,9 @@ class Store(Protocol):
     def find_user_region(self, user_id: str) -> str | None:
         """The region whose store holds this user, if any."""
 
+    def find_user_regions(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """For those of `user_ids` some region holds: that region (one look-up per region)."""
+
     def iter_user_ids(self, region: str) -> Iterator[str]:
         """Every user id held in the region's store."""
 
@@ -142,6 +145,13 @@ class Store(Protocol):
         (users' rows) or, with `region` None, the shared one (item-side rows)."""
 
     def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]: ...
+
+    def get_model_rows(self, region: str | None, table: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """The saved rows of those of `keys` that have one (a user's row is loaded when they come back)."""
+
+    def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        """Up to `limit` rows of `table` whose keys sort after `after`, in key order: a walk over every
+        row a bounded page at a time (expiry of idle rows)."""
 
     def save_model_blob(self, key: str, value: bytes) -> None:
         """Store a shared blob (dense weights, watermarks), replacing any under `key`."""

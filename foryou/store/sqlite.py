@@ -220,10 +220,16 @@ class SQLiteStore:
             c.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?,?,?)", _user_row(user))
 
     def find_user_region(self, user_id: str) -> str | None:
+        return self.find_user_regions([user_id]).get(user_id)
+
+    def find_user_regions(self, user_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
         for region, conn in self._region.items():
-            if conn.execute("SELECT 1 FROM users WHERE id=?", (user_id,)).fetchone():
-                return region
-        return None
+            missing = [u for u in dict.fromkeys(user_ids) if u not in out]
+            for chunk in _chunks(missing):
+                for (user_id,) in conn.execute(f"SELECT id FROM users WHERE id IN ({_marks(chunk)})", chunk):
+                    out[user_id] = region
+        return out
 
     def iter_user_ids(self, region: str) -> Iterator[str]:
         for (user_id,) in self._region[region].execute("SELECT id FROM users"):
@@ -391,6 +397,18 @@ class SQLiteStore:
     def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
         for key, row in self._model_conn(region).execute("SELECT key, row FROM model_rows WHERE tbl=?", (table,)):
             yield key, bytes(row)
+
+    def get_model_rows(self, region: str | None, table: str, keys: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        conn = self._model_conn(region)
+        for chunk in _chunks(keys):
+            q = f"SELECT key, row FROM model_rows WHERE tbl=? AND key IN ({_marks(chunk)})"
+            out.update((key, bytes(row)) for key, row in conn.execute(q, (table, *chunk)))
+        return out
+
+    def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        q = "SELECT key, row FROM model_rows WHERE tbl=? AND key>? ORDER BY key LIMIT ?"
+        return [(key, bytes(row)) for key, row in self._model_conn(region).execute(q, (table, after, limit))]
 
     def save_model_blob(self, key: str, value: bytes) -> None:
         with _tx(self._catalog) as c:

@@ -273,6 +273,11 @@ class TestUsers:
         assert store.find_user_region("u1") == "us"
         assert store.find_user_region("u2") == "eu"
         assert store.find_user_region("u3") is None
+        assert store.find_user_regions(["u3", "u2", "u1", "u2"]) == {"u1": "us", "u2": "eu"}
+        assert store.find_user_regions([]) == {}
+        many = [f"x{k}" for k in range(2000)]
+        store.append_events("eu", [], [UserRecord(u, "eu", (), None, None, 1.0) for u in many[::3]])
+        assert store.find_user_regions(many) == dict.fromkeys(many[::3], "eu")
 
     def test_iter_user_ids_per_region(self, store: Store) -> None:
         assert list(store.iter_user_ids("us")) == [] and list(store.iter_user_ids("eu")) == []
@@ -637,6 +642,23 @@ def test_model_rows_upsert_delete_and_survive_reopen(opener: Opener, store: Stor
     # Users' rows stay in their region's store, like all user data.
     assert dict(again.iter_model_rows("us", "user")) == {"u1": b"us-row"}
     assert dict(again.iter_model_rows("eu", "user")) == {"u2": b"eu-row"}
+
+
+def test_model_rows_by_key_and_a_page_at_a_time(store: Store) -> None:
+    keys = [f"u{k:04d}" for k in range(1500)]
+    store.save_model_rows("us", "user", [(k, k.encode()) for k in keys], [])
+    store.save_model_rows("eu", "user", [("u0001", b"eu")], [])
+    store.save_model_rows("us", "creator", [("u0002", b"not a user row")], [])
+    assert store.get_model_rows("us", "user", ["u0001", "u1499", "nobody"]) == {"u0001": b"u0001", "u1499": b"u1499"}
+    assert store.get_model_rows("eu", "user", ["u0001", "u0002"]) == {"u0001": b"eu"}
+    assert store.get_model_rows("us", "user", keys) == {k: k.encode() for k in keys}  # past a bound-parameter limit
+    walked, after = [], ""
+    while page := store.model_rows_after("us", "user", after, 400):
+        assert len(page) <= 400
+        walked += page
+        after = page[-1][0]
+    assert walked == [(k, k.encode()) for k in keys]  # each row once, in key order
+    assert store.model_rows_after("us", "user", "u1499", 10) == []
 
 
 def test_model_rows_are_all_or_nothing(store: Store) -> None:

@@ -1,0 +1,70 @@
+"""Running the app under uvicorn with the protections a public port needs: a connection must send
+its request headers within `server.header_timeout_s` of opening (or of its last response), so a
+client trickling headers, or sending nothing, cannot hold a connection; idle keep-alive connections
+close after `server.keep_alive_s`; at most `server.max_concurrency` connections and requests at once
+(503 beyond). Bodies have their own deadline (middleware.BodyLimit). What a proxy in front must still
+add is in docs/privacy.md."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from foryou.config import Settings
+
+
+class _HeaderDeadline(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, closing a connection whose request line and headers take longer than
+    `header_timeout_s` (uvicorn itself times out only idle keep-alive connections)."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._deadline: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:  # the next request on a kept-alive connection
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.header_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
+    """The HTTP protocol class for uvicorn, with this header deadline."""
+    return type("HeaderDeadline", (_HeaderDeadline,), {"header_timeout_s": header_timeout_s})
+
+
+def config(app: Any, settings: Settings, **kwargs: Any) -> uvicorn.Config:
+    server = settings.server
+    return uvicorn.Config(app, host=server.host, port=server.port, http=protocol(server.header_timeout_s),
+                          timeout_keep_alive=max(1, round(server.keep_alive_s)),
+                          limit_concurrency=server.max_concurrency, log_level="warning", access_log=False, **kwargs)
+
+
+def run(app: Any, settings: Settings) -> None:
+    uvicorn.Server(config(app, settings)).run()
