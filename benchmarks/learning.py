@@ -126,7 +126,7 @@ def time_batches(name: str, catalogue: Any, records: list[Any], batch: int, lear
             if learn_only:
                 learner.learn_many(region, part, seqs)
             else:
-                engine.events.append(part, checkpoint=False)
+                engine.events.append(part)
             if profiled:
                 prof.disable()
             else:

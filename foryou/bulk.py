@@ -98,7 +98,7 @@ def load_files(engine: Engine, items: Path | None, events: Path | None, progress
         if events is not None:
             for n, (numbers, batch) in enumerate(read_jsonl(_EVENTS, events), 1):
                 try:
-                    result = engine.events.ingest(batch, checkpoint=False)
+                    result = engine.events.ingest(batch)
                 except InvalidInput as exc:
                     raise _located(events, numbers, exc.errors) from None
                 report.events += result.accepted

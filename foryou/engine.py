@@ -69,11 +69,13 @@ class Engine:
         (Path(settings.server.data) / INDEX_FILE).unlink(missing_ok=True)
         return cls.open(settings, clock, seed=seed)
 
-    def tick(self, now: float) -> None:
-        """Periodic work between requests (the server runs it every `TICK_S`): the trainer's joins,
-        index and checkpoints, the live state's checkpoint, and retention once an hour when it is on.
-        A task that raises is logged, counted and retried later; the others go on (periodic.py)."""
-        self.periodic.run(now)
+    def tick(self, now: float, strict: bool = False) -> None:
+        """Periodic work between requests (the server runs it every `TICK_S`; a step driver, such as
+        the simulator, at its own pace): the trainer's joins, index and checkpoints, the live state's
+        checkpoint (and the new-video pools' decisions), and retention once an hour when it is on. A
+        task that raises is logged, counted and retried later, and the others go on (periodic.py);
+        `strict` raises instead."""
+        self.periodic.run(now, strict)
 
     def _retention(self, now: float) -> None:
         if self.retention.due(now):

@@ -287,7 +287,6 @@ class FeedService:
             live.apply_served(user.profile.region, user, served, seqs[-1])
             if self.learner is not None:
                 self.learner.record_served(user.profile.region, user_id, served, now)
-        live.maybe_checkpoint()
         over_budget = over_budget or (deadline is not None and time.perf_counter() > deadline)
         return Feed(user_id, request_id, items, over_budget)
 

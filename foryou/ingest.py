@@ -32,9 +32,9 @@ class IngestService:
         self.learner = learner
         self.tombstones = tombstones
 
-    def ingest(self, events: Sequence[EventIn], checkpoint: bool = True) -> IngestResult:
+    def ingest(self, events: Sequence[EventIn]) -> IngestResult:
         """Validate the whole batch, then append it."""
-        return self.append(self.validate(events), checkpoint)
+        return self.append(self.validate(events))
 
     def validate(self, events: Sequence[EventIn], region: str | None = None) -> list[EventRecord]:
         """The checks that need the catalogue and the clock; raises `InvalidInput` listing them all.
@@ -66,10 +66,10 @@ class IngestService:
             self.tombstones.refuse([r.user for r in records], now)
         return records
 
-    def append(self, records: Sequence[EventRecord], checkpoint: bool = True,
-               region: str | None = None) -> IngestResult:
+    def append(self, records: Sequence[EventRecord], region: str | None = None) -> IngestResult:
         """Append already-validated records; users not seen before are created in `region` (default:
-        the server's first). The bulk loader passes `checkpoint=False` and checkpoints once at the end."""
+        the server's first). Derived state is checkpointed by the periodic work (`Engine.tick`), never
+        here: a request only appends and applies."""
         live = self.live
         live.prefetch([r.user for r in records], region)  # one look-up per region; unknown users are created
         by_region: dict[str, list[EventRecord]] = {}
@@ -96,8 +96,6 @@ class IngestService:
             if self.learner is not None:  # before the live state moves on: its features are as of before
                 self.learner.learn_many(region, batch, seqs, accepted=time.time())
             live.apply_events(region, batch, seqs)
-        if checkpoint:
-            live.maybe_checkpoint()
         return IngestResult(len(records) - duplicates, duplicates)
 
 

@@ -391,10 +391,11 @@ class Live:
         return self._totals[1]
 
     # -- persistence of derived state --
-    def maybe_checkpoint(self, max_users: int = 500) -> None:
-        """Called after requests: every `checkpoint_interval_s`, save a bounded slice of state, so that
-        no single request pays for a whole checkpoint; the slices continue until nothing is dirty.
-        Once an hour, idempotency keys past their time to live are dropped."""
+    def maybe_checkpoint(self, max_users: int = 200) -> None:
+        """The periodic work's (never a request's): every `checkpoint_interval_s`, save a bounded slice
+        of state, so that no tick holds the server for a whole checkpoint; the slices continue, a tick
+        each, until nothing is dirty. Decides the new-video pools that are due. Once an hour,
+        idempotency keys past their time to live are dropped."""
         now = self.clock()
         if now - self._last_purge >= 3600:  # keys are remembered from acceptance, in the engine's time
             self._last_purge = now

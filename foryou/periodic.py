@@ -32,14 +32,22 @@ class Periodic:
         self.in_a_row = dict.fromkeys(tasks, 0)
         self.retry_at = dict.fromkeys(tasks, 0.0)
 
-    def run(self, now: float) -> None:
-        """Run every task whose retry time has come; `now` in the engine's time."""
+    def add(self, name: str, task: Callable[[float], None]) -> None:
+        """One more task (the server adds its garbage collection)."""
+        self.tasks[name] = task
+        self.failures[name], self.in_a_row[name], self.retry_at[name] = 0, 0, 0.0
+
+    def run(self, now: float, strict: bool = False, only: str | None = None) -> None:
+        """Run every task (or `only` that one) whose retry time has come; `now` in the engine's time.
+        `strict` (a step driver, where a failure must surface): raise instead."""
         for name, task in self.tasks.items():
-            if now < self.retry_at[name]:
+            if now < self.retry_at[name] or (only is not None and name != only):
                 continue
             try:
                 task(now)
             except Exception as exc:  # any failure: the other tasks and later ticks go on
+                if strict:
+                    raise
                 self.failures[name] += 1
                 self.in_a_row[name] += 1
                 backoff = min(self.interval_s * 2 ** (self.in_a_row[name] - 1), MAX_BACKOFF_S)

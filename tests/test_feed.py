@@ -391,6 +391,7 @@ def _activity(e: Engine, clock: Clock, checkpoint_midway: bool) -> dict[str, int
     serve("ann", 5)
     serve("bob", 4)
     clock.advance(10 if checkpoint_midway else 1)  # past the 5 s checkpoint interval, or not
+    e.tick(clock())  # the periodic work, as a server runs it between requests
     ingest([view("ann", "i012", 20.0), view("bob", "i005", 19.0), EventIn(user="bob", item="i005", type="follow"),
             view("cid", "i003", 3.0), EventIn(user="ann", item="i001", type="not_interested")])
     clock.advance(1)

@@ -80,7 +80,7 @@ class ForYouModel:
         for start in range(0, len(records), REPLAY_BATCH):
             batch = records[start:start + REPLAY_BATCH]
             self.clock_.now = batch[-1].ts
-            engine.events.append(batch, checkpoint=False)
+            engine.events.append(batch)
         # Co-engagement reaches the store (where the feed reads it) at a checkpoint, and changed item
         # vectors reach the ANN index at the ticks, as in serving.
         engine.live.checkpoint()

@@ -49,7 +49,7 @@ class Client(Protocol):
     def item(self, item_id: str) -> dict[str, Any]: ...
 
     def tick(self) -> None:
-        """The periodic work a server does between requests (closing the learner's joins)."""
+        """The periodic work a server does between requests (the learner's joins, checkpoints, pools)."""
 
     def model(self) -> dict[str, Any]:
         """Whether the learned model serves and how many examples it learned (empty when unknown)."""
@@ -99,8 +99,12 @@ class LocalClient:
         return dict(self.engine.items.get(item_id))
 
     def tick(self) -> None:
-        learner = self.engine.learner
-        learner.tick(self.engine.clock())
+        learner, engine = self.engine.learner, self.engine
+        # the engine's periodic work, as a server runs it; one from before `strict` ticks the learner alone
+        if "strict" in inspect.signature(engine.tick).parameters:
+            engine.tick(engine.clock(), strict=True)
+        else:
+            learner.tick(engine.clock())
         # A server bounds the re-indexing of each tick by wall time; a run must not depend on how fast
         # the machine is, so the index is brought up to date whatever it costs.
         learner.refresh_index()
