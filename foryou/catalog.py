@@ -14,6 +14,7 @@ from foryou.types import STAT_NAMES, ItemRecord
 # Columns of `Catalog.stats`: the public counters, then the internal ones (all persisted): early swipes,
 # the item's exposure pool and when it was first served (policy/exposure.py).
 STATS = {name: i for i, name in enumerate((*STAT_NAMES, "early_swipes", "pool", "first_served"))}
+_VIEWS, _COMPLETIONS = STATS["views"], STATS["completions"]
 ALL_REGIONS = np.int64(-1)
 RANK_TAGS = 4  # tags per item kept column-wise for vectorised ranking (learning uses them all)
 
@@ -94,6 +95,9 @@ class Catalog:
         self.sound_l: list[int] = []
         self.topic_l: list[int] = []
         self.duration_l: list[float] = []
+        # Per topic code: items, views, completions; kept as items and events come (`count_topic_views`),
+        # so that catalogue-wide topic rates are never summed over every item on a request.
+        self.topic_sums = np.zeros((64, 3))
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -169,6 +173,9 @@ class Catalog:
                 self.by_tag.setdefault(t, []).append(idx)
         if topic >= 0 and topic != old_topic:
             self.by_topic.setdefault(topic, []).append(idx)
+        if topic != old_topic:  # the item and what it was watched move to its new topic
+            row = np.asarray([1.0, self.stats[idx, _VIEWS], self.stats[idx, _COMPLETIONS]])
+            self._topic_rows(np.asarray([old_topic, topic]), np.stack([-row, row]))
         if creator != old_creator:
             self.by_creator.setdefault(creator, []).append(idx)
         if sound >= 0 and sound != old_sound:
@@ -227,6 +234,8 @@ class Catalog:
         self.sound_l.extend(sounds)
         self.topic_l.extend(topics)
         self.duration_l.extend(durations)
+        topic_codes = np.asarray(topics, np.int64)
+        self._topic_rows(topic_codes, np.tile([1.0, 0.0, 0.0], (len(topic_codes), 1)))
         by_tag, by_topic, by_creator, by_sound = self.by_tag, self.by_topic, self.by_creator, self.by_sound
         for idx in range(start, stop):
             k = idx - start
@@ -247,6 +256,29 @@ class Catalog:
         self.term_start[idx] = len(self.terms)
         self.term_len[idx] = len(seq)
         self.terms.extend(seq)
+
+    def _topic_rows(self, topics: np.ndarray, rows: np.ndarray) -> None:
+        """Add `rows` (items, views, completions) to the sums of `topics` (-1: no topic, skipped)."""
+        keep = topics >= 0
+        if not keep.any():
+            return
+        if len(self.tags) > len(self.topic_sums):
+            grown = np.zeros((2 * len(self.tags), 3))
+            grown[: len(self.topic_sums)] = self.topic_sums
+            self.topic_sums = grown
+        np.add.at(self.topic_sums, topics[keep], rows[keep])
+
+    def count_topic_views(self, idx: np.ndarray, completed: np.ndarray) -> None:
+        """Views of items `idx` (one each; `completed`: which were watched to the end), by their topic."""
+        self._topic_rows(self.topic[idx].astype(np.int64),
+                         np.stack([np.zeros(len(idx)), np.ones(len(idx)), completed.astype(np.float64)], axis=1))
+
+    def recount_topics(self) -> None:
+        """The topic sums from the counters (after they were loaded from the store)."""
+        n = len(self.ids)
+        self.topic_sums = np.zeros((max(len(self.tags), 64), 3))
+        self._topic_rows(self.topic[:n].astype(np.int64),
+                         np.stack([np.ones(n), self.stats[:n, _VIEWS], self.stats[:n, _COMPLETIONS]], axis=1))
 
     def terms_of(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The candidates' word codes, concatenated, and for each code the candidate's position."""

@@ -232,11 +232,10 @@ class FeedService:
         topics = self._explore(user, cands, slots) if personal else []
         idx = self._eligible(user, cands, keep)
         if len(idx) < n:  # the sources ran short: the next stretch of the catalogue, within the budget
-            if deadline is None or time.perf_counter() < deadline:
+            over_budget = _late(deadline)
+            if not over_budget:
                 self._sweep(user, cands, keep, n * 4, deadline)
                 idx = self._eligible(user, cands, keep)
-            else:
-                over_budget = True
         state = user.state
         recent = Recent(state.last_creator, state.last_sound, state.last_topic, state.topic_run,
                         state.sensitive_run)
@@ -264,12 +263,11 @@ class FeedService:
         if chosen.yielded:
             # A rule gave way among the candidates: bring in eligible items by other creators, sounds
             # and topics (a sweep of the catalogue, so only now and within the budget), arrange again.
-            if deadline is None or time.perf_counter() < deadline:
+            over_budget = over_budget or _late(deadline)
+            if not over_budget:
                 self._add_alternatives(cands, idx[chosen.picks], 4 * n, keep, deadline)
                 idx = self._eligible(user, cands, keep)
                 ranked, chosen = arrange(idx)
-            else:
-                over_budget = True
         request_id = uuid.uuid4().hex
         served = [int(idx[p]) for p in chosen.picks]
         items = []
@@ -287,8 +285,7 @@ class FeedService:
             live.apply_served(user.profile.region, user, served, seqs[-1])
             if self.learner is not None:
                 self.learner.record_served(user.profile.region, user_id, served, now)
-        over_budget = over_budget or (deadline is not None and time.perf_counter() > deadline)
-        return Feed(user_id, request_id, items, over_budget)
+        return Feed(user_id, request_id, items, over_budget or _late(deadline))
 
     def _explanation(self, ranked: _Ranked, p: int, slot: int, sources: list[str],
                      chosen: Selection) -> dict[str, object]:
@@ -342,3 +339,8 @@ class FeedService:
 
         n = len(catalog)
         retrieval.sweep(cands, other, int(self.rng.integers(max(n, 1))), n, budget, SWEEP_STEP, SWEEP_MOST, deadline)
+
+
+def _late(deadline: float | None) -> bool:
+    """Whether the feed's time budget has run out (None: no budget)."""
+    return deadline is not None and time.perf_counter() >= deadline

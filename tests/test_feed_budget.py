@@ -171,3 +171,37 @@ def test_a_feed_over_its_budget_returns_what_it_has_and_is_counted(make_client: 
     relaxed.post("/v1/items", json={"items": [i.model_dump(exclude_none=True) for i in world(50)]})
     relaxed.get("/v1/users/u/feed?n=10")
     assert "feed_budget_exceeded_total" not in relaxed.get("/metrics").text
+
+
+# -- catalogue-wide sums are kept, not recomputed on a request --
+
+def test_totals_and_topic_counts_are_kept_as_a_full_recount_would_give(engine: Engine) -> None:
+    from foryou.types import EventIn
+
+    engine.items.upsert([*world(300), ItemIn(id="solo", creator="c", duration_s=20.0, tags=["lonely"])])
+    engine.events.ingest([EventIn(user="u0", item="solo", type="view", watch_s=20.0)])
+    engine.items.upsert([ItemIn(id="solo", creator="c", duration_s=20.0, tags=["elsewhere"])])  # lonely: no items
+    rng = np.random.default_rng(9)
+    kinds = ["view", "view", "view", "like", "share", "follow"]
+    for _ in range(5):
+        events = []
+        for _ in range(200):
+            kind = str(rng.choice(kinds))
+            events.append(EventIn(user=f"u{int(rng.integers(30))}", item=f"v{int(rng.integers(300))}", type=kind,
+                                  watch_s=float(rng.choice([1.0, 20.0])) if kind == "view" else None))
+        engine.events.ingest(events)
+        engine.feeds.feed(f"u{int(rng.integers(30))}", 10)
+        # an item moves to another topic, and a new topic appears: what it was watched moves with it
+        k = int(rng.integers(300))
+        engine.items.upsert([ItemIn(id=f"v{k}", creator="c", duration_s=20.0, tags=[f"fresh{k}"])])
+    catalog, live = engine.live.catalog, engine.live
+    n = len(catalog)
+    assert np.allclose(live.totals()[:10], catalog.stats[:n].sum(axis=0)[:10])  # the public counters
+    views, completions = live.topic_counts()
+    topics = catalog.topic[:n]
+    size = len(catalog.tags)
+    expected_views = np.bincount(topics, catalog.stats[:n, 1], minlength=size)
+    expected_views[np.bincount(topics, minlength=size) == 0] = -1.0
+    assert np.allclose(views, expected_views)
+    assert np.allclose(completions, np.bincount(topics, catalog.stats[:n, 3], minlength=size))
+    assert (views > 0).sum() > 5 and (views == -1).any()  # the world is not trivial: topics left behind
