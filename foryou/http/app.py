@@ -25,7 +25,6 @@ from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.http.refusals import Refusals
 from foryou.ingest import IngestResult
 from foryou.metrics import LAG_PROBE_S, Metrics
-from foryou.periodic import MISSED
 from foryou.privacy.keys import KeyRing
 from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
 
@@ -146,7 +145,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSON:
         """200 `{"status": "ok"}`; 503 `{"status": "degraded", "failing": [...]}` while a periodic task
-        (learning, checkpoint, retention) has failed three times in a row."""
+        (learning, checkpoint, retention, gc) has failed three times in a row."""
         failing = engine.periodic.failing()
         if failing:
             return JSON({"status": "degraded", "failing": failing}, status_code=503)
@@ -274,9 +273,9 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
             "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
             **engine.learner.gauges(),
         }
-        failures, in_a_row = engine.periodic.failures, engine.periodic.in_a_row
+        failures, failing = engine.periodic.failures, set(engine.periodic.failing())
         labelled = {"periodic_failures_total": ("counter", "task", {k: float(v) for k, v in failures.items()}),
-                    "periodic_failing": ("gauge", "task", {k: float(v >= MISSED) for k, v in in_a_row.items()})}
+                    "periodic_failing": ("gauge", "task", {k: float(k in failing) for k in failures})}
         return PlainTextResponse(metrics.render(gauges, labelled), media_type="text/plain; version=0.0.4")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
