@@ -65,6 +65,7 @@ def trained(tmp_path: Path) -> Iterator[tuple[Engine, dict[str, set[str]], Clock
         for lo in range(0, len(events), 100):
             engine.events.ingest(events[lo:lo + 100])
             clock.advance(1.0)
+    engine.learner.refresh_index()  # as the server's periodic work keeps it, between requests
     yield engine, seen, clock
     engine.close()
 
