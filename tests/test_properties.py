@@ -277,6 +277,11 @@ ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 counter = itertools.count()
 
 
+def is_id(value: object) -> bool:
+    """The spec of an id: 1-128 of [A-Za-z0-9._:-], but not "." or ".." (path segments)."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None and value not in (".", "..")
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     data = tmp_path_factory.mktemp("props")
@@ -353,9 +358,10 @@ def test_random_feed_n(api: TestClient, n: str) -> None:
 
 # -- mutations of valid entries, judged against an oracle written from the spec --
 
-valid_ids = st.from_regex(r"\A[A-Za-z0-9._:-]{1,40}\Z").filter(lambda s: ID_RE.fullmatch(s) is not None)
+valid_ids = st.from_regex(r"\A[A-Za-z0-9._:-]{1,40}\Z").filter(is_id)
 invalid_ids = st.one_of(
-    st.just(""), st.just("x" * 129), st.text(min_size=1, max_size=12).filter(lambda s: not ID_RE.fullmatch(s)),
+    st.just(""), st.just("x" * 129), st.just("."), st.just(".."),
+    st.text(min_size=1, max_size=12).filter(lambda s: not is_id(s)),
     st.integers(), st.booleans(), st.lists(st.integers(), max_size=2), st.floats(allow_nan=False, allow_infinity=False),
 )
 tags = st.text(min_size=1, max_size=64)
@@ -518,7 +524,7 @@ def test_event_mutations(api: TestClient, mutation: tuple[dict[str, Any], str, b
         errors = check_error_shape(r)
         assert all(e.get("index") == 1 for e in errors), errors
         assert any(e["field"] == name for e in errors), (name, errors)
-        if name == "item" and isinstance(mutated.get("item"), str) and ID_RE.fullmatch(mutated["item"]):
+        if name == "item" and is_id(mutated.get("item")):
             assert any(mutated["item"] in e["message"] for e in errors), errors
         assert after == before, "a rejected batch stores nothing"
         assert api.get(f"/v1/users/{first['user']}").status_code == 404
