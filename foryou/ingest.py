@@ -60,8 +60,7 @@ class IngestService:
             raise InvalidInput(errors)
         live.check_held(region)  # even for an empty batch
         if region is not None:
-            for user_id in dict.fromkeys(r.user for r in records):
-                live.place(user_id, region)
+            live.place_many((r.user for r in records), region)
         if self.tombstones is not None:  # last: a 410 only for a batch otherwise valid
             self.tombstones.refuse([r.user for r in records], now)
         return records

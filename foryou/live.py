@@ -154,12 +154,21 @@ class Live:
         """The region a request about this user acts in: the user's own. A region the request names
         (X-Region, or the profile's `region`) must be one this server holds and, for a stored user,
         theirs: a user's data is never copied to another region's store to serve a request."""
+        return self.place_many([user_id], region)[user_id]
+
+    def place_many(self, user_ids: Iterable[str], region: str | None = None) -> dict[str, str]:
+        """`place` for the users of a batch, with one look-up per region for those not in memory."""
         self.check_held(region)
-        stored = self.region_of(user_id) or self.pending.get(user_id)
-        if region is not None and stored is not None and stored != region:
-            raise Conflict(f"user {user_id!r} belongs to region {stored!r}, not {region!r}; a region is fixed "
-                           "once set", field="region")
-        return stored or region or self.settings.server.regions[0]
+        ids = list(dict.fromkeys(user_ids))
+        stored = self.regions_of(ids)
+        placed = {}
+        for user_id in ids:
+            found = stored.get(user_id) or self.pending.get(user_id)
+            if region is not None and found is not None and found != region:
+                raise Conflict(f"user {user_id!r} belongs to region {found!r}, not {region!r}; a region is fixed "
+                               "once set", field="region")
+            placed[user_id] = found or region or self.settings.server.regions[0]
+        return placed
 
     @contextlib.contextmanager
     def placing(self, user_ids: Iterable[str], region: str | None) -> Iterator[None]:
@@ -389,11 +398,11 @@ class Live:
         return self._totals
 
     # -- persistence of derived state --
-    def maybe_checkpoint(self, max_users: int = 200) -> None:
+    def maybe_checkpoint(self, max_users: int = 200) -> bool:
         """The periodic work's (never a request's): every `checkpoint_interval_s`, save a bounded slice
         of state, so that no tick holds the server for a whole checkpoint; the slices continue, a tick
         each, until nothing is dirty. Decides the new-video pools that are due. Once an hour,
-        idempotency keys past their time to live are dropped."""
+        idempotency keys past their time to live are dropped. Returns whether slices are still due."""
         now = self.clock()
         if now - self._last_purge >= 3600:  # keys are remembered from acceptance, in the engine's time
             self._last_purge = now
@@ -403,6 +412,7 @@ class Live:
         if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s or (
                 pending and self._in_progress):
             self._in_progress = not self.checkpoint(max_users)
+        return self._in_progress
 
     def checkpoint(self, max_users: int | None = None) -> bool:
         """Save dirty item aggregates and (up to `max_users`, oldest first) users' interest state.

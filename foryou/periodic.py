@@ -25,38 +25,41 @@ def where(exc: BaseException) -> str:
 
 
 class Periodic:
-    def __init__(self, tasks: dict[str, Callable[[float], None]], interval_s: float) -> None:
+    def __init__(self, tasks: dict[str, Callable[[float], bool | None]], interval_s: float) -> None:
         self.tasks = tasks
         self.interval_s = interval_s
         self.failures = dict.fromkeys(tasks, 0)  # ever, for /metrics
         self.in_a_row = dict.fromkeys(tasks, 0)
         self.retry_at = dict.fromkeys(tasks, 0.0)
 
-    def add(self, name: str, task: Callable[[float], None]) -> None:
+    def add(self, name: str, task: Callable[[float], bool | None]) -> None:
         """One more task (the server adds its garbage collection)."""
         self.tasks[name] = task
         self.failures[name], self.in_a_row[name], self.retry_at[name] = 0, 0, 0.0
 
-    def run(self, now: float, strict: bool = False, only: str | None = None) -> None:
+    def run(self, now: float, strict: bool = False, only: str | None = None) -> bool:
         """Run every task (or `only` that one) whose retry time has come; `now` in the engine's time.
-        `strict` (a step driver, where a failure must surface): raise instead."""
+        `strict` (a step driver, where a failure must surface): raise instead. Returns whether a task
+        said it has more to do at once (a checkpoint in slices), to be run again soon."""
+        more = False
         for name, task in self.tasks.items():
             if now < self.retry_at[name] or (only is not None and name != only):
                 continue
             try:
-                task(now)
+                more = bool(task(now)) or more
             except Exception as exc:  # any failure: the other tasks and later ticks go on
                 if strict:
                     raise
                 self.failures[name] += 1
                 self.in_a_row[name] += 1
-                backoff = min(self.interval_s * 2 ** (self.in_a_row[name] - 1), MAX_BACKOFF_S)
+                backoff = min(self.interval_s * 2 ** min(self.in_a_row[name] - 1, 32), MAX_BACKOFF_S)
                 self.retry_at[name] = now + backoff
                 log.error("periodic task %r failed (%d in a row; retried in %.1fs): %s", name,
                           self.in_a_row[name], backoff, where(exc))
             else:
                 self.in_a_row[name] = 0
                 self.retry_at[name] = 0.0
+        return more
 
     def failing(self) -> list[str]:
         """Tasks that failed `MISSED` times in a row and have not succeeded since."""

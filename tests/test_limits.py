@@ -123,6 +123,27 @@ def test_refusal_budgets_are_per_peer_address(make_client: MakeClient) -> None:
     assert len(refused) == REFUSALS_PER_MINUTE + 3 + 3  # the noisy peer used up only its own budget
 
 
+def test_refusals_without_a_key_are_bounded_however_many_addresses(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Addresses are cheap (IPv6, botnets): all callers without a key share an overall budget, and the
+    table of counts stays small."""
+    from foryou.http import refusals as module
+    from foryou.privacy.audit import AuditLog
+
+    audit = AuditLog(tmp_path, b"k" * 32)
+    refusals = module.Refusals(audit, time.time)
+    minute = [int(time.time() // 60)]
+    monkeypatch.setattr(module.time, "time", lambda: minute[0] * 60.0 + 1)
+    for k in range(3000):
+        refusals.record(None, "Unauthorized", "GET /v1/audit", None, peer=f"2001:db8::{k:x}")
+    assert len(refusals.counts) <= module.KEYLESS_PER_MINUTE
+    assert sum(1 for r in audit.page(0, 5000) if r["action"] == "refused") == module.KEYLESS_PER_MINUTE
+    minute[0] += 1  # the next minute: what was dropped is recorded, once
+    refusals.record(None, "Unauthorized", "GET /v1/audit", None, peer="198.51.100.1")
+    dropped = [r for r in audit.page(0, 5000) if r["action"] == "refused_dropped"]
+    assert [r["target"] for r in dropped] == [str(3000 - module.KEYLESS_PER_MINUTE)]
+
+
 def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     def scope(peer: str, forwarded: str | None) -> dict[str, Any]:
         headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
@@ -267,6 +288,26 @@ def test_a_body_trickling_in_gets_408(real_server: int) -> None:
             while chunk := slow.recv(4096):
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 408") and b'"field":"body"' in reply
+
+
+def test_a_body_trickling_after_an_early_refusal_is_cut_off(real_server: int) -> None:
+    """A 401 is sent before the body is read: the connection must not stay open to a client that goes
+    on trickling the body (a thousand such held `max_concurrency` against everyone, without a key)."""
+    with socket.create_connection(("127.0.0.1", real_server)) as slow:
+        slow.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
+        slow.settimeout(5.0)
+        assert slow.recv(4096).startswith(b"HTTP/1.1 401")
+        started, closed = time.monotonic(), False
+        while not closed and time.monotonic() - started < 8.0:  # a byte every 0.2 s
+            try:
+                slow.sendall(b"x")
+                slow.settimeout(0.2)
+                closed = slow.recv(4096) == b""
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                closed = True
+        assert closed and time.monotonic() - started < 5.0  # body deadline 0.5 s, plus 1 s of grace
 
 
 def test_concurrency_beyond_the_limit_gets_503(real_server: int) -> None:

@@ -72,10 +72,51 @@ def test_the_wal_is_folded_beside_the_commits(tmp_path: Path, monkeypatch: pytes
     assert not store._folder.is_alive()
 
 
-def test_full_collections_are_periodic_work() -> None:
-    before = gc.get_freeze_count()
+def test_full_collections_are_periodic_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from foryou.periodic import Periodic
+
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    collections: list[int] = []
+    monkeypatch.setattr(server, "GC_EVERY_S", 0.0)
+    periodic = Periodic({}, interval_s=0.5)
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            collections.append(info["generation"])
+
     try:
-        server.collect_garbage()
-        assert gc.get_freeze_count() > before  # what survived is set aside: the next collection skips it
+        server.collect_periodically(periodic)
+        assert gc.get_threshold()[2] == server.FULL_NEVER  # the collector never starts one on its own
+        assert gc.get_freeze_count() > frozen  # what survived is set aside: the next one skips it
+        gc.callbacks.append(watch)
+        periodic.run(1.0)
+        assert "gc" in periodic.tasks and 2 in collections  # the periodic work runs a full one
     finally:
+        if watch in gc.callbacks:
+            gc.callbacks.remove(watch)
+        gc.set_threshold(*threshold)
         gc.unfreeze()
+
+
+def test_an_erasure_empties_the_wal_even_while_it_is_being_folded(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folding thread's checkpoint made the erasure's truncating one fail (busy), leaving the
+    erased rows' old pages in the WAL: the two now take turns."""
+    from foryou.types import UserRecord
+
+    monkeypatch.setattr(sqlite_store, "_WAL_FOLD_BYTES", 0)  # fold all the time
+    monkeypatch.setattr(sqlite_store, "_WAL_EVERY_S", 0.0005)
+    for trial in range(8):
+        folder = tmp_path / f"t{trial}"
+        store = SQLiteStore(folder, ["us"])
+        victim = f"victim-{trial}-zq"
+        try:
+            for k in range(15):
+                batch = [EventRecord(victim if j == 0 else f"o{k}-{j}", "i" * 30, "view", 1.0, 1.0, f"e{k}-{j}")
+                         for j in range(300)]
+                store.append_events("us", batch, [UserRecord(victim, "us")] if k == 0 else [])
+            store.erase_user("us", victim, [])
+            wal = folder / "region-us.db-wal"
+            assert victim.encode() not in (wal.read_bytes() if wal.exists() else b""), trial
+        finally:
+            store.close()

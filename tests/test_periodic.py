@@ -101,3 +101,43 @@ def test_the_servers_tick_loop_survives_an_exception(make_client: MakeClient) ->
         while (flaky.calls < 3 or retention.calls < 5) and time.monotonic() < deadline:
             time.sleep(0.1)
     assert flaky.calls >= 3 and retention.calls >= 5
+
+
+def test_a_task_failing_for_days_is_still_retried() -> None:
+    """The backoff is capped before its power overflows (1,024 failures in a row, about 17 hours)."""
+    bad = Flaky()
+    periodic = Periodic({"bad": bad}, interval_s=0.5)
+    now = before = 0.0
+    for _ in range(2000):
+        before = now
+        periodic.run(now)
+        now = periodic.retry_at["bad"]
+    assert bad.calls == 2000 and now - before == 60.0  # the longest backoff, still
+    bad.broken = False
+    periodic.run(now)
+    assert periodic.failing() == []
+
+
+def test_a_checkpoint_behind_a_backlog_runs_in_several_slices_a_round(make_client: MakeClient) -> None:
+    """A round of the periodic work saves up to 10 slices of 200 users, requests let in between each:
+    one slice a round (400 users a second) fell behind 1,000 new users a second."""
+    import asyncio
+
+    from foryou.http.app import run_periodic
+    from foryou.types import EventIn, ItemIn
+
+    clock = Clock(1_700_000_000.0)
+    client = make_client(clock=clock, **{"learning.enabled": False})
+    engine: Any = client.app.state.engine  # type: ignore[attr-defined]
+    engine.items.upsert([ItemIn(id="v", creator="c", duration_s=10.0)])
+    engine.events.ingest([EventIn(user=f"u{k}", item="v", type="like") for k in range(3000)])
+
+    def dirty() -> int:
+        return sum(len(users) for users in engine.live.dirty_users.values())
+
+    assert dirty() == 3000
+    clock.advance(10.0)  # past the checkpoint interval
+    asyncio.run(run_periodic(engine))
+    assert dirty() == 3000 - 10 * 200
+    asyncio.run(run_periodic(engine))
+    assert dirty() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
@@ -25,6 +26,7 @@ from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.http.refusals import Refusals
 from foryou.ingest import IngestResult
 from foryou.metrics import LAG_PROBE_S, Metrics
+from foryou.periodic import where
 from foryou.privacy.keys import KeyRing
 from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
 
@@ -42,8 +44,10 @@ class JSON(Response):
 
 
 M = TypeVar("M", bound=BaseModel)
+MAX_SLICES = 10  # runs of a task with more to do, per round of the periodic work
 INGEST_CHUNK = 64  # events appended between two turns of the event loop (a chunk, learning included: ~10-30 ms)
 _BODIES: dict[str, type[BaseModel]] = {}
+log = logging.getLogger("foryou.http")
 
 
 def _op(scope: str, body: type[BaseModel] | None = None) -> dict[str, Any]:
@@ -102,9 +106,22 @@ async def _probe_lag(metrics: Metrics) -> None:
 async def _ticks(engine: Engine) -> None:
     while True:
         await asyncio.sleep(TICK_S)
-        for name in list(engine.periodic.tasks):  # a task at a time, requests in between
-            engine.periodic.run(engine.clock(), only=name)  # never raises: a failure is counted and retried
+        await run_periodic(engine)
+
+
+async def run_periodic(engine: Engine, slices: int = MAX_SLICES) -> None:
+    """One round of the periodic work: a task at a time, and a task with more to do at once (a
+    checkpoint behind a backlog of users) again, up to `slices` times, with requests let in between."""
+    for name in list(engine.periodic.tasks):
+        for _ in range(slices):
+            try:
+                more = engine.periodic.run(engine.clock(), only=name)  # a task's failure is counted, not raised
+            except Exception as exc:  # anything else must not end the loop either
+                log.error("periodic work failed outside its tasks: %s", where(exc))
+                more = False
             await asyncio.sleep(0)
+            if not more:
+                break
 
 
 def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) -> FastAPI:
@@ -129,7 +146,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     app.add_middleware(BodyLimit, max_bytes=int(server.max_body_mb * 1024 * 1024), timeout_s=server.body_timeout_s)
     refusals = Refusals(engine.audit, engine.clock, server.trusted_proxies)
     limits = Limits(engine.settings.limits)
-    app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, region_of=engine.live.region_of,
+    app.add_middleware(Auth, keys=keys, routes=lambda: app.router.routes, regions_of=engine.live.regions_of,
                        refusals=refusals, limits=limits)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(errors.Shield)
@@ -221,7 +238,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         batch = await parse(request, EventBatch)
         async with users_changing:  # from the checks to the last chunk
             with refusals.watching(request.state.key, "POST /v1/events"):
-                check_region(request.state.key, {e.user for e in batch.events}, engine.live.region_of)
+                check_region(request.state.key, [e.user for e in batch.events], engine.live.regions_of)
             records = engine.events.validate(batch.events, region)
             limits.new_users(request.state.key.id, len(engine.live.unknown({r.user for r in records})))
             result = IngestResult(0, 0)

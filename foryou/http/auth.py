@@ -56,12 +56,16 @@ def required_scope(table: RouteTable, method: str, path: str) -> tuple[str | Non
     return None, {}, "unmatched"
 
 
-def check_region(key: ApiKey, user_ids: Iterable[str], region_of: Callable[[str], str | None]) -> None:
-    """Refuse (403) a region-bound key a request about any user of another region."""
+def check_region(key: ApiKey, user_ids: Iterable[str],
+                 regions_of: Callable[[Iterable[str]], dict[str, str]]) -> None:
+    """Refuse (403) a region-bound key a request about any user of another region (`regions_of`: the
+    stored users' regions, one look-up for them all)."""
     if key.region is None:
         return
-    for user_id in user_ids:
-        found = region_of(user_id)
+    ids = list(dict.fromkeys(user_ids))
+    stored = regions_of(ids)
+    for user_id in ids:
+        found = stored.get(user_id)
         if found is not None and found != key.region:
             raise Forbidden(f"this key is for region {key.region!r}; user {user_id!r} is not of it",
                             field="authorization")
@@ -75,11 +79,11 @@ def check_named_region(key: ApiKey, region: str | None) -> None:
 
 class Auth:
     def __init__(self, app: ASGIApp, keys: KeyRing, routes: Callable[[], Iterable[BaseRoute]],
-                 region_of: Callable[[str], str | None], refusals: Refusals, limits: Limits) -> None:
+                 regions_of: Callable[[Iterable[str]], dict[str, str]], refusals: Refusals, limits: Limits) -> None:
         self.app = app
         self.keys = keys
         self.routes = routes
-        self.region_of = region_of
+        self.regions_of = regions_of
         self.refusals = refusals
         self.limits = limits
         self.table: RouteTable | None = None  # built at the first request, when every route exists
@@ -117,7 +121,7 @@ class Auth:
                 if any(region != key.region for region in named):
                     raise Forbidden(f"this key is for region {key.region!r}", field="authorization")
                 if "user_id" in params:
-                    check_region(key, [params["user_id"]], self.region_of)
+                    check_region(key, [params["user_id"]], self.regions_of)
                 if not named:
                     scope = {**scope, "headers": [*scope["headers"], (REGION_HEADER, key.region.encode())]}
         except Forbidden as exc:

@@ -1,9 +1,11 @@
 """Refused calls in the audit log, as `refused` (the route as `target`), without letting a flood of
 refusals become a flood of fsyncs: at most REFUSALS_PER_MINUTE a minute per caller, a caller being
 an API key, or for calls without a valid key the peer's address (one noisy client does not use up
-everyone's budget). What a minute dropped is recorded as `refused_dropped` (the count as `target`)
-at that caller's next refusal. `X-Forwarded-For` names the peer only when the request comes from a
-proxy listed in `server.trusted_proxies`: anyone else could write anything there."""
+everyone's budget), and at most KEYLESS_PER_MINUTE for all callers without a key together (many
+addresses must not add up to a flood either). What a minute dropped is recorded as `refused_dropped`
+(the count as `target`) when the next minute's first refusal comes. `X-Forwarded-For` names the peer
+only when the request comes from a proxy listed in `server.trusted_proxies`: anyone else could write
+anything there."""
 
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from foryou.errors import Forbidden, ForYouError
 from foryou.privacy.audit import CALLER, AuditLog
 from foryou.privacy.keys import ApiKey
 
-REFUSALS_PER_MINUTE = 60
-MAX_CALLERS = 10_000  # callers counted at once; past it, the counts of earlier minutes are settled and dropped
+REFUSALS_PER_MINUTE = 60  # per caller
+KEYLESS_PER_MINUTE = 600  # for all callers without a valid key together: addresses are cheap to come by
 
 
 def client_address(scope: Scope, trusted: Iterable[str]) -> str:
@@ -41,35 +43,40 @@ class Refusals:
         self.audit = audit
         self.clock = clock
         self.trusted = tuple(trusted_proxies)
-        self.counts: dict[str, tuple[int, int]] = {}  # caller -> (minute, refusals in it)
+        self.minute = 0
+        self.counts: dict[str, int] = {}  # caller -> refusals this minute (at most the callers recorded)
+        self.keyless = 0  # refusals of callers without a key recorded this minute
+        self.keyless_dropped = 0  # ... and dropped past KEYLESS_PER_MINUTE
 
     def peer(self, scope: Scope) -> str:
         return client_address(scope, self.trusted)
 
     def record(self, key: ApiKey | None, outcome: str, route: str, user_id: str | None, peer: str = "") -> None:
         """Audit one refusal of `key`'s call (None: no valid key; then `peer` is the caller)."""
-        caller, minute = (f"key:{key.id}" if key is not None else f"peer:{peer}"), int(time.time() // 60)
-        last, count = self.counts.get(caller, (minute, 0))
-        dropped = count - REFUSALS_PER_MINUTE if last != minute and count > REFUSALS_PER_MINUTE else 0
-        count = count + 1 if last == minute else 1
-        if caller not in self.counts and len(self.counts) >= MAX_CALLERS:
-            self._settle(minute)
-        self.counts[caller] = (minute, count)
+        minute = int(time.time() // 60)
+        if minute != self.minute:
+            self._settle()
+            self.minute = minute
+        if key is None and self.keyless >= KEYLESS_PER_MINUTE:
+            self.keyless_dropped += 1  # not even counted per address: the table stays small
+            return
+        caller = f"key:{key.id}" if key is not None else f"peer:{peer}"
+        count = self.counts[caller] = self.counts.get(caller, 0) + 1
         if count > REFUSALS_PER_MINUTE:
             return
-        key_id = key.id if key is not None else None
-        if dropped:
-            self._append(key_id, "refused_dropped", None, outcome, str(dropped))
-        self._append(key_id, "refused", user_id, outcome, route)
+        if key is None:
+            self.keyless += 1
+        self._append(key.id if key is not None else None, "refused", user_id, outcome, route)
 
-    def _settle(self, minute: int) -> None:
-        """Forget the callers of earlier minutes, recording what each of them dropped."""
-        for caller, (last, count) in list(self.counts.items()):
-            if last != minute:
-                del self.counts[caller]
-                if count > REFUSALS_PER_MINUTE:
-                    key_id = caller[4:] if caller.startswith("key:") else None
-                    self._append(key_id, "refused_dropped", None, "refused", str(count - REFUSALS_PER_MINUTE))
+    def _settle(self) -> None:
+        """At a new minute: record what each caller of the last one had dropped, and start afresh."""
+        for caller, count in self.counts.items():
+            if count > REFUSALS_PER_MINUTE:
+                key_id = caller[4:] if caller.startswith("key:") else None
+                self._append(key_id, "refused_dropped", None, "refused", str(count - REFUSALS_PER_MINUTE))
+        if self.keyless_dropped:
+            self._append(None, "refused_dropped", None, "refused", str(self.keyless_dropped))
+        self.counts, self.keyless, self.keyless_dropped = {}, 0, 0
 
     def _append(self, key_id: str | None, action: str, user_id: str | None, outcome: str, target: str) -> None:
         token = CALLER.set(key_id)

@@ -37,7 +37,8 @@ def privacy_secret(settings: Settings) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        private_dir(path.parent)
+        if not path.parent.exists():  # made private; an operator's existing directory is left as it is
+            private_dir(path.parent)
         key = secrets.token_bytes(32)
         try:
             write_private(path, key, exclusive=True)

@@ -78,6 +78,9 @@ class _WalFolder(threading.Thread):
         self.paths = list(paths)
         self.stop = threading.Event()
         self.folds = 0
+        # Held around each fold, and by an erasure around its own truncating checkpoint: a fold in
+        # progress would make that checkpoint fail (busy) and leave the erased rows' old pages in the WAL.
+        self.locks = {path: threading.Lock() for path in self.paths}
 
     def run(self) -> None:
         conns: dict[Path, sqlite3.Connection] = {}
@@ -89,7 +92,8 @@ class _WalFolder(threading.Thread):
                         if wal.stat().st_size < _WAL_FOLD_BYTES:
                             continue
                         conn = conns.get(path) or conns.setdefault(path, sqlite3.connect(path, isolation_level=None))
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        with self.locks[path]:
+                            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                         self.folds += 1
         finally:
             for conn in conns.values():
@@ -405,14 +409,23 @@ class SQLiteStore:
                                 ("controls", "DELETE FROM user_controls WHERE user=?"),
                                 ("model_rows", "DELETE FROM model_rows WHERE tbl='user' AND key=?")):
                 counts[kind] = c.execute(query, (user_id,)).rowcount
-            keys = [(self._key(region, user_id, i),) for i in event_ids]
+            # the keys of this version, and the unkeyed ones of earlier versions (until they expire)
+            keys = [(h,) for i in event_ids for h in (self._key(region, user_id, i), _legacy_key(i))]
             counts["event_ids"] = sum(c.execute("DELETE FROM event_keys WHERE h=?", k).rowcount for k in keys)
         # Splitting and merging index pages leaves stale copies of keys in free space within pages,
         # which secure_delete does not reach: rebuild the indexes keyed by user (~1.7 s per million
         # events, benchmarks/erasure.py).
-        conn.execute("REINDEX events_user")
-        conn.execute("REINDEX served_user")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the deleted pages' old images
+        with self._folder.locks[self.directory / f"region-{region}.db"]:
+            conn.execute("REINDEX events_user")
+            conn.execute("REINDEX served_user")
+            # The WAL held the deleted pages' old images: it must be emptied, not merely folded.
+            for _ in range(50):
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    break
+                time.sleep(0.01)
+            else:
+                raise sqlite3.OperationalError("the write-ahead log could not be truncated after an erasure")
         return counts
 
     def save_tombstone(self, subject: str, until: float) -> None:
@@ -471,6 +484,11 @@ def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
 
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
+
+
+def _legacy_key(event_id: str) -> int:
+    """An idempotency key as versions before the keyed hash stored it (unkeyed, global)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _user_row(u: UserRecord) -> tuple[object, ...]:
