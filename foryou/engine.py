@@ -9,6 +9,7 @@ from pathlib import Path
 
 from foryou.config import Settings
 from foryou.feed import FeedService
+from foryou.follower import LogFollower
 from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
@@ -37,12 +38,15 @@ class Engine:
         self.tombstones = Tombstones(self.audit.key)
         self.items = ItemService(self.live, self.learner)
         self.users = UserService(self.live, self.learner, self.audit, self.tombstones)
-        self.events = IngestService(self.live, self.learner, self.tombstones)
+        self.follower = LogFollower(self.live, self.learner)
+        self.events = IngestService(self.live, self.learner, self.tombstones, self.follower)
         self.feeds = FeedService(self.live, self.learner, seed=seed, audit=self.audit, tombstones=self.tombstones)
         self.privacy = ExportService(self.live, self.learner, self.audit)
         self.retention = RetentionService(self.live, self.learner, self.audit)
         self.erasure = ErasureService(self.live, self.learner, self.audit, self.tombstones)
-        self.periodic = Periodic({"learning": self.learner.tick, "checkpoint": lambda _: self.live.maybe_checkpoint(),
+        self._follow_page: int | None = None  # events a run of the "follow" task takes (None: all that wait)
+        self.periodic = Periodic({"follow": lambda _: self.follower.follow(self._follow_page),
+                                  "learning": self.learner.tick, "checkpoint": lambda _: self.live.maybe_checkpoint(),
                                   "retention": self._retention}, TICK_S)
 
     @classmethod
@@ -69,9 +73,17 @@ class Engine:
         (Path(settings.server.data) / INDEX_FILE).unlink(missing_ok=True)
         return cls.open(settings, clock, seed=seed)
 
+    def follow_beside(self, page: int) -> None:
+        """From now on a request that appends events does not wait for the log follower: the caller
+        runs the periodic task "follow" beside the requests (the server does, on its event loop), and
+        each run takes at most `page` events of a region's log."""
+        self.events.follower = None
+        self._follow_page = page
+
     def tick(self, now: float, strict: bool = False) -> None:
         """Periodic work between requests (the server runs it every `TICK_S`; a step driver, such as
-        the simulator, at its own pace): the trainer's joins, index and checkpoints, the live state's
+        the simulator, at its own pace): the log follower (when it runs beside), the trainer's joins,
+        index and checkpoints, the live state's
         checkpoint (and the new-video pools' decisions), and retention once an hour when it is on. A
         task that raises is logged, counted and retried later, and the others go on (periodic.py);
         `strict` raises instead."""

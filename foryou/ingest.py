@@ -1,14 +1,15 @@
 """Event ingestion: validate a whole batch, drop duplicates by idempotency key (a user's own: the same
 id from another user is another event), append durably to each user's region log, then apply to the
-live state. A batch with any invalid event changes nothing."""
+users' interest state; the item aggregates and the model follow the log. A batch with any invalid event
+changes nothing."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from foryou.errors import FieldError, InvalidInput
+from foryou.follower import LogFollower
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
 from foryou.privacy.erasure import Tombstones
@@ -27,10 +28,12 @@ class IngestResult:
 
 
 class IngestService:
-    def __init__(self, live: Live, learner: Learner | None = None, tombstones: Tombstones | None = None) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None, tombstones: Tombstones | None = None,
+                 follower: LogFollower | None = None) -> None:
         self.live = live
         self.learner = learner
         self.tombstones = tombstones
+        self.follower = follower  # follows the log at once after each append; None where it runs beside
 
     def ingest(self, events: Sequence[EventIn]) -> IngestResult:
         """Validate the whole batch, then append it."""
@@ -67,8 +70,9 @@ class IngestService:
 
     def append(self, records: Sequence[EventRecord], region: str | None = None) -> IngestResult:
         """Append already-validated records; users not seen before are created in `region` (default:
-        the server's first). Derived state is checkpointed by the periodic work (`Engine.tick`), never
-        here: a request only appends and applies."""
+        the server's first). The users' interest state is updated before this returns; the item
+        aggregates and the model follow the log (`follower.py`), and derived state is checkpointed by
+        the periodic work (`Engine.tick`), never here."""
         live = self.live
         live.prefetch([r.user for r in records], region)  # one look-up per region; unknown users are created
         by_region: dict[str, list[EventRecord]] = {}
@@ -92,9 +96,11 @@ class IngestService:
             seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())
             for new_user in created:
                 live.mark_stored(new_user)
-            if self.learner is not None:  # before the live state moves on: its features are as of before
-                self.learner.learn_many(region, batch, seqs, accepted=time.time())
-            live.apply_events(region, batch, seqs)
+            if self.learner is not None:  # before the users' state moves on: the duel's fallback needs it
+                self.learner.before_apply(region, batch, seqs)
+            live.apply_user_events(region, batch, seqs)
+        if self.follower is not None:
+            self.follower.follow()
         return IngestResult(len(records) - duplicates, duplicates)
 
 

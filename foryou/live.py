@@ -65,7 +65,8 @@ class Live:
         # Co-engagement deltas not yet saved, keyed by the pair of item indexes packed into one int.
         self.coeng: dict[int, float] = {}
         self._neighbours: OrderedDict[int, list[int]] = OrderedDict()  # item -> saved top co-engaged
-        self.event_mark = {r: 0 for r in regions}
+        self.event_mark = {r: 0 for r in regions}  # the log applied to users' interest state, through
+        self.item_mark = {r: 0 for r in regions}  # ... and to the item aggregates (the log follower's)
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
         # Column sums of the item counters, kept as events and serves are applied: summing a million
@@ -117,6 +118,7 @@ class Live:
                     self.dirty_items.add(idx)
                 self.served_mark[region] = served.seq
             self.event_mark[region] = max(self.event_mark[region], item_events, state_mark)
+            self.item_mark[region] = self.event_mark[region]  # replayed: the aggregates are caught up
             self.served_mark[region] = max(self.served_mark[region], item_served)
         self.pools.load(catalog, self.clock())
         self.pools.loads(store.get_meta("pool_reference"))
@@ -297,27 +299,26 @@ class Live:
     # -- applying what happened --
     def apply_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
                      item_after: int = 0, user_after: int = 0) -> None:
-        """Apply logged events (with their sequence numbers in the region's log, ascending) to the item
-        aggregates when seq > `item_after` and to users' interest state when seq > `user_after` (and
-        past what the user's saved state already includes): replay after a crash passes the marks."""
+        """Replay after a crash: logged events (seqs ascending) applied to users' interest state past
+        `user_after` and to the item aggregates past `item_after`."""
+        self.item_mark[region] = max(self.item_mark[region], item_after)
+        self.apply_user_events(region, events, seqs, user_after)
+        self.apply_item_events(region, events, seqs)
+
+    def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+                          user_after: int = 0) -> None:
+        """The request's part of ingestion: each event (its seq in the region's log, ascending) changes
+        its user's interest state, so that the user's next feed reflects it; events with seq at most
+        `user_after`, or already in a user's saved state, are skipped. The item aggregates follow from
+        the log (`apply_item_events`, by the log follower)."""
         catalog = self.catalog
         index = catalog.index
-        rows = [(k, index[e.item]) for k, e in enumerate(events) if e.item in index]
-        if not rows:
-            return
-        seq_arr = np.asarray(seqs, dtype=np.int64)
-        pos = np.fromiter((k for k, _ in rows), np.int64, len(rows))
-        idx = np.fromiter((i for _, i in rows), np.int64, len(rows))
-        fresh = seq_arr[pos] > item_after
-        if fresh.any():
-            self._apply_items(region, [events[k] for k in pos[fresh].tolist()], idx[fresh])
-        tau, user_of = self.tau, self.user
+        tau, user_of, coeng_after = self.tau, self.user, self.item_mark[region]
         mute_s = self.settings.policy.not_interested_days * 86400
-        for k, i in rows:
-            seq = seqs[k]
-            if seq <= user_after:
+        for event, seq in zip(events, seqs, strict=True):
+            i = index.get(event.item)
+            if i is None or seq <= user_after:
                 continue
-            event = events[k]
             live = user_of(event.user, region)
             state = live.state
             if seq <= state.seq:  # already in this user's saved state
@@ -326,15 +327,28 @@ class Live:
             recent = state.recent[-4:]
             strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau, mute_s)
             self.touch(live, seq)
-            if strength >= 1.0 and seq > item_after:
+            # Co-engagement needs the user's recent positives as of the event: counted here, and
+            # saved with the item aggregates, whose watermark says whether a replay counts it again.
+            if strength >= 1.0 and seq > coeng_after:
                 coeng = self.coeng
                 for other in recent:
                     if other != i:
                         forward, backward = (other << 32) | i, (i << 32) | other
                         coeng[forward] = coeng.get(forward, 0.0) + 1.0
                         coeng[backward] = coeng.get(backward, 0.0) + 1.0
-        if seqs[-1] > self.event_mark[region]:
+        if seqs and seqs[-1] > self.event_mark[region]:
             self.event_mark[region] = seqs[-1]
+
+    def apply_item_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
+        """The log follower's part (the one writer of the item aggregates): counters, catalogue-wide
+        sums and trending for the events past `item_mark`, in log order."""
+        mark = self.item_mark[region]
+        index = self.catalog.index
+        rows = [(e, index[e.item]) for e, seq in zip(events, seqs, strict=True) if seq > mark and e.item in index]
+        if rows:
+            self._apply_items(region, [e for e, _ in rows], np.fromiter((i for _, i in rows), np.int64, len(rows)))
+        if seqs and seqs[-1] > mark:
+            self.item_mark[region] = seqs[-1]
 
     def _apply_items(self, region: str, events: list[EventRecord], idx: np.ndarray) -> None:
         """Item counters and trending for a batch, vectorised."""
@@ -423,7 +437,7 @@ class Live:
         stats = {catalog.ids[i]: catalog.stats[i, :width].tolist() for i in self.dirty_items}
         trend = {r: {catalog.ids[i]: float(trending.scores[r][i]) for i in d if i < len(catalog)}
                  for r, d in trending.dirty.items()}
-        marks = {r: (self.event_mark[r], self.served_mark[r]) for r in catalog.regions}
+        marks = {r: (self.item_mark[r], self.served_mark[r]) for r in catalog.regions}
         ids, low = catalog.ids, (1 << 32) - 1
         coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
         for pair in self.coeng:  # their saved neighbours change now

@@ -14,7 +14,7 @@ from typing import Any
 
 from foryou.metrics import Metrics
 
-PERIODIC = frozenset({"_ticks", "_probe_lag"})  # the app's own background tasks, by coroutine name
+PERIODIC = frozenset({"_ticks", "_follow", "_probe_lag"})  # the app's own background tasks, by coroutine name
 
 
 class _Timed(Coroutine[Any, Any, Any]):

@@ -1,11 +1,11 @@
-"""The online trainer: learns from the event log as it is appended, serves the model it learned, and
+"""The online trainer: learns from the event log in order, serves the model it learned, and
 checkpoints it to the store.
 
-Each accepted batch is learned right after it is appended to the log, before the response, so the next
-feed request already ranks with the updated user row (the engine is single-threaded: serving always
-reads the model between two training steps, one consistent version). What a view says (completion,
-watch quantile, early skip) is learned at once; its action labels wait in the join buffers
-(`joins.py`) for `join_window_s`.
+Requests never train: the log follower (`foryou/follower.py`) hands the trainer each page of the log
+before the item aggregates move on, so an example's item features are as of before it. What a view
+says (completion, watch quantile, early skip) is learned at once; its action labels wait in the join
+buffers (`joins.py`) for `join_window_s`. The request that appends events only samples the duel
+(`before_apply`): the fallback's side of it needs the user's interest state as of before the event.
 
 A training step whose loss is not finite or explodes is dropped and counted, never applied. The model
 serves only once healthy: enough examples learned and most recent steps accepted.
@@ -20,6 +20,7 @@ import io
 import json
 import struct
 import time
+from collections import deque
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from foryou.datadir import write_private
-from foryou.interest import decay
+from foryou.interest import UserState, decay
 from foryou.learning.duel import Duel
 from foryou.learning.features import HEAD, popularity
 from foryou.learning.joins import ExampleList, Joins
@@ -51,6 +52,7 @@ _EXPIRE_EVERY_S = 3600.0
 _DUEL_RATE = 1 / 16  # share of completed views scored by both rankers for the duel ...
 _DUEL_MAX = 64  # ... at most this many per learned batch, or 1 per 50 events of a larger one (bounds its cost)
 _DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
+_DUEL_PENDING = 4096  # duel samples waiting for the follower, at most (the oldest go first)
 
 
 class Learner:
@@ -79,6 +81,12 @@ class Learner:
         self.duel = Duel(s.duel_window)
         self.fallback = HeuristicRanker()
         self._rng = np.random.default_rng(seed)
+        # Appended but not learned yet, per region: duel samples (seq, user, items, the user's interest
+        # state as of before the event) and (last seq, wall time) of each batch, for the lag.
+        self._duel: dict[str, deque[tuple[int, str, np.ndarray, UserState]]] = {
+            r: deque(maxlen=_DUEL_PENDING) for r in live.catalog.regions}
+        self._accepted: dict[str, deque[tuple[int, float]]] = {r: deque() for r in live.catalog.regions}
+        self._skip: dict[tuple[str, str], int] = {}  # (region, user) refreshed or erased -> seq learned no further
 
     @property
     def healthy(self) -> bool:
@@ -88,15 +96,43 @@ class Learner:
                 and (self.duel.learned_wins or not self.settings.duel))
 
     # -- learning --
-    def learn_many(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int] | None = None,
-                   accepted: float | None = None) -> None:
-        """Learn events just appended to `region`'s log (`seqs`: their log positions). `accepted`: the
-        wall time they were accepted, for the lag metric."""
+    def before_apply(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+                     accepted: float | None = None) -> None:
+        """Called by the request that appended `events` (at `seqs`), before their users' interest state
+        moves on: sample the duel, snapshotting what the fallback needs, and note when they were
+        accepted (wall time), for the lag."""
         if not self.settings.enabled or not events:
             return
+        self._accepted[region].append((seqs[-1], time.time() if accepted is None else accepted))
+        if not self.settings.duel or self.examples < self.settings.min_examples:
+            return
+        live, catalog = self.live, self.live.catalog
+        index, duration = catalog.index, catalog.duration_l
+        done = [k for k, e in enumerate(events) if e.type == "view" and e.item in index
+                and e.watch_s >= 0.9 * duration[index[e.item]]]
+        if not done or len(catalog) < 2:
+            return
+        take = min(int(self._rng.binomial(len(done), _DUEL_RATE)), max(_DUEL_MAX, len(events) // 50))
+        for k in (done[j] for j in self._rng.choice(len(done), take, replace=False)):
+            e = events[k]
+            idx = np.concatenate([[index[e.item]], self._rng.integers(0, len(catalog), _DUEL_NEGATIVES)])
+            state = live.user(e.user, region).state
+            self._duel[region].append((seqs[k], e.user, idx, UserState(ref=state.ref, weights=dict(state.weights),
+                                                                       follows=set(state.follows))))
+
+    def learn_many(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int] | None = None) -> None:
+        """Learn events of `region`'s log, in order (`seqs`: their log positions, past `marks[region]`)."""
+        if not self.settings.enabled or not events:
+            return
+        if seqs and self._skip:
+            kept = [k for k, e in enumerate(events) if seqs[k] > self._skip.get((region, e.user), 0)]
+            if len(kept) < len(events):
+                events, seqs = [events[k] for k in kept], [seqs[k] for k in kept]
         duration = self.live.catalog.duration_l
-        if self.settings.duel and self.examples >= self.settings.min_examples:
-            self._score_both(region, events)
+        if seqs:
+            self._score_both(region, seqs[-1])
+        if not events:
+            return
         out = ExampleList()
         view_at, watch = self.joins.add_events(region, events, self.live.catalog.index, out)
         now = max(e.ts for e in events)
@@ -114,28 +150,31 @@ class Learner:
             self.model.watch.learn_many(w, d)
         self._train(ex, now)
         self.events += len(events)
-        if seqs:
-            self.marks[region] = max(self.marks[region], seqs[-1])
-        if accepted is not None:
-            self.lag_s = time.time() - accepted
 
-    def _score_both(self, region: str, events: Sequence[EventRecord]) -> None:
-        """The duel: a sample of the batch's completed views, each with random catalogue items, scored
-        by both rankers before anything learns them."""
-        live, catalog = self.live, self.live.catalog
-        index, duration = catalog.index, catalog.duration_l
-        done = [e for e in events if e.type == "view" and e.item in index
-                and e.watch_s >= 0.9 * duration[index[e.item]]]
-        if not done or len(catalog) < 2:
+    def learned_through(self, region: str, seq: int) -> None:
+        """The follower learned `region`'s log through `seq`."""
+        self.marks[region] = max(self.marks[region], seq)
+        accepted = self._accepted[region]
+        last = None
+        while accepted and accepted[0][0] <= seq:
+            last = accepted.popleft()
+        if last is not None:
+            self.lag_s = time.time() - last[1]
+        if self._skip:
+            self._skip = {k: v for k, v in self._skip.items() if v > self.marks[k[0]]}
+
+    def _score_both(self, region: str, through: int) -> None:
+        """The duel: the sampled completed views up to seq `through`, each with random catalogue items,
+        scored by both rankers before anything learns them (the fallback with the user's interest state
+        as sampled, before the view)."""
+        pending = self._duel[region]
+        if not pending or pending[0][0] > through:
             return
-        take = min(int(self._rng.binomial(len(done), _DUEL_RATE)), max(_DUEL_MAX, len(events) // 50))
-        done = [done[k] for k in self._rng.choice(len(done), take, replace=False)]
-        weights, totals, now = live.settings.weights, live.totals(), live.clock()
-        for e in done:
-            idx = np.concatenate([[index[e.item]], self._rng.integers(0, len(catalog), _DUEL_NEGATIVES)])
-            state = live.user(e.user, region).state
-            mine = self.fallback.predict(catalog, state, idx, decay(state, now, live.tau), totals)
-            self.duel.record(value(self.predict(region, e.user, idx), weights), value(mine, weights))
+        live, weights, totals, now = self.live, self.live.settings.weights, self.live.totals(), self.live.clock()
+        while pending and pending[0][0] <= through:
+            _, user, idx, state = pending.popleft()
+            mine = self.fallback.predict(live.catalog, state, idx, decay(state, now, live.tau), totals)
+            self.duel.record(value(self.predict(region, user, idx), weights), value(mine, weights))
 
     def record_served(self, region: str, user: str, items: Sequence[int], now: float) -> None:
         if self.settings.enabled:
@@ -256,6 +295,9 @@ class Learner:
     def forget_user(self, region: str, user: str) -> None:
         """Start the user afresh: drop their embedding row and open joins, and save the removal now."""
         self.joins.forget(user)
+        if self.live.event_mark[region] > self.marks[region]:  # what the follower has not learned yet of them
+            self._skip[(region, user)] = self.live.event_mark[region]
+        self._duel[region] = deque((d for d in self._duel[region] if d[1] != user), maxlen=_DUEL_PENDING)
         table = self.model.users[region]
         table.remove([user])
         if self.settings.enabled:  # saved too, whether or not the row was in memory
@@ -331,6 +373,7 @@ class Learner:
             log = store.events_after(region, self.marks[region])
             while chunk := list(islice(log, _REPLAY_CHUNK)):
                 self.learn_many(region, chunk, [e.seq for e in chunk])
+                self.learned_through(region, chunk[-1].seq)
         self.refresh_index()
         self._last_checkpoint = self.live.clock()
 

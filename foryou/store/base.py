@@ -83,7 +83,8 @@ class Store(Protocol):
         """Durably and atomically append events (and create the new users); returns their seqs.
         Their idempotency keys are remembered from `accepted_at` (default: the wall clock)."""
 
-    def events_after(self, region: str, seq: int) -> Iterator[EventRecord]: ...
+    def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
+        """The region's events with seq above `seq`, in seq order (at most `limit`)."""
 
     def user_events(self, region: str, user_id: str) -> list[EventRecord]: ...
 

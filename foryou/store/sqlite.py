@@ -312,9 +312,10 @@ class SQLiteStore:
                           [(self._key(region, e.user, e.id), accepted) for e in events if e.id])
         return list(range(first, first + len(events)))
 
-    def events_after(self, region: str, seq: int) -> Iterator[EventRecord]:
-        q = "SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE seq>? ORDER BY seq"
-        for row in self._region[region].execute(q, (seq,)):
+    def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
+        q = ("SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE seq>? ORDER BY seq"
+             " LIMIT ?")
+        for row in self._region[region].execute(q, (seq, -1 if limit is None else limit)):
             yield _event(row)
 
     def user_events(self, region: str, user_id: str) -> list[EventRecord]:

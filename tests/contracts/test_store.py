@@ -334,6 +334,9 @@ class TestEvents:
         assert [e.seq for e in store.events_after("us", seqs[1])] == seqs[2:]
         assert list(store.events_after("us", seqs[-1])) == []
         assert [e.item for e in store.events_after("eu", 0)] == ["z"]
+        assert [e.seq for e in store.events_after("us", 0, limit=2)] == seqs[:2]  # a follower's page
+        assert [e.seq for e in store.events_after("us", seqs[1], limit=5)] == seqs[2:]
+        assert list(store.events_after("us", 0, limit=0)) == []
 
     def test_every_event_type_round_trips(self, store: Store) -> None:
         kinds = ("view", "like", "comment", "share", "follow", "not_interested", "report")

@@ -1,0 +1,60 @@
+"""The log follower: the one writer of the item aggregates (counters, catalogue-wide sums, trending)
+and of the learned model. It reads each region's event log in order from where it stopped, a page at a
+time; the trainer learns each page first (its examples' item features as of before them), then the item
+aggregates move on.
+
+A request that appends events only updates its users' interest state (`Live.apply_user_events`), so a
+user's next feed reflects what they just did; item-level state and the model follow the log. In the
+server the follower runs beside the requests, a bounded page per step of the event loop (`_follow` in
+`http/app.py`), and stays within about a second of the log; in-process drivers (tests, `simulate`,
+`evaluate`, `load`) follow at once after each append, so a seed still gives the same run.
+"""
+
+from __future__ import annotations
+
+from foryou.learning import Learner
+from foryou.live import Live
+
+PAGE = 256  # events read and applied at once
+
+
+class LogFollower:
+    def __init__(self, live: Live, learner: Learner | None = None) -> None:
+        self.live = live
+        self.learner = learner
+
+    def position(self, region: str) -> int:
+        """The seq through which both the item aggregates and the model have taken the region's log."""
+        mark = self.live.item_mark[region]
+        learner = self.learner
+        if learner is not None and learner.settings.enabled:
+            mark = min(mark, learner.marks[region])
+        return mark
+
+    def follow(self, limit: int | None = None) -> bool:
+        """Take up to `limit` events of each region's log (all that wait, when None); returns whether
+        more wait."""
+        live, learner = self.live, self.learner
+        more = False
+        for region in live.catalog.regions:
+            left = limit
+            while left is None or left > 0:
+                page = list(live.store.events_after(region, self.position(region), PAGE if left is None
+                                                    else min(PAGE, left)))
+                if not page:
+                    break
+                seqs = [e.seq for e in page]
+                if learner is not None and learner.settings.enabled:
+                    mark = learner.marks[region]
+                    fresh = [k for k, s in enumerate(seqs) if s > mark]
+                    learner.learn_many(region, [page[k] for k in fresh], [seqs[k] for k in fresh])
+                    learner.learned_through(region, seqs[-1])
+                live.apply_item_events(region, page, seqs)
+                if left is not None:
+                    left -= len(page)
+            more = more or self.behind(region) > 0
+        return more
+
+    def behind(self, region: str) -> int:
+        """Events appended to the region's log and not followed yet."""
+        return max(self.live.event_mark[region] - self.position(region), 0)

@@ -1,0 +1,155 @@
+"""The log follower (issue 13, log-first ingestion): a request that appends events updates only its
+users' interest state; the item aggregates and the learned model follow the log, a page at a time, and
+end exactly where following at once would have, also across a crash while behind. A refresh or the
+duel while the follower is behind sees the user as of the right moment."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import MakeClient
+from factories import Clock
+from test_learning import T0, history, open_engine, world
+
+from foryou.catalog import STATS
+from foryou.engine import Engine
+from foryou.interest import UserState, decay
+from foryou.learning import online
+from foryou.ranking import value
+from foryou.types import EventIn
+
+
+def fill(engine: Engine, clock: Clock, passes: int = 2) -> list[EventIn]:
+    rng = np.random.default_rng(7)
+    items = world(rng)
+    engine.items.upsert(items)
+    events, _ = history(items, rng)
+    for _ in range(passes):
+        for lo in range(0, len(events), 100):
+            engine.events.ingest(events[lo:lo + 100])
+            clock.advance(1.0)
+    return events
+
+
+def catch_up(engine: Engine, clock: Clock) -> int:
+    """Ticks until the follower has taken the whole log; returns how many it took."""
+    ticks = 0
+    while engine.follower.behind("us"):
+        engine.tick(clock())
+        ticks += 1
+        assert ticks < 10_000
+    return ticks
+
+
+def test_a_request_updates_its_users_and_nothing_item_level(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with open_engine(tmp_path / "d", clock) as engine:
+        engine.follow_beside(37)
+        events = fill(engine, clock, passes=1)
+        user = events[0].user
+        live = engine.live
+        assert live.user(user).state.seq > 0 and live.user(user).state.weights  # the user's state: at once
+        assert live.catalog.stats[:, STATS["views"]].sum() == 0  # counters, trending, model: not yet
+        assert not live.trending.scores["us"].any()
+        assert engine.learner.marks["us"] == 0 and engine.learner.examples == 0
+        assert engine.follower.behind("us") == len(events)
+
+
+def test_following_in_pages_ends_where_following_at_once_does(tmp_path: Path) -> None:
+    clock_a, clock_b = Clock(T0), Clock(T0)
+    with open_engine(tmp_path / "a", clock_a) as at_once, open_engine(tmp_path / "b", clock_b) as paged:
+        paged.follow_beside(37)
+        events = fill(at_once, clock_a)
+        fill(paged, clock_b)
+        assert catch_up(paged, clock_b) >= len(events) * 2 // 37
+        a, b = at_once.live, paged.live
+        assert np.array_equal(a.catalog.stats, b.catalog.stats)
+        assert np.allclose(a.trending.scores["us"], b.trending.scores["us"])
+        assert np.array_equal(a.totals(), b.totals())
+        assert a.item_mark == b.item_mark == a.event_mark == b.event_mark
+        assert at_once.learner.marks == paged.learner.marks == a.event_mark
+        assert paged.learner.examples > 0 and paged.learner.lag_s >= 0
+
+
+def test_a_crash_with_the_follower_behind_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with open_engine(tmp_path / "ref", Clock(T0)) as reference:
+        fill(reference, Clock(T0))
+        want = reference.live.catalog.stats.copy()
+    engine = open_engine(tmp_path / "d", clock)
+    engine.follow_beside(50)
+    fill(engine, clock)
+    engine.tick(clock())  # a page followed, then a checkpoint with the follower far behind
+    engine.live.checkpoint()
+    engine.learner.checkpoint()
+    assert 0 < engine.live.item_mark["us"] < engine.live.event_mark["us"]
+    engine.store.close()  # a crash: nothing more is saved
+    with open_engine(tmp_path / "d", Clock(clock())) as again:
+        assert np.array_equal(again.live.catalog.stats[:, :len(STATS)], want[:, :len(STATS)])
+        assert again.live.item_mark == again.live.event_mark == again.learner.marks
+
+
+def test_a_refresh_while_the_follower_is_behind_is_not_undone_by_it(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with open_engine(tmp_path / "d", clock) as engine:
+        fill(engine, clock)
+        engine.follow_beside(50)
+        items = list(engine.live.catalog.index)[:8]
+        engine.events.ingest([EventIn(user="newcomer", item=i, type="view", watch_s=10.0) for i in items])
+        engine.users.refresh("newcomer")  # before the follower learned those views
+        catch_up(engine, clock)
+        assert engine.learner.user_vector("us", "newcomer") is None  # the views did not come back
+        engine.events.ingest([EventIn(user="newcomer", item=items[0], type="like")])
+        catch_up(engine, clock)
+        assert engine.learner.user_vector("us", "newcomer") is not None  # what came after does count
+
+
+def test_the_duel_scores_the_fallback_with_the_state_before_the_view(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(online, "_DUEL_RATE", 1.0)
+    clock = Clock(T0)
+    with open_engine(tmp_path / "d", clock) as engine:
+        fill(engine, clock, passes=3)
+        learner = engine.learner
+        assert learner.examples >= learner.settings.min_examples
+        engine.follow_beside(50)
+        user = "g0-u00"
+        before = dict(engine.live.user(user).state.weights)
+        fresh = next(i for i in engine.live.catalog.index if i.startswith("g0-"))
+        engine.events.ingest([EventIn(user=user, item=fresh, type="view", watch_s=10.0)])
+        (_, who, idx, snapshot), = learner._duel["us"]
+        assert who == user and engine.live.catalog.ids[int(idx[0])] == fresh
+        assert snapshot.weights == before != engine.live.user(user).state.weights
+        calls: list[np.ndarray] = []
+        monkeypatch.setattr(learner.duel, "record", lambda _learned, fallback: calls.append(fallback))
+
+        def fallback(state: UserState) -> np.ndarray:
+            live = engine.live
+            return value(learner.fallback.predict(live.catalog, state, idx, decay(state, clock(), live.tau),
+                                                  live.totals()), live.settings.weights)
+
+        expected, leaked = fallback(snapshot), fallback(engine.live.user(user).state)
+        assert not np.allclose(expected, leaked)  # the view itself would lift its item's score
+        catch_up(engine, clock)
+        assert not learner._duel["us"] and len(calls) == 1
+        assert np.allclose(calls[0], expected)
+
+
+def test_the_server_follows_the_log_beside_its_requests(make_client: MakeClient) -> None:
+    client = make_client()
+    with client:  # the app's lifespan: the server's own follower task runs
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        items = [{"id": f"v{k}", "creator": "c", "duration_s": 10.0, "tags": ["t"]} for k in range(20)]
+        assert client.post("/v1/items", json={"items": items}).status_code == 200
+        events = [{"user": f"u{k % 7}", "item": f"v{k % 20}", "type": "view", "watch_s": 10.0} for k in range(600)]
+        assert client.post("/v1/events", json={"events": events}).json() == {"accepted": 600, "duplicates": 0}
+        assert engine.events.follower is None  # the request did not wait for it
+        deadline = time.monotonic() + 10
+        while engine.follower.behind("us") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/v1/items/v3").json()["stats"]["views"] == 30
+        assert "foryou_log_follower_events_behind 0" in client.get("/metrics").text
+        assert engine.learner.marks["us"] == engine.live.event_mark["us"]
