@@ -12,8 +12,11 @@ server the follower runs beside the requests, a bounded page per step of the eve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from foryou.learning import Learner
 from foryou.live import Live
+from foryou.types import EventRecord
 
 PAGE = 256  # events read and applied at once
 
@@ -34,7 +37,7 @@ class LogFollower:
     def follow(self, limit: int | None = None) -> bool:
         """Take up to `limit` events of each region's log (all that wait, when None); returns whether
         more wait."""
-        live, learner = self.live, self.learner
+        live = self.live
         more = False
         for region in live.catalog.regions:
             left = limit
@@ -43,17 +46,30 @@ class LogFollower:
                                                     else min(PAGE, left)))
                 if not page:
                     break
-                seqs = [e.seq for e in page]
-                if learner is not None and learner.settings.enabled:
-                    mark = learner.marks[region]
-                    fresh = [k for k, s in enumerate(seqs) if s > mark]
-                    learner.learn_many(region, [page[k] for k in fresh], [seqs[k] for k in fresh])
-                    learner.learned_through(region, seqs[-1])
-                live.apply_item_events(region, page, seqs)
+                self._take(region, page, [e.seq for e in page])
                 if left is not None:
                     left -= len(page)
             more = more or self.behind(region) > 0
         return more
+
+    def take(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
+        """In-process, right after an append: `events` are the region's log at `seqs` (ascending,
+        consecutive). When they are the next the follower needs they are taken as they are, without
+        reading them back; otherwise the follower reads the log up to them."""
+        if seqs and self.position(region) == seqs[0] - 1:
+            self._take(region, events, seqs)
+        else:
+            self.follow()
+
+    def _take(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
+        """The next events of the region's log: the trainer learns them, then the item aggregates move."""
+        learner = self.learner
+        if learner is not None and learner.settings.enabled:
+            mark = learner.marks[region]
+            fresh = [k for k, s in enumerate(seqs) if s > mark]
+            learner.learn_many(region, [events[k] for k in fresh], [seqs[k] for k in fresh])
+            learner.learned_through(region, seqs[-1])
+        self.live.apply_item_events(region, events, seqs)
 
     def behind(self, region: str) -> int:
         """Events appended to the region's log and not followed yet."""

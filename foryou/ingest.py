@@ -99,8 +99,8 @@ class IngestService:
             if self.learner is not None:  # before the users' state moves on: the duel's fallback needs it
                 self.learner.before_apply(region, batch, seqs)
             live.apply_user_events(region, batch, seqs)
-        if self.follower is not None:
-            self.follower.follow()
+            if self.follower is not None:
+                self.follower.take(region, batch, seqs)
         return IngestResult(len(records) - duplicates, duplicates)
 
 
