@@ -1,4 +1,5 @@
-"""Storage backends, chosen by URL: `sqlite:///path/to/dir` (the embedded default)."""
+"""Storage backends, chosen by URL: `sqlite:///path/to/dir` (the embedded default) and `memory://name`
+(in this process's memory: tests and experiments)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from collections.abc import Sequence
 
 from foryou.errors import ForYouError
 from foryou.store.base import Store
+from foryou.store.memory import MemoryStore
 from foryou.store.sqlite import SQLiteStore
 
-__all__ = ["SQLiteStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "SQLiteStore", "Store", "open_store"]
 
 
 def open_store(url: str, regions: Sequence[str], secret: bytes = b"") -> Store:
@@ -16,7 +18,9 @@ def open_store(url: str, regions: Sequence[str], secret: bytes = b"") -> Store:
     secret) keys the hashes of idempotency keys."""
     if url.startswith("sqlite:///"):
         return SQLiteStore(url[len("sqlite:///"):] or ".", regions, secret)
+    if url.startswith("memory://"):
+        return MemoryStore(url[len("memory://"):], regions, secret)
     if "://" not in url:
         return SQLiteStore(url, regions, secret)
     scheme = url.split("://", 1)[0]
-    raise ForYouError(f"unsupported store URL scheme {scheme!r}: use sqlite:///DIR", field="store")
+    raise ForYouError(f"unsupported store URL scheme {scheme!r}: use sqlite:///DIR or memory://NAME", field="store")

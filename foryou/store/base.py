@@ -1,5 +1,7 @@
-"""The storage contract. Every backend (SQLite now, Redis for scale-out later) implements `Store`
-and passes the one conformance suite in tests/contracts/.
+"""The storage contract. Every backend (SQLite, the embedded default; memory, for tests; Redis for
+scale-out later) implements `Store` and passes the one conformance suite in tests/contracts/. `Store`
+is made of parts by owner (catalogue, item aggregates, profiles, event log, models, erasure), each
+naming its one writer.
 
 Layout of data: the catalogue, item counters, trending scores and co-engagement are shared (item-level
 aggregates only); everything about a user (profile, events, served set, interest state) lives in the
@@ -10,25 +12,31 @@ sequence number it includes), and on start the engine replays only what came aft
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
 
-class Store(Protocol):
-    regions: tuple[str, ...]
+class Catalogue(Protocol):
+    """The items (shared by all regions). Writer: the item service (upserts and takedowns)."""
 
-    # -- catalogue (shared) --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
         """Insert or replace items by id, atomically; `down` is stored as given."""
 
-    def get_item(self, item_id: str) -> ItemRecord | None: ...
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        """The item as last upserted (taken down or not); None for an id never upserted."""
 
     def iter_items(self) -> Iterator[ItemRecord]:
         """Every item, in insertion order."""
 
-    # -- item aggregates (shared) --
+
+class ItemAggregates(Protocol):
+    """Item counters, trending scores and co-engagement (shared: item-level only), with the per-region
+    watermark of the log they include. Writer: the live state's checkpoint, of what the log follower
+    (`foryou/follower.py`) applied."""
+
     def save_item_aggregates(
         self,
         stats: Mapping[str, Sequence[float]],
@@ -40,20 +48,28 @@ class Store(Protocol):
         """Atomically: overwrite the given items' counters and per-region trend scores, add the
         co-engagement deltas, and set each region's (event seq, served seq) watermark and meta keys."""
 
-    def iter_item_stats(self) -> Iterator[tuple[str, list[float]]]: ...
+    def iter_item_stats(self) -> Iterator[tuple[str, list[float]]]:
+        """(item id, counters as last saved) for every item with saved counters."""
 
-    def iter_trend(self, region: str) -> Iterator[tuple[str, float]]: ...
+    def iter_trend(self, region: str) -> Iterator[tuple[str, float]]:
+        """(item id, trend score as last saved) of the region."""
 
     def item_watermarks(self) -> dict[str, tuple[int, int]]:
         """Region -> (event seq, served seq) included in the saved aggregates; (0, 0) if none."""
 
-    def get_meta(self, key: str) -> str | None: ...
+    def get_meta(self, key: str) -> str | None:
+        """A meta value saved with the aggregates (trending's time origin, the pools' reference)."""
 
     def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
         """Items most co-engaged with `item_id`, strongest first."""
 
-    # -- users (per region) --
-    def get_user(self, region: str, user_id: str) -> UserRecord | None: ...
+
+class Profiles(Protocol):
+    """Per region: users' profiles, controls and saved interest state. Writer: the serving role (the
+    request about the user, and the checkpoint of what requests applied)."""
+
+    def get_user(self, region: str, user_id: str) -> UserRecord | None:
+        """The profile, if the region holds the user (never another region's)."""
 
     def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         """The profiles of those of `user_ids` that the region holds."""
@@ -70,7 +86,30 @@ class Store(Protocol):
     def iter_user_ids(self, region: str) -> Iterator[str]:
         """Every user id held in the region's store."""
 
-    # -- events (per region) --
+    def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
+        """Store the user's serialized controls (keyword filters, topic weights), replacing any."""
+
+    def get_controls(self, region: str, user_id: str) -> bytes | None:
+        """The user's serialized controls as last put; None if never."""
+
+    def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:
+        """Atomically store users' serialized interest state and the event seq it includes."""
+
+    def load_user_state(self, region: str, user_id: str) -> bytes | None:
+        """The user's serialized interest state as last saved; None if never."""
+
+    def load_user_states(self, region: str, user_ids: Sequence[str]) -> dict[str, bytes]:
+        """The saved states of those of `user_ids` that have one."""
+
+    def user_state_watermark(self, region: str) -> int:
+        """The event seq the region's saved interest states include (from the last save); 0 if none."""
+
+
+class EventLog(Protocol):
+    """Per region: the durable log of events and of served items, the source of truth every derived
+    state is rebuilt from, and the events' idempotency keys. Writer: the serving role appends;
+    retention deletes what is past its time."""
+
     def known_event_ids(self, region: str, events: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (user, event id) pairs the region already holds: an idempotency key belongs
         to one user of one region, so no other user, and no key of another region, can find or claim
@@ -86,7 +125,8 @@ class Store(Protocol):
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
         """The region's events with seq above `seq`, in seq order (at most `limit`)."""
 
-    def user_events(self, region: str, user_id: str) -> list[EventRecord]: ...
+    def user_events(self, region: str, user_id: str) -> list[EventRecord]:
+        """Every event of the user still in the region's log, in seq order (for the user's own export)."""
 
     def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
         """Delete the region's events with `ts` before `before_ts` and seq at most `through_seq` (never
@@ -95,11 +135,11 @@ class Store(Protocol):
     def forget_event_ids(self, before_ts: float) -> int:
         """Drop idempotency keys accepted before `before_ts`; returns how many."""
 
-    # -- served (per region) --
     def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
         """Durably and atomically record items shown to a user; returns their seqs."""
 
-    def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]: ...
+    def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]:
+        """The region's served rows with seq above `seq`, in seq order."""
 
     def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
         """The items most recently served to this user, newest first (at most `limit`)."""
@@ -110,42 +150,18 @@ class Store(Protocol):
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         """Items this user must never be served again: served before, or viewed."""
 
-    # -- user controls (per region) --
-    def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
-        """Store the user's serialized controls (keyword filters, topic weights), replacing any."""
 
-    def get_controls(self, region: str, user_id: str) -> bytes | None: ...
+class Models(Protocol):
+    """The learned models: embedding rows (users' in their region, the rest shared) and dense blobs.
+    Writer: the trainer (`foryou/learning/online.py`)."""
 
-    # -- interest state (per region) --
-    def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:
-        """Atomically store users' serialized interest state and the event seq it includes."""
-
-    def load_user_state(self, region: str, user_id: str) -> bytes | None: ...
-
-    def load_user_states(self, region: str, user_ids: Sequence[str]) -> dict[str, bytes]:
-        """The saved states of those of `user_ids` that have one."""
-
-    def user_state_watermark(self, region: str) -> int: ...
-
-    # -- erasure --
-    def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
-        """Delete everything of the user in `region`'s store (profile, events, served rows, interest
-        state, controls, embedding row, and the user's idempotency keys `event_ids`), so that the id is
-        left in no file: deleted content is overwritten and the write-ahead log truncated. Returns the
-        rows deleted per kind."""
-
-    def save_tombstone(self, subject: str, until: float) -> None:
-        """Remember an erased user's keyed hash (shared: it carries no id) until `until`."""
-
-    def iter_tombstones(self) -> Iterator[tuple[str, float]]: ...
-
-    # -- learned models --
     def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
                         removed: Sequence[str]) -> None:
         """Atomically upsert embedding rows of `table` and delete `removed` keys: in `region`'s store
         (users' rows) or, with `region` None, the shared one (item-side rows)."""
 
-    def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]: ...
+    def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
+        """Every (key, row) of `table`: in `region`'s store, or the shared one with None."""
 
     def get_model_rows(self, region: str | None, table: str, keys: Sequence[str]) -> dict[str, bytes]:
         """The saved rows of those of `keys` that have one (a user's row is loaded when they come back)."""
@@ -157,10 +173,46 @@ class Store(Protocol):
     def save_model_blob(self, key: str, value: bytes) -> None:
         """Store a shared blob (dense weights, watermarks), replacing any under `key`."""
 
-    def get_model_blob(self, key: str) -> bytes | None: ...
+    def get_model_blob(self, key: str) -> bytes | None:
+        """The blob as last saved under `key`; None if never (or dropped)."""
 
     def drop_model(self) -> None:
         """Delete every embedding row (shared and per region) and every blob, atomically per file:
         the next start learns the model again from the log."""
 
+
+class Erasure(Protocol):
+    """Forgetting a user for good. Writer: the erasure service."""
+
+    def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
+        """Delete everything of the user in `region`'s store (profile, events, served rows, interest
+        state, controls, embedding row, and the user's idempotency keys `event_ids`), so that the id is
+        left in no file: deleted content is overwritten and the write-ahead log truncated. Returns the
+        rows deleted per kind."""
+
+    def save_tombstone(self, subject: str, until: float) -> None:
+        """Remember an erased user's keyed hash (shared: it carries no id) until `until`."""
+
+    def iter_tombstones(self) -> Iterator[tuple[str, float]]:
+        """Every (subject, until) saved, expired or not."""
+
+
+class Store(Catalogue, ItemAggregates, Profiles, EventLog, Models, Erasure, Protocol):
+    """Every part, in one store (a backend implements them all, over one data location)."""
+
+    regions: tuple[str, ...]
+
     def close(self) -> None: ...
+
+
+def event_key_secret(secret: bytes) -> bytes:
+    """The key of idempotency-key hashes, from the privacy secret."""
+    return hashlib.sha256(b"foryou event ids:" + secret).digest()
+
+
+def event_key(key: bytes, region: str, user: str, event_id: str) -> int:
+    """An idempotency key as every backend keeps it: a 64-bit keyed hash of (region, user, id). An
+    integer is several times cheaper to insert and look up than text, an id that might carry a user id
+    is not kept readable, and nobody without the secret can test a guess against the stored keys."""
+    message = f"{len(region)}:{region}{len(user)}:{user}{event_id}".encode()
+    return int.from_bytes(hashlib.blake2b(message, key=key, digest_size=8).digest(), "big", signed=True)

@@ -19,6 +19,7 @@ from typing import TypeVar
 import orjson
 
 from foryou.datadir import private_dir, private_file
+from foryou.store.base import event_key, event_key_secret
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
 T = TypeVar("T")
@@ -162,7 +163,7 @@ class SQLiteStore:
     def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b""):
         self.directory = Path(directory)
         self.regions = tuple(regions)
-        self._id_key = hashlib.sha256(b"foryou event ids:" + secret).digest()  # `secret`: the privacy secret
+        self._id_key = event_key_secret(secret)  # `secret`: the privacy secret
         private_dir(self.directory)
         # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
         # when it creates them, so the database is made first (files of earlier versions are narrowed).
@@ -288,12 +289,7 @@ class SQLiteStore:
         return found
 
     def _key(self, region: str, user: str, event_id: str) -> int:
-        """An idempotency key is kept as a 64-bit keyed hash of (region, user, id): an integer primary
-        key is several times cheaper to insert and look up than text, an id that might carry a user id
-        is not kept readable, and nobody without the secret can test a guess against the table."""
-        message = f"{len(region)}:{region}{len(user)}:{user}{event_id}".encode()
-        digest = hashlib.blake2b(message, key=self._id_key, digest_size=8).digest()
-        return int.from_bytes(digest, "big", signed=True)
+        return event_key(self._id_key, region, user, event_id)
 
     def append_events(
         self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],

@@ -25,8 +25,13 @@ def _open_sqlite(namespace: Path, regions: Sequence[str]) -> Store:
     return open_store("sqlite:///" + str(namespace), regions)
 
 
+def _open_memory(namespace: Path, regions: Sequence[str]) -> Store:
+    return open_store("memory://" + str(namespace), regions)
+
+
 BACKENDS: dict[str, Callable[[Path, Sequence[str]], Store]] = {
     "sqlite": _open_sqlite,
+    "memory": _open_memory,
 }
 
 

@@ -1,0 +1,296 @@
+"""`memory://NAME`: the whole store in this process's memory, gone when the process ends.
+
+A second backend for the one conformance suite, so that the storage contract is proven on more than
+SQLite before Redis arrives, and a store for tests and experiments that need no files. Opening the same
+NAME again in the same process reaches the same data (the suite's reopen checks). Like every store it
+is used from one thread at a time. A user's rows are found by scanning the region: fine for tests and
+experiments, not for a large log. Each write builds what it changes first and applies it after, so a
+write that fails half-way (an input that raises while read) changes nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from foryou.store.base import event_key, event_key_secret
+from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
+
+
+@dataclass
+class _Region:
+    """One region's data: everything about its users."""
+
+    users: dict[str, UserRecord] = field(default_factory=dict)
+    controls: dict[str, bytes] = field(default_factory=dict)
+    events: dict[int, EventRecord] = field(default_factory=dict)  # by seq
+    event_seqs: list[int] = field(default_factory=list)  # ascending: a page of the log by bisection
+    event_keys: dict[int, float] = field(default_factory=dict)  # keyed hash -> accepted at
+    served: dict[int, ServedRecord] = field(default_factory=dict)
+    states: dict[str, bytes] = field(default_factory=dict)
+    state_mark: int = 0
+    model_rows: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    last_event: int = 0  # seqs are never handed out twice, even after the newest rows are erased
+    last_served: int = 0
+
+
+@dataclass
+class _Data:
+    """The shared data (catalogue, item aggregates, shared model rows) and each region's."""
+
+    items: dict[str, ItemRecord] = field(default_factory=dict)  # insertion order, kept on replacement
+    stats: dict[str, list[float]] = field(default_factory=dict)
+    trend: dict[str, dict[str, float]] = field(default_factory=dict)
+    coeng: dict[tuple[str, str], float] = field(default_factory=dict)
+    watermarks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    model_rows: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    tombstones: dict[str, float] = field(default_factory=dict)
+    regions: dict[str, _Region] = field(default_factory=dict)
+
+
+_NAMESPACES: dict[str, _Data] = {}
+
+
+class MemoryStore:
+    """`Store` in memory, in namespace `name` of this process."""
+
+    def __init__(self, name: str, regions: Sequence[str], secret: bytes = b"") -> None:
+        self.regions = tuple(regions)
+        self._id_key = event_key_secret(secret)
+        self._data = _NAMESPACES.setdefault(name, _Data())
+        for region in self.regions:
+            self._data.regions.setdefault(region, _Region())
+
+    def _r(self, region: str) -> _Region:
+        return self._data.regions[region]
+
+    # -- catalogue --
+    def upsert_items(self, items: Sequence[ItemRecord]) -> None:
+        self._data.items.update({i.id: i for i in list(items)})
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        return self._data.items.get(item_id)
+
+    def iter_items(self) -> Iterator[ItemRecord]:
+        yield from list(self._data.items.values())
+
+    # -- item aggregates --
+    def save_item_aggregates(self, stats: Mapping[str, Sequence[float]], trend: Mapping[str, Mapping[str, float]],
+                             coengagement: Mapping[tuple[str, str], float], watermarks: Mapping[str, tuple[int, int]],
+                             meta: Mapping[str, str]) -> None:
+        rows = {k: list(v) for k, v in stats.items()}
+        scores = {r: dict(s) for r, s in trend.items()}
+        deltas, marks, values = dict(coengagement), dict(watermarks), dict(meta)
+        data = self._data
+        data.stats.update(rows)
+        for region, s in scores.items():
+            data.trend.setdefault(region, {}).update(s)
+        for pair, w in deltas.items():
+            data.coeng[pair] = data.coeng.get(pair, 0.0) + w
+        data.watermarks.update(marks)
+        data.meta.update(values)
+
+    def iter_item_stats(self) -> Iterator[tuple[str, list[float]]]:
+        for item_id, row in list(self._data.stats.items()):
+            yield item_id, list(row)
+
+    def iter_trend(self, region: str) -> Iterator[tuple[str, float]]:
+        yield from list(self._data.trend.get(region, {}).items())
+
+    def item_watermarks(self) -> dict[str, tuple[int, int]]:
+        return {r: self._data.watermarks.get(r, (0, 0)) for r in self.regions}
+
+    def get_meta(self, key: str) -> str | None:
+        return self._data.meta.get(key)
+
+    def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
+        found = [(b, w) for (a, b), w in self._data.coeng.items() if a == item_id]
+        return sorted(found, key=lambda bw: (-bw[1], bw[0]))[:limit]
+
+    # -- users --
+    def get_user(self, region: str, user_id: str) -> UserRecord | None:
+        return self._r(region).users.get(user_id)
+
+    def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
+        users = self._r(region).users
+        return {u: users[u] for u in user_ids if u in users}
+
+    def put_user(self, user: UserRecord) -> None:
+        self._r(user.region).users[user.id] = user
+
+    def find_user_region(self, user_id: str) -> str | None:
+        return self.find_user_regions([user_id]).get(user_id)
+
+    def find_user_regions(self, user_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for region in self.regions:
+            users = self._r(region).users
+            out.update({u: region for u in user_ids if u in users and u not in out})
+        return out
+
+    def iter_user_ids(self, region: str) -> Iterator[str]:
+        yield from list(self._r(region).users)
+
+    # -- events --
+    def known_event_ids(self, region: str, events: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        keys = self._r(region).event_keys
+        return {(u, i) for u, i in events if event_key(self._id_key, region, u, i) in keys}
+
+    def append_events(self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
+                      accepted_at: float | None = None) -> list[int]:
+        r = self._r(region)
+        batch, created = list(events), list(new_users)
+        accepted = time.time() if accepted_at is None else accepted_at
+        keys = {event_key(self._id_key, region, e.user, e.id): accepted for e in batch if e.id}
+        for user in created:
+            r.users.setdefault(user.id, user)
+        first = r.last_event + 1
+        for n, e in enumerate(batch):
+            r.events[first + n] = EventRecord(e.user, e.item, e.type, e.watch_s, e.ts, e.id, e.request_id, first + n)
+        r.event_seqs.extend(range(first, first + len(batch)))
+        r.last_event += len(batch)
+        r.event_keys.update(keys)
+        return list(range(first, first + len(batch)))
+
+    def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
+        r = self._r(region)
+        start = bisect.bisect_right(r.event_seqs, seq)
+        end = len(r.event_seqs) if limit is None else start + max(limit, 0)
+        yield from [r.events[s] for s in r.event_seqs[start:end]]
+
+    def user_events(self, region: str, user_id: str) -> list[EventRecord]:
+        return [e for e in self._r(region).events.values() if e.user == user_id]
+
+    def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
+        events = self._r(region).events
+        newest = max(events, default=0)
+        gone = [s for s, e in events.items() if e.ts < before_ts and s <= through_seq and s < newest]
+        self._delete_events(self._r(region), gone)
+        return len(gone)
+
+    @staticmethod
+    def _delete_events(r: _Region, seqs: Sequence[int]) -> None:
+        for s in seqs:
+            del r.events[s]
+        if seqs:
+            r.event_seqs = list(r.events)
+
+    def forget_event_ids(self, before_ts: float) -> int:
+        removed = 0
+        for region in self.regions:
+            keys = self._r(region).event_keys
+            old = [k for k, accepted in keys.items() if accepted < before_ts]
+            for k in old:
+                del keys[k]
+            removed += len(old)
+        return removed
+
+    # -- served --
+    def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
+        r, batch = self._r(region), list(rows)
+        first = r.last_served + 1
+        for n, row in enumerate(batch):
+            r.served[first + n] = ServedRecord(row.user, row.item, row.request_id, row.ts, first + n)
+        r.last_served += len(batch)
+        return list(range(first, first + len(batch)))
+
+    def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]:
+        yield from [row for s, row in self._r(region).served.items() if s > seq]
+
+    def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
+        mine = [row.item for row in self._r(region).served.values() if row.user == user_id]
+        return mine[::-1][:limit]
+
+    def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
+        return [row for row in self._r(region).served.values() if row.user == user_id]
+
+    def excluded_items(self, region: str, user_id: str) -> set[str]:
+        r = self._r(region)
+        out = {row.item for row in r.served.values() if row.user == user_id}
+        out.update(e.item for e in r.events.values() if e.user == user_id and e.type == "view")
+        return out
+
+    # -- user controls --
+    def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
+        self._r(region).controls[user_id] = bytes(controls)
+
+    def get_controls(self, region: str, user_id: str) -> bytes | None:
+        return self._r(region).controls.get(user_id)
+
+    # -- interest state --
+    def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:
+        r, saved = self._r(region), dict(states)
+        r.states.update(saved)
+        r.state_mark = watermark
+
+    def load_user_state(self, region: str, user_id: str) -> bytes | None:
+        return self._r(region).states.get(user_id)
+
+    def load_user_states(self, region: str, user_ids: Sequence[str]) -> dict[str, bytes]:
+        states = self._r(region).states
+        return {u: states[u] for u in user_ids if u in states}
+
+    def user_state_watermark(self, region: str) -> int:
+        return self._r(region).state_mark
+
+    # -- erasure --
+    def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
+        r = self._r(region)
+        events = [s for s, e in r.events.items() if e.user == user_id]
+        served = [s for s, row in r.served.items() if row.user == user_id]
+        keys = [k for k in (event_key(self._id_key, region, user_id, i) for i in event_ids) if k in r.event_keys]
+        self._delete_events(r, events)
+        for s in served:
+            del r.served[s]
+        for k in keys:
+            del r.event_keys[k]
+        return {"profile": int(r.users.pop(user_id, None) is not None), "events": len(events), "served": len(served),
+                "interest_state": int(r.states.pop(user_id, None) is not None),
+                "controls": int(r.controls.pop(user_id, None) is not None),
+                "model_rows": int(r.model_rows.pop(("user", user_id), None) is not None), "event_ids": len(keys)}
+
+    def save_tombstone(self, subject: str, until: float) -> None:
+        self._data.tombstones[subject] = until
+
+    def iter_tombstones(self) -> Iterator[tuple[str, float]]:
+        yield from list(self._data.tombstones.items())
+
+    # -- learned models --
+    def _rows(self, region: str | None) -> dict[tuple[str, str], bytes]:
+        return self._data.model_rows if region is None else self._r(region).model_rows
+
+    def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
+                        removed: Sequence[str]) -> None:
+        put, gone, held = list(rows), list(removed), self._rows(region)
+        held.update({(table, k): bytes(v) for k, v in put})
+        for k in gone:
+            held.pop((table, k), None)
+
+    def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
+        yield from [(k, v) for (t, k), v in self._rows(region).items() if t == table]
+
+    def get_model_rows(self, region: str | None, table: str, keys: Sequence[str]) -> dict[str, bytes]:
+        held = self._rows(region)
+        return {k: held[(table, k)] for k in keys if (table, k) in held}
+
+    def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        return sorted((k, v) for (t, k), v in self._rows(region).items() if t == table and k > after)[:limit]
+
+    def save_model_blob(self, key: str, value: bytes) -> None:
+        self._data.blobs[key] = bytes(value)
+
+    def get_model_blob(self, key: str) -> bytes | None:
+        return self._data.blobs.get(key)
+
+    def drop_model(self) -> None:
+        for region in self.regions:
+            self._r(region).model_rows.clear()
+        self._data.model_rows.clear()
+        self._data.blobs.clear()
+
+    def close(self) -> None:
+        """Nothing to release: the data stays in the process for the next open of the same name."""
