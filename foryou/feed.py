@@ -243,18 +243,20 @@ class FeedService:
 
         def arrange(idx: np.ndarray) -> tuple[_Ranked, Selection]:
             ranked = self._rank(user, idx, personal)
-            topic_rank = {t: float(-k) for k, t in enumerate(topics)}
             item_topics = catalog.topic[idx]
-            groups = {
-                "explore": np.asarray([topic_rank.get(t, -np.inf) for t in item_topics.tolist()]),
-                "pool": np.full(len(idx), -np.inf),
-            }
-            where = {int(i): k for k, i in enumerate(idx.tolist())}
-            for i, urgent in zip(pool_idx.tolist(), pool_urgent.tolist(), strict=True):
-                # A new video's audience: users who finish its topic more than most (so that its pool
-                # measures the video, not who happened to see it); anyone once it waits too long.
-                if i in where and (urgent or ranked.lift[where[i]] > 0 or not personal):
-                    groups["pool"][where[i]] = urgent
+            groups = {"explore": np.full(len(idx), -np.inf), "pool": np.full(len(idx), -np.inf)}
+            for k, t in enumerate(topics):  # the first topic to explore goes first
+                groups["explore"][item_topics == t] = float(-k)
+            # where the pool's items are among the candidates, if they are (by bisection)
+            order = np.argsort(idx, kind="stable")
+            at = order[np.minimum(np.searchsorted(idx, pool_idx, sorter=order), len(idx) - 1)] if len(idx) else \
+                np.zeros(len(pool_idx), np.int64)
+            found = (idx[at] == pool_idx) if len(idx) else np.zeros(len(pool_idx), np.bool_)
+            at, urgent = at[found], np.asarray(pool_urgent, np.bool_)[found]
+            # A new video's audience: users who finish its topic more than most (so that its pool
+            # measures the video, not who happened to see it); anyone once it waits too long.
+            audience = urgent | (ranked.lift[at] > 0) | (not personal)
+            groups["pool"][at[audience]] = urgent[audience]
             chosen = select(ranked.utility, catalog.creator[idx], catalog.sound[idx], item_topics,
                             catalog.tag_cols[idx], live.sensitive(idx), n, recent, limits, slots, groups)
             return ranked, chosen
