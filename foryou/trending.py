@@ -1,7 +1,11 @@
 """Time-decayed engagement per region ("trending in your region").
 
 Scores are kept in units of a fixed reference time t0: an event at t adds `w * exp((t - t0) / tau)`,
-so decay never touches the array, and ordering by stored score is ordering by decayed score."""
+so decay never touches the array, and ordering by stored score is ordering by decayed score.
+
+The top list is kept incrementally: it is recomputed from the last list (kept twice as long as asked
+for) and the items whose scores changed since, which is exact unless too many of the listed items fell
+(scores fall only on early swipes): then, and only then, the whole array is read again."""
 
 from __future__ import annotations
 
@@ -18,7 +22,10 @@ class Trending:
         self.t0 = t0
         self.scores = {r: np.zeros(1024) for r in regions}
         self.dirty: dict[str, set[int]] = {r: set() for r in regions}
-        self._top: dict[str, tuple[float, np.ndarray, int]] = {}
+        # region -> (computed at, the best items (2 x keep of them, best first), keep, a bound on the
+        # score of every item not listed); and the items whose scores changed since
+        self._top: dict[str, tuple[float, np.ndarray, int, float]] = {}
+        self._changed: dict[str, list[np.ndarray]] = {r: [] for r in regions}
 
     def ensure(self, size: int) -> None:
         for region, arr in self.scores.items():
@@ -41,6 +48,7 @@ class Trending:
             arr = self.scores[region]
         arr[idx] += weight * math.exp(exponent)
         self.dirty[region].add(idx)
+        self._changed[region].append(np.array([idx], np.int64))
 
     def _rebase(self, ts: float) -> None:
         """Move the reference time to `ts` before scores overflow; their order is unchanged."""
@@ -49,6 +57,7 @@ class Trending:
             arr *= scale
             self.dirty[region].update(np.flatnonzero(arr).tolist())
         self.t0 = ts
+        self._top = {r: (at, best, keep, bound * scale) for r, (at, best, keep, bound) in self._top.items()}
 
     def add_many(self, region: str, idx: np.ndarray, weights: np.ndarray, ts: np.ndarray) -> None:
         """`add` for arrays of events."""
@@ -64,6 +73,7 @@ class Trending:
         self.ensure(int(idx.max()) + 1)
         np.add.at(self.scores[region], idx, weights * np.exp((ts - self.t0) / self.tau))
         self.dirty[region].update(idx.tolist())
+        self._changed[region].append(idx.astype(np.int64))
 
     def top(self, region: str, k: int, now: float, max_age_s: float = 2.0) -> np.ndarray:
         """The k highest-scoring item indexes, best first; recomputed at most every `max_age_s`."""
@@ -71,11 +81,17 @@ class Trending:
         if cached is not None and now - cached[0] < max_age_s and cached[2] >= k:
             return cached[1][:k]
         keep = max(k, 1000)
-        arr = self.scores[region]
-        positive = np.flatnonzero(arr > 0)
-        part = positive[np.argpartition(-arr[positive], keep)[:keep]] if len(positive) > keep else positive
-        best = part[np.argsort(-arr[part], kind="stable")]
-        self._top[region] = (now, best, keep)
+        arr, changed = self.scores[region], self._changed[region]
+        if cached is not None and cached[2] >= keep and sum(len(c) for c in changed) < len(arr) // 8:
+            pool = np.unique(np.concatenate([cached[1], *changed]))
+            best, bound = _best(arr, pool, 2 * keep)
+            bound = max(bound, cached[3])  # an item listed in neither scores at most this
+            if bound > 0 and (len(best) < keep or arr[best[keep - 1]] <= bound):  # listed items fell: a full pass
+                best, bound = _best(arr, np.flatnonzero(arr > 0), 2 * keep)
+        else:
+            best, bound = _best(arr, np.flatnonzero(arr > 0), 2 * keep)
+        changed.clear()
+        self._top[region] = (now, best, keep, bound)
         return best[:k]
 
     def current(self, idx: np.ndarray, now: float) -> np.ndarray:
@@ -88,3 +104,17 @@ class Trending:
 
     def invalidate(self) -> None:
         self._top.clear()
+        for changed in self._changed.values():
+            changed.clear()
+
+
+def _best(arr: np.ndarray, pool: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    """The (at most) `n` items of `pool` with the highest positive scores, best first, and a bound on
+    the score of every item of `pool` left out (0 when none with a positive score is)."""
+    pool = pool[arr[pool] > 0]
+    bound = 0.0
+    if len(pool) > n:
+        part = np.argpartition(-arr[pool], n)
+        bound = float(arr[pool[part[n]]])  # the best left out: every other left out scores at most this
+        pool = pool[part[:n]]
+    return pool[np.argsort(-arr[pool], kind="stable")], bound

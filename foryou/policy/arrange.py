@@ -49,16 +49,17 @@ class Selection:
     recent: Recent = field(default_factory=Recent)
 
 
-def similarity(topics: np.ndarray, tags: np.ndarray, p: int) -> np.ndarray:
-    """Every candidate's similarity to candidate `p`: 0.5 x same topic + 0.5 x tag Jaccard."""
+def similarity(topics: np.ndarray, tags: np.ndarray, p: int, tag_count: np.ndarray | None = None) -> np.ndarray:
+    """Every candidate's similarity to candidate `p`: 0.5 x same topic + 0.5 x tag Jaccard.
+    `tag_count`: each candidate's number of tags, when the caller has it."""
     same_topic = (topics == topics[p]) & (topics >= 0)
     mine = tags[p][tags[p] >= 0]
     if len(mine) == 0:
         return 0.5 * same_topic
-    shared = np.zeros(len(topics))
+    shared = np.zeros(len(topics))  # how many of p's tags each candidate has
     for tag in mine:
         shared += (tags == tag).any(axis=1)
-    union = (tags >= 0).sum(axis=1) + len(mine) - shared
+    union = ((tags >= 0).sum(axis=1) if tag_count is None else tag_count) + len(mine) - shared
     return 0.5 * same_topic + 0.5 * shared / np.maximum(union, 1)
 
 
@@ -72,6 +73,7 @@ def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics
     count = len(utility)
     taken = np.zeros(count, np.bool_)
     penalty = np.zeros(count)
+    tag_count = (tags >= 0).sum(axis=1)
     out = Selection(recent=recent)
     for slot in range(min(n, count)):
         r = out.recent
@@ -101,7 +103,7 @@ def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics
         if not steps and utility[pick] < np.max(np.where(taken, -np.inf, utility)):
             steps.append("diversity")  # placed over a higher-valued candidate by the rules or MMR
         taken[pick] = True
-        penalty = np.maximum(penalty, similarity(topics, tags, pick))
+        penalty = np.maximum(penalty, similarity(topics, tags, pick, tag_count))
         topic = int(topics[pick])
         run = r.topic_run + 1 if topic >= 0 and topic == r.topic else (1 if topic >= 0 else 0)
         out.recent = replace(r, creator=int(creators[pick]), sound=int(sounds[pick]), topic=topic, topic_run=run,
