@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from foryou import retrieval
+from foryou.config import PolicySettings, Settings, SignalSettings, SourceBudgets, ValueWeights
 from foryou.interest import UserState, decay, muted
 from foryou.learning import Learner
 from foryou.live import Live, LiveUser
@@ -28,6 +29,26 @@ SWEEP_MOST = 2048  # ... and at most per request
 POOL_CANDIDATES = 20  # new-video pool items considered per request (the least advanced first)
 EXPLORE_WINDOW = 60  # items of each explored topic considered
 PUBLIC_PRIVACY = ("retention_days", "personalize_minors", "erasure_refuse_days")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """Everything a feed's pipeline reads, resolved once per request and passed down (never read from
+    the global settings deep inside): an experiment's variant is just another such value."""
+
+    weights: ValueWeights
+    budgets: SourceBudgets
+    signals: SignalSettings
+    policy: PolicySettings
+    budget_ms: float  # the feed's time budget (0: none)
+    personalize_minors: bool
+    ranker: str = "auto"  # "auto": the learned model while it is healthy, else hand-set; "heuristic": hand-set
+    variant: str = ""  # which variant of the feed this is ("": the deployment's settings)
+
+    @classmethod
+    def of(cls, settings: Settings) -> FeedConfig:
+        return cls(settings.weights, settings.budgets, settings.signals, settings.policy,
+                   settings.server.feed_budget_ms, settings.privacy.personalize_minors)
 
 
 @dataclass
@@ -64,15 +85,21 @@ class FeedService:
         self.tombstones = tombstones
 
     # -- candidates --
+    def config(self, user: LiveUser | None = None) -> FeedConfig:
+        """The feed settings for this user's request (today the deployment's, for everyone)."""
+        return FeedConfig.of(self.live.settings)
+
     def candidates(self, user: LiveUser, personal: bool = True,
-                   keep: Callable[[np.ndarray], np.ndarray] | None = None) -> retrieval.Candidates:
+                   keep: Callable[[np.ndarray], np.ndarray] | None = None,
+                   config: FeedConfig | None = None) -> retrieval.Candidates:
         """Every source's proposals; without `personal`, only those not based on the user's profile.
         `keep`: the user's eligibility filter (`_keep`), if the caller already has it."""
+        config = config or self.config(user)
         live, catalog, state = self.live, self.live.catalog, user.state
-        budgets, signals = live.settings.budgets, live.settings.signals
+        budgets, signals = config.budgets, config.signals
         now = live.clock()
         cands = retrieval.Candidates(state.excluded)
-        learner = self._learned() if personal else None
+        learner = self._learned(config) if personal else None
         if learner is not None:  # first, so that its reason leads where it agrees with other sources
             retrieval.learned(cands, learner.retrieve(user.profile.region, user.profile.id, budgets.learned * 2),
                               budgets.learned)
@@ -107,11 +134,11 @@ class FeedService:
             return ok
         return keep
 
-    def _personal(self, user: LiveUser) -> bool:
+    def _personal(self, user: LiveUser, config: FeedConfig) -> bool:
         """Whether the user's feed may be based on their profile: they did not switch it off, and they
         are not a minor while `privacy.personalize_minors` is off."""
         minor = user.profile.age_band in ("under13", "13-17")
-        return user.profile.personalized and not (minor and not self.live.settings.privacy.personalize_minors)
+        return user.profile.personalized and not (minor and not config.personalize_minors)
 
     def _keywords(self, user: LiveUser) -> KeywordFilter:
         """The user's blocked keywords, compiled once and kept with the user until they change."""
@@ -135,12 +162,15 @@ class FeedService:
         return idx[(keep or self._keep(user))(idx)]
 
     # -- ranking --
-    def _learned(self) -> Learner | None:
-        """The learned model, when there is a healthy one (else the hand-set ranking serves)."""
-        return self.learner if self.learner is not None and self.learner.healthy else None
+    def _learned(self, config: FeedConfig) -> Learner | None:
+        """The learned model, when there is a healthy one and the feed may use it (else the hand-set
+        ranking serves)."""
+        usable = self.learner is not None and self.learner.healthy and config.ranker == "auto"
+        return self.learner if usable else None
 
-    def _predict(self, user: LiveUser, idx: np.ndarray, personal: bool = True) -> tuple[dict[str, np.ndarray], str]:
-        live, learner = self.live, self._learned() if personal else None
+    def _predict(self, user: LiveUser, idx: np.ndarray, config: FeedConfig,
+                 personal: bool = True) -> tuple[dict[str, np.ndarray], str]:
+        live, learner = self.live, self._learned(config) if personal else None
         if learner is not None:
             return learner.predict(user.profile.region, user.profile.id, idx), "learned"
         state = user.state if personal else UserState()
@@ -148,11 +178,11 @@ class FeedService:
                                           live.totals())
         return predictions, "heuristic" if personal else "not_personalized"
 
-    def _rank(self, user: LiveUser, idx: np.ndarray, personal: bool) -> _Ranked:
-        predictions, ranker = self._predict(user, idx, personal)
-        values = value(predictions, self.live.settings.weights)
+    def _rank(self, user: LiveUser, idx: np.ndarray, personal: bool, config: FeedConfig) -> _Ranked:
+        predictions, ranker = self._predict(user, idx, config, personal)
+        values = value(predictions, config.weights)
         utility = values if "retrieval" in predictions else np.log(np.maximum(values, MIN_VALUE))
-        live, policy = self.live, self.live.settings.policy
+        live, policy = self.live, config.policy
         shift = topic_shift(live.catalog, idx, user.controls.topic_weights, policy.topic_weight_gain)
         lift = np.zeros(len(idx))
         if personal and policy.topic_lift_gain:
@@ -166,21 +196,22 @@ class FeedService:
         anything: (item indexes, values), best first. For evaluation and replay."""
         live = self.live
         user = live.serving(live.user(user_id))
-        idx = self._eligible(user, self.candidates(user))
-        values = value(self._predict(user, idx)[0], live.settings.weights)
+        config = self.config(user)
+        idx = self._eligible(user, self.candidates(user, config=config))
+        values = value(self._predict(user, idx, config)[0], config.weights)
         order = np.argsort(-values, kind="stable")
         return idx[order], values[order]
 
     def predict(self, user_id: str, items: np.ndarray) -> dict[str, np.ndarray]:
         """The ranker's P(action) per head for the given item indexes, with the user's state now."""
-        return self._predict(self.live.user(user_id), items)[0]
+        user = self.live.user(user_id)
+        return self._predict(user, items, self.config(user))[0]
 
     # -- policy --
-    def _slots(self, n: int, personal: bool, pool_urgent: np.ndarray) -> list[str]:
+    def _slots(self, n: int, personal: bool, pool_urgent: np.ndarray, policy: PolicySettings) -> list[str]:
         """Which slots are reserved: each for exploration with probability `explore_share` (personal
         feeds only), else for the new-video pools with `pool_share` (twice that while one waits too
         long; none when no pool item may be shown)."""
-        policy = self.live.settings.policy
         explore = policy.explore_share if personal else 0.0
         pool = policy.pool_share if len(pool_urgent) else 0.0
         if pool_urgent.any():
@@ -188,12 +219,13 @@ class FeedService:
         draws = self.rng.random(n)
         return ["explore" if d < explore else "pool" if d < explore + pool else "" for d in draws]
 
-    def _explore(self, user: LiveUser, cands: retrieval.Candidates, slots: list[str]) -> list[int]:
+    def _explore(self, user: LiveUser, cands: retrieval.Candidates, slots: list[str],
+                 policy: PolicySettings) -> list[int]:
         """Topics for the exploration slots (best draw first), with some of their items as candidates."""
         wanted = slots.count("explore")
         if not wanted:
             return []
-        live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy
+        live, catalog = self.live, self.live.catalog
         views, completions = live.topic_counts()
         known = known_topics(user.state, policy.known_topics)
         topics = explore_topics(user.state, views, completions, known, wanted + 2, policy.explore_prior, self.rng)
@@ -208,28 +240,30 @@ class FeedService:
             return self._feed(user_id, n, explain, region)
 
     def _feed(self, user_id: str, n: int, explain: bool, region: str | None) -> Feed:
-        live, catalog, policy = self.live, self.live.catalog, self.live.settings.policy
+        live, catalog = self.live, self.live.catalog
         placed = live.place(user_id, region)
         if self.tombstones is not None:
             self.tombstones.refuse([user_id], live.clock())
         user = live.serving(live.user(user_id, placed))
         if not user.stored:
             live.persist_user(user)
-        personal = self._personal(user)
+        config = self.config(user)
+        policy = config.policy
+        personal = self._personal(user, config)
         now = live.clock()
-        budget = live.settings.server.feed_budget_ms / 1000
+        budget = config.budget_ms / 1000
         deadline = time.perf_counter() + budget if budget > 0 else None
         over_budget = False
         keep, excluded = self._keep(user), user.state.excluded
-        cands = self.candidates(user, personal, keep)
+        cands = self.candidates(user, personal, keep, config)
 
         def unseen(i: np.ndarray) -> np.ndarray:
             return keep(i) & np.fromiter((x not in excluded for x in i.tolist()), np.bool_, len(i))
 
         pool_idx, pool_urgent = live.pools.candidates(catalog, unseen, now, POOL_CANDIDATES)
         cands.add(pool_idx.tolist(), "pool")
-        slots = self._slots(n, personal, pool_urgent)
-        topics = self._explore(user, cands, slots) if personal else []
+        slots = self._slots(n, personal, pool_urgent, policy)
+        topics = self._explore(user, cands, slots, policy) if personal else []
         idx = self._eligible(user, cands, keep)
         if len(idx) < n:  # the sources ran short: the next stretch of the catalogue, within the budget
             over_budget = _late(deadline)
@@ -242,7 +276,7 @@ class FeedService:
         limits = Limits(policy.topic_run_cap, policy.sensitive_run_cap, policy.mmr_lambda)
 
         def arrange(idx: np.ndarray) -> tuple[_Ranked, Selection]:
-            ranked = self._rank(user, idx, personal)
+            ranked = self._rank(user, idx, personal, config)
             item_topics = catalog.topic[idx]
             groups = {"explore": np.full(len(idx), -np.inf), "pool": np.full(len(idx), -np.inf)}
             for k, t in enumerate(topics):  # the first topic to explore goes first
@@ -278,7 +312,7 @@ class FeedService:
             item = FeedItem(catalog.ids[i], round(chosen.values[slot], 6),
                             list(dict.fromkeys(reason(catalog, s, f) for s, f in sources))[:3])
             if explain:
-                item.explain = self._explanation(ranked, p, slot, [s for s, _ in sources], chosen)
+                item.explain = self._explanation(ranked, p, slot, [s for s, _ in sources], chosen, config.weights)
             items.append(item)
         if served:
             records = [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in served]
@@ -289,9 +323,8 @@ class FeedService:
                 self.learner.record_served(user.profile.region, user_id, served, now)
         return Feed(user_id, request_id, items, over_budget or _late(deadline))
 
-    def _explanation(self, ranked: _Ranked, p: int, slot: int, sources: list[str],
-                     chosen: Selection) -> dict[str, object]:
-        weights = self.live.settings.weights
+    def _explanation(self, ranked: _Ranked, p: int, slot: int, sources: list[str], chosen: Selection,
+                     weights: ValueWeights) -> dict[str, object]:
         heads = {h: round(float(v[p]), 6) for h, v in ranked.predictions.items()}
         policy = list(chosen.steps[slot])
         if ranked.shift[p]:
@@ -312,7 +345,7 @@ class FeedService:
         every policy setting, live. An admin view: audited."""
         if self.audit is not None:
             self.audit.append("algorithm", None, "ok", self.live.clock())
-        settings, learner = self.live.settings, self._learned()
+        settings, learner = self.live.settings, self._learned(self.config())
         return {
             "ranker": "learned" if learner is not None else "heuristic",
             "value": ("learned: log(sum of P(head) x weight) + retrieval x retrieval score" if learner is not None

@@ -336,3 +336,22 @@ def test_watch_quantiles_debias_duration() -> None:
     assert quantiles.label(np.array([50.0 * 0.45]), np.array([50.0]))[0] > 0.8
     back = quantiles.watch_s(np.array([0.5, 0.5]), np.array([6.0, 50.0]))
     assert back == pytest.approx([4.8, 15.0], rel=0.1)  # the median watch time of each bucket
+
+
+def test_a_feeds_settings_are_one_value_resolved_per_request(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a feed reads (weights, budgets, policy, which ranker) comes from the `FeedConfig` resolved
+    for the request, not from the global settings: a variant is just another value."""
+    from dataclasses import replace
+
+    from foryou.feed import FeedConfig
+
+    engine, _, _ = trained
+    assert engine.learner.healthy
+    base = FeedConfig.of(engine.settings)
+    assert engine.feeds.feed("g0-u00", 3, explain=True).items[0].explain["ranker"] == "learned"  # type: ignore[index]
+    variant = replace(base, ranker="heuristic", weights=replace(base.weights, complete=7.5), variant="b")
+    monkeypatch.setattr(engine.feeds, "config", lambda user=None: variant)
+    item = engine.feeds.feed("g0-u01", 3, explain=True).items[0]
+    assert item.explain["ranker"] == "heuristic"  # type: ignore[index]
+    assert item.explain["weights"]["complete"] == 7.5  # type: ignore[index]
+    assert engine.settings.weights.complete != 7.5  # the deployment's settings are untouched
