@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import harness as bench
 import httpx
-import run as bench
 
 from foryou.config import load_settings
 from foryou.engine import Engine
@@ -89,11 +88,11 @@ def main() -> None:
         engine.close()
     floor = rows[0]
     md = [BEGIN, "## API keys\n\n",
-          f"`benchmarks/auth.py`: whole requests through the app in-process (ASGI, no network), one at a time, "
-          f"{a.requests:,} timed per case in {ROUNDS} interleaved rounds, each after a warm-up; "
-          f"{os.cpu_count()} cores. The floor is `/healthz`, which "
-          "needs no key, measured in the same run; the other rows add the key check (and a 404 from the item "
-          "service, or the 401). keys.db holds 52 keys.\n\n",
+          "What an API key check costs: whole requests through the app in-process (ASGI, no network), one at a "
+          f"time, {a.requests:,} timed per case in {ROUNDS} interleaved rounds, each after a warm-up. The floor is "
+          "`/healthz`, which needs no key, measured in the same run; the other rows add the key check (and a 404 "
+          "from the item service, or the 401). keys.db holds 52 keys.\n\n",
+          bench.provenance(bench.command_line("auth.py"), bench.machine()), "\n\n",
           "| Case | p50 µs | p99 µs | p50 / floor | p99 / floor |\n|---|---:|---:|---:|---:|\n"]
     for name, p50, p99 in rows:
         md.append(f"| {name} | {p50:.0f} | {p99:.0f} | {p50 / floor[1]:.2f} | {p99 / floor[2]:.2f} |\n")

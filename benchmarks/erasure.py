@@ -10,12 +10,11 @@ Writes the `## Erasure` section of docs/benchmarks.md (between `<!-- erasure -->
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import tempfile
 import time
 
-import run as bench
+import harness as bench
 
 from foryou.store.sqlite import SQLiteStore
 from foryou.types import EventRecord, UserRecord
@@ -59,10 +58,10 @@ def main() -> None:
         store.close()
     deletes = max(whole - rebuild, 0.0)
     md = [BEGIN, "## Erasure\n\n",
-          f"`benchmarks/erasure.py`: `SQLiteStore.erase_user` of one user ({VICTIM_EVENTS} events) on a region of "
-          f"{a.events:,} events from {USERS:,} users; {os.cpu_count()} cores. The rebuild of the two user indexes "
-          "is timed again alone on the same store; the rest is the deletes and the WAL checkpoint, the floor any "
-          "erasure pays.\n\n",
+          f"What erasing a user costs: `SQLiteStore.erase_user` of one user ({VICTIM_EVENTS} events) on a region of "
+          f"{a.events:,} events from {USERS:,} users. The rebuild of the two user indexes is timed again alone on "
+          "the same store; the rest is the deletes and the WAL checkpoint, the floor any erasure pays.\n\n",
+          bench.provenance(bench.command_line("erasure.py"), bench.machine()), "\n\n",
           "| Part | seconds | per million events in the region |\n|---|---:|---:|\n",
           f"| whole erasure | {whole:.2f} | {whole / a.events * 1e6:.2f} |\n",
           f"| index rebuild alone | {rebuild:.2f} | {rebuild / a.events * 1e6:.2f} |\n",

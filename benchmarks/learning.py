@@ -10,14 +10,15 @@ request path cost. One run measures
   3. in-process `engine.feeds.feed` p50/p99 with the learned models and with learning off (the floor);
   4. the model-update lag while `benchmarks/ingester.py` posts 10,000 events/s and wrk fetches feeds from
      `foryou serve` (`foryou_model_lag_seconds` scraped from /metrics every 0.5 s), learning on and off;
-  plus `foryou load` with learning on and off. Results go to stdout and to the `## Learned models`
-  section of docs/benchmarks.md (replaced on each run; the rest of the file is left as it is).
+  plus `foryou load` with learning on and off. The results go to the `## Learned models` section of
+  docs/benchmarks.md (replaced on each run; the rest of the file is left as it is); the full report, with
+  the profiles, to stdout and benchmarks/out/report-learning.md.
 
     python benchmarks/learning.py --quick     # shorter runs, fewer ids (~5 min)
     python benchmarks/learning.py             # ~9 min; --rev HEAD: the committed foryou/
 
-Reuses run.py's helpers (servers, wrk client, quiet waits, loader). Everything written goes under
-benchmarks/out/ (ignored by git) and docs/benchmarks.md.
+Reuses harness.py (servers, wrk client, quiet waits) and scenarios.py's bulk load. Everything written goes
+under benchmarks/out/ (ignored by git) and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,23 +27,23 @@ import argparse
 import contextlib
 import cProfile
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 import threading
 import time
 import tracemalloc
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import harness as bench
 import numpy as np
 import orjson
-import run as bench
+import profiles
 from gen import generate
+from scenarios import run_load
 
-OUT, log, pct, nan = bench.OUT, bench.log, bench._pct, float("nan")
+OUT, log, pct, nan = bench.OUT, bench.log, bench.pct, float("nan")
 
 KUAIRAND = Path(os.environ.get("KUAIRAND_PURE", "/work/shared/data/kuairand_pure_subset"))
 BEGIN, END = "<!-- learning -->\n", "<!-- /learning -->\n"
@@ -89,7 +90,7 @@ def scratch_engine(on: bool, catalogue: Any, t0: float) -> tuple[Any, _Clock]:
 
 def other_load(busy0: float, cpu0: float, wall: float) -> float:
     """Cores that other processes used since (busy0, cpu0), over `wall` seconds."""
-    return max(0.0, (bench.system_busy() - busy0 - (bench._self_cpu() - cpu0)) / wall)
+    return max(0.0, (bench.system_busy() - busy0 - (bench.self_cpu() - cpu0)) / wall)
 
 
 def done(engine: Any) -> None:
@@ -114,7 +115,7 @@ def time_batches(name: str, catalogue: Any, records: list[Any], batch: int, lear
     prof = cProfile.Profile()
     try:
         bench.wait_quiet()
-        busy0, cpu0, wall0 = bench.system_busy(), bench._self_cpu(), time.perf_counter()
+        busy0, cpu0, wall0 = bench.system_busy(), bench.self_cpu(), time.perf_counter()
         for lo in range(0, len(records), batch):
             part = records[lo:lo + batch]
             seqs = list(range(lo + 1, lo + len(part) + 1))
@@ -139,7 +140,7 @@ def time_batches(name: str, catalogue: Any, records: list[Any], batch: int, lear
                "healthy": learner.healthy, "other": other_load(busy0, cpu0, wall)}
         if profile_from:
             title = f"`learn_many`, {name}: {len(records) - profile_from:,} events in batches of {batch}, after "
-            out["profile"] = bench.cprofile_summary(prof, title + f"{profile_from:,} learned", top=10)
+            out["profile"] = profiles.cprofile_summary(prof, title + f"{profile_from:,} learned", top=10)
     finally:
         done(engine)
     log(f"  {'learn_many' if learn_only else 'append'}, {name}, learning {on}, {batch}/batch: "
@@ -206,7 +207,7 @@ def feed_latency(base: Path, on: bool, users: int, seconds: float, max_feeds: in
             engine.feeds.feed(f"u{u}", 10)
         lat: list[float] = []
         bench.wait_quiet()
-        busy0, cpu0, wall0 = bench.system_busy(), bench._self_cpu(), time.perf_counter()
+        busy0, cpu0, wall0 = bench.system_busy(), bench.self_cpu(), time.perf_counter()
         while len(lat) < max_feeds and time.perf_counter() < wall0 + seconds:
             uid = f"u{rng.integers(users)}"
             t = time.perf_counter()
@@ -267,7 +268,7 @@ def mixed(base: Path, on: bool, conns: int, a: argparse.Namespace, client: bench
         thread = threading.Thread(target=scraper, daemon=True)
         thread.start()
         time.sleep(1.5)
-        spy = bench.start_pyspy(srv.pid, a.mixed_s, spy_path, rate=50) if bench.pyspy_available() else None
+        spy = profiles.start_pyspy(srv.pid, a.mixed_s, spy_path, rate=50) if profiles.pyspy_available() else None
         t0 = time.perf_counter()
         feed = client.run("mixed", port, feed_mode, conns, a.mixed_s, srv.pid, quiet=False, key=key)
         t1 = time.perf_counter()
@@ -292,7 +293,7 @@ def mixed(base: Path, on: bool, conns: int, a: argparse.Namespace, client: bench
     out = {"on": on, "conns": conns, "start": start, "end": end, "ingest": ingest, "feed": feed, "rate": rate,
            "samples": len(samples), "fresh": len(lags), "lag_p50": pct(lags, 0.5), "lag_p99": pct(lags, 0.99),
            "lag_max": max(lags, default=float("nan")),
-           "profile": bench.parse_pyspy(spy_path, f"`foryou serve`, mixed run, learning {'on' if on else 'off'}, "
+           "profile": profiles.parse_pyspy(spy_path, f"`foryou serve`, mixed run, learning {'on' if on else 'off'}, "
                                                   f"{conns} feed conns"),
            "healthy_all": bool(win) and all(s.get("model_healthy") == 1.0 for s in win)}
     log(f"  mixed, learning {on}, {conns} conns: ingest {rate:,.0f} events/s "
@@ -308,17 +309,19 @@ def met(ok: bool) -> str:
 
 
 def section(a: argparse.Namespace, m: dict[str, str], command: str, learn: list[dict[str, Any]],
-            append: list[dict[str, Any]], prof: Any, memory: list[dict[str, Any]], load: dict[str, Any],
+            append: list[dict[str, Any]], memory: list[dict[str, Any]], load: dict[str, Any],
             feeds: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """The `## Learned models` section of docs/benchmarks.md: what is measured, the command, the results."""
     k1000 = next(r for r in learn if r["name"] == "KuaiRand" and r["batch"] == 1000)
     md = [BEGIN, "## Learned models\n\n",
-          f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n- Command: `{command}`\n",
-          f"- Machine: {m['cpu']}, {m['memory']}, {m['os']}; Python {m['python']}\n",
-          f"- Code: commit {m['commit']}\n",
-          f"- Data: the KuaiRand-Pure subset (`foryou convert-kuairand`: {k1000['events']:,} events learned of "
-          f"{a.kuairand_events:,}) and benchmarks/gen.py at {a.items:,} items, {a.users:,} users, {a.events:,} "
-          "events, loaded by `foryou load` (which learns).\n\n",
-          "### Against the targets\n\n| Target | Wanted | Measured | |\n|---|---|---:|---|\n",
+          "What online training costs (`foryou/learning/`): `Learner.learn_many` alone, and ingestion "
+          "(`events.append`, the bulk loader) with learning on and off (the floor); the embedding tables' memory "
+          "and speed; the in-process feed with the learned models in the path; and the model-update lag while "
+          f"{a.rate:,.0f} events/s are posted to `foryou serve` as it serves feeds. Data: the KuaiRand-Pure subset "
+          f"(`foryou convert-kuairand`: {k1000['events']:,} events learned of {a.kuairand_events:,}) and "
+          f"`benchmarks/gen.py` at {a.items:,} items, {a.users:,} users, {a.events:,} events.\n\n",
+          bench.provenance(command, m), "\n\n",
+          "| Target | Wanted | Measured | |\n|---|---|---:|---|\n",
           f"| training throughput, `learn_many` alone, KuaiRand, 1,000/batch | >= 50,000 events/s "
           f"| {k1000['per_s']:,.0f} events/s | {met(k1000['per_s'] >= 50_000)} |\n",
           *(f"| model-update lag, {a.rate:,.0f} events/s posted, feeds at {r['conns']} conn(s) "
@@ -328,89 +331,75 @@ def section(a: argparse.Namespace, m: dict[str, str], command: str, learn: list[
             f"reached | <= 1 s at {a.rate:,.0f}/s | {r['ingest'].get('p99_ms', nan) / 1000:.3f} s; {r['rate']:,.0f} "
             f"events/s | {met(r['ingest'].get('p99_ms', 1e9) <= 1000 and r['rate'] >= 0.95 * a.rate)} |\n"
             for r in runs if r["on"]),
-          "\n",
-          "### Training throughput\n\n",
-          "| Measure | Events/batch | Events | Events/s | Batch p50 ms | Batch p99 ms | Examples learned "
-          "| Bad steps | Healthy | Other load |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n"]
+          "\n| Training throughput | Events/batch | Events/s | Batch p50 ms | Batch p99 ms | Other load |\n"
+          "|---|---:|---:|---:|---:|---:|\n"]
     for r in learn + append:
         what = (f"`learn_many`, {r['name']}" if "append" not in r else
                 f"`events.append`, KuaiRand, learning {'on' if r['append'] else 'off (floor)'}")
-        md.append(f"| {what} | {r['batch']:,} | {r['events']:,} | **{r['per_s']:,.0f}** | {bench.fmt(r['p50_ms'], 2)} "
-                  f"| {bench.fmt(r['p99_ms'], 2)} | {r['examples']:,} | {r['bad']} | {r['healthy']} "
-                  f"| {r['other']:.2f} |\n")
+        md.append(f"| {what} | {r['batch']:,} | **{r['per_s']:,.0f}** | {bench.fmt(r['p50_ms'], 2)} "
+                  f"| {bench.fmt(r['p99_ms'], 2)} | {r['other']:.2f} |\n")
     ap_on, ap_off = append
-    md.append(f"\n`learn_many` is called directly (one region) on a fresh engine in event time holding the "
-              f"catalogue: only the call is timed. `events.append` is what ingestion does after validation "
-              f"(store, learning, live state); with learning on it runs at {ap_on['per_s'] / ap_off['per_s']:.2f}× "
-              f"the events/s of the floor (learning off). Examples learned: one per view, action or negative "
-              "feedback, and one per join closed (a view with its action labels, a served item never viewed); "
-              "sampled negatives come on top. Other load: cores used by other processes meanwhile. "
-              f"Bulk loader (`foryou load --events`, {a.events:,} synthetic events, fresh process): "
+    md.append(f"\nWith learning on, `events.append` runs at {ap_on['per_s'] / ap_off['per_s']:.2f}× the floor's "
+              f"events/s. Bulk loader (`foryou load --events`, {a.events:,} synthetic events): "
               f"{load['on']['per_s']:,.0f} events/s with learning on"
               + (f", {load['off']['per_s']:,.0f} with learning off ({load['on']['per_s'] / load['off']['per_s']:.2f}×)"
                  if load.get("off") else "") + ".\n\n")
-    md.append(bench.profile_md(prof))
-    md.append("### Memory per million ids\n\n| Table | Width (floats) | Bytes/row, arrays (exact) "
-              "| Arrays MiB/M ids (with growth slack) | Dict + list MiB/M | Total MiB/M | Dirty set MiB/M "
-              "| Admit rows/s | Known rows/s | Update rows/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    md.append("| Embedding table | Width (floats) | MiB per million ids | Dirty set MiB/M | Admit rows/s "
+              "| Known rows/s | Update rows/s |\n|---|---:|---:|---:|---:|---:|---:|\n")
     for r in memory:
-        md.append(f"| {r['name']} | {r['dim']} | {r['exact']} | {r['arrays'] * 1e6 / 2**20:,.0f} "
-                  f"| {r['python'] * 1e6 / 2**20:,.0f} | **{(r['arrays'] + r['python']) * 1e6 / 2**20:,.0f}** "
+        md.append(f"| {r['name']} | {r['dim']} | **{(r['arrays'] + r['python']) * 1e6 / 2**20:,.0f}** "
                   f"| {r['dirty'] * 1e6 / 2**20:,.0f} | {r['admit']:,.0f} | {r['known']:,.0f} | {r['update']:,.0f} |\n")
-    md.append(f"\n{memory[0]['n']:,} string ids per table at the default width (`learning.dim` = 16; an item row "
-              "also holds its retrieval bias and one bias per ranking head, a creator row the head biases), "
-              "`min_count` 1. Arrays: `EmbeddingTable.nbytes` / ids (vectors, Adagrad state, last-seen time; "
-              "capacity grows by 1.5×, so up to a third is slack). Dict + list: what tracemalloc saw besides the "
-              "arrays (the id -> row dict, the row -> id list, the row ints). The id strings themselves "
-              f"({memory[0]['key']} bytes each here) come on top where nothing else holds them; the dirty set "
-              "(rows changed since the last checkpoint) comes on top until the next checkpoint. Rows/s: "
-              "`rows()` for new ids (admission), `rows()` for known ids, and `update()` (Adagrad, chunks of "
-              "4,096 rows with repeats).\n\n")
+    md.append(f"\n{memory[0]['n']:,} string ids per table (arrays, with up to a third of growth slack, plus the id "
+              f"-> row dict and row -> id list); the id strings ({memory[0]['key']} bytes each here) come on top "
+              "where nothing else holds them, the dirty set until the next checkpoint.\n\n")
     f_off = feeds[1]
-    md.append("### Feed latency with the learned models in the path\n\n| In-process `engine.feeds.feed(user, 10)` "
-              "| Feeds | p50 ms | p99 ms | p50 ÷ floor | p99 ÷ floor | Model healthy | Other load |\n"
-              "|---|---:|---:|---:|---:|---:|---|---:|\n")
+    md.append("| In-process `engine.feeds.feed(user, 10)` | Feeds | p50 ms | p99 ms | p50 ÷ floor | p99 ÷ floor "
+              "| Other load |\n|---|---:|---:|---:|---:|---:|---:|\n")
     for r in feeds:
         md.append(f"| learning {'on' if r['on'] else 'off (floor)'} | {r['feeds']:,} | {r['p50_ms']:.2f} "
                   f"| {r['p99_ms']:.2f} | {r['p50_ms'] / f_off['p50_ms']:.2f}× | {r['p99_ms'] / f_off['p99_ms']:.2f}× "
-                  f"| {r['healthy']} ({r['examples']:,} examples) | {r['other']:.2f} |\n")
-    md.append("\nOn a fresh copy of the loaded directory each (learning off: `learning.enabled` = false), after "
-              "300 warm-up feeds, one call at a time, random users.\n\n")
-    md.append("### Model-update lag while ingesting and serving\n\n| `foryou serve` | Feed conns | Events/s "
-              "ingested during the feed run (whole ingester run) | Batch p50 / p99 ms | Lag p50 / p99 / max s "
-              "(samples) | Feed req/s | Feed p50 / p99 ms | Healthy throughout | Server CPU | Other load |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n")
+                  f"| {r['other']:.2f} |\n")
+    md.append("\n| `foryou serve`, ingesting and serving | Feed conns | Events/s during the feed run (whole ingester "
+              "run) | Batch p50 / p99 ms | Lag p50 / p99 / max s (samples) | Feed req/s | Feed p50 / p99 ms "
+              "| Server CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
     for r in runs:
         ing, fd = r["ingest"], r["feed"]
         lag = f"{r['lag_p50']:.3f} / {r['lag_p99']:.3f} / {r['lag_max']:.3f} ({r['fresh']})" if r["on"] else "-"
         md.append(f"| learning {'on' if r['on'] else 'off (floor)'} | {r['conns']} | {r['rate']:,.0f} "
                   f"({ing.get('events_per_s', 0):,.0f}) | {bench.fmt(ing.get('p50_ms', nan))} / "
                   f"{bench.fmt(ing.get('p99_ms', nan))} | {lag} | {fd.rps:,.0f} | {fd.p50_ms:.2f} / {fd.p99_ms:.2f} "
-                  f"| {r['healthy_all'] if r['on'] else '-'} | {fd.server_cpu:.0%} | {fd.other_cpu:.2f} |\n")
+                  f"| {fd.server_cpu:.0%} |\n")
+    md.append(f"\nbenchmarks/ingester.py posts batches of 1,000 (open loop) while wrk fetches feeds for "
+              f"{a.mixed_s:.0f} s, with `learning.join_window_s` = {a.join_window:g} s so that joins close within "
+              "the run. Lag: `foryou_model_lag_seconds`, from a batch's durable append to the end of its training "
+              "step; the batch latency (POST until its answer, after which the batch is learned) bounds it end to "
+              "end. Ingester failures: " + ", ".join(str(r["ingest"].get("n_failures", "?")) for r in runs) + ".\n")
+    unhealthy = [r for r in learn + append + feeds + runs if r.get("on", r.get("append", True))
+                 and (r.get("bad") or r.get("healthy") is False or r.get("healthy_all") is False)]
+    if unhealthy:
+        md.append(f"\nThe model was not healthy throughout (bad steps or `healthy` false) in {len(unhealthy)} of "
+                  "these runs: see the run's log.\n")
+    md.append("\n" + END)
+    return "".join(md)
+
+
+def details(prof: Any, memory: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """What the docs leave out: the model's state before and after the mixed runs, the tables' memory split,
+    and the profiles (stdout and benchmarks/out/report-learning.md)."""
 
     def moved(r: dict[str, Any], key: str) -> str:
         return f"{key} {r['start'].get('model_' + key, nan):,.0f} -> {r['end'].get('model_' + key, nan):,.0f}"
 
-    models = "; ".join(f"{r['conns']} conns: " + ", ".join(moved(r, k) for k in ("version", "examples", "bad_steps",
-                                                                                "healthy")) for r in runs if r["on"])
-    md.append(f"\n`foryou serve` on a fresh copy of the loaded directory; benchmarks/ingester.py posts batches of "
-              f"1,000 (4 connections, open loop) at {a.rate:,.0f} events/s while wrk fetches feeds (closed loop) for "
-              f"{a.mixed_s:.0f} s; /metrics is scraped every 0.5 s (a scrape waits its turn in the server, so a "
-              "saturated server gives fewer samples) and the rate ingested while the feeds ran comes from its "
-              "`foryou_events_ingested_total` (the ingester keeps posting its schedule after that, for up to 30 s "
-              "more, when the server falls behind; its batch latency covers its whole run); py-spy samples the server "
-              f"at 50 Hz (non-blocking). The server runs with `learning.join_window_s` = {a.join_window:g} s, so that "
-              "joins close (and train) within the run as in a steady state (with the default 60 s none would). "
-              "Lag: `foryou_model_lag_seconds`, from a batch's durable append to the end of its training step (the "
-              "last batch's), samples once the model version moved. It leaves out the wait before the batch is "
-              "handled: the batch latency (POST until its answer, after which the batch is learned) bounds the lag "
-              "end to end, including queueing behind feed requests in the single-threaded server. The model, "
-              f"learning on: {models}. Ingester failures: "
-              + ", ".join(str(r["ingest"].get("n_failures", "?")) for r in runs) + ".\n\n")
-    md.append("Each measurement uses its own fresh copy of the loaded directory because closing an engine with "
-              "learning off replaces the learned checkpoint with an empty model.\n\n")
-    md.extend(bench.profile_md(r["profile"]) for r in runs if r["on"] and r["profile"])
-    md.append(END)
+    md = ["\n### Details\n\n"]
+    md.extend(f"- Mixed run, learning on, {r['conns']} conns: " + ", ".join(moved(r, k) for k in (
+        "version", "examples", "bad_steps", "healthy")) + f"; {r['samples']} scrapes\n" for r in runs if r["on"])
+    md.extend(f"- {r['name']} table: {r['exact']} bytes/row in the arrays (exact), "
+              f"{r['arrays'] * 1e6 / 2**20:,.0f} MiB/M ids with growth slack, dict + list "
+              f"{r['python'] * 1e6 / 2**20:,.0f} MiB/M\n" for r in memory)
+    md.append("\n")
+    if prof is not None:
+        md.append(profiles.profile_md(prof))
+    md.extend(profiles.profile_md(r["profile"]) for r in runs if r["on"] and r["profile"])
     return "".join(md)
 
 
@@ -465,7 +454,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    command = "python benchmarks/learning.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = bench.command_line("learning.py", argv)
     kind = a.client if a.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
     client, bench.QUIET["limit_s"] = bench.Client(kind), a.quiet_wait
     with contextlib.suppress(OSError):
@@ -506,10 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     base = OUT / f"learning-data-{a.items}i-{a.users}u-{a.events}e-s7"
     load: dict[str, Any] = {}
     if not (a.skip_load and (base / "LOADED").exists()):
-        load["on"] = bench.run_load(base, items_path, events_path, False, 1800)["events"]
+        load["on"] = run_load(base, items_path, events_path, False, 1800)["events"]
         (base / "LOADED").write_text("ok\n")
         with setting_env(enabled="false"):
-            load["off"] = bench.run_load(OUT / "learning-data-off", items_path, events_path, False, 1800)["events"]
+            load["off"] = run_load(OUT / "learning-data-off", items_path, events_path, False, 1800)["events"]
         shutil.rmtree(OUT / "learning-data-off", ignore_errors=True)
     else:
         load["on"] = {"per_s": float("nan")}
@@ -520,8 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     key = bench.make_key(base)  # in the loaded directory: each run's copy holds it
     runs = [mixed(base, on, conns, a, client, key) for on, conns in ((True, a.conns), (False, a.conns), (True, 1))]
 
-    sec = section(a, m, command, learn, append, prof, memory, load, feeds, runs)
-    print(sec)
+    sec = section(a, m, command, learn, append, memory, load, feeds, runs)
+    full = sec + details(prof, memory, runs)
+    print(full)
+    (OUT / "report-learning.md").write_text(full, encoding="utf-8")
     if not a.no_doc:
         update_doc(sec)
         log(f"updated {bench.DOC}")

@@ -10,13 +10,12 @@ Writes the `## Feed policy` section of docs/benchmarks.md (between `<!-- policy 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from typing import Any
 
+import harness as bench
 import numpy as np
-import run as bench
 
 from foryou.config import load_settings
 from foryou.engine import Engine
@@ -97,11 +96,12 @@ def main() -> None:
         rows.append((name, r))
     floor = rows[0][1]
     md = [BEGIN, "## Feed policy\n\n",
-          f"`benchmarks/policy.py`: in-process `engine.feeds.feed(user, 10)` on {a.items:,} synthetic items over "
+          f"What the feed policy costs: in-process `engine.feeds.feed(user, 10)` on {a.items:,} synthetic items over "
           f"30 topics (2% uploaded just now, so the exposure pools have members), {a.users:,} users with 30 views "
-          f"each, {a.feeds:,} timed feeds after a warm-up, learning off; {os.cpu_count()} cores. The floor is the "
-          "same engine with every policy step off (no exploration or pool slots, no similarity penalty, no topic "
-          "caps or lift), measured in the same run.\n\n",
+          f"each, {a.feeds:,} timed feeds after a warm-up, learning off. The floor is the same engine with every "
+          "policy step off (no exploration or pool slots, no similarity penalty, no topic caps or lift), measured "
+          "in the same run.\n\n",
+          bench.provenance(bench.command_line("policy.py"), bench.machine()), "\n\n",
           "| Case | p50 ms | p99 ms | p50 / floor | p99 / floor |\n|---|---:|---:|---:|---:|\n"]
     for name, r in rows:
         md.append(f"| {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] / floor['p50']:.2f} | "
