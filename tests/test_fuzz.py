@@ -1,8 +1,9 @@
 """The whole API fuzzed from its own OpenAPI schema (schemathesis): valid requests and invalid ones
 (wrong types, missing fields, out-of-range values, strings where numbers go), with the admin key. No
 response is a 5xx, none takes long, every error has the one error shape, and a rejected request
-(any 4xx) leaves every file of the data directory as it was, except the audit log, which records
-refused privacy calls too."""
+(any 4xx) appends nothing to any log and changes no state: every file of the data directory is as it
+was (except the audit log, which records refused privacy calls too), and so is where the engine stands
+in each log."""
 
 from __future__ import annotations
 
@@ -52,12 +53,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Engi
     engine.close()
 
 
+def caught_up(engine: Engine, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(engine.follower.behind(r) for r in engine.live.catalog.regions):
+        assert time.monotonic() < deadline, "the log follower did not catch up"
+        time.sleep(0.01)
+
+
 def fingerprint(data: Path, engine: Engine) -> dict[str, str]:
-    """Each file's hash (SQLite's `-shm` index changes on reads too, so it is left out), and the
-    engine's counts of items and of events."""
+    """Each file's hash (SQLite's `-shm` index changes on reads too, so it is left out), and where the
+    engine stands in every log: items, events applied to users and to the item aggregates, served rows,
+    what the model learned, and its version."""
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(data.iterdir())
              if p.is_file() and p.name not in UNTRACKED and not p.name.endswith("-shm")}
-    return {**files, "live": repr((len(engine.live.catalog), sorted(engine.live.event_mark.items())))}
+    live = engine.live
+    marks = (live.event_mark, live.item_mark, live.served_mark, engine.learner.marks)
+    return {**files, "live": repr((len(live.catalog), [sorted(m.items()) for m in marks], engine.learner.version))}
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -77,6 +88,7 @@ def test_the_api_never_fails_on_any_input(served: tuple[Any, Engine, Path], mode
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case: Any) -> None:
             nonlocal slowest
+            caught_up(engine)  # the log follower runs beside the requests: let it finish what came before
             before = fingerprint(data, engine)
             # the key is not fuzzed (test_auth.py covers it): a request with a bad one never gets further
             headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"} | AUTH
