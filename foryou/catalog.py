@@ -47,6 +47,7 @@ def words(text: str) -> list[str]:
     return [word_key(w) for w in _WORD.findall(text.casefold())]
 
 
+_TOKEN_CACHE = 1 << 20  # tokens whose codes are kept (a bound on memory; the cache starts over when full)
 SEPARATOR = -1  # between the caption and each tag in an item's word sequence: phrases do not span them
 
 
@@ -90,6 +91,7 @@ class Catalog:
         # array, the item's slice at term_start/term_len (a re-upsert appends a new slice).
         self.words: Vocab = Vocab()
         self.terms = array("i")
+        self._token_codes: dict[str, int] = {}  # case-folded token -> its word's code (`_codes`)
         # Python-list mirrors of hot columns: scalar reads from lists are several times faster than numpy's
         self.creator_l: list[int] = []
         self.sound_l: list[int] = []
@@ -247,12 +249,24 @@ class Catalog:
             if sounds[k] >= 0:
                 by_sound.setdefault(sounds[k], []).append(idx)
 
+    def _codes(self, text: str) -> list[int]:
+        """The word codes of a caption or tag (`words`, then `self.words`), through a cache of each
+        case-folded token's code: start-up reads a million captions, and most of their tokens repeat."""
+        cache, out = self._token_codes, []
+        for token in _WORD.findall(text.casefold()):
+            code = cache.get(token)
+            if code is None:
+                if len(cache) >= _TOKEN_CACHE:
+                    cache.clear()
+                code = cache[token] = self.words(word_key(token))
+            out.append(code)
+        return out
+
     def _put_terms(self, idx: int, item: ItemRecord) -> None:
-        code = self.words
-        seq = [code(w) for w in words(item.caption or "")]
+        seq = self._codes(item.caption or "")
         for tag in (*item.tags, *((item.topic,) if item.topic and item.topic not in item.tags else ())):
             seq.append(SEPARATOR)
-            seq.extend(code(w) for w in words(tag))
+            seq.extend(self._codes(tag))
         self.term_start[idx] = len(self.terms)
         self.term_len[idx] = len(seq)
         self.terms.extend(seq)
