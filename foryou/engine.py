@@ -99,9 +99,10 @@ class Engine:
         self.learner.checkpoint()
 
     def close(self) -> None:
-        """Checkpoint derived state, save the ANN index, and close the store."""
+        """Checkpoint derived state, save the ANN index and the catalogue's snapshot, and close the store."""
         self.checkpoint()
         self.learner.save_index()
+        self.live.save_snapshot()
         self.store.close()
 
     def __enter__(self) -> Engine:

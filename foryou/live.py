@@ -10,9 +10,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 
+from foryou import snapshot
 from foryou.catalog import STATS, Catalog
 from foryou.config import Settings
 from foryou.errors import Conflict
@@ -81,8 +83,13 @@ class Live:
 
     # -- start-up --
     def load(self) -> None:
-        store, catalog = self.store, self.catalog
-        catalog.put_many(store.iter_items())
+        store = self.store
+        restored = snapshot.load(Path(self.settings.server.data), self.catalog.regions, store.catalogue_version())
+        if restored is not None:  # the catalogue as of the last clean stop, and unchanged since
+            self.catalog = restored
+        else:
+            self.catalog.put_many(store.iter_items())
+        catalog = self.catalog
         rows, where = [], []
         for item_id, row in store.iter_item_stats():
             idx = catalog.index.get(item_id)
@@ -427,6 +434,12 @@ class Live:
                 pending and self._in_progress):
             self._in_progress = not self.checkpoint(max_users)
         return self._in_progress
+
+    def save_snapshot(self) -> None:
+        """At a clean stop: the catalogue as of now, for the next start to load instead of rebuilding."""
+        directory = Path(self.settings.server.data)
+        if directory.is_dir():
+            snapshot.save(self.catalog, directory, self.store.catalogue_version())
 
     def checkpoint(self, max_users: int | None = None) -> bool:
         """Save dirty item aggregates and (up to `max_users`, oldest first) users' interest state.

@@ -13,6 +13,7 @@ sequence number it includes), and on start the engine replays only what came aft
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
@@ -30,6 +31,11 @@ class Catalogue(Protocol):
 
     def iter_items(self) -> Iterator[ItemRecord]:
         """Every item, in insertion order."""
+
+    def catalogue_version(self) -> int:
+        """A number that every `upsert_items` raises, atomically with it: 0 before the first, then from
+        a random start, so that equal numbers mean the same catalogue of the same store and a snapshot
+        taken at one is still good."""
 
 
 class ItemAggregates(Protocol):
@@ -216,3 +222,8 @@ def event_key(key: bytes, region: str, user: str, event_id: str) -> int:
     is not kept readable, and nobody without the secret can test a guess against the stored keys."""
     message = f"{len(region)}:{region}{len(user)}:{user}{event_id}".encode()
     return int.from_bytes(hashlib.blake2b(message, key=key, digest_size=8).digest(), "big", signed=True)
+
+
+def first_catalogue_version() -> int:
+    """Where a store's catalogue version starts: random, so that two stores' versions never match."""
+    return secrets.randbelow(1 << 53) + 1

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from foryou.store.base import event_key, event_key_secret
+from foryou.store.base import event_key, event_key_secret, first_catalogue_version
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
 
@@ -41,6 +41,7 @@ class _Data:
     """The shared data (catalogue, item aggregates, shared model rows) and each region's."""
 
     items: dict[str, ItemRecord] = field(default_factory=dict)  # insertion order, kept on replacement
+    catalogue_version: int = 0
     stats: dict[str, list[float]] = field(default_factory=dict)
     trend: dict[str, dict[str, float]] = field(default_factory=dict)
     coeng: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -70,13 +71,18 @@ class MemoryStore:
 
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
-        self._data.items.update({i.id: i for i in list(items)})
+        data = self._data
+        data.items.update({i.id: i for i in list(items)})
+        data.catalogue_version = data.catalogue_version + 1 if data.catalogue_version else first_catalogue_version()
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         return self._data.items.get(item_id)
 
     def iter_items(self) -> Iterator[ItemRecord]:
         yield from list(self._data.items.values())
+
+    def catalogue_version(self) -> int:
+        return self._data.catalogue_version
 
     # -- item aggregates --
     def save_item_aggregates(self, stats: Mapping[str, Sequence[float]], trend: Mapping[str, Mapping[str, float]],

@@ -19,7 +19,7 @@ from typing import TypeVar
 import orjson
 
 from foryou.datadir import private_dir, private_file
-from foryou.store.base import event_key, event_key_secret
+from foryou.store.base import event_key, event_key_secret, first_catalogue_version
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
 T = TypeVar("T")
@@ -190,6 +190,8 @@ class SQLiteStore:
                 "lang=excluded.lang, regions=excluded.regions, mature=excluded.mature, down=excluded.down",
                 [_item_row(i) for i in items],
             )
+            c.execute("INSERT INTO meta VALUES ('catalogue_version', ?) ON CONFLICT(key) DO UPDATE SET "
+                      "value = CAST(value AS INTEGER) + 1", (str(first_catalogue_version()),))
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         row = self._catalog.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=?", (item_id,)).fetchone()
@@ -198,6 +200,10 @@ class SQLiteStore:
     def iter_items(self) -> Iterator[ItemRecord]:
         for row in self._catalog.execute(f"SELECT {_ITEM_COLS} FROM items ORDER BY seq"):
             yield _item(row)
+
+    def catalogue_version(self) -> int:
+        found = self.get_meta("catalogue_version")
+        return 0 if found is None else int(found)
 
     # -- item aggregates --
     def save_item_aggregates(

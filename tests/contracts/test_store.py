@@ -181,6 +181,19 @@ class TestCatalogue:
         assert [i.id for i in store.iter_items()] == ["a", "b"]
         assert store.get_item("a").creator == "last"  # type: ignore[union-attr]
 
+    def test_every_upsert_raises_the_catalogue_version(self, opener: Opener) -> None:
+        store = opener()
+        assert store.catalogue_version() == 0
+        store.upsert_items([item("a")])
+        first = store.catalogue_version()
+        store.upsert_items([item("a", down=True)])  # a change to an item already there counts too
+        second = store.catalogue_version()
+        assert 0 < first < second
+        with pytest.raises(Boom):
+            store.upsert_items(ExplodingSeq([item("b")]))  # type: ignore[arg-type]
+        assert store.catalogue_version() == second  # a failed upsert changes nothing
+        assert opener.reopen(store).catalogue_version() == second
+
     def test_upsert_is_atomic(self, store: Store) -> None:
         store.upsert_items([item("keep", creator="old")])
         with pytest.raises(Boom):

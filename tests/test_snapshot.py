@@ -1,0 +1,85 @@
+"""Catalogue snapshots: a clean stop saves the catalogue's arrays, and the next start loads them instead
+of reading and tokenising every item again, but only while the store's catalogue is the one they were
+taken of; otherwise (items changed after a crash, another store) the catalogue is rebuilt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import Clock
+
+from foryou import snapshot
+from foryou.catalog import Catalog
+from foryou.config import load_settings
+from foryou.engine import Engine
+from foryou.types import EventIn, ItemIn, format_time
+
+T0 = 1_700_000_000.0
+
+
+def open_engine(data: Path, **kw: object) -> Engine:
+    settings = load_settings(overrides={"server.data": str(data), "learning.enabled": False}, env={})
+    return Engine.open(settings, clock=Clock(T0), seed=0, **kw)  # type: ignore[arg-type]
+
+
+def fill(engine: Engine) -> None:
+    engine.items.upsert([ItemIn(id=f"v{k}", creator=f"c{k % 7}", duration_s=10.0 + k % 3,
+                                sound=f"s{k % 4}" if k % 2 else None, tags=[f"t{k % 5}", f"t{k % 3}"],
+                                topic=f"topic{k % 4}", caption=f"Cats and dogs {k} #fun",
+                                regions=["us"] if k % 9 == 0 else None, mature=k % 11 == 0,
+                                created_at=format_time(T0 - 3600 * k)) for k in range(200)])
+    engine.items.upsert([ItemIn(id="v3", creator="someone-else", duration_s=30.0, tags=["new tag"], caption="boxes")])
+    engine.items.set_down("v4", True)
+    engine.events.ingest([EventIn(user=f"u{k % 9}", item=f"v{k % 200}", type="view", watch_s=10.0) for k in range(300)])
+
+
+def same(a: Catalog, b: Catalog) -> None:
+    n = len(a)
+    assert a.ids == b.ids and a.index == b.index
+    for column in ("creator", "sound", "topic", "duration", "created_at", "alive", "mature", "region_mask", "tag_cols",
+                   "tag_count", "stats"):
+        assert np.array_equal(getattr(a, column)[:n], getattr(b, column)[:n]), column
+    for i in range(n):  # the same words per item, whatever the slices' places
+        assert np.array_equal(a.terms_of(np.array([i]))[0], b.terms_of(np.array([i]))[0])
+    assert a.item_tags == b.item_tags and a.words.names == b.words.names and a.tags.names == b.tags.names
+    for postings in ("by_tag", "by_topic", "by_creator", "by_sound"):  # a rebuild drops stale entries only
+        for key, items in getattr(a, postings).items():
+            assert set(items) <= set(getattr(b, postings).get(key, [])), postings
+    for i in range(n):  # ... and keeps every current one
+        assert all(i in a.by_tag[t] for t in a.item_tags[i]) and i in a.by_creator[a.creator_l[i]]
+        assert a.topic_l[i] < 0 or i in a.by_topic[a.topic_l[i]]
+        assert a.sound_l[i] < 0 or i in a.by_sound[a.sound_l[i]]
+    assert (a.creator_l, a.sound_l, a.topic_l, a.duration_l) == (b.creator_l, b.sound_l, b.topic_l, b.duration_l)
+
+
+def test_a_clean_stop_saves_the_catalogue_and_the_next_start_loads_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = open_engine(tmp_path / "d")
+    fill(engine)
+    before = engine.live.catalog
+    engine.close()
+    assert (tmp_path / "d" / snapshot.FILE).stat().st_mode & 0o777 == 0o600
+    monkeypatch.setattr(Catalog, "put_many", lambda *a: pytest.fail("rebuilt instead of loaded"))
+    with open_engine(tmp_path / "d") as again:
+        same(again.live.catalog, before)
+        assert not again.live.catalog.alive[again.live.catalog.index["v4"]]
+        assert len(again.feeds.feed("u1", 10).items) == 10
+
+
+def test_a_snapshot_of_another_catalogue_is_not_used(tmp_path: Path) -> None:
+    engine = open_engine(tmp_path / "d")
+    fill(engine)
+    engine.close()
+    crashed = open_engine(tmp_path / "d")
+    crashed.items.set_down("v5", True)  # then a crash: no clean stop, no new snapshot
+    crashed.items.upsert([ItemIn(id="v6", creator="c", duration_s=5.0, tags=["changed"])])
+    crashed.store.close()
+    with open_engine(tmp_path / "d") as again:  # rebuilt from the store
+        catalog = again.live.catalog
+        assert not catalog.alive[catalog.index["v5"]] and catalog.item_tags[catalog.index["v6"]] == (
+            catalog.tags.ids["changed"],)
+    other = open_engine(tmp_path / "d", store_url="memory://snapshot-other-store")  # same directory, other store
+    assert len(other.live.catalog) == 0
+    other.store.close()
