@@ -67,7 +67,7 @@ def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = 
     from foryou.http import create_app, server
 
     started = time.perf_counter()
-    engine = Engine.open(settings)
+    engine = Engine.open(settings, catch_up=False)  # the model learns the log's tail beside the first requests
     took = time.perf_counter() - started
     host, port = settings.server.host, settings.server.port
     print(f"ForYou: {len(engine.live.catalog)} items loaded from {settings.server.data} in {took:.1f}s; "

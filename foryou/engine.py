@@ -51,12 +51,18 @@ class Engine:
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,
-             store_url: str | None = None, seed: int | None = None) -> Engine:
+             store_url: str | None = None, seed: int | None = None, catch_up: bool = True) -> Engine:
+        """Load the store's state. With `catch_up` the model learns what the log holds past its
+        checkpoint before this returns; without, that is left to the log follower (a server runs it
+        beside its first requests, so that a restart after a crash does not wait for it)."""
         settings = settings or Settings()
         url = store_url or str(Path(settings.server.data))
         engine = cls(open_store(url, settings.server.regions, privacy_secret(settings)), settings, clock, seed)
         engine.live.load()
         engine.learner.load()
+        if catch_up:
+            engine.follower.follow()
+        engine.learner.refresh_index()
         engine.tombstones.load(engine.store)
         return engine
 

@@ -214,8 +214,11 @@ def gauges(client: httpx.Client) -> dict[str, float]:
 
 def check_everything_survived(server: Server, ledger: Ledger) -> None:
     with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
-        # The trainer resumed: its checkpoint plus the log re-learned, nothing left behind.
-        model = gauges(client)
+        # The trainer resumed: its checkpoint plus the log re-learned (by the log follower, beside the
+        # first requests: the server does not wait for it to start), nothing left behind.
+        deadline = time.monotonic() + 30
+        while (model := gauges(client))["foryou_model_events_behind"] and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert model["foryou_model_events_behind"] == 0, model
         assert model["foryou_model_version"] > 0, model
         assert model["foryou_model_healthy"] == 1, model

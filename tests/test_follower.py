@@ -153,3 +153,28 @@ def test_the_server_follows_the_log_beside_its_requests(make_client: MakeClient)
         assert client.get("/v1/items/v3").json()["stats"]["views"] == 30
         assert "foryou_log_follower_events_behind 0" in client.get("/metrics").text
         assert engine.learner.marks["us"] == engine.live.event_mark["us"]
+
+
+def test_a_server_starts_without_waiting_for_the_model_to_relearn_the_log(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    engine = open_engine(tmp_path / "d", clock)
+    rng = np.random.default_rng(7)
+    items = world(rng)
+    engine.items.upsert(items)
+    events, _ = history(items, rng)
+    engine.events.ingest(events[:500])
+    engine.learner.checkpoint()  # the model's checkpoint, then more events, then a crash
+    saved = engine.learner.marks["us"]
+    engine.events.ingest(events[500:])
+    engine.live.checkpoint()
+    end = engine.live.event_mark["us"]
+    engine.store.close()
+    assert 0 < saved < end
+    settings = engine.settings
+    beside = Engine.open(settings, clock=clock, seed=0, catch_up=False)  # as `foryou serve` opens it
+    assert beside.learner.marks["us"] == saved and beside.follower.behind("us") == end - saved
+    beside.follower.follow()
+    assert beside.learner.marks["us"] == end and beside.follower.behind("us") == 0
+    beside.store.close()
+    with Engine.open(settings, clock=clock, seed=0) as at_once:  # in-process: learned before it returns
+        assert at_once.learner.marks["us"] == end

@@ -10,8 +10,8 @@ buffers (`joins.py`) for `join_window_s`. The request that appends events only s
 A training step whose loss is not finite or explodes is dropped and counted, never applied. The model
 serves only once healthy: enough examples learned and most recent steps accepted.
 
-After a crash the trainer restores its last checkpoint and re-learns the log from the checkpoint's
-watermark. What waited in the join buffer at the crash is lost (a few seconds of delayed labels).
+After a crash the trainer restores its last checkpoint and the follower re-learns the log from the
+checkpoint's watermark. What waited in the join buffer at the crash is lost (a few seconds of delayed labels).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from foryou.signals import completion_mask, early_swipe_mask
 from foryou.types import EventRecord
 
 _WARM_STEPS = 20  # steps before the loss average is trusted to judge a step
-_REPLAY_CHUNK = 20_000
 # Vectors re-indexed at once: at a million items an HNSW insert costs ~0.25 ms, so a chunk holds the
 # event loop ~16 ms. A feed request re-indexes only when at most _INLINE_INDEX are waiting.
 _INDEX_CHUNK = 64
@@ -360,7 +359,9 @@ class Learner:
         store.save_model_blob("model", buf.getvalue())
 
     def load(self) -> None:
-        """Restore the last checkpoint, index every live item, and re-learn the log after it."""
+        """Restore the last checkpoint and the index saved with it (or queue every live item to be
+        indexed). The log after the checkpoint's watermark is the log follower's to learn: at once in
+        `Engine.open`, or beside the requests in a server, which starts without waiting for it."""
         if not self.settings.enabled:
             return
         store, catalog = self.live.store, self.live.catalog
@@ -369,12 +370,6 @@ class Learner:
             self._restore(blob)
         if not self._load_index():  # else rebuild it: minutes for a million items
             self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
-        for region in catalog.regions:
-            log = store.events_after(region, self.marks[region])
-            while chunk := list(islice(log, _REPLAY_CHUNK)):
-                self.learn_many(region, chunk, [e.seq for e in chunk])
-                self.learned_through(region, chunk[-1].seq)
-        self.refresh_index()
         self._last_checkpoint = self.live.clock()
 
     def _index_path(self) -> Path:
