@@ -9,6 +9,19 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LAG_PROBE_S = 0.01  # the event-loop lag probe's sleep
 
 
+class Histogram:
+    """Counts of observations per bucket of BUCKETS (and +Inf), with their sum: for parts of the
+    engine that measure something themselves (the model's update lag)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+
 class Metrics:
     def __init__(self) -> None:
         self.requests: defaultdict[tuple[str, str, int], int] = defaultdict(int)
@@ -50,9 +63,11 @@ class Metrics:
         self.counters[name] += amount
 
     def render(self, gauges: dict[str, float],
-               labelled: dict[str, tuple[str, str, dict[str, float]]] | None = None) -> str:
-        """The exposition: request counts and latencies, the counters, `gauges`, and `labelled`
-        series (name -> (type, label, {label value: value}), e.g. failures per periodic task)."""
+               labelled: dict[str, tuple[str, str, dict[str, float]]] | None = None,
+               histograms: dict[str, tuple[list[int], float]] | None = None) -> str:
+        """The exposition: request counts and latencies, the counters, `gauges`, `labelled` series
+        (name -> (type, label, {label value: value}), e.g. failures per periodic task) and other
+        parts' `histograms` (name -> (counts per bucket of BUCKETS and +Inf, sum))."""
         lines = ["# TYPE foryou_http_requests_total counter"]
         for (method, route, status), count in sorted(self.requests.items()):
             lines.append(f'foryou_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
@@ -73,6 +88,8 @@ class Metrics:
         for name, value in sorted(gauges.items()):
             shown = "NaN" if value != value else f"{value:g}"  # NaN: no value yet (Prometheus spelling)
             lines += [f"# TYPE foryou_{name} gauge", f"foryou_{name} {shown}"]
+        for name, (hist, total) in sorted((histograms or {}).items()):
+            lines += [f"# TYPE foryou_{name} histogram", *_histogram(f"foryou_{name}", "", hist, total)]
         for name, (kind, label, values) in sorted((labelled or {}).items()):
             lines.append(f"# TYPE foryou_{name} {kind}")
             lines += [f'foryou_{name}{{{label}="{k}"}} {v:g}' for k, v in sorted(values.items())]

@@ -5,6 +5,7 @@ duel while the follower is behind sees the user as of the right moment."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -151,7 +152,10 @@ def test_the_server_follows_the_log_beside_its_requests(make_client: MakeClient)
         while engine.follower.behind("us") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert client.get("/v1/items/v3").json()["stats"]["views"] == 30
-        assert "foryou_log_follower_events_behind 0" in client.get("/metrics").text
+        text = client.get("/metrics").text
+        assert "foryou_log_follower_events_behind 0" in text
+        lags = re.search(r"^foryou_model_update_lag_seconds_count (\d+)$", text, re.M)
+        assert lags is not None and int(lags.group(1)) >= 1  # each batch's lag, once learned
         assert engine.learner.marks["us"] == engine.live.event_mark["us"]
 
 

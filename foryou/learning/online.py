@@ -34,6 +34,7 @@ from foryou.learning.features import HEAD, popularity
 from foryou.learning.joins import ExampleList, Joins
 from foryou.learning.model import Examples, Model
 from foryou.live import Live
+from foryou.metrics import Histogram
 from foryou.ranking import HeuristicRanker, value
 from foryou.retrieval.ann import VectorIndex, make_index, restore_index
 from foryou.signals import completion_mask, early_swipe_mask
@@ -71,7 +72,8 @@ class Learner:
         self.recent_bad = 0.0
         self.loss = 0.0
         self.steps = 0
-        self.lag_s = 0.0
+        self.lag_s = 0.0  # the latest batch's, and every batch's (`lag`): acceptance to learned
+        self.lag = Histogram()
         self.dirty_items: dict[int, None] = {}  # items to re-index, oldest change first
         self._dropped_in_row = 0
         self._last_checkpoint = 0.0
@@ -154,11 +156,10 @@ class Learner:
         """The follower learned `region`'s log through `seq`."""
         self.marks[region] = max(self.marks[region], seq)
         accepted = self._accepted[region]
-        last = None
+        now = time.time()
         while accepted and accepted[0][0] <= seq:
-            last = accepted.popleft()
-        if last is not None:
-            self.lag_s = time.time() - last[1]
+            self.lag_s = now - accepted.popleft()[1]
+            self.lag.observe(self.lag_s)
         if self._skip:
             self._skip = {k: v for k, v in self._skip.items() if v > self.marks[k[0]]}
 
