@@ -16,6 +16,7 @@ import contextlib
 import cProfile
 import os
 import random
+import re
 import shutil
 import subprocess
 import threading
@@ -129,6 +130,28 @@ def profile_open(data: Path) -> Profile | None:
                     "--", bench.PY, "-c", _OPEN_SNIPPET, str(data)], cwd=bench.CODE.dir, capture_output=True,
                    timeout=900)
     return parse_pyspy(out, "start-up: `Engine.open` on the loaded data directory (fresh process)")
+
+
+def model_lag(port: int, key: str | None) -> dict[str, Any]:
+    """The server's model-lag histogram (cumulative counts by bucket bound) and how many events its log
+    follower has yet to take."""
+    status, body = bench.get(port, "/metrics", key=key)
+    text = body.decode()
+    assert status == 200, text[:300]
+    buckets = {float(le): int(n) for le, n in
+               re.findall(r'^foryou_model_update_lag_seconds_bucket\{le="([^"]+)"\} (\d+)', text, re.M)}
+    behind = re.search(r"^foryou_log_follower_events_behind (\S+)", text, re.M)
+    return {"buckets": buckets, "behind": float(behind.group(1)) if behind else float("nan")}
+
+
+def lag_p99(before: dict[float, int], after: dict[float, int]) -> float:
+    """The bucket bound under which 99% of the batches learned between two scrapes were (inf: above
+    the largest bound; nan: none learned)."""
+    counts = {le: after[le] - before.get(le, 0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0)
+    if total == 0:
+        return float("nan")
+    return next(le for le, n in counts.items() if n >= 0.99 * total)
 
 
 def uvicorn_floor(port: int) -> list[str]:
@@ -371,14 +394,18 @@ def run_scale(a: argparse.Namespace, client_kind: str, command: str) -> ScaleRun
                                 *(["--key", api_key] if api_key else [])],
                                cwd=bench.ROOT, stdout=subprocess.PIPE, text=True)
         time.sleep(1.0 + a.warmup)
+        lag_before = model_lag(port, api_key)
         mixed = client.run(f"mixed: (b) while another client posts {a.mixed_rate:,.0f} events/s", port, feed_mode,
                            a.conns, a.duration, srv.pid, key=api_key)
+        lag_after = model_lag(port, api_key)
         out, _ = ing.communicate(timeout=ingest_s + 120)
         mixed_ingest: dict[str, Any] = {}
         for line in out.splitlines():
             if line.startswith("INGESTJSON "):
                 mixed_ingest = orjson.loads(line[11:])
                 mixed_ingest["connections"] = 4
+        mixed_ingest["model_lag_p99_le_s"] = lag_p99(lag_before["buckets"], lag_after["buckets"])
+        mixed_ingest["follower_behind"] = lag_after["behind"]
         bench.log(f"mixed: feed p99 {mixed.p99_ms:.1f} ms; ingest {mixed_ingest.get('events_per_s', 0):,.0f} events/s")
         serve["rss_end"], serve["hwm_end"] = bench.rss_mb(srv.pid)
         serve["stop_s"] = srv.stop()
