@@ -45,6 +45,7 @@ class LogFollower:
                 page = list(live.store.events_after(region, self.position(region), PAGE if left is None
                                                     else min(PAGE, left)))
                 if not page:
+                    self._skip_erased(region)
                     break
                 self._take(region, page, [e.seq for e in page])
                 if left is not None:
@@ -70,6 +71,16 @@ class LogFollower:
             learner.learn_many(region, [events[k] for k in fresh], [seqs[k] for k in fresh])
             learner.learned_through(region, seqs[-1])
         self.live.apply_item_events(region, events, seqs)
+
+    def _skip_erased(self, region: str) -> None:
+        """The log ends before the last seq this process appended: the events after the follower's
+        position were deleted (an erasure of the newest events) before it reached them. Nothing is
+        left to take: the position moves to the end, so that the follower does not wait for them."""
+        end = self.live.event_mark[region]
+        if self.position(region) < end:
+            if self.learner is not None and self.learner.settings.enabled:
+                self.learner.learned_through(region, end)
+            self.live.item_mark[region] = max(self.live.item_mark[region], end)
 
     def behind(self, region: str) -> int:
         """Events appended to the region's log and not followed yet."""

@@ -182,3 +182,20 @@ def test_a_server_starts_without_waiting_for_the_model_to_relearn_the_log(tmp_pa
     beside.store.close()
     with Engine.open(settings, clock=clock, seed=0) as at_once:  # in-process: learned before it returns
         assert at_once.learner.marks["us"] == end
+
+
+def test_an_erasure_of_the_newest_events_before_the_follower_reached_them(tmp_path: Path) -> None:
+    """The follower reads the log: events erased before it got to them are gone, and it must not wait
+    for them (it looped for ever, reporting them as behind)."""
+    clock = Clock(T0)
+    with open_engine(tmp_path / "d", clock) as engine:
+        fill(engine, clock, passes=1)
+        engine.follow_beside(50)
+        items = list(engine.live.catalog.index)[:8]
+        engine.events.ingest([EventIn(user="gone", item=i, type="view", watch_s=10.0) for i in items])
+        engine.erasure.erase("gone")
+        assert catch_up(engine, clock) < 100
+        assert engine.follower.behind("us") == 0 and not engine.follower.follow()
+        assert engine.learner.user_vector("us", "gone") is None
+        views = engine.live.catalog.stats[:, STATS["views"]].sum()
+        assert views == engine.live.event_mark["us"] - len(items)  # what it never took is not counted
