@@ -199,3 +199,6 @@ def test_an_erasure_of_the_newest_events_before_the_follower_reached_them(tmp_pa
         assert engine.learner.user_vector("us", "gone") is None
         views = engine.live.catalog.stats[:, STATS["views"]].sum()
         assert views == engine.live.event_mark["us"] - len(items)  # what it never took is not counted
+        engine.events.ingest([EventIn(user="next", item=items[0], type="view", watch_s=10.0)])
+        catch_up(engine, clock)  # a seq after the erased ones (were they reused, this view would be skipped)
+        assert engine.live.catalog.stats[:, STATS["views"]].sum() == views + 1

@@ -303,7 +303,7 @@ class SQLiteStore:
     ) -> list[int]:
         with _tx(self._region[region]) as c:
             c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?,?)", [_user_row(u) for u in new_users])
-            first = (c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]) + 1
+            first = _next_seq(c, "events", len(events))
             c.executemany(
                 "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
                 [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id)
@@ -340,7 +340,7 @@ class SQLiteStore:
     # -- served --
     def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
         with _tx(self._region[region]) as c:
-            first = (c.execute("SELECT coalesce(max(seq), 0) FROM served").fetchone()[0]) + 1
+            first = _next_seq(c, "served", len(rows))
             c.executemany("INSERT INTO served VALUES (?,?,?,?,?)",
                           [(first + n, r.user, r.item, r.request_id, r.ts) for n, r in enumerate(rows)])
         return list(range(first, first + len(rows)))
@@ -477,6 +477,18 @@ class SQLiteStore:
         self._folder.join()
         for conn in (self._catalog, *self._region.values()):
             conn.close()
+
+
+def _next_seq(c: sqlite3.Connection, table: str, count: int) -> int:
+    """The first of `count` new seqs of `table` ("events" or "served"), in the caller's transaction.
+    Seqs are never handed out twice: an erasure may delete the newest rows, so the highest seq ever
+    given is kept in meta (a reader that has taken the log up to a seq would skip a reused one)."""
+    newest = c.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()[0]
+    row = c.execute("SELECT value FROM meta WHERE key=?", (f"{table}_seq",)).fetchone()
+    first = max(newest, int(row[0]) if row else 0) + 1
+    if count:
+        c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"{table}_seq", str(first + count - 1)))
+    return int(first)
 
 
 def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:

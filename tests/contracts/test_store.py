@@ -491,6 +491,19 @@ class TestServed:
         assert store.known_event_ids("eu", [("u", "k1"), ("v", "k2")]) == {("v", "k2")}
         assert len(store.user_events("eu", "v")) == 1 and store.load_user_state("eu", "v") == b"t"
 
+    def test_seqs_are_never_handed_out_twice_after_an_erasure(self, opener: Opener) -> None:
+        store = opener()
+        store.append_events("us", [event("keep", "a")], [])
+        erased = store.append_events("us", [event("gone", "a"), event("gone", "b")], [])
+        served = store.record_served("us", [ServedRecord("gone", "c", "r", 1.0)])
+        store.erase_user("us", "gone", [])  # the newest events and served rows go
+        assert store.append_events("us", [event("next", "a")], [])[0] > erased[-1]
+        assert store.record_served("us", [ServedRecord("next", "c", "r", 2.0)])[0] > served[-1]
+        store.erase_user("us", "next", [])
+        again = opener.reopen(store)  # ... and across a reopen
+        assert again.append_events("us", [event("later", "a")], [])[0] > erased[-1] + 1
+        assert again.record_served("us", [ServedRecord("later", "c", "r", 3.0)])[0] > served[-1] + 1
+
     def test_tombstones(self, store: Store) -> None:
         assert list(store.iter_tombstones()) == []
         store.save_tombstone("h1", 5.0)
