@@ -69,6 +69,9 @@ class Live:
         self._neighbours: OrderedDict[int, list[int]] = OrderedDict()  # item -> saved top co-engaged
         self.event_mark = {r: 0 for r in regions}  # the log applied to users' interest state, through
         self.item_mark = {r: 0 for r in regions}  # ... and to the item aggregates (the log follower's)
+        # Co-engagement is counted as events reach users' state, not the aggregates: its deltas are
+        # saved with the event mark of the checkpoint that saved them, and a replay counts only past it.
+        self.coeng_mark = {r: 0 for r in regions}
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
         # Column sums of the item counters, kept as events and serves are applied: summing a million
@@ -110,6 +113,8 @@ class Live:
         for region in catalog.regions:
             item_events, item_served = marks.get(region, (0, 0))
             state_mark = store.user_state_watermark(region)
+            saved_coeng = store.get_meta(f"coeng_mark:{region}")  # absent before this was kept: the aggregates'
+            self.coeng_mark[region] = int(saved_coeng) if saved_coeng is not None else item_events
             chunk: list[EventRecord] = []
             for event in store.events_after(region, min(item_events, state_mark)):
                 chunk.append(event)
@@ -126,6 +131,7 @@ class Live:
                 self.served_mark[region] = served.seq
             self.event_mark[region] = max(self.event_mark[region], item_events, state_mark)
             self.item_mark[region] = self.event_mark[region]  # replayed: the aggregates are caught up
+            self.coeng_mark[region] = self.event_mark[region]
             self.served_mark[region] = max(self.served_mark[region], item_served)
         self.pools.load(catalog, self.clock())
         self.pools.loads(store.get_meta("pool_reference"))
@@ -320,7 +326,7 @@ class Live:
         the log (`apply_item_events`, by the log follower)."""
         catalog = self.catalog
         index = catalog.index
-        tau, user_of, coeng_after = self.tau, self.user, self.item_mark[region]
+        tau, user_of, coeng_after = self.tau, self.user, self.coeng_mark[region]
         mute_s = self.settings.policy.not_interested_days * 86400
         for event, seq in zip(events, seqs, strict=True):
             i = index.get(event.item)
@@ -334,8 +340,8 @@ class Live:
             recent = state.recent[-4:]
             strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau, mute_s)
             self.touch(live, seq)
-            # Co-engagement needs the user's recent positives as of the event: counted here, and
-            # saved with the item aggregates, whose watermark says whether a replay counts it again.
+            # Co-engagement needs the user's recent positives as of the event: counted here (a
+            # replay counts it again only past the mark of the last checkpoint that saved it).
             if strength >= 1.0 and seq > coeng_after:
                 coeng = self.coeng
                 for other in recent:
@@ -455,7 +461,8 @@ class Live:
         coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
         for pair in self.coeng:  # their saved neighbours change now
             self._neighbours.pop(pair >> 32, None)
-        meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps()}
+        meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps(),
+                **{f"coeng_mark:{r}": str(self.event_mark[r]) for r in catalog.regions}}
         self.store.save_item_aggregates(stats, trend, coeng, marks, meta)
         self.dirty_items = set()
         self.coeng = {}

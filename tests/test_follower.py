@@ -16,11 +16,12 @@ from factories import Clock
 from test_learning import T0, history, open_engine, world
 
 from foryou.catalog import STATS
+from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.interest import UserState, decay
 from foryou.learning import online
 from foryou.ranking import value
-from foryou.types import EventIn
+from foryou.types import EventIn, ItemIn
 
 
 def fill(engine: Engine, clock: Clock, passes: int = 2) -> list[EventIn]:
@@ -202,3 +203,21 @@ def test_an_erasure_of_the_newest_events_before_the_follower_reached_them(tmp_pa
         engine.events.ingest([EventIn(user="next", item=items[0], type="view", watch_s=10.0)])
         catch_up(engine, clock)  # a seq after the erased ones (were they reused, this view would be skipped)
         assert engine.live.catalog.stats[:, STATS["views"]].sum() == views + 1
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_co_engagement_survives_a_crash_with_the_follower_behind_exactly(tmp_path: Path, partial: bool) -> None:
+    """Co-engagement is counted as events reach the users' state, ahead of the aggregates' watermark:
+    a replay after a crash must count again only what no checkpoint saved (it counted twice)."""
+    settings = load_settings(overrides={"server.data": str(tmp_path / "d"), "learning.enabled": False}, env={})
+    engine = Engine.open(settings, clock=Clock(T0), seed=0)
+    engine.items.upsert([ItemIn(id=i, creator="c", duration_s=10.0, tags=["t"]) for i in "abc"])
+    engine.follow_beside(1000)
+    for user in ("u1", "u2"):
+        engine.events.ingest([EventIn(user=user, item="a", type="like"), EventIn(user=user, item="b", type="like")])
+    engine.live.checkpoint(max_users=1 if partial else None)  # a slice: one of the two users' states saved
+    engine.events.ingest([EventIn(user="u3", item="a", type="like"), EventIn(user="u3", item="b", type="like")])
+    engine.store.close()  # a crash: u3's pair was never saved, (with a slice) u2's state neither
+    with Engine.open(settings, clock=Clock(T0), seed=0) as again:
+        again.live.checkpoint()
+        assert dict(again.store.coengaged("a", 5)) == {"b": 3.0}
