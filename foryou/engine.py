@@ -105,7 +105,9 @@ class Engine:
         self.learner.checkpoint()
 
     def close(self) -> None:
-        """Checkpoint derived state, save the ANN index and the catalogue's snapshot, and close the store."""
+        """Take the log's tail (the follower), checkpoint derived state, save the ANN index and the
+        catalogue's snapshot, and close the store."""
+        self.follower.follow()
         self.checkpoint()
         self.learner.save_index()
         self.live.save_snapshot()

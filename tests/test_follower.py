@@ -94,6 +94,26 @@ def test_a_crash_with_the_follower_behind_loses_and_doubles_nothing(tmp_path: Pa
         assert again.live.item_mark == again.live.event_mark == again.learner.marks
 
 
+@pytest.mark.parametrize("stop", ["clean", "crash"])
+def test_a_refresh_while_the_follower_is_behind_is_not_undone_by_a_restart(tmp_path: Path, stop: str) -> None:
+    clock = Clock(T0)
+    engine = open_engine(tmp_path / "d", clock)
+    fill(engine, clock)
+    engine.follow_beside(50)
+    items = list(engine.live.catalog.index)[:8]
+    engine.events.ingest([EventIn(user="newcomer", item=i, type="view", watch_s=10.0) for i in items])
+    engine.users.refresh("newcomer")  # saves the model at once, with the follower still behind
+    assert engine.learner.marks["us"] < engine.live.event_mark["us"]
+    if stop == "clean":
+        engine.close()
+    else:
+        engine.store.close()
+    with open_engine(tmp_path / "d", clock) as again:  # learns the log's tail, but not the refreshed views
+        assert again.learner.marks["us"] == again.live.event_mark["us"]
+        assert again.learner.user_vector("us", "newcomer") is None
+        assert dict(again.store.iter_model_rows("us", online.SKIP_TABLE)) == {}  # the marks are gone once passed
+
+
 def test_a_refresh_while_the_follower_is_behind_is_not_undone_by_it(tmp_path: Path) -> None:
     clock = Clock(T0)
     with open_engine(tmp_path / "d", clock) as engine:

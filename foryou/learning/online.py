@@ -53,6 +53,7 @@ _DUEL_RATE = 1 / 16  # share of completed views scored by both rankers for the d
 _DUEL_MAX = 64  # ... at most this many per learned batch, or 1 per 50 events of a larger one (bounds its cost)
 _DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
 _DUEL_PENDING = 4096  # duel samples waiting for the follower, at most (the oldest go first)
+SKIP_TABLE = "refreshed"  # per region: users started afresh -> the last seq of theirs never to be learned
 
 
 class Learner:
@@ -160,8 +161,11 @@ class Learner:
         while accepted and accepted[0][0] <= seq:
             self.lag_s = now - accepted.popleft()[1]
             self.lag.observe(self.lag_s)
-        if self._skip:
-            self._skip = {k: v for k, v in self._skip.items() if v > self.marks[k[0]]}
+        done = [k for k, v in self._skip.items() if k[0] == region and v <= self.marks[region]]
+        if done:
+            for k in done:
+                del self._skip[k]
+            self.live.store.save_model_rows(region, SKIP_TABLE, [], [user for _, user in done])
 
     def _score_both(self, region: str, through: int) -> None:
         """The duel: the sampled completed views up to seq `through`, each with random catalogue items,
@@ -295,8 +299,11 @@ class Learner:
     def forget_user(self, region: str, user: str) -> None:
         """Start the user afresh: drop their embedding row and open joins, and save the removal now."""
         self.joins.forget(user)
-        if self.live.event_mark[region] > self.marks[region]:  # what the follower has not learned yet of them
-            self._skip[(region, user)] = self.live.event_mark[region]
+        mark = self.live.event_mark[region]
+        if mark > self.marks[region] and self.settings.enabled:  # what the follower has not learned yet of them
+            self._skip[(region, user)] = mark
+            # kept in the user's region too, so that a restart's replay does not learn them either
+            self.live.store.save_model_rows(region, SKIP_TABLE, [(user, str(mark).encode())], [])
         self._duel[region] = deque((d for d in self._duel[region] if d[1] != user), maxlen=_DUEL_PENDING)
         table = self.model.users[region]
         table.remove([user])
@@ -371,6 +378,15 @@ class Learner:
             self._restore(blob)
         if not self._load_index():  # else rebuild it: minutes for a million items
             self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
+        for region in catalog.regions:  # users started afresh while the follower was behind
+            stale = []
+            for user, row in store.iter_model_rows(region, SKIP_TABLE):
+                if int(row) > self.marks[region]:
+                    self._skip[(region, user)] = int(row)
+                else:
+                    stale.append(user)
+            if stale:
+                store.save_model_rows(region, SKIP_TABLE, [], stale)
         self._last_checkpoint = self.live.clock()
 
     def _index_path(self) -> Path:

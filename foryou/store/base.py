@@ -192,7 +192,8 @@ class Erasure(Protocol):
 
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
         """Delete everything of the user in `region`'s store (profile, events, served rows, interest
-        state, controls, embedding row, and the user's idempotency keys `event_ids`), so that the id is
+        state, controls, the user's rows of every model table, and the user's idempotency keys
+        `event_ids`), so that the id is
         left in no file: deleted content is overwritten and the write-ahead log truncated. Returns the
         rows deleted per kind."""
 

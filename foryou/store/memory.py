@@ -257,7 +257,15 @@ class MemoryStore:
         return {"profile": int(r.users.pop(user_id, None) is not None), "events": len(events), "served": len(served),
                 "interest_state": int(r.states.pop(user_id, None) is not None),
                 "controls": int(r.controls.pop(user_id, None) is not None),
-                "model_rows": int(r.model_rows.pop(("user", user_id), None) is not None), "event_ids": len(keys)}
+                "model_rows": self._drop_rows(r, user_id), "event_ids": len(keys)}
+
+    @staticmethod
+    def _drop_rows(r: _Region, user_id: str) -> int:
+        """The user's rows of every model table of the region (their embedding row, refresh marks)."""
+        mine = [k for k in r.model_rows if k[1] == user_id]
+        for k in mine:
+            del r.model_rows[k]
+        return len(mine)
 
     def save_tombstone(self, subject: str, until: float) -> None:
         self._data.tombstones[subject] = until

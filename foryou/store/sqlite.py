@@ -410,7 +410,7 @@ class SQLiteStore:
                                 ("served", "DELETE FROM served WHERE user=?"),
                                 ("interest_state", "DELETE FROM user_state WHERE user=?"),
                                 ("controls", "DELETE FROM user_controls WHERE user=?"),
-                                ("model_rows", "DELETE FROM model_rows WHERE tbl='user' AND key=?")):
+                                ("model_rows", "DELETE FROM model_rows WHERE key=?")):  # a region's rows are its users'
                 counts[kind] = c.execute(query, (user_id,)).rowcount
             # the keys of this version, and the unkeyed ones of earlier versions (until they expire)
             keys = [(h,) for i in event_ids for h in (self._key(region, user_id, i), _legacy_key(i))]

@@ -482,9 +482,11 @@ class TestServed:
         store.save_user_states("eu", {"u": b"s", "v": b"t"}, 3)
         store.put_controls("eu", "u", b"c")
         store.save_model_rows("eu", "user", [("u", b"row"), ("v", b"row")], [])
+        store.save_model_rows("eu", "refreshed", [("u", b"12")], [])  # any model table's row of the user
         deleted = store.erase_user("eu", "u", ["k1"])
         assert deleted == {"profile": 1, "events": 2, "served": 1, "interest_state": 1, "controls": 1,
-                           "model_rows": 1, "event_ids": 1}
+                           "model_rows": 2, "event_ids": 1}
+        assert dict(store.iter_model_rows("eu", "refreshed")) == {}
         assert store.get_user("eu", "u") is None and store.user_events("eu", "u") == []
         assert store.user_served("eu", "u") == [] and store.load_user_state("eu", "u") is None
         assert store.get_controls("eu", "u") is None and [k for k, _ in store.iter_model_rows("eu", "user")] == ["v"]
