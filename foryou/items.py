@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from foryou.errors import FieldError, InvalidInput, NotFound
+from foryou.follower import LogFollower
 from foryou.learning import Learner
 from foryou.live import Live
 from foryou.types import ItemIn, ItemRecord, parse_time
 
 
 class ItemService:
-    def __init__(self, live: Live, learner: Learner | None = None) -> None:
+    def __init__(self, live: Live, learner: Learner | None = None, follower: LogFollower | None = None) -> None:
         self.live = live
         self.learner = learner
+        self.follower = follower
 
     def upsert(self, items: Sequence[ItemIn]) -> int:
         """Replace fields by id; counters, takedown state and (when omitted) created_at are kept."""
@@ -49,8 +51,11 @@ class ItemService:
             )
         records = list(latest.values())
         if any(self._learning_changed(r) for r in records):
-            # Replay after a crash re-applies logged events with the item as it is then; save the
-            # derived state first, so that no replay crosses a change of duration or features.
+            # The events logged before the change are counted and learned with the item as it was:
+            # the log follower takes them first (a rare catalogue change waits for it), and the derived
+            # state is saved, so that no replay after a crash crosses the change either.
+            if self.follower is not None:
+                self.follower.follow()
             live.checkpoint()
         live.store.upsert_items(records)
         before = len(live.catalog)

@@ -20,6 +20,7 @@ from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.interest import UserState, decay
 from foryou.learning import online
+from foryou.learning.features import HEAD
 from foryou.ranking import value
 from foryou.types import EventIn, ItemIn
 
@@ -241,3 +242,46 @@ def test_co_engagement_survives_a_crash_with_the_follower_behind_exactly(tmp_pat
     with Engine.open(settings, clock=Clock(T0), seed=0) as again:
         again.live.checkpoint()
         assert dict(again.store.coengaged("a", 5)) == {"b": 3.0}
+
+
+def test_a_change_of_duration_waits_for_the_follower(tmp_path: Path) -> None:
+    """Views logged before an item's duration changes are counted with the duration they were watched
+    at, also when the follower is behind at the change."""
+    settings = load_settings(overrides={"server.data": str(tmp_path / "d"), "learning.enabled": False}, env={})
+    with Engine.open(settings, clock=Clock(T0), seed=0) as engine:
+        engine.items.upsert([ItemIn(id="v", creator="c", duration_s=10.0, tags=["t"])])
+        engine.follow_beside(128)
+        engine.events.ingest([EventIn(user=f"u{k}", item="v", type="view", watch_s=10.0) for k in range(5)])
+        engine.items.upsert([ItemIn(id="v", creator="c", duration_s=120.0, tags=["t"])])  # re-cut, longer
+        engine.tick(engine.clock())
+        row = engine.live.catalog.stats[engine.live.catalog.index["v"]]
+        assert (row[STATS["views"]], row[STATS["completions"]]) == (5, 5)
+
+
+def test_joins_wait_for_the_follower_to_close(tmp_path: Path) -> None:
+    """While the follower is behind, the periodic work does not close views' joins by the clock: the
+    like that follows a view in the log still labels it."""
+    clock = Clock(T0)
+    with open_engine(tmp_path / "d", clock) as engine:
+        engine.items.upsert([ItemIn(id=f"v{k}", creator="c", duration_s=10.0, tags=["t"]) for k in range(20)])
+        labels: list[int] = []
+        train = engine.learner._train
+
+        def spy(ex, now):  # type: ignore[no-untyped-def]
+            like = HEAD["like"]
+            labels.extend(int(ex.labels[k, like]) for k in range(len(ex.items))
+                          if ex.users[k] == "alice" and ex.items[k] == 0 and ex.mask[k, like])
+            return train(ex, now)
+
+        engine.learner._train = spy  # type: ignore[method-assign]
+        engine.follow_beside(128)
+        events = [EventIn(user="alice", item="v0", type="view", watch_s=10.0)]
+        events += [EventIn(user=f"u{k}", item=f"v{1 + k % 19}", type="view", watch_s=3.0) for k in range(300)]
+        engine.events.ingest([*events, EventIn(user="alice", item="v0", type="like")])
+        clock.advance(120.0)  # two join windows behind, as while catching up after a restart
+        engine.follower.follow(128)  # a page: alice's view opens its join
+        engine.learner.tick(clock())  # the periodic work, between two pages
+        catch_up(engine, clock)
+        clock.advance(120.0)
+        engine.learner.tick(clock())
+        assert labels == [1]  # one row for the view, with its like

@@ -220,7 +220,10 @@ class Learner:
         if not self.settings.enabled:
             return
         out = ExampleList()
-        self.joins.close(now, out)
+        if all(self.marks[r] >= self.live.event_mark[r] for r in self.marks):
+            # Joins close by time only once the follower has learned what came: while it is behind,
+            # a like waiting in the log would find its view's labels already closed without it.
+            self.joins.close(now, out)
         if out.rows:
             self._train(out.build(), now)
         self.refresh_index(_TICK_INDEX_S)
