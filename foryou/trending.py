@@ -26,6 +26,7 @@ class Trending:
         # score of every item not listed); and the items whose scores changed since
         self._top: dict[str, tuple[float, np.ndarray, int, float]] = {}
         self._changed: dict[str, list[np.ndarray]] = {r: [] for r in regions}
+        self._changed_count: dict[str, int] = {}
 
     def ensure(self, size: int) -> None:
         for region, arr in self.scores.items():
@@ -48,7 +49,7 @@ class Trending:
             arr = self.scores[region]
         arr[idx] += weight * math.exp(exponent)
         self.dirty[region].add(idx)
-        self._changed[region].append(np.array([idx], np.int64))
+        self._note_changed(region, np.array([idx], np.int64))
 
     def _rebase(self, ts: float) -> None:
         """Move the reference time to `ts` before scores overflow; their order is unchanged."""
@@ -73,7 +74,18 @@ class Trending:
         self.ensure(int(idx.max()) + 1)
         np.add.at(self.scores[region], idx, weights * np.exp((ts - self.t0) / self.tau))
         self.dirty[region].update(idx.tolist())
-        self._changed[region].append(idx.astype(np.int64))
+        self._note_changed(region, idx.astype(np.int64))
+
+    def _note_changed(self, region: str, idx: np.ndarray) -> None:
+        """Remember the items whose scores changed since the top list was made; past an eighth of the
+        array (a region with events and no feeds), the list is dropped: the next one is a full pass."""
+        changed = self._changed[region]
+        changed.append(idx)
+        self._changed_count[region] = self._changed_count.get(region, 0) + len(idx)
+        if self._changed_count[region] > len(self.scores[region]) // 8:
+            changed.clear()
+            self._changed_count[region] = 0
+            self._top.pop(region, None)
 
     def top(self, region: str, k: int, now: float, max_age_s: float = 2.0) -> np.ndarray:
         """The k highest-scoring item indexes, best first; recomputed at most every `max_age_s`."""
@@ -82,7 +94,7 @@ class Trending:
             return cached[1][:k]
         keep = max(k, 1000)
         arr, changed = self.scores[region], self._changed[region]
-        if cached is not None and cached[2] >= keep and sum(len(c) for c in changed) < len(arr) // 8:
+        if cached is not None and cached[2] >= keep:
             pool = np.unique(np.concatenate([cached[1], *changed]))
             best, bound = _best(arr, pool, 2 * keep)
             bound = max(bound, cached[3])  # an item listed in neither scores at most this
@@ -91,6 +103,7 @@ class Trending:
         else:
             best, bound = _best(arr, np.flatnonzero(arr > 0), 2 * keep)
         changed.clear()
+        self._changed_count[region] = 0
         self._top[region] = (now, best, keep, bound)
         return best[:k]
 
@@ -106,6 +119,7 @@ class Trending:
         self._top.clear()
         for changed in self._changed.values():
             changed.clear()
+        self._changed_count.clear()
 
 
 def _best(arr: np.ndarray, pool: np.ndarray, n: int) -> tuple[np.ndarray, float]:

@@ -126,3 +126,27 @@ def test_the_incremental_top_is_the_full_top(seed: int) -> None:
         want = positive[np.argsort(-arr[positive], kind="stable")][:k]
         assert np.array_equal(arr[got], arr[want])  # the same scores in the same order (ties may swap)
         assert set(got.tolist()) <= set(positive.tolist()) and len(got) == len(want)
+
+
+def test_the_incremental_top_when_most_listed_items_fall_at_once() -> None:
+    """Few changes, but they sink most of the listed items: the bound carried from the last list must
+    force a full pass (the scores just below the old list now lead)."""
+    tr = Trending(("us",), TAU)
+    n = 20000
+    tr.add_many("us", np.arange(n), np.linspace(1.0, 2.0, n), np.full(n, T))
+    tr.top("us", 10, T, max_age_s=0.0)
+    listed = np.argsort(-tr.scores["us"])[:2000]
+    fall = listed[:1500]
+    tr.add_many("us", fall, -(tr.scores["us"][fall] - 1e-6), np.full(len(fall), T))
+    got = tr.top("us", 1000, T + 1, max_age_s=0.0)
+    arr = tr.scores["us"]
+    positive = np.flatnonzero(arr > 0)
+    assert np.array_equal(arr[got], arr[positive[np.argsort(-arr[positive], kind="stable")][:1000]])
+
+
+def test_changes_are_not_kept_for_ever_where_no_top_list_is_asked_for() -> None:
+    tr = Trending(("us", "eu"), TAU)
+    tr.top("eu", 10, T)
+    for step in range(500):  # events in eu, feeds in neither
+        tr.add_many("eu", np.arange(step, step + 100) % 3000, np.ones(100), np.full(100, T + step))
+    assert sum(len(c) for c in tr._changed["eu"]) <= len(tr.scores["eu"]) // 8

@@ -127,6 +127,8 @@ async def run_periodic(engine: Engine, slices: int = MAX_SLICES) -> None:
     """One round of the periodic work: a task at a time, and a task with more to do at once (a
     checkpoint behind a backlog of users) again, up to `slices` times, with requests let in between."""
     for name in list(engine.periodic.tasks):
+        if name == "follow":  # the log follower runs as a task of its own (`_follow`)
+            continue
         for _ in range(slices):
             try:
                 more = engine.periodic.run(engine.clock(), only=name)  # a task's failure is counted, not raised

@@ -126,7 +126,8 @@ class EventLog(Protocol):
         accepted_at: float | None = None,
     ) -> list[int]:
         """Durably and atomically append events (and create the new users); returns their seqs.
-        Their idempotency keys are remembered from `accepted_at` (default: the wall clock)."""
+        Their idempotency keys are remembered from `accepted_at` (default: the wall clock). A key the
+        region already holds, or one repeated in the batch, is a `Conflict`, and nothing is appended."""
 
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
         """The region's events with seq above `seq`, in seq order (at most `limit`)."""

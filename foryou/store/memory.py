@@ -3,9 +3,10 @@
 A second backend for the one conformance suite, so that the storage contract is proven on more than
 SQLite before Redis arrives, and a store for tests and experiments that need no files. Opening the same
 NAME again in the same process reaches the same data (the suite's reopen checks). Like every store it
-is used from one thread at a time. A user's rows are found by scanning the region: fine for tests and
-experiments, not for a large log. Each write builds what it changes first and applies it after, so a
-write that fails half-way (an input that raises while read) changes nothing.
+is used from one thread at a time; records go in and come out as copies, as they would from a file.
+A user's rows are found by scanning the region: fine for tests and experiments, not for a large log.
+Each write builds what it changes first and applies it after, so a write that fails half-way (an
+input that raises while read) changes nothing.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from foryou.errors import Conflict
 from foryou.store.base import event_key, event_key_secret, first_catalogue_version
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
@@ -72,14 +74,15 @@ class MemoryStore:
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
         data = self._data
-        data.items.update({i.id: i for i in list(items)})
+        data.items.update({i.id: replace(i) for i in list(items)})
         data.catalogue_version = data.catalogue_version + 1 if data.catalogue_version else first_catalogue_version()
 
     def get_item(self, item_id: str) -> ItemRecord | None:
-        return self._data.items.get(item_id)
+        found = self._data.items.get(item_id)
+        return None if found is None else replace(found)
 
     def iter_items(self) -> Iterator[ItemRecord]:
-        yield from list(self._data.items.values())
+        yield from [replace(i) for i in self._data.items.values()]
 
     def catalogue_version(self) -> int:
         return self._data.catalogue_version
@@ -119,14 +122,14 @@ class MemoryStore:
 
     # -- users --
     def get_user(self, region: str, user_id: str) -> UserRecord | None:
-        return self._r(region).users.get(user_id)
+        return self.get_users(region, [user_id]).get(user_id)
 
     def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         users = self._r(region).users
-        return {u: users[u] for u in user_ids if u in users}
+        return {u: replace(users[u]) for u in user_ids if u in users}
 
     def put_user(self, user: UserRecord) -> None:
-        self._r(user.region).users[user.id] = user
+        self._r(user.region).users[user.id] = replace(user)
 
     def find_user_region(self, user_id: str) -> str | None:
         return self.find_user_regions([user_id]).get(user_id)
@@ -149,9 +152,12 @@ class MemoryStore:
     def append_events(self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
                       accepted_at: float | None = None) -> list[int]:
         r = self._r(region)
-        batch, created = list(events), list(new_users)
+        batch, created = list(events), [replace(u) for u in new_users]
         accepted = time.time() if accepted_at is None else accepted_at
-        keys = {event_key(self._id_key, region, e.user, e.id): accepted for e in batch if e.id}
+        hashes = [event_key(self._id_key, region, e.user, e.id) for e in batch if e.id]
+        keys = dict.fromkeys(hashes, accepted)
+        if len(keys) < len(hashes) or any(h in r.event_keys for h in keys):
+            raise Conflict("an event id of this batch is already recorded for its user", field="id")
         for user in created:
             r.users.setdefault(user.id, user)
         first = r.last_event + 1
@@ -166,10 +172,10 @@ class MemoryStore:
         r = self._r(region)
         start = bisect.bisect_right(r.event_seqs, seq)
         end = len(r.event_seqs) if limit is None else start + max(limit, 0)
-        yield from [r.events[s] for s in r.event_seqs[start:end]]
+        yield from [replace(r.events[s]) for s in r.event_seqs[start:end]]
 
     def user_events(self, region: str, user_id: str) -> list[EventRecord]:
-        return [e for e in self._r(region).events.values() if e.user == user_id]
+        return [replace(e) for e in self._r(region).events.values() if e.user == user_id]
 
     def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
         events = self._r(region).events
@@ -205,14 +211,14 @@ class MemoryStore:
         return list(range(first, first + len(batch)))
 
     def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]:
-        yield from [row for s, row in self._r(region).served.items() if s > seq]
+        yield from [replace(row) for s, row in self._r(region).served.items() if s > seq]
 
     def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
         mine = [row.item for row in self._r(region).served.values() if row.user == user_id]
         return mine[::-1][:limit]
 
     def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
-        return [row for row in self._r(region).served.values() if row.user == user_id]
+        return [replace(row) for row in self._r(region).served.values() if row.user == user_id]
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         r = self._r(region)

@@ -19,6 +19,7 @@ from typing import TypeVar
 import orjson
 
 from foryou.datadir import private_dir, private_file
+from foryou.errors import Conflict
 from foryou.store.base import event_key, event_key_secret, first_catalogue_version
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
@@ -310,8 +311,11 @@ class SQLiteStore:
                  for n, e in enumerate(events)],
             )
             accepted = time.time() if accepted_at is None else accepted_at
-            c.executemany("INSERT INTO event_keys VALUES (?,?)",
-                          [(self._key(region, e.user, e.id), accepted) for e in events if e.id])
+            try:
+                c.executemany("INSERT INTO event_keys VALUES (?,?)",
+                              [(self._key(region, e.user, e.id), accepted) for e in events if e.id])
+            except sqlite3.IntegrityError:  # rolled back whole by _tx
+                raise Conflict("an event id of this batch is already recorded for its user", field="id") from None
         return list(range(first, first + len(events)))
 
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:

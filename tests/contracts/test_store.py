@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from foryou.catalog import STATS
+from foryou.errors import Conflict
 from foryou.store import Store, open_store
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
@@ -492,6 +493,26 @@ class TestServed:
         assert store.get_controls("eu", "u") is None and [k for k, _ in store.iter_model_rows("eu", "user")] == ["v"]
         assert store.known_event_ids("eu", [("u", "k1"), ("v", "k2")]) == {("v", "k2")}
         assert len(store.user_events("eu", "v")) == 1 and store.load_user_state("eu", "v") == b"t"
+
+    def test_a_known_or_repeated_event_id_is_a_conflict_and_appends_nothing(self, store: Store) -> None:
+        store.append_events("us", [event("u", "a", event_id="k1")], [])
+        for batch in ([event("u", "b", event_id="k2"), event("u", "c", event_id="k1")],  # held already
+                      [event("u", "b", event_id="k3"), event("u", "c", event_id="k3")]):  # twice in one batch
+            with pytest.raises(Conflict):
+                store.append_events("us", batch, [UserRecord("new", "us", (), None, None, 1.0)])
+        assert [e.item for e in store.events_after("us", 0)] == ["a"] and store.get_user("us", "new") is None
+        assert store.known_event_ids("us", [("u", "k2"), ("u", "k3")]) == set()
+
+    def test_records_read_are_copies(self, store: Store) -> None:
+        store.upsert_items([item("a")])
+        store.put_user(UserRecord("u", "us", ("cats",), None, None, 1.0))
+        store.append_events("us", [event("u", "a")], [])
+        got_item, got_user, got_event = store.get_item("a"), store.get_user("us", "u"), store.user_events("us", "u")[0]
+        assert got_item is not None and got_user is not None
+        got_item.down, got_user.interests, got_event.watch_s = True, ("dogs",), 99.0  # changed, never written
+        assert store.get_item("a").down is False  # type: ignore[union-attr]
+        assert store.get_user("us", "u").interests == ("cats",)  # type: ignore[union-attr]
+        assert store.user_events("us", "u")[0].watch_s == 3.0
 
     def test_seqs_are_never_handed_out_twice_after_an_erasure(self, opener: Opener) -> None:
         store = opener()
