@@ -21,7 +21,7 @@ from foryou.catalog import Catalog, Vocab
 from foryou.datadir import write_private
 
 FILE = "catalog-snapshot.bin"
-_FORMAT = 1
+_FORMAT = 1  # raise it when what the catalogue derives from an item changes (its columns, tokenisation)
 _COLUMNS = ("creator", "sound", "topic", "duration", "created_at", "alive", "mature", "region_mask", "tag_cols",
             "tag_count", "term_start", "term_len")
 
