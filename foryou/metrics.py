@@ -7,18 +7,20 @@ from collections import defaultdict
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LAG_PROBE_S = 0.01  # the event-loop lag probe's sleep
+SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)  # lags of seconds or more
 
 
 class Histogram:
-    """Counts of observations per bucket of BUCKETS (and +Inf), with their sum: for parts of the
+    """Counts of observations per bucket of `bounds` (and +Inf), with their sum: for parts of the
     engine that measure something themselves (the model's update lag)."""
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
 
@@ -64,10 +66,10 @@ class Metrics:
 
     def render(self, gauges: dict[str, float],
                labelled: dict[str, tuple[str, str, dict[str, float]]] | None = None,
-               histograms: dict[str, tuple[list[int], float]] | None = None) -> str:
+               histograms: dict[str, Histogram] | None = None) -> str:
         """The exposition: request counts and latencies, the counters, `gauges`, `labelled` series
         (name -> (type, label, {label value: value}), e.g. failures per periodic task) and other
-        parts' `histograms` (name -> (counts per bucket of BUCKETS and +Inf, sum))."""
+        parts' `histograms`."""
         lines = ["# TYPE foryou_http_requests_total counter"]
         for (method, route, status), count in sorted(self.requests.items()):
             lines.append(f'foryou_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
@@ -88,18 +90,19 @@ class Metrics:
         for name, value in sorted(gauges.items()):
             shown = "NaN" if value != value else f"{value:g}"  # NaN: no value yet (Prometheus spelling)
             lines += [f"# TYPE foryou_{name} gauge", f"foryou_{name} {shown}"]
-        for name, (hist, total) in sorted((histograms or {}).items()):
-            lines += [f"# TYPE foryou_{name} histogram", *_histogram(f"foryou_{name}", "", hist, total)]
+        for name, h in sorted((histograms or {}).items()):
+            lines += [f"# TYPE foryou_{name} histogram", *_histogram(f"foryou_{name}", "", h.counts, h.total, h.bounds)]
         for name, (kind, label, values) in sorted((labelled or {}).items()):
             lines.append(f"# TYPE foryou_{name} {kind}")
             lines += [f'foryou_{name}{{{label}="{k}"}} {v:g}' for k, v in sorted(values.items())]
         return "\n".join(lines) + "\n"
 
 
-def _histogram(name: str, labels: str, hist: list[int], total: float) -> list[str]:
+def _histogram(name: str, labels: str, hist: list[int], total: float,
+               bounds: tuple[float, ...] = BUCKETS) -> list[str]:
     """A histogram's lines: cumulative buckets, sum and count (`labels`: `k="v"` pairs, or "")."""
     out, cumulative, sep = [], 0, "," if labels else ""
-    for bound, count in zip((*BUCKETS, float("inf")), hist, strict=True):
+    for bound, count in zip((*bounds, float("inf")), hist, strict=True):
         cumulative += count
         le = "+Inf" if bound == float("inf") else repr(bound)
         out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {cumulative}')

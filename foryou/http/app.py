@@ -312,7 +312,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         failures, failing = engine.periodic.failures, set(engine.periodic.failing())
         labelled = {"periodic_failures_total": ("counter", "task", {k: float(v) for k, v in failures.items()}),
                     "periodic_failing": ("gauge", "task", {k: float(k in failing) for k in failures})}
-        histograms = {"model_update_lag_seconds": (engine.learner.lag.counts, engine.learner.lag.total)}
+        histograms = {"model_update_lag_seconds": engine.learner.lag}
         return PlainTextResponse(metrics.render(gauges, labelled, histograms), media_type="text/plain; version=0.0.4")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

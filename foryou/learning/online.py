@@ -34,7 +34,7 @@ from foryou.learning.features import HEAD, popularity
 from foryou.learning.joins import ExampleList, Joins
 from foryou.learning.model import Examples, Model
 from foryou.live import Live
-from foryou.metrics import Histogram
+from foryou.metrics import SLOW_BUCKETS, Histogram
 from foryou.ranking import HeuristicRanker, value
 from foryou.retrieval.ann import VectorIndex, make_index, restore_index
 from foryou.signals import completion_mask, early_swipe_mask
@@ -74,7 +74,7 @@ class Learner:
         self.loss = 0.0
         self.steps = 0
         self.lag_s = 0.0  # the latest batch's, and every batch's (`lag`): acceptance to learned
-        self.lag = Histogram()
+        self.lag = Histogram(SLOW_BUCKETS)
         self.dirty_items: dict[int, None] = {}  # items to re-index, oldest change first
         self._dropped_in_row = 0
         self._last_checkpoint = 0.0
