@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from foryou.http import server
-from foryou.store import sqlite as sqlite_store
+from foryou.store import wal
 from foryou.store.sqlite import SQLiteStore
 from foryou.types import EventRecord
 
@@ -51,8 +51,8 @@ def test_a_request_holding_the_loop_is_measured(make_client: MakeClient, monkeyp
 
 
 def test_the_wal_is_folded_beside_the_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_store, "_WAL_FOLD_BYTES", 256 << 10)
-    monkeypatch.setattr(sqlite_store, "_WAL_EVERY_S", 0.05)
+    monkeypatch.setattr(wal, "FOLD_BYTES", 256 << 10)
+    monkeypatch.setattr(wal, "EVERY_S", 0.05)
     store = SQLiteStore(tmp_path, ["us"])
     try:
         conn = store._region["us"]
@@ -104,8 +104,8 @@ def test_an_erasure_empties_the_wal_even_while_it_is_being_folded(tmp_path: Path
     erased rows' old pages in the WAL: the two now take turns."""
     from foryou.types import UserRecord
 
-    monkeypatch.setattr(sqlite_store, "_WAL_FOLD_BYTES", 0)  # fold all the time
-    monkeypatch.setattr(sqlite_store, "_WAL_EVERY_S", 0.0005)
+    monkeypatch.setattr(wal, "FOLD_BYTES", 0)  # fold all the time
+    monkeypatch.setattr(wal, "EVERY_S", 0.0005)
     for trial in range(8):
         folder = tmp_path / f"t{trial}"
         store = SQLiteStore(folder, ["us"])
@@ -116,7 +116,7 @@ def test_an_erasure_empties_the_wal_even_while_it_is_being_folded(tmp_path: Path
                          for j in range(300)]
                 store.append_events("us", batch, [UserRecord(victim, "us")] if k == 0 else [])
             store.erase_user("us", victim, [])
-            wal = folder / "region-us.db-wal"
-            assert victim.encode() not in (wal.read_bytes() if wal.exists() else b""), trial
+            log = folder / "region-us.db-wal"
+            assert victim.encode() not in (log.read_bytes() if log.exists() else b""), trial
         finally:
             store.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import orjson
 from foryou.datadir import private_dir, private_file
 from foryou.errors import Conflict
 from foryou.store.base import event_key, event_key_secret, first_catalogue_version
+from foryou.store.wal import KEEP_BYTES, WalFolder
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
 T = TypeVar("T")
@@ -65,43 +65,6 @@ CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PR
     WITHOUT ROWID;
 """
 
-_WAL_FOLD_BYTES = 16 << 20  # a WAL past this is folded into its database, beside the request path
-_WAL_KEEP_BYTES = 64 << 20  # ... and cut back to this once folded
-_WAL_EVERY_S = 0.5
-
-
-class _WalFolder(threading.Thread):
-    """Checkpoints each database's WAL from a connection of its own, in its own thread, once the WAL
-    is past _WAL_FOLD_BYTES. PASSIVE: it never waits for, nor blocks, the server's readers and writers;
-    SQLite's calls run without the GIL, so the copy costs the server no time on its event loop."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        super().__init__(name="foryou-wal", daemon=True)
-        self.paths = list(paths)
-        self.stop = threading.Event()
-        self.folds = 0
-        # Held around each fold, and by an erasure around its own truncating checkpoint: a fold in
-        # progress would make that checkpoint fail (busy) and leave the erased rows' old pages in the WAL.
-        self.locks = {path: threading.Lock() for path in self.paths}
-
-    def run(self) -> None:
-        conns: dict[Path, sqlite3.Connection] = {}
-        try:
-            while not self.stop.wait(_WAL_EVERY_S):
-                for path in self.paths:
-                    wal = path.with_name(path.name + "-wal")
-                    with contextlib.suppress(OSError, sqlite3.Error):
-                        if wal.stat().st_size < _WAL_FOLD_BYTES:
-                            continue
-                        conn = conns.get(path) or conns.setdefault(path, sqlite3.connect(path, isolation_level=None))
-                        with self.locks[path]:
-                            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                        self.folds += 1
-        finally:
-            for conn in conns.values():
-                conn.close()
-
-
 # Columns added after a table was first released: (table, column, declaration).
 _ADDED_COLUMNS = (("item_stats", "pool", "REAL NOT NULL DEFAULT 0"),
                   ("item_stats", "first_served", "REAL NOT NULL DEFAULT 0"),
@@ -118,7 +81,7 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
     # commit finds it full: that commit would hold the server for the whole copy (40+ ms). This bound
     # (~1 GB) only matters if the thread has stopped.
     conn.execute("PRAGMA wal_autocheckpoint=250000")
-    conn.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
+    conn.execute(f"PRAGMA journal_size_limit={KEEP_BYTES}")
     conn.executescript(schema)
     for table, column, kind in _ADDED_COLUMNS:  # data directories made by earlier versions
         found = conn.execute(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{table}'").fetchone()
@@ -178,7 +141,7 @@ class SQLiteStore:
         self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
-        self._folder = _WalFolder([self.directory / name for name in names])
+        self._folder = WalFolder([self.directory / name for name in names])
         self._folder.start()
 
     # -- catalogue --
