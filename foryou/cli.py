@@ -7,8 +7,10 @@ import argparse
 import contextlib
 import fcntl
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from foryou.privacy.keys import SCOPES, KeyRing
 
 ADMIN_KEY_ENV = "FORYOU_ADMIN_KEY"
 LOCK_FILE = "foryou.lock"  # held (flock) by a server, and by commands that must not run beside one
+TRAINER_LOCK = "trainer.lock"  # held by the one trainer process of a data directory
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
@@ -60,14 +63,25 @@ def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
         yield
 
 
-def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = list) -> None:
+def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = list,
+           config: str | None = None) -> None:
     """Serve; `banner` gives the lines to print once the engine is open (a key made before a start-up
     that fails would never be shown, yet would stop the next start from making one)."""
     from foryou.engine import Engine
     from foryou.http import create_app, server
+    from foryou.roles import TrainerProcess
 
     started = time.perf_counter()
-    engine = Engine.open(settings, catch_up=False)  # the model learns the log's tail beside the first requests
+    learning = settings.learning
+    role = "serve" if learning.enabled and learning.trainer != "inline" else "all"
+    # the model learns the log's tail beside the first requests (in a trainer process, or inline)
+    engine = Engine.open(settings, catch_up=False, role=role)
+    trainer = None
+    if role == "serve" and learning.trainer == "process":
+        trainer = TrainerProcess(["--data", settings.server.data, "--regions", ",".join(settings.server.regions),
+                                  *(["--config", config] if config else [])])
+        trainer.start()
+        engine.trainer = trainer
     took = time.perf_counter() - started
     host, port = settings.server.host, settings.server.port
     print(f"ForYou: {len(engine.live.catalog)} items loaded from {settings.server.data} in {took:.1f}s; "
@@ -78,6 +92,8 @@ def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = 
     try:
         server.run(create_app(engine, keys), settings)
     finally:
+        if trainer is not None:
+            trainer.stop()
         engine.close()
         keys.close()
 
@@ -114,7 +130,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")[0]
 
     with _exclusive(settings, "serving it"):
-        _serve(settings, keys, banner)
+        _serve(settings, keys, banner, args.config)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """The train role alone: one per data directory (its own lock; a server's child takes it too)."""
+    from foryou.roles import Trainer
+
+    settings = _settings(args)
+    if not settings.learning.enabled:
+        print("learning is off (learning.enabled = false): nothing to train")
+        return 0
+    directory = private_dir(Path(settings.server.data))
+    with open(private_file(directory / TRAINER_LOCK), "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ForYouError(f"a trainer is already running on {directory}", field="--data") from None
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        parent = args.parent
+
+        def stopping() -> bool:  # asked to, or the server that started it is gone
+            return stop.is_set() or (parent is not None and os.getppid() != parent)
+
+        started = time.perf_counter()
+        trainer = Trainer.open(settings)
+        print(f"ForYou trainer: model version {trainer.learner.version}, opened in "
+              f"{time.perf_counter() - started:.1f}s; publishing every {settings.learning.publish_interval_s:g}s",
+              flush=True)
+        trainer.run(stopping)
     return 0
 
 
@@ -159,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print("Loading the bundled demo catalogue (KuaiRand-Pure sample, CC BY-SA 4.0)...", flush=True)
                 load_files(engine, DEMO_DIR / "items.jsonl.gz", DEMO_DIR / "events.jsonl.gz", progress=True)
             some_user = "u0" if engine.live.store.find_user_region("u0") else "demo-user"
-        _serve(settings, keys, banner)
+        _serve(settings, keys, banner, args.config)
     return 0
 
 
@@ -336,6 +383,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the HTTP API")
     _server_args(s)
     s.set_defaults(run=cmd_serve)
+    s = sub.add_parser("train", help="run the trainer alone (serve starts one itself unless learning.trainer says not)")
+    _server_args(s, serving=False)
+    s.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the server that started it: stop when it is gone
+    s.set_defaults(run=cmd_train)
     s = sub.add_parser("load", help="bulk-import JSON Lines files of items and events")
     _server_args(s, serving=False)
     s.add_argument("--items", help="items.jsonl (or .jsonl.gz)")

@@ -103,7 +103,9 @@ class LearningSettings:
     min_examples: int = 2000  # the model serves only after learning this many examples
     max_loss: float = 25.0  # a training step above this loss (or 4x the recent one) is dropped
     index: str = "hnsw"  # the ANN index of item vectors: "hnsw" (usearch) or "exact"
-    checkpoint_interval_s: float = 30.0  # model rows changed since are saved this often
+    checkpoint_interval_s: float = 30.0  # model rows changed since are saved this often (in-process training)
+    trainer: str = "process"  # where `serve` trains: "process" (its child), "inline", "external" (`foryou train`)
+    publish_interval_s: float = 0.5  # a trainer process publishes a model version this often
     duel: bool = True  # serve only while the learned value ranks live completions better than the fallback's
     duel_window: int = 2000  # ... judged on this many recent sampled views (AUC), scored before learning them
 
@@ -229,7 +231,8 @@ _RANGES = (("policy.topic_run_cap", 1, None), ("policy.sensitive_run_cap", 1, No
            ("policy.pool_eval_delay_s", 0, None), ("policy.pool_expire_days", 0, None),
            ("policy.topic_weight_gain", 0, None), ("policy.not_interested_days", 0, None),
            ("policy.max_keyword_words", 1, None), ("policy.max_phrase_words", 1, None),
-           ("server.feed_budget_ms", 0, None), ("server.max_concurrency", 1, None),
+           ("server.feed_budget_ms", 0, None),
+           ("learning.publish_interval_s", 0.05, None), ("server.max_concurrency", 1, None),
            ("server.header_timeout_s", 0.1, None), ("server.body_timeout_s", 0.1, None),
            ("server.keep_alive_s", 0.1, None), ("limits.requests_per_s", 0, None), ("limits.burst", 1, None),
            ("limits.new_users_per_min", 0, None), ("privacy.audit_rotate_mb", 0, None))
@@ -280,6 +283,9 @@ def load_settings(
     if not settings.server.regions:
         raise ConfigError("server.regions must name at least one region", field="server.regions")
     _check_ranges(settings)
+    if settings.learning.trainer not in ("process", "inline", "external"):
+        raise ConfigError(f"learning.trainer must be process, inline or external, got {settings.learning.trainer!r}",
+                          field="learning.trainer")
     import re
 
     for region in settings.server.regions:

@@ -14,9 +14,11 @@ from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.learning.online import INDEX_FILE
+from foryou.learning.replica import ModelReplica
 from foryou.live import Live
 from foryou.periodic import Periodic
 from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit, privacy_secret
+from foryou.roles.supervise import TrainerProcess
 from foryou.store import Store, open_store
 from foryou.users import UserService
 
@@ -28,15 +30,16 @@ class Engine:
     simulation); it defaults to the wall clock. Not thread-safe: call it from one thread."""
 
     def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, role: str = "all") -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.role = role  # "all": trains in this process; "serve": a trainer process publishes (foryou/roles)
         self.live = Live(store, settings, clock)
-        self.learner = Learner(self.live, seed or 0)
+        self.learner = Learner(self.live, seed or 0) if role == "all" else ModelReplica(self.live, seed or 0)
         self.audit = open_audit(settings)
         self.tombstones = Tombstones(self.audit.key)
-        self.follower = LogFollower(self.live, self.learner)
+        self.follower = LogFollower(self.live, self.learner if role == "all" else None)
         self.items = ItemService(self.live, self.learner, self.follower)
         self.users = UserService(self.live, self.learner, self.audit, self.tombstones)
         self.events = IngestService(self.live, self.learner, self.tombstones, self.follower)
@@ -44,20 +47,26 @@ class Engine:
         self.privacy = ExportService(self.live, self.learner, self.audit)
         self.retention = RetentionService(self.live, self.learner, self.audit)
         self.erasure = ErasureService(self.live, self.learner, self.audit, self.tombstones)
+        self.trainer: TrainerProcess | None = None  # the serve role's child trainer, when it started one
         self._follow_page: int | None = None  # events a run of the "follow" task takes (None: all that wait)
-        self.periodic = Periodic({"follow": lambda _: self.follower.follow(self._follow_page),
-                                  "learning": self.learner.tick, "checkpoint": lambda _: self.live.maybe_checkpoint(),
+        tasks = {"follow": lambda _: self.follower.follow(self._follow_page)}
+        if isinstance(self.learner, ModelReplica):  # polled as often as the follower runs: the lag counts it
+            tasks["model"] = lambda _: self.learner.poll()  # type: ignore[attr-defined]
+        self.periodic = Periodic({**tasks, "learning": self.learner.tick,
+                                  "checkpoint": lambda _: self.live.maybe_checkpoint(),
                                   "retention": self._retention}, TICK_S)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Callable[[], float] = time.time,
-             store_url: str | None = None, seed: int | None = None, catch_up: bool = True) -> Engine:
+             store_url: str | None = None, seed: int | None = None, catch_up: bool = True,
+             role: str = "all") -> Engine:
         """Load the store's state. With `catch_up` the model learns what the log holds past its
         checkpoint before this returns; without, that is left to the log follower (a server runs it
-        beside its first requests, so that a restart after a crash does not wait for it)."""
+        beside its first requests, so that a restart after a crash does not wait for it). With role
+        "serve" the model is what a trainer process publishes (`foryou/roles`)."""
         settings = settings or Settings()
         url = store_url or str(Path(settings.server.data))
-        engine = cls(open_store(url, settings.server.regions, privacy_secret(settings)), settings, clock, seed)
+        engine = cls(open_store(url, settings.server.regions, privacy_secret(settings)), settings, clock, seed, role)
         engine.live.load()
         engine.learner.load()
         if catch_up:

@@ -42,16 +42,21 @@ class LogFollower:
         for region in live.catalog.regions:
             left = limit
             while left is None or left > 0:
-                page = list(live.store.events_after(region, self.position(region), PAGE if left is None
-                                                    else min(PAGE, left)))
-                if not page:
+                taken = self.take_page(region, PAGE if left is None else min(PAGE, left))
+                if not taken:
                     self._skip_erased(region)
                     break
-                self._take(region, page, [e.seq for e in page])
                 if left is not None:
-                    left -= len(page)
+                    left -= taken
             more = more or self.behind(region) > 0
         return more
+
+    def take_page(self, region: str, limit: int = PAGE) -> int:
+        """Take the next page of at most `limit` events of the region's log; returns how many."""
+        page = list(self.live.store.events_after(region, self.position(region), limit))
+        if page:
+            self._take(region, page, [e.seq for e in page])
+        return len(page)
 
     def take(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
         """In-process, right after an append: `events` are the region's log at `seqs` (ascending,

@@ -23,7 +23,7 @@ from foryou.policy import Controls, KeywordFilter, Pools
 from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask
 from foryou.store import Store
 from foryou.trending import Trending
-from foryou.types import EventRecord, UserRecord
+from foryou.types import EventRecord, ServedRecord, UserRecord
 
 _ACTION_COLUMN = {k: STATS[v] for k, v in (
     ("like", "likes"), ("comment", "comments"), ("share", "shares"), ("follow", "follows"),
@@ -123,12 +123,7 @@ class Live:
                     chunk = []
             if chunk:
                 self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
-            for served in store.served_after(region, item_served):
-                idx = catalog.index.get(served.item)
-                if idx is not None:
-                    catalog.stats[idx, _SERVED] += 1
-                    self.dirty_items.add(idx)
-                self.served_mark[region] = served.seq
+            self.count_served(region, store.served_after(region, item_served))
             self.event_mark[region] = max(self.event_mark[region], item_events, state_mark)
             self.item_mark[region] = self.event_mark[region]  # replayed: the aggregates are caught up
             self.coeng_mark[region] = self.event_mark[region]
@@ -393,6 +388,17 @@ class Live:
                            np.fromiter((TREND_WEIGHT.get(k, 0.0) for k in kinds), np.float64, n))
         self.trending.add_many(region, idx, weights, ts)
         self.dirty_items.update(idx.tolist())
+
+    def count_served(self, region: str, rows: Iterable[ServedRecord]) -> None:
+        """Impressions read back from the log (at a start, or by a trainer process): counted, and
+        `served_mark` moves past them."""
+        catalog = self.catalog
+        for served in rows:
+            idx = catalog.index.get(served.item)
+            if idx is not None:
+                catalog.stats[idx, _SERVED] += 1
+                self.dirty_items.add(idx)
+            self.served_mark[region] = served.seq
 
     def apply_served(self, region: str, live: LiveUser, idxs: list[int], last_seq: int) -> None:
         catalog = self.catalog

@@ -253,7 +253,7 @@ def test_the_environment_admin_key_must_be_long(tmp_path: Path) -> None:
 def test_serve_makes_an_admin_key_once_and_demo_a_new_one_each_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     banners: list[list[str]] = []
-    monkeypatch.setattr(cli, "_serve", lambda settings, keys, banner=list: banners.append(banner()))
+    monkeypatch.setattr(cli, "_serve", lambda settings, keys, banner=list, config=None: banners.append(banner()))
     monkeypatch.delenv("FORYOU_ADMIN_KEY", raising=False)
     data = str(tmp_path / "d")
     assert cli.main(["serve", "--data", data]) == 0

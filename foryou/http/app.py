@@ -117,6 +117,8 @@ async def _follow(engine: Engine) -> None:
     while True:
         try:
             more = engine.periodic.run(engine.clock(), only="follow")
+            if "model" in engine.periodic.tasks:  # a published model version, taken in as soon
+                engine.periodic.run(engine.clock(), only="model")
         except Exception as exc:  # anything else must not end the loop either
             log.error("the log follower failed outside its task: %s", where(exc))
             more = False
@@ -127,7 +129,7 @@ async def run_periodic(engine: Engine, slices: int = MAX_SLICES) -> None:
     """One round of the periodic work: a task at a time, and a task with more to do at once (a
     checkpoint behind a backlog of users) again, up to `slices` times, with requests let in between."""
     for name in list(engine.periodic.tasks):
-        if name == "follow":  # the log follower runs as a task of its own (`_follow`)
+        if name in ("follow", "model"):  # the log follower and the model's poll run beside (`_follow`)
             continue
         for _ in range(slices):
             try:
@@ -308,6 +310,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
             "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
             "log_follower_events_behind": float(sum(engine.follower.behind(r) for r in live.catalog.regions)),
             **engine.learner.gauges(),
+            **({"trainer_restarts_total": float(engine.trainer.restarts)} if engine.trainer is not None else {}),
         }
         failures, failing = engine.periodic.failures, set(engine.periodic.failing())
         labelled = {"periodic_failures_total": ("counter", "task", {k: float(v) for k, v in failures.items()}),

@@ -173,12 +173,14 @@ class EmbeddingTable:
         self.removed.clear()
 
     def put_rows(self, rows: Iterable[tuple[str, bytes]]) -> None:
-        """Bring saved rows (as `changes` encoded them) back into memory, unchanged since saved."""
+        """Bring saved rows (as `changes` encoded them) into memory, unchanged since saved: back after
+        an eviction, or in place of the row held (a server taking in a published version)."""
         width = self.dim * 4
         for key, blob in rows:
             if len(blob) != 2 * width + 8:
                 raise ValueError(f"a saved row of {key!r} has {len(blob)} bytes, expected {2 * width + 8}")
-            row = self._new_row(key, 0.0)
+            held = self.index.get(key)
+            row = self._new_row(key, 0.0) if held is None else held
             self.dirty.discard(row)
             self.vectors[row] = np.frombuffer(blob, np.float32, self.dim, 0)
             self.accum[row] = np.frombuffer(blob, np.float32, self.dim, width)

@@ -54,13 +54,20 @@ _DUEL_MAX = 64  # ... at most this many per learned batch, or 1 per 50 events of
 _DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
 _DUEL_PENDING = 4096  # duel samples waiting for the follower, at most (the oldest go first)
 SKIP_TABLE = "refreshed"  # per region: users started afresh -> the last seq of theirs never to be learned
+VERSION_BLOB = "model.version"  # the published version alone: what a server polls
+_TRAINER_IDLE_S = 900.0  # a trainer process lets a user's row leave memory after this long unused
 
 
 class Learner:
-    def __init__(self, live: Live, seed: int = 0) -> None:
+    """The trainer. `serves`: it also answers the requests of this process (retrieval from its own
+    ANN index); a trainer process (`foryou/roles/train.py`) does not, and publishes instead."""
+
+    def __init__(self, live: Live, seed: int = 0, serves: bool = True) -> None:
         s = live.settings.learning
         self.live = live
         self.settings = s
+        self.serves = serves
+        self.checkpoint_s = s.checkpoint_interval_s if serves else s.publish_interval_s
         self.model = Model(live.catalog.regions, s.dim, (s.popularity_weight, s.trending_weight), s.memory, s.lr,
                            s.dense_lr, 1e-4, s.min_count, s.ttl_days * 86400.0, seed)
         self.index: VectorIndex = make_index(s.dim + 1, s.index)
@@ -89,6 +96,7 @@ class Learner:
             r: deque(maxlen=_DUEL_PENDING) for r in live.catalog.regions}
         self._accepted: dict[str, deque[tuple[int, float]]] = {r: deque() for r in live.catalog.regions}
         self._skip: dict[tuple[str, str], int] = {}  # (region, user) refreshed or erased -> seq learned no further
+        self._skips_seen: dict[tuple[str, str], int] = {}  # refresh marks a trainer process has taken
 
     @property
     def healthy(self) -> bool:
@@ -165,6 +173,7 @@ class Learner:
         if done:
             for k in done:
                 del self._skip[k]
+                self._skips_seen.pop(k, None)
             self.live.store.save_model_rows(region, SKIP_TABLE, [], [user for _, user in done])
 
     def _score_both(self, region: str, through: int) -> None:
@@ -212,7 +221,8 @@ class Learner:
             self.steps += 1
             self.version += 1
             self.examples += len(part.items)
-            self.dirty_items.update(dict.fromkeys(step.touched.tolist()))
+            if self.serves:
+                self.dirty_items.update(dict.fromkeys(step.touched.tolist()))
 
     def tick(self, now: float) -> None:
         """Periodic work between requests: close joins, refresh the index, expire idle rows, and
@@ -233,7 +243,7 @@ class Learner:
                 table.expire(now)
             self._expiring = {r: "" for r in self.model.users}  # ... and walk the rows saved of idle users
         self._expire_saved(now)
-        if now - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+        if now - self._last_checkpoint >= self.checkpoint_s:
             self.checkpoint()
 
     # -- serving --
@@ -270,8 +280,12 @@ class Learner:
         table.put_rows((u, blob) for u, blob in saved.items() if u not in stale)
 
     def evict_idle(self) -> int:
-        """Rows of users no longer in the live state's cache leave memory (they are saved: call after a
-        checkpoint); returns how many left."""
+        """Rows of users no longer in the live state's cache (of a trainer process: unused for
+        `_TRAINER_IDLE_S`) leave memory; they are saved: call after a checkpoint. Returns how many left."""
+        if not self.serves:
+            cutoff = self.live.clock() - _TRAINER_IDLE_S
+            return sum(table.evict([u for u, row in list(table.index.items()) if table.seen[row] < cutoff])
+                       for table in self.model.users.values())
         active = self.live.users
         return sum(table.evict([u for u in list(table.index) if u not in active])
                    for table in self.model.users.values())
@@ -314,8 +328,29 @@ class Learner:
             self.live.store.save_model_rows(region, "user", [], [user])
             table.removed.discard(user)
 
+    def sync_skips(self) -> None:
+        """A trainer process: take the users that a server started afresh (or is erasing) since the
+        last call, from the refresh table. Their rows and open joins go; their events up to the mark
+        are not learned (the mark's row is deleted once the log is learned past it)."""
+        store = self.live.store
+        for region in self.marks:
+            for user, row in store.iter_model_rows(region, SKIP_TABLE):
+                key, mark = (region, user), int(row)
+                if self._skips_seen.get(key) == mark:
+                    continue
+                self._skips_seen[key] = mark
+                self.joins.forget(user)
+                table = self.model.users[region]
+                table.remove([user])
+                table.removed.discard(user)  # deleted by the server already
+                if mark > self.marks[region]:
+                    self._skip[key] = max(self._skip.get(key, 0), mark)
+                else:
+                    self._skips_seen.pop(key)
+                    store.save_model_rows(region, SKIP_TABLE, [], [user])
+
     def items_changed(self, idx: Sequence[int]) -> None:
-        if self.settings.enabled:
+        if self.settings.enabled and self.serves:
             self.dirty_items.update(dict.fromkeys(idx))
 
     def retrieve(self, region: str, user: str, k: int) -> np.ndarray:
@@ -351,7 +386,9 @@ class Learner:
 
     # -- persistence --
     def checkpoint(self) -> None:
-        """Changed rows (users' into their region), then the dense state with the watermarks last.
+        """Publish: changed rows (users' into their region) marked with the model version, then the
+        dense state with the watermarks, then the version alone (what servers poll). A user's row is
+        not written back once a server erased or refreshed them (the store's guard), and leaves memory.
         Nothing when learning is off: the saved model stays as it was."""
         if not self.settings.enabled:
             return
@@ -360,14 +397,24 @@ class Learner:
         for (name, region), table in model.tables().items():
             rows, removed = table.changes()
             if rows or removed:
-                store.save_model_rows(region, name, rows, removed)
+                refused = store.save_model_rows(region, name, rows, removed, self.version,
+                                                SKIP_TABLE if region is not None else None)
+                if refused:
+                    table.remove(refused)
+                    table.removed.difference_update(refused)
         self.evict_idle()
+        store.save_model_blob("model", self.dense_blob())
+        store.save_model_blob(VERSION_BLOB, str(self.version).encode())
+
+    def dense_blob(self) -> bytes:
         buf = io.BytesIO()
+        model = self.model
         header = json.dumps({"marks": self.marks, "version": self.version, "examples": self.examples,
-                             "loss": self.loss, "steps": self.steps}).encode()
+                             "loss": self.loss, "steps": self.steps, "recent_bad": self.recent_bad,
+                             "bad_steps": self.bad_steps, "events": self.events}).encode()
         np.savez(buf, weights=model.weights, accum=model.weights_accum, watch=model.watch.counts,
                  header=np.frombuffer(header, np.uint8), duel=self.duel.as_array())
-        store.save_model_blob("model", buf.getvalue())
+        return buf.getvalue()
 
     def load(self) -> None:
         """Restore the last checkpoint and the index saved with it (or queue every live item to be
@@ -379,7 +426,7 @@ class Learner:
         blob = store.get_model_blob("model")
         if blob is not None:
             self._restore(blob)
-        if not self._load_index():  # else rebuild it: minutes for a million items
+        if self.serves and not self._load_index():  # else rebuild it: minutes for a million items
             self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
         for region in catalog.regions:  # users started afresh while the follower was behind
             stale = []
@@ -399,7 +446,7 @@ class Learner:
         """At a clean shutdown, after the checkpoint: the index as of the saved model version, so that
         the next start can load it instead of rebuilding it."""
         path = self._index_path()
-        if not self.settings.enabled or not path.parent.is_dir():
+        if not self.settings.enabled or not self.serves or not path.parent.is_dir():
             return
         self.refresh_index()
         tmp = path.with_suffix(".tmp")
@@ -436,6 +483,8 @@ class Learner:
         self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
         self.version, self.examples = header["version"], header["examples"]
         self.loss, self.steps = header["loss"], header["steps"]
+        self.recent_bad, self.bad_steps = header.get("recent_bad", 0.0), header.get("bad_steps", 0)
+        self.events = header.get("events", self.events)
         for (name, region), table in model.tables().items():
             if name != "user":  # users' rows come back with each user (`load_users`)
                 table.restore(store.iter_model_rows(region, name))

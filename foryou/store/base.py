@@ -37,6 +37,10 @@ class Catalogue(Protocol):
         a random start, so that equal numbers mean the same catalogue of the same store and a snapshot
         taken at one is still good."""
 
+    def items_since(self, version: int) -> list[ItemRecord]:
+        """The items upserted (or taken down, or restored) since the catalogue was at `version`, as
+        they are now, in insertion order: how another process (the trainer) follows the catalogue."""
+
 
 class ItemAggregates(Protocol):
     """Item counters, trending scores and co-engagement (shared: item-level only), with the per-region
@@ -160,12 +164,20 @@ class EventLog(Protocol):
 
 class Models(Protocol):
     """The learned models: embedding rows (users' in their region, the rest shared) and dense blobs.
-    Writer: the trainer (`foryou/learning/online.py`)."""
+    Writer: the trainer (`foryou/learning/online.py`); a server deletes a user's row when it erases or
+    refreshes them, marks them in the refresh table, and saves its duel (`foryou/learning/replica.py`)."""
 
     def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
-                        removed: Sequence[str]) -> None:
-        """Atomically upsert embedding rows of `table` and delete `removed` keys: in `region`'s store
-        (users' rows) or, with `region` None, the shared one (item-side rows)."""
+                        removed: Sequence[str], version: int = 0, guard: str | None = None) -> list[str]:
+        """Atomically upsert embedding rows of `table` (marked with model `version`) and delete
+        `removed` keys: in `region`'s store (users' rows) or, with `region` None, the shared one
+        (item-side rows). With `guard` (a table of `region`'s store), a row whose key is not a user the
+        region holds, or has a row in `guard`, is left out, atomically with the write: a user erased or
+        started afresh by a server while the trainer still held their row. Returns the keys left out."""
+
+    def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
+        """The rows of `table` last saved with a version above `after` and at most `through`: what a
+        published model version changed, for a server to take in."""
 
     def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
         """Every (key, row) of `table`: in `region`'s store, or the shared one with None."""

@@ -34,6 +34,7 @@ class _Region:
     states: dict[str, bytes] = field(default_factory=dict)
     state_mark: int = 0
     model_rows: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    model_vers: dict[tuple[str, str], int] = field(default_factory=dict)
     last_event: int = 0  # seqs are never handed out twice, even after the newest rows are erased
     last_served: int = 0
 
@@ -44,12 +45,14 @@ class _Data:
 
     items: dict[str, ItemRecord] = field(default_factory=dict)  # insertion order, kept on replacement
     catalogue_version: int = 0
+    item_vers: dict[str, int] = field(default_factory=dict)
     stats: dict[str, list[float]] = field(default_factory=dict)
     trend: dict[str, dict[str, float]] = field(default_factory=dict)
     coeng: dict[tuple[str, str], float] = field(default_factory=dict)
     watermarks: dict[str, tuple[int, int]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
     model_rows: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    model_vers: dict[tuple[str, str], int] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     tombstones: dict[str, float] = field(default_factory=dict)
     regions: dict[str, _Region] = field(default_factory=dict)
@@ -74,8 +77,10 @@ class MemoryStore:
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
         data = self._data
-        data.items.update({i.id: replace(i) for i in list(items)})
+        put = {i.id: replace(i) for i in list(items)}
         data.catalogue_version = data.catalogue_version + 1 if data.catalogue_version else first_catalogue_version()
+        data.items.update(put)
+        data.item_vers.update(dict.fromkeys(put, data.catalogue_version))
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         found = self._data.items.get(item_id)
@@ -86,6 +91,10 @@ class MemoryStore:
 
     def catalogue_version(self) -> int:
         return self._data.catalogue_version
+
+    def items_since(self, version: int) -> list[ItemRecord]:
+        vers = self._data.item_vers
+        return [replace(i) for i in self._data.items.values() if vers[i.id] > version]
 
     # -- item aggregates --
     def save_item_aggregates(self, stats: Mapping[str, Sequence[float]], trend: Mapping[str, Mapping[str, float]],
@@ -271,6 +280,7 @@ class MemoryStore:
         mine = [k for k in r.model_rows if k[1] == user_id]
         for k in mine:
             del r.model_rows[k]
+            r.model_vers.pop(k, None)
         return len(mine)
 
     def save_tombstone(self, subject: str, until: float) -> None:
@@ -283,12 +293,23 @@ class MemoryStore:
     def _rows(self, region: str | None) -> dict[tuple[str, str], bytes]:
         return self._data.model_rows if region is None else self._r(region).model_rows
 
+    def _vers(self, region: str | None) -> dict[tuple[str, str], int]:
+        return self._data.model_vers if region is None else self._r(region).model_vers
+
     def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
-                        removed: Sequence[str]) -> None:
-        put, gone, held = list(rows), list(removed), self._rows(region)
+                        removed: Sequence[str], version: int = 0, guard: str | None = None) -> list[str]:
+        put, gone, held, vers = list(rows), list(removed), self._rows(region), self._vers(region)
+        left_out: list[str] = []
+        if guard is not None and region is not None:
+            users = self._r(region).users
+            left_out = [k for k, _ in put if k not in users or (guard, k) in held]
+            put = [(k, v) for k, v in put if k in users and (guard, k) not in held]
         held.update({(table, k): bytes(v) for k, v in put})
+        vers.update({(table, k): version for k, _ in put})
         for k in gone:
             held.pop((table, k), None)
+            vers.pop((table, k), None)
+        return left_out
 
     def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
         yield from [(k, v) for (t, k), v in self._rows(region).items() if t == table]
@@ -300,6 +321,11 @@ class MemoryStore:
     def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
         return sorted((k, v) for (t, k), v in self._rows(region).items() if t == table and k > after)[:limit]
 
+    def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
+        held = self._rows(region)
+        return [(k, held[(t, k)]) for (t, k), v in list(self._vers(region).items())
+                if t == table and after < v <= through]
+
     def save_model_blob(self, key: str, value: bytes) -> None:
         self._data.blobs[key] = bytes(value)
 
@@ -309,7 +335,9 @@ class MemoryStore:
     def drop_model(self) -> None:
         for region in self.regions:
             self._r(region).model_rows.clear()
+            self._r(region).model_vers.clear()
         self._data.model_rows.clear()
+        self._data.model_vers.clear()
         self._data.blobs.clear()
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ _CATALOG_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, creator TEXT NOT NULL, duration_s REAL NOT NULL,
     created_at REAL NOT NULL, caption TEXT, tags TEXT NOT NULL, topic TEXT, sound TEXT, lang TEXT,
-    regions TEXT, mature INTEGER NOT NULL, down INTEGER NOT NULL);
+    regions TEXT, mature INTEGER NOT NULL, down INTEGER NOT NULL, ver INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS item_stats (id TEXT PRIMARY KEY, {", ".join(f"{n} REAL NOT NULL" for n in STAT_NAMES)},
     early_swipes REAL NOT NULL, pool REAL NOT NULL DEFAULT 0, first_served REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trend (region TEXT, id TEXT, score REAL NOT NULL, PRIMARY KEY (region, id))
@@ -40,8 +40,8 @@ CREATE TABLE IF NOT EXISTS coeng (a TEXT, b TEXT, w REAL NOT NULL, PRIMARY KEY (
 CREATE TABLE IF NOT EXISTS watermarks (region TEXT PRIMARY KEY, events INTEGER NOT NULL,
     served INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PRIMARY KEY (tbl, key))
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones (subject TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
 """
@@ -61,14 +61,19 @@ CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS served_user ON served (user);
 CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PRIMARY KEY (tbl, key))
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 """
 
 # Columns added after a table was first released: (table, column, declaration).
 _ADDED_COLUMNS = (("item_stats", "pool", "REAL NOT NULL DEFAULT 0"),
                   ("item_stats", "first_served", "REAL NOT NULL DEFAULT 0"),
-                  ("users", "personalized", "INTEGER NOT NULL DEFAULT 1"))
+                  ("users", "personalized", "INTEGER NOT NULL DEFAULT 1"),
+                  ("items", "ver", "INTEGER NOT NULL DEFAULT 0"),
+                  ("model_rows", "ver", "INTEGER NOT NULL DEFAULT 0"))
+# Indexes on added columns: (table, statement), made once the column is there.
+_ADDED_INDEXES = (("items", "CREATE INDEX IF NOT EXISTS items_ver ON items (ver)"),
+                  ("model_rows", "CREATE INDEX IF NOT EXISTS model_rows_ver ON model_rows (tbl, ver)"))
 
 
 def _connect(path: Path, schema: str) -> sqlite3.Connection:
@@ -87,6 +92,9 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
         found = conn.execute(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{table}'").fetchone()
         if found and column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    for table, statement in _ADDED_INDEXES:
+        if conn.execute(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{table}'").fetchone():
+            conn.execute(statement)
     return conn
 
 
@@ -147,15 +155,18 @@ class SQLiteStore:
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
         with _tx(self._catalog) as c:
+            row = c.execute("SELECT value FROM meta WHERE key='catalogue_version'").fetchone()
+            version = int(row[0]) + 1 if row else first_catalogue_version()
             c.executemany(
-                f"INSERT INTO items ({_ITEM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                f"INSERT INTO items ({_ITEM_COLS}, ver) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET "
                 "creator=excluded.creator, duration_s=excluded.duration_s, created_at=excluded.created_at, "
                 "caption=excluded.caption, tags=excluded.tags, topic=excluded.topic, sound=excluded.sound, "
-                "lang=excluded.lang, regions=excluded.regions, mature=excluded.mature, down=excluded.down",
-                [_item_row(i) for i in items],
+                "lang=excluded.lang, regions=excluded.regions, mature=excluded.mature, down=excluded.down, "
+                "ver=excluded.ver",
+                [(*_item_row(i), version) for i in items],
             )
-            c.execute("INSERT INTO meta VALUES ('catalogue_version', ?) ON CONFLICT(key) DO UPDATE SET "
-                      "value = CAST(value AS INTEGER) + 1", (str(first_catalogue_version()),))
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('catalogue_version', ?)", (str(version),))
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         row = self._catalog.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=?", (item_id,)).fetchone()
@@ -168,6 +179,10 @@ class SQLiteStore:
     def catalogue_version(self) -> int:
         found = self.get_meta("catalogue_version")
         return 0 if found is None else int(found)
+
+    def items_since(self, version: int) -> list[ItemRecord]:
+        q = f"SELECT {_ITEM_COLS} FROM items WHERE ver>? ORDER BY seq"
+        return [_item(row) for row in self._catalog.execute(q, (version,))]
 
     # -- item aggregates --
     def save_item_aggregates(
@@ -410,10 +425,25 @@ class SQLiteStore:
         return self._catalog if region is None else self._region[region]
 
     def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
-                        removed: Sequence[str]) -> None:
+                        removed: Sequence[str], version: int = 0, guard: str | None = None) -> list[str]:
         with _tx(self._model_conn(region)) as c:
-            c.executemany("INSERT OR REPLACE INTO model_rows VALUES (?,?,?)", [(table, k, v) for k, v in rows])
+            put, left_out = list(rows), []
+            if guard is not None and region is not None and put:
+                keys = [k for k, _ in put]
+                users: set[str] = set()
+                guarded: set[str] = set()
+                for chunk in _chunks(keys):
+                    users.update(k for (k,) in c.execute(f"SELECT id FROM users WHERE id IN ({_marks(chunk)})", chunk))
+                    q = f"SELECT key FROM model_rows WHERE tbl=? AND key IN ({_marks(chunk)})"
+                    guarded.update(k for (k,) in c.execute(q, (guard, *chunk)))
+                left_out = [k for k in keys if k not in users or k in guarded]
+                if left_out:
+                    out = set(left_out)
+                    put = [(k, v) for k, v in put if k not in out]
+            c.executemany("INSERT OR REPLACE INTO model_rows VALUES (?,?,?,?)",
+                          [(table, k, v, version) for k, v in put])
             c.executemany("DELETE FROM model_rows WHERE tbl=? AND key=?", [(table, k) for k in removed])
+        return left_out
 
     def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
         for key, row in self._model_conn(region).execute("SELECT key, row FROM model_rows WHERE tbl=?", (table,)):
@@ -430,6 +460,10 @@ class SQLiteStore:
     def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
         q = "SELECT key, row FROM model_rows WHERE tbl=? AND key>? ORDER BY key LIMIT ?"
         return [(key, bytes(row)) for key, row in self._model_conn(region).execute(q, (table, after, limit))]
+
+    def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
+        q = "SELECT key, row FROM model_rows WHERE tbl=? AND ver>? AND ver<=?"
+        return [(key, bytes(row)) for key, row in self._model_conn(region).execute(q, (table, after, through))]
 
     def save_model_blob(self, key: str, value: bytes) -> None:
         with _tx(self._catalog) as c:

@@ -744,3 +744,40 @@ def test_drop_model_forgets_every_row_and_blob(opener: Opener, store: Store) -> 
         assert dict(again.iter_model_rows(region, table)) == {}
     again.save_model_rows(None, "item", [("b", b"\x02")], [])  # and is usable after
     assert dict(again.iter_model_rows(None, "item")) == {"b": b"\x02"}
+
+
+def test_model_rows_by_version_for_a_server_to_take_in(opener: Opener, store: Store) -> None:
+    store.save_model_rows(None, "item", [("a", b"1"), ("b", b"1")], [], version=5)
+    store.save_model_rows(None, "item", [("b", b"2"), ("c", b"2")], [], version=9)
+    store.save_model_rows(None, "tag", [("t", b"9")], [], version=9)
+    assert store.model_rows_since(None, "item", 0, 5) == [("a", b"1")]  # b was saved again, at 9
+    assert sorted(store.model_rows_since(None, "item", 5, 9)) == [("b", b"2"), ("c", b"2")]
+    assert store.model_rows_since(None, "item", 9, 20) == []
+    assert store.model_rows_since(None, "tag", 5, 9) == [("t", b"9")]
+    again = opener.reopen(store)
+    assert sorted(again.model_rows_since(None, "item", 5, 9)) == [("b", b"2"), ("c", b"2")]
+    again.save_model_rows(None, "item", [], ["c"], version=10)
+    assert again.model_rows_since(None, "item", 5, 10) == [("b", b"2")]
+
+
+def test_a_guarded_save_leaves_out_users_gone_or_started_afresh(store: Store) -> None:
+    store.append_events("us", [], [UserRecord(u, "us", (), None, None, 1.0) for u in ("u1", "u2")])
+    store.save_model_rows("us", "refreshed", [("u2", b"7")], [])
+    left_out = store.save_model_rows("us", "user", [("u1", b"r1"), ("u2", b"r2"), ("ghost", b"r3")], [],
+                                     version=3, guard="refreshed")
+    assert sorted(left_out) == ["ghost", "u2"]
+    assert dict(store.iter_model_rows("us", "user")) == {"u1": b"r1"}
+    store.erase_user("us", "u1", [])
+    assert store.save_model_rows("us", "user", [("u1", b"again")], [], version=4, guard="refreshed") == ["u1"]
+    assert dict(store.iter_model_rows("us", "user")) == {}
+    assert store.save_model_rows("us", "user", [("u1", b"x")], []) == []  # unguarded: written as given
+
+
+def test_items_since_a_catalogue_version(opener: Opener, store: Store) -> None:
+    store.upsert_items([item("a"), item("b")])
+    v1 = store.catalogue_version()
+    assert store.items_since(v1) == []
+    store.upsert_items([item("c"), item("a", down=True)])
+    changed = store.items_since(v1)
+    assert [(i.id, i.down) for i in changed] == [("a", True), ("c", False)]  # insertion order, as they are now
+    assert [i.id for i in opener.reopen(store).items_since(0)] == ["a", "b", "c"]

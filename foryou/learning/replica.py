@@ -1,0 +1,163 @@
+"""A server's copy of the model that a trainer process publishes: the serving role never trains.
+
+The trainer (`foryou/roles/train.py`) publishes a version every `learning.publish_interval_s`: the
+embedding rows it changed, marked with the version, then the dense weights with the log marks they
+include, then the version alone. Each tick the replica reads that version; when it moved, it takes
+the dense weights and the rows saved since its own version (item-side rows all, users' rows of the
+users it holds; the others come with their user, `load_users`), and re-indexes the items whose rows
+changed. A step of the event loop holds at most one such swap.
+
+What stays here: the duel, which needs the fallback's view of the user as of before an event (the
+interest state a request just moved on). A sampled view is scored by both rankers with the version
+served when it was accepted, before the next version (which may have learned it) is taken in. The
+duel's record is the server's to save (blob "duel"). The lag (`model_update_lag_seconds`) is from an
+event's acceptance to this server serving a version whose marks include it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from foryou.learning.online import SKIP_TABLE, VERSION_BLOB, Learner
+from foryou.retrieval.ann import restore_index
+
+DUEL_BLOB = "duel"
+
+
+class ModelReplica(Learner):
+    """`Learner`'s serving side (predict, retrieve, health, gauges), fed by a trainer process."""
+
+    def learn_many(self, region: str, events: Sequence[object], seqs: Sequence[int] | None = None) -> None:
+        raise RuntimeError("a server's model replica does not train: the trainer process does")
+
+    def record_served(self, region: str, user: str, items: Sequence[int], now: float) -> None:
+        """Nothing: the trainer reads the served rows from the log."""
+
+    def tick(self, now: float) -> None:
+        """Re-index a bounded slice of items, and save the duel when due (`poll` is a task of its own)."""
+        if not self.settings.enabled:
+            return
+        self.refresh_index(0.02)
+        if now - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            self.checkpoint()
+
+    def published(self) -> int:
+        raw = self.live.store.get_model_blob(VERSION_BLOB)
+        return int(raw) if raw else 0
+
+    def poll(self) -> bool:
+        """Swap in the latest published version; returns whether one came."""
+        if not self.settings.enabled:
+            return False
+        version = self.published()
+        if version <= self.version:
+            return False
+        blob = self.live.store.get_model_blob("model")
+        if blob is None:
+            return False
+        for region in self.marks:  # the samples accepted under the version served until now
+            self._score_both(region, sys.maxsize)
+        before = self.version
+        if not self._restore_dense(blob):
+            return False
+        self._take_rows(before, self.version)
+        now = time.time()
+        for region, accepted in self._accepted.items():
+            while accepted and accepted[0][0] <= self.marks[region]:
+                self.lag_s = now - accepted.popleft()[1]
+                self.lag.observe(self.lag_s)
+        return True
+
+    def _restore_dense(self, blob: bytes) -> bool:
+        model = self.model
+        saved = np.load(io.BytesIO(blob))
+        if saved["weights"].shape != model.weights.shape or saved["watch"].shape != model.watch.counts.shape:
+            return False  # published under other settings: a server restarted with them will match
+        header = json.loads(bytes(saved["header"]).decode())
+        model.weights[:], model.weights_accum[:] = saved["weights"], saved["accum"]
+        model.watch.counts[:] = saved["watch"]
+        self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
+        self.version, self.examples, self.events = header["version"], header["examples"], header.get("events", 0)
+        self.loss, self.steps = header["loss"], header["steps"]
+        self.recent_bad, self.bad_steps = header.get("recent_bad", 0.0), header.get("bad_steps", 0)
+        return True
+
+    def _take_rows(self, after: int, through: int) -> None:
+        store, catalog = self.live.store, self.live.catalog
+        for (name, region), table in self.model.tables().items():
+            rows = store.model_rows_since(region, name, after, through)
+            if name == "user":
+                rows = [(u, row) for u, row in rows if u in table.index]
+            table.put_rows(rows)
+            if name == "item" and self.serves:
+                index = catalog.index
+                self.dirty_items.update(dict.fromkeys(index[k] for k, _ in rows if k in index))
+
+    def forget_user(self, region: str, user: str) -> None:
+        """Start the user afresh: their row goes (here and in the store), and the refresh table tells
+        the trainer to drop its copy and not learn their events logged so far."""
+        mark = self.live.event_mark[region]
+        if self.settings.enabled:
+            self.live.store.save_model_rows(region, SKIP_TABLE, [(user, str(mark).encode())], [])
+            self.live.store.save_model_rows(region, "user", [], [user])
+        self._duel[region] = type(self._duel[region])((d for d in self._duel[region] if d[1] != user),
+                                                      maxlen=self._duel[region].maxlen)
+        table = self.model.users[region]
+        table.remove([user])
+        table.removed.discard(user)
+
+    def checkpoint(self) -> None:
+        """The duel's record, and users' rows no longer needed leave memory. The model is the trainer's."""
+        if not self.settings.enabled:
+            return
+        self._last_checkpoint = self.live.clock()
+        self.evict_idle()
+        self.live.store.save_model_blob(DUEL_BLOB, self.duel.as_array().tobytes())
+
+    def gauges(self) -> dict[str, float]:
+        return {**super().gauges(), "model_published_version": float(self.published())}
+
+    def load(self) -> None:
+        """The published version, the duel's record, and the ANN index saved at the last clean stop
+        (items whose rows changed since it was saved are re-indexed; without one, every item is)."""
+        if not self.settings.enabled:
+            return
+        store, catalog = self.live.store, self.live.catalog
+        blob = store.get_model_blob("model")
+        if blob is not None and self._restore_dense(blob):
+            for (name, region), table in self.model.tables().items():
+                if name != "user":
+                    table.restore(store.iter_model_rows(region, name))
+        duel = store.get_model_blob(DUEL_BLOB)
+        if duel is not None:
+            self.duel.load(np.frombuffer(duel, np.float64).reshape(-1, 2))
+        saved = self._saved_index()
+        if saved is None:
+            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
+        elif saved < self.version:
+            index = catalog.index
+            changed = store.model_rows_since(None, "item", saved, self.version)
+            self.dirty_items.update(dict.fromkeys(index[k] for k, _ in changed if k in index))
+        self._last_checkpoint = self.live.clock()
+
+    def _saved_index(self) -> int | None:
+        """Load the index of the last clean stop if it fits these settings; returns its version."""
+        try:
+            data = self._index_path().read_bytes()
+            version = struct.unpack("<q", data[:8])[0]
+            if version <= 0 or version > self.version:
+                return None
+            index = restore_index(data[8:])
+        except (OSError, ValueError, struct.error):
+            return None
+        if index.dim != self.index.dim or type(index) is not type(self.index):
+            return None
+        self.index = index
+        return int(version)

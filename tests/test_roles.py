@@ -1,0 +1,200 @@
+"""The runtime in roles (issue 13): a trainer that follows the log on a store handle of its own and
+publishes versions, and a server whose model is a replica of what was published. Driven here in one
+process, step by step, over one SQLite data directory opened twice, as the two processes open it;
+test_crash.py runs them as real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import Clock
+from test_learning import T0, history, world
+
+from foryou.config import Settings, load_settings
+from foryou.engine import Engine
+from foryou.learning.online import SKIP_TABLE
+from foryou.learning.replica import ModelReplica
+from foryou.roles import Trainer
+from foryou.types import EventIn, ItemIn
+
+
+def settings_for(path: Path, **overrides: object) -> Settings:
+    return load_settings(overrides={"server.data": str(path), "learning.min_examples": 200,
+                                    "learning.index": "exact", "learning.duel": False, **overrides}, env={})
+
+
+@contextmanager
+def pair(path: Path, clock: Clock, **overrides: object) -> Iterator[tuple[Engine, Trainer]]:
+    settings = settings_for(path, **overrides)
+    engine = Engine.open(settings, clock=clock, seed=0, role="serve", catch_up=False)
+    trainer = Trainer.open(settings, clock=clock)
+    try:
+        yield engine, trainer
+    finally:
+        trainer.close()
+        engine.close()
+
+
+def fill(engine: Engine, clock: Clock, passes: int = 3) -> list[EventIn]:
+    rng = np.random.default_rng(7)
+    items = world(rng)
+    engine.items.upsert(items)
+    events, _ = history(items, rng)
+    for _ in range(passes):
+        for lo in range(0, len(events), 200):
+            engine.events.ingest(events[lo:lo + 200])
+            clock.advance(1.0)
+    return events
+
+
+def publish(engine: Engine, trainer: Trainer, clock: Clock) -> None:
+    """The trainer takes the whole log and publishes; the server takes the version in."""
+    while trainer.step():
+        pass
+    clock.advance(1.0)
+    trainer.step()
+    engine.tick(clock())
+
+
+def test_the_server_serves_the_version_the_trainer_published(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with pair(tmp_path / "d", clock) as (engine, trainer):
+        assert isinstance(engine.learner, ModelReplica)
+        fill(engine, clock)
+        replica = engine.learner
+        assert replica.version == 0 and not replica.healthy  # requests never train
+        with pytest.raises(RuntimeError):
+            replica.learn_many("us", [])
+        publish(engine, trainer, clock)
+        learner = trainer.learner
+        assert learner.version > 0 and replica.version == learner.version
+        assert replica.marks == learner.marks == engine.live.event_mark
+        assert replica.healthy and replica.examples == learner.examples
+        assert np.array_equal(replica.model.weights, learner.model.weights)
+        users = [u for u in learner.model.users["us"].index][:10]
+        ours = np.array([replica.user_vector("us", u) for u in users])  # loaded from the store on demand
+        assert users and np.allclose(ours, learner.model.user_vectors(["us"] * len(users), users))
+        idx = np.arange(len(engine.live.catalog))
+        assert np.allclose(replica.model.item_vectors(engine.live.catalog, idx, np.zeros((len(idx), 2))),
+                           learner.model.item_vectors(trainer.live.catalog, idx, np.zeros((len(idx), 2))))
+        assert sum(replica.lag.counts) > 0  # acceptance -> served by a version that learned it
+        feed = engine.feeds.feed(users[0], 5, explain=True)
+        assert feed.items and any(i.explain is not None and i.explain["ranker"] == "learned" for i in feed.items)
+
+
+def test_a_version_moves_only_the_rows_it_changed(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with pair(tmp_path / "d", clock) as (engine, trainer):
+        events = fill(engine, clock)
+        clock.advance(120.0)  # every join closed: nothing of the fill is left to learn
+        publish(engine, trainer, clock)
+        before = trainer.learner.version
+        user = events[0].user
+        held = engine.learner.user_vector("us", user)
+        other = next(u for u in trainer.learner.model.users["us"].index if u != user)
+        other_held = engine.learner.user_vector("us", other)
+        engine.events.ingest([EventIn(user=user, item=e.item, type="like") for e in events[:30] if e.user == user]
+                             or [EventIn(user=user, item=events[0].item, type="like")])
+        clock.advance(120.0)  # past the join window: the likes are labels now
+        publish(engine, trainer, clock)
+        assert trainer.learner.version > before
+        assert not np.allclose(engine.learner.user_vector("us", user), held)  # the held row was swapped
+        assert np.allclose(engine.learner.user_vector("us", other), other_held)  # untouched rows stay
+        assert np.allclose(engine.learner.user_vector("us", user),
+                           trainer.learner.model.user_vectors(["us"], [user])[0])
+
+
+def test_a_refresh_is_never_undone_by_the_trainer(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with pair(tmp_path / "d", clock) as (engine, trainer):
+        events = fill(engine, clock)
+        publish(engine, trainer, clock)
+        user = events[0].user
+        store = engine.store
+        assert store.get_model_rows("us", "user", [user])
+        # The trainer learns more of the user (a dirty row it has not published) ...
+        engine.events.ingest([EventIn(user=user, item=f"g0-i{k:02d}", type="like") for k in range(0, 20, 2)])
+        while trainer.step():
+            pass
+        assert user in trainer.learner.model.users["us"].index
+        engine.users.refresh(user)  # ... when a server starts the user afresh
+        assert not store.get_model_rows("us", "user", [user])
+        assert dict(store.iter_model_rows("us", SKIP_TABLE))
+        clock.advance(1.0)
+        trainer.learner.checkpoint()  # a publish racing the refresh: the store's guard leaves the row out
+        assert not store.get_model_rows("us", "user", [user])
+        publish(engine, trainer, clock)
+        assert not store.get_model_rows("us", "user", [user]) and user not in trainer.learner.model.users["us"].index
+        assert not dict(store.iter_model_rows("us", SKIP_TABLE))  # learned past the mark: done with
+        # What comes after the refresh is learned again, into a fresh row.
+        engine.events.ingest([EventIn(user=user, item=f"g1-i{k:02d}", type="view", watch_s=10.0)
+                              for k in range(1, 40, 2)])
+        publish(engine, trainer, clock)
+        assert store.get_model_rows("us", "user", [user])
+
+
+def test_an_erased_user_is_never_written_back(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with pair(tmp_path / "d", clock) as (engine, trainer):
+        events = fill(engine, clock)
+        publish(engine, trainer, clock)
+        user = events[0].user
+        engine.events.ingest([EventIn(user=user, item=f"g0-i{k:02d}", type="like") for k in range(0, 20, 2)])
+        while trainer.step():
+            pass
+        assert user in trainer.learner.model.users["us"].index  # a row the trainer still holds
+        engine.erasure.erase(user)
+        clock.advance(120.0)
+        publish(engine, trainer, clock)
+        assert not engine.store.get_model_rows("us", "user", [user])
+        assert user not in trainer.learner.model.users["us"].index
+        assert all(user not in table.index for table in engine.learner.model.users.values())
+
+
+def test_the_trainer_follows_the_catalogue(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with pair(tmp_path / "d", clock) as (engine, trainer):
+        fill(engine, clock, passes=1)
+        publish(engine, trainer, clock)
+        catalog = trainer.live.catalog
+        assert len(catalog) == len(engine.live.catalog)
+        engine.items.upsert([ItemIn(id="fresh", creator="c0", duration_s=12.0, tags=["t9"])])
+        engine.items.set_down("g0-i00", True)
+        trainer.step()
+        assert "fresh" in catalog.index and catalog.duration_l[catalog.index["fresh"]] == 12.0
+        assert not catalog.alive[catalog.index["g0-i00"]]
+        engine.events.ingest([EventIn(user="g0-u00", item="fresh", type="view", watch_s=12.0)])
+        publish(engine, trainer, clock)
+        assert catalog.stats_of(catalog.index["fresh"])["views"] == 1
+
+
+def test_a_killed_trainer_resumes_from_its_last_version(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    settings = settings_for(tmp_path / "d")
+    engine = Engine.open(settings, clock=clock, seed=0, role="serve", catch_up=False)
+    try:
+        fill(engine, clock, passes=2)
+        first = Trainer.open(settings, clock=clock)
+        publish(engine, first, clock)
+        fill(engine, clock, passes=1)
+        while first.step():
+            pass
+        engine.events.ingest([EventIn(user="g0-u00", item=f"g0-i{k:02d}", type="like") for k in range(0, 40, 2)])
+        engine.events.ingest([EventIn(user="g1-u01", item=f"g1-i{k:02d}", type="view", watch_s=10.0)
+                              for k in range(1, 40, 2)])
+        first.step()  # learned, not published: then killed (no close, no last publish)
+        published = engine.learner.published()
+        assert first.learner.version > published
+        first.store.close()
+        second = Trainer.open(settings, clock=clock)
+        assert second.learner.version == published and second.learner.marks["us"] < first.learner.marks["us"]
+        publish(engine, second, clock)
+        assert second.learner.marks == engine.live.event_mark  # re-learned the log after its marks
+        assert engine.learner.version == second.learner.version > published  # versions only move on
+        second.close()
+    finally:
+        engine.close()
