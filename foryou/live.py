@@ -85,7 +85,9 @@ class Live:
                            expire_s=p.pool_expire_days * 86400)
 
     # -- start-up --
-    def load(self) -> None:
+    def load(self, users: bool = True) -> None:
+        """The catalogue, the item aggregates and (with `users`) the users' interest state, replaying
+        the log past their checkpoints. A trainer process loads no users' state: it never serves."""
         store = self.store
         restored = snapshot.load(Path(self.settings.server.data), self.catalog.regions, store.catalogue_version())
         if restored is not None:  # the catalogue as of the last clean stop, and unchanged since
@@ -112,7 +114,7 @@ class Live:
         marks = store.item_watermarks()
         for region in catalog.regions:
             item_events, item_served = marks.get(region, (0, 0))
-            state_mark = store.user_state_watermark(region)
+            state_mark = store.user_state_watermark(region) if users else 1 << 62
             saved_coeng = store.get_meta(f"coeng_mark:{region}")  # absent before this was kept: the aggregates'
             self.coeng_mark[region] = int(saved_coeng) if saved_coeng is not None else item_events
             chunk: list[EventRecord] = []
@@ -124,7 +126,8 @@ class Live:
             if chunk:
                 self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
             self.count_served(region, store.served_after(region, item_served))
-            self.event_mark[region] = max(self.event_mark[region], item_events, state_mark)
+            self.event_mark[region] = max(self.event_mark[region], self.item_mark[region], item_events,
+                                          state_mark if users else 0)
             self.item_mark[region] = self.event_mark[region]  # replayed: the aggregates are caught up
             self.coeng_mark[region] = self.event_mark[region]
             self.served_mark[region] = max(self.served_mark[region], item_served)

@@ -4,6 +4,7 @@ are in flight, restarted on the same data directory, and checked against everyth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -283,3 +284,70 @@ def test_sigkill_mid_ingestion_loses_nothing_acknowledged(server: Server) -> Non
     server.stop()
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
     assert time.monotonic() - t0 < 60
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the trainer process through /proc")
+def test_sigkill_of_the_trainer_process_loses_nothing_and_versions_only_move_on(server: Server) -> None:
+    server.start()
+    assert server.proc is not None
+    items = [{"id": f"i{k}", "creator": f"c{k % 23}", "duration_s": 15 + k % 20, "tags": [f"t{k % 11}"]}
+             for k in range(N_ITEMS)]
+    versions: list[float] = []
+    with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
+        assert client.post("/v1/items", json={"items": items}).status_code == 200
+        rng = random.Random(3)
+
+        def post(n: int, tag: str) -> None:
+            for b in range(n):
+                batch = [{"id": f"{tag}-{b}-{j}", "user": rng.choice(USERS), "item": f"i{rng.randrange(N_ITEMS)}",
+                          "type": "view", "watch_s": round(rng.uniform(0, 30), 2)} for j in range(100)]
+                r = client.post("/v1/events", json={"events": batch})
+                assert r.status_code == 200 and r.json()["accepted"] == 100, r.text
+
+        def wait_for(check: Any, what: str, seconds: float = 30.0) -> dict[str, float]:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                g = {k: float(v) for k, v in (line.split() for line in client.get("/metrics").text.splitlines()
+                                              if line.startswith("foryou_") and " " in line and "{" not in line)}
+                versions.append(g["foryou_model_version"])
+                if check(g):
+                    return g
+                time.sleep(0.1)
+            raise AssertionError(f"timed out waiting for {what}: {g}")
+
+        post(20, "a")
+        before = wait_for(lambda g: g["foryou_model_version"] > 0 and g["foryou_model_events_behind"] == 0,
+                          "the first published version")
+        (trainer,) = children(server.proc.pid)
+        post(10, "b")  # the trainer may be mid-way through these
+        os.kill(trainer, signal.SIGKILL)
+        post(10, "c")  # accepted while no trainer runs
+        after = wait_for(lambda g: g.get("foryou_trainer_restarts_total", 0) == 1 and g["foryou_model_events_behind"]
+                         == 0 and g["foryou_model_version"] > before["foryou_model_version"], "a restarted trainer")
+        assert after["foryou_model_examples"] > before["foryou_model_examples"]
+        (restarted,) = children(server.proc.pid)
+        assert restarted != trainer
+        # every event was learned once: 4,000 views, each one example (no action labels here) ...
+        assert 4000 <= after["foryou_model_examples"] <= 4000 + 10 * 100 * 2, after  # ... or re-learned once
+    assert versions == sorted(versions), "a server's model version went back"
+    server.kill()  # the server dies: its trainer notices and stops by itself
+    deadline = time.monotonic() + 10
+    while alive(restarted) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(restarted), "the trainer outlived its server"

@@ -55,6 +55,7 @@ _DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
 _DUEL_PENDING = 4096  # duel samples waiting for the follower, at most (the oldest go first)
 SKIP_TABLE = "refreshed"  # per region: users started afresh -> the last seq of theirs never to be learned
 VERSION_BLOB = "model.version"  # the published version alone: what a server polls
+_PUBLISH_SLICE = 256  # rows per write transaction of a publication
 _TRAINER_IDLE_S = 900.0  # a trainer process lets a user's row leave memory after this long unused
 
 
@@ -396,8 +397,14 @@ class Learner:
         self._last_checkpoint = self.live.clock()
         for (name, region), table in model.tables().items():
             rows, removed = table.changes()
-            if rows or removed:
-                refused = store.save_model_rows(region, name, rows, removed, self.version,
+            # In slices: each is a write transaction, during which a server's appends to the same
+            # file wait (a few ms at most, not the whole publication).
+            for lo in range(0, max(len(rows), 1), _PUBLISH_SLICE):
+                last = lo + _PUBLISH_SLICE >= len(rows)
+                part, gone = rows[lo:lo + _PUBLISH_SLICE], removed if last else []
+                if not part and not gone:
+                    continue
+                refused = store.save_model_rows(region, name, part, gone, self.version,
                                                 SKIP_TABLE if region is not None else None)
                 if refused:
                     table.remove(refused)
