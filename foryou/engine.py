@@ -20,6 +20,7 @@ from foryou.periodic import Periodic
 from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit, privacy_secret
 from foryou.roles.supervise import TrainerProcess
 from foryou.store import Store, open_store
+from foryou.store.writer import AggregateWriter
 from foryou.users import UserService
 
 TICK_S = 0.5  # how often the server runs the periodic work, between requests
@@ -47,6 +48,7 @@ class Engine:
         self.privacy = ExportService(self.live, self.learner, self.audit)
         self.retention = RetentionService(self.live, self.learner, self.audit)
         self.erasure = ErasureService(self.live, self.learner, self.audit, self.tombstones)
+        self.reopen: Callable[[], Store] | None = None  # another handle on the same store
         self.trainer: TrainerProcess | None = None  # the serve role's child trainer, when it started one
         self._follow_page: int | None = None  # events a run of the "follow" task takes (None: all that wait)
         tasks = {"follow": lambda _: self.follower.follow(self._follow_page)}
@@ -66,7 +68,10 @@ class Engine:
         "serve" the model is what a trainer process publishes (`foryou/roles`)."""
         settings = settings or Settings()
         url = store_url or str(Path(settings.server.data))
-        engine = cls(open_store(url, settings.server.regions, privacy_secret(settings)), settings, clock, seed, role)
+        secret = privacy_secret(settings)
+        engine = cls(open_store(url, settings.server.regions, secret), settings, clock, seed, role)
+        if not url.startswith("memory://"):  # a second handle, for a writer thread (`follow_beside`)
+            engine.reopen = lambda: open_store(url, settings.server.regions, secret, second=True)
         engine.live.load()
         engine.learner.load()
         if catch_up:
@@ -94,6 +99,9 @@ class Engine:
         each run takes at most `page` events of a region's log."""
         self.events.follower = None
         self._follow_page = page
+        if self.reopen is not None and self.live.writer is None:
+            live = self.live
+            live.write_beside(AggregateWriter(self.reopen, lambda: live.catalog.ids))
 
     def tick(self, now: float, strict: bool = False) -> None:
         """Periodic work between requests (the server runs it every `TICK_S`; a step driver, such as
@@ -118,6 +126,8 @@ class Engine:
         catalogue's snapshot, and close the store."""
         self.follower.follow()
         self.checkpoint()
+        if self.live.writer is not None:
+            self.live.writer.stop()
         self.learner.save_index()
         self.live.save_snapshot()
         self.store.close()

@@ -22,6 +22,7 @@ from foryou.interest import UserState, dumps, learn_one, loads, seed_interests
 from foryou.policy import Controls, KeywordFilter, Pools
 from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask
 from foryou.store import Store
+from foryou.store.writer import AggregateCheckpoint, AggregateWriter
 from foryou.trending import Trending
 from foryou.types import EventRecord, ServedRecord, UserRecord
 
@@ -62,6 +63,7 @@ class Live:
         self.users: OrderedDict[str, LiveUser] = OrderedDict()
         self.pending: dict[str, str] = {}  # users of a batch being appended, not stored yet: their region
         self.dirty_items: set[int] = set()
+        self.writer: AggregateWriter | None = None  # writes the item aggregates beside (a server's)
         # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
         self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
         # Co-engagement deltas not yet saved, keyed by the pair of item indexes packed into one int.
@@ -445,9 +447,11 @@ class Live:
             self.store.forget_event_ids(now - self.settings.signals.event_id_ttl_days * 86400)
         self.dirty_items.update(self.pools.tick(self.catalog, now, self.totals()))
         pending = any(self.dirty_users.values())
-        if self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s or (
-                pending and self._in_progress):
-            self._in_progress = not self.checkpoint(max_users)
+        due = self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s
+        if due or (pending and self._in_progress):
+            # The item aggregates once per interval; the users' slices continue between (under a
+            # steady load they would otherwise never end, and each would save every item again).
+            self._in_progress = not self.checkpoint(max_users, wait=False, items=due)
         return self._in_progress
 
     def save_snapshot(self) -> None:
@@ -456,15 +460,30 @@ class Live:
         if directory.is_dir():
             snapshot.save(self.catalog, directory, self.store.catalogue_version())
 
-    def checkpoint(self, max_users: int | None = None) -> bool:
-        """Save dirty item aggregates and (up to `max_users`, oldest first) users' interest state.
-        Each region's state watermark stays below the oldest change still unsaved, so replay after a
-        crash re-applies exactly what is missing. Returns True when nothing is left dirty."""
+    def write_beside(self, writer: AggregateWriter) -> None:
+        """From now on checkpoints hand the item aggregates to `writer`, a thread of their own (a
+        server's): the event loop only copies them."""
+        self.writer = writer
+        writer.start()
+
+    def checkpoint(self, max_users: int | None = None, wait: bool = True, items: bool = True) -> bool:
+        """Save dirty item aggregates (unless not `items`) and (up to `max_users`, oldest first) users'
+        interest state. Each region's state watermark stays below the oldest change still unsaved, so
+        replay after a crash re-applies exactly what is missing. Returns True when no user is left
+        dirty. With a writer beside (`write_beside`) the aggregates are written by it; `wait`: before
+        returning."""
+        if items:
+            self._save_items(wait)
+        return self._save_users(max_users)
+
+    def _save_items(self, wait: bool) -> None:
         catalog, trending = self.catalog, self.trending
-        width = len(STATS)
-        stats = {catalog.ids[i]: catalog.stats[i, :width].tolist() for i in self.dirty_items}
-        trend = {r: {catalog.ids[i]: float(trending.scores[r][i]) for i in d if i < len(catalog)}
-                 for r, d in trending.dirty.items()}
+        width, n = len(STATS), len(catalog)
+        idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
+        trend = {}
+        for r, d in trending.dirty.items():
+            where = np.fromiter((i for i in d if i < n), np.int64)
+            trend[r] = (where, trending.scores[r][where].astype(np.float64))
         marks = {r: (self.item_mark[r], self.served_mark[r]) for r in catalog.regions}
         ids, low = catalog.ids, (1 << 32) - 1
         coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
@@ -472,11 +491,21 @@ class Live:
             self._neighbours.pop(pair >> 32, None)
         meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps(),
                 **{f"coeng_mark:{r}": str(self.event_mark[r]) for r in catalog.regions}}
-        self.store.save_item_aggregates(stats, trend, coeng, marks, meta)
+        saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta)
+        if self.writer is not None:
+            self.writer.submit(saved)
+            if wait:
+                self.writer.flush()
+        else:
+            saved.save(self.store, catalog.ids)
         self.dirty_items = set()
         self.coeng = {}
         for dirty in trending.dirty.values():
             dirty.clear()
+        self.last_checkpoint = self.clock()
+
+    def _save_users(self, max_users: int | None) -> bool:
+        catalog = self.catalog
         budget = max_users if max_users is not None else sum(len(d) for d in self.dirty_users.values())
         share = max(1, budget // len(catalog.regions))
         done = True
@@ -490,6 +519,5 @@ class Live:
             mark = rest.dirty_since - 1 if rest is not None else self.event_mark[region]
             self.store.save_user_states(region, states, mark)
             done = done and rest is None
-        self.last_checkpoint = self.clock()
         self._trim()
         return done

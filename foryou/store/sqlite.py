@@ -132,7 +132,7 @@ _ITEM_COLS = "id, creator, duration_s, created_at, caption, tags, topic, sound, 
 class SQLiteStore:
     """`Store` on SQLite files in `directory`: `catalog.db` and `region-<code>.db` per region."""
 
-    def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b""):
+    def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b"", fold: bool = True):
         self.directory = Path(directory)
         self.regions = tuple(regions)
         self._id_key = event_key_secret(secret)  # `secret`: the privacy secret
@@ -150,7 +150,8 @@ class SQLiteStore:
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
         self._folder = WalFolder([self.directory / name for name in names])
-        self._folder.start()
+        if fold:
+            self._folder.start()
 
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
@@ -475,7 +476,8 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._folder.stop.set()
-        self._folder.join()
+        if self._folder.is_alive():
+            self._folder.join()
         for conn in (self._catalog, *self._region.values()):
             conn.close()
 

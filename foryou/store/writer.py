@@ -1,0 +1,95 @@
+"""Item aggregates written beside the request path, by a thread with a store handle of its own.
+
+At a million items a checkpoint's dirty counters are tens of thousands of rows, whose write held a
+server's event loop for 70-400 ms (measured: 20,000 rows in 65-95 ms). The server's checkpoint now only
+copies the dirty rows (numpy, about a millisecond) and hands them here; this thread turns them into
+rows and writes them. SQLite releases the GIL while it works, and Python hands the GIL back to the
+event loop at least every few milliseconds, so requests go on meanwhile. Checkpoints are written in
+the order taken, one at a time; a failed write is kept and tried again first, so co-engagement's
+additive deltas are never lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from foryou.store.base import Store
+
+log = logging.getLogger("foryou.store")
+
+
+@dataclass
+class AggregateCheckpoint:
+    """Copies, as of one moment: the dirty items' counters (`idx` -> `stats` rows), each region's
+    dirty trend scores, the co-engagement deltas, the watermarks and meta values."""
+
+    idx: np.ndarray
+    stats: np.ndarray
+    trend: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    coengagement: Mapping[tuple[str, str], float]
+    watermarks: Mapping[str, tuple[int, int]]
+    meta: Mapping[str, str]
+
+    def save(self, store: Store, ids: Sequence[str]) -> None:
+        stats = {ids[i]: row for i, row in zip(self.idx.tolist(), self.stats.tolist(), strict=True)}
+        trend = {r: {ids[i]: s for i, s in zip(idx.tolist(), scores.tolist(), strict=True)}
+                 for r, (idx, scores) in self.trend.items()}
+        store.save_item_aggregates(stats, trend, self.coengagement, self.watermarks, self.meta)
+
+
+class AggregateWriter(threading.Thread):
+    """`submit` a checkpoint (returns at once); `flush` waits until everything submitted is written."""
+
+    def __init__(self, open_store: Callable[[], Store], ids: Callable[[], Sequence[str]]) -> None:
+        super().__init__(name="foryou-aggregates", daemon=True)
+        self.open_store = open_store
+        self.ids = ids  # the catalogue's ids (appended to, never changed: safe to read from here)
+        self.queue: queue.Queue[AggregateCheckpoint | None] = queue.Queue()
+        self.failures = 0
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+
+    def submit(self, checkpoint: AggregateCheckpoint) -> None:
+        if self.error is not None:  # the last write failed: say so where the periodic work counts it
+            error, self.error = self.error, None
+            raise error
+        self.queue.put(checkpoint)
+
+    def flush(self) -> None:
+        self.queue.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.queue.put(None)
+        self.join()
+
+    def run(self) -> None:
+        store = self.open_store()
+        try:
+            dropped = False  # a later checkpoint after a dropped one would skip its co-engagement deltas
+            while (checkpoint := self.queue.get()) is not None:
+                attempt = 0
+                while not dropped:
+                    try:
+                        checkpoint.save(store, self.ids())
+                        break
+                    except Exception as exc:  # kept, and tried again: nothing of it may be lost
+                        self.failures += 1
+                        self.error = exc
+                        attempt += 1
+                        log.error("writing the item aggregates failed (%d in a row): %s", attempt, exc)
+                        if self._stopping.wait(min(0.1 * 2 ** attempt, 5.0)):
+                            dropped = True  # stopping: the log still holds it all, and replay rebuilds it
+                self.queue.task_done()
+            self.queue.task_done()
+        finally:
+            store.close()
