@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -338,13 +339,35 @@ def test_sigkill_of_the_trainer_process_loses_nothing_and_versions_only_move_on(
         post(10, "b")  # the trainer may be mid-way through these
         os.kill(trainer, signal.SIGKILL)
         post(10, "c")  # accepted while no trainer runs
-        after = wait_for(lambda g: g.get("foryou_trainer_restarts_total", 0) == 1 and g["foryou_model_events_behind"]
+        after = wait_for(lambda g: g.get("foryou_trainer_restarts", 0) == 1 and g["foryou_model_events_behind"]
                          == 0 and g["foryou_model_version"] > before["foryou_model_version"], "a restarted trainer")
         assert after["foryou_model_examples"] > before["foryou_model_examples"]
         (restarted,) = children(server.proc.pid)
         assert restarted != trainer
         # every event was learned once: 4,000 views, each one example (no action labels here) ...
         assert 4000 <= after["foryou_model_examples"] <= 4000 + 10 * 100 * 2, after  # ... or re-learned once
+        # An erasure and a refresh, with the trainer holding both users' rows: neither row comes back.
+        erased, refreshed = USERS[0], USERS[1]
+        db = server.data / "region-us.db"
+
+        def rows_of(user: str) -> int:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                return int(conn.execute("SELECT count(*) FROM model_rows WHERE tbl='user' AND key=?",
+                                        (user,)).fetchone()[0])
+
+        assert rows_of(erased) == 1 and rows_of(refreshed) == 1
+        post(5, "d")  # both users' rows change in the trainer
+        assert client.delete(f"/v1/users/{erased}").status_code == 200
+        assert client.post(f"/v1/users/{refreshed}/refresh").status_code == 200
+        del USERS[:2]  # no events of theirs from now on
+        try:
+            post(5, "e")
+            examples = after["foryou_model_examples"]
+            wait_for(lambda g: g["foryou_model_examples"] >= examples + 700 and g["foryou_model_events_behind"] == 0,
+                     "versions that learned what came after the erasure")
+        finally:
+            USERS[:0] = [erased, refreshed]
+        assert rows_of(erased) == 0 and rows_of(refreshed) == 0
     assert versions == sorted(versions), "a server's model version went back"
     server.kill()  # the server dies: its trainer notices and stops by itself
     deadline = time.monotonic() + 10

@@ -310,7 +310,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
             "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
             "log_follower_events_behind": float(sum(engine.follower.behind(r) for r in live.catalog.regions)),
             **engine.learner.gauges(),
-            **({"trainer_restarts_total": float(engine.trainer.restarts)} if engine.trainer is not None else {}),
+            **({"trainer_restarts": float(engine.trainer.restarts)} if engine.trainer is not None else {}),
         }
         failures, failing = engine.periodic.failures, set(engine.periodic.failing())
         labelled = {"periodic_failures_total": ("counter", "task", {k: float(v) for k, v in failures.items()}),

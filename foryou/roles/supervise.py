@@ -3,7 +3,7 @@
 The child runs `foryou train --parent PID` on the same data directory and settings; it stops by itself
 when its parent is gone (so a `kill -9` of the server leaves no orphan training on). A child that
 exits is started again after a pause that doubles up to a minute while it keeps failing, and the
-server counts the restarts (`foryou_trainer_restarts_total`).
+server counts the restarts (`foryou_trainer_restarts`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""Item aggregates written beside the event loop (foryou/store/writer.py): what a server's checkpoint
+hands its writer thread is stored exactly as a synchronous checkpoint stores it, in order, and a
+failed write is tried again, never dropped (co-engagement's deltas are additive)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import Clock
+from test_follower import catch_up, fill
+from test_learning import T0, open_engine
+
+from foryou.store import open_store
+from foryou.store.writer import AggregateCheckpoint
+
+
+def saved(path: Path) -> tuple[dict[str, list[float]], dict[str, float], dict[str, tuple[int, int]]]:
+    store = open_store(str(path), ["us"])
+    try:
+        return dict(store.iter_item_stats()), dict(store.iter_trend("us")), store.item_watermarks()
+    finally:
+        store.close()
+
+
+def test_a_checkpoint_beside_stores_what_one_at_once_stores(tmp_path: Path) -> None:
+    clock_a, clock_b = Clock(T0), Clock(T0)
+    with open_engine(tmp_path / "a", clock_a) as at_once, open_engine(tmp_path / "b", clock_b) as beside:
+        beside.follow_beside(64)
+        assert beside.live.writer is not None and at_once.live.writer is None
+        fill(at_once, clock_a)
+        fill(beside, clock_b)
+        catch_up(beside, clock_b)
+        for engine in (at_once, beside):
+            engine.live.checkpoint()  # waits for the writer
+    stats_a, trend_a, marks_a = saved(tmp_path / "a")
+    stats_b, trend_b, marks_b = saved(tmp_path / "b")
+    assert stats_a and stats_a == stats_b and marks_a == marks_b
+    assert trend_a.keys() == trend_b.keys()
+    assert np.allclose([trend_a[k] for k in trend_a], [trend_b[k] for k in trend_a])
+
+
+def test_the_periodic_checkpoint_does_not_wait_and_a_failed_write_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(T0)
+    real = AggregateCheckpoint.save
+    failures = []
+
+    def flaky(self: AggregateCheckpoint, store: object, ids: object) -> None:
+        if len(failures) < 2:
+            failures.append(1)
+            raise OSError("disk said no")
+        real(self, store, ids)  # type: ignore[arg-type]
+
+    with open_engine(tmp_path / "d", clock) as engine:
+        engine.follow_beside(64)
+        fill(engine, clock, passes=1)
+        catch_up(engine, clock)
+        writer = engine.live.writer
+        assert writer is not None
+        writer.flush()
+        monkeypatch.setattr(AggregateCheckpoint, "save", flaky)
+        clock.advance(60.0)
+        engine.live.maybe_checkpoint()  # hands the aggregates over and returns
+        with pytest.raises(OSError):
+            writer.flush()  # the failure is said ...
+        writer.flush()
+        assert writer.failures == 2 and len(failures) == 2  # ... and the write was tried again until it held
+        stats = engine.live.catalog.stats
+        views = {engine.live.catalog.ids[i]: stats[i, 0] for i in range(len(engine.live.catalog))}
+    stored, _, marks = saved(tmp_path / "d")
+    assert marks["us"][0] > 0
+    assert {k: v[0] for k, v in stored.items()} == {k: v for k, v in views.items() if k in stored}
