@@ -50,17 +50,34 @@ def _keyring(settings: Settings) -> KeyRing:
 
 
 @contextlib.contextmanager
-def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
-    """Hold the data directory's lock: one server at a time, and `load`, `retrain` and `retention run`
-    never beside a server (whose live state would not see their writes). `keys` needs no lock."""
-    directory = private_dir(Path(settings.server.data))
-    with open(private_file(directory / LOCK_FILE), "a") as lock:
+def _flock(path: Path, busy: str) -> Iterator[None]:
+    with open(private_file(path), "a") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ForYouError(f"another foryou process (a server?) is using {directory}: stop it before "
-                              f"{doing}", field="--data") from None
+            raise ForYouError(busy, field="--data") from None
         yield
+
+
+@contextlib.contextmanager
+def _exclusive(settings: Settings, doing: str, model: bool = True) -> Iterator[None]:
+    """Hold the data directory's lock: one server at a time, and `load`, `retrain` and `retention run`
+    never beside a server (whose live state would not see their writes). With `model`, the trainer's
+    lock too: no trainer process may write the model meanwhile. `keys` needs no lock."""
+    directory = private_dir(Path(settings.server.data))
+    with _flock(directory / LOCK_FILE, f"another foryou process (a server?) is using {directory}: stop it before "
+                                       f"{doing}"):
+        if model:
+            with _model_lock(settings, doing):
+                yield
+        else:
+            yield
+
+
+def _model_lock(settings: Settings, doing: str) -> contextlib.AbstractContextManager[None]:
+    """The trainer's lock: held by the one process that writes the learned model."""
+    directory = private_dir(Path(settings.server.data))
+    return _flock(directory / TRAINER_LOCK, f"a trainer process is running on {directory}: stop it before {doing}")
 
 
 def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = list,
@@ -129,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def banner() -> list[str]:
         return [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")[0]
 
-    with _exclusive(settings, "serving it"):
+    with _exclusive(settings, "serving it", model=settings.learning.trainer == "inline"):
         _serve(settings, keys, banner, args.config)
     return 0
 
@@ -142,12 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not settings.learning.enabled:
         print("learning is off (learning.enabled = false): nothing to train")
         return 0
-    directory = private_dir(Path(settings.server.data))
-    with open(private_file(directory / TRAINER_LOCK), "a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ForYouError(f"a trainer is already running on {directory}", field="--data") from None
+    with _model_lock(settings, "starting another"):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -200,8 +212,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         base = f"http://{settings.server.host}:{settings.server.port}"
         return [*lines, f'Try: curl -H "Authorization: Bearer {token}" \'{base}/v1/users/{some_user}/feed?n=5\'']
 
-    with _exclusive(settings, "serving it"):
-        with Engine.open(settings) as engine:
+    inline = settings.learning.trainer == "inline"
+    with _exclusive(settings, "serving it", model=inline):
+        with contextlib.nullcontext() if inline else _model_lock(settings, "loading the demo"), \
+                Engine.open(settings) as engine:
             if len(engine.live.catalog) == 0:
                 print("Loading the bundled demo catalogue (KuaiRand-Pure sample, CC BY-SA 4.0)...", flush=True)
                 load_files(engine, DEMO_DIR / "items.jsonl.gz", DEMO_DIR / "events.jsonl.gz", progress=True)

@@ -101,7 +101,7 @@ class Engine:
         self._follow_page = page
         if self.reopen is not None and self.live.writer is None:
             live = self.live
-            live.write_beside(AggregateWriter(self.reopen, lambda: live.catalog.ids))
+            live.write_beside(AggregateWriter(self.reopen, lambda: live.catalog.ids, live.aggregates_saved))
 
     def tick(self, now: float, strict: bool = False) -> None:
         """Periodic work between requests (the server runs it every `TICK_S`; a step driver, such as
@@ -124,13 +124,15 @@ class Engine:
     def close(self) -> None:
         """Take the log's tail (the follower), checkpoint derived state, save the ANN index and the
         catalogue's snapshot, and close the store."""
-        self.follower.follow()
-        self.checkpoint()
-        if self.live.writer is not None:
-            self.live.writer.stop()
-        self.learner.save_index()
-        self.live.save_snapshot()
-        self.store.close()
+        try:
+            self.follower.follow()
+            self.checkpoint()
+            self.learner.save_index()
+            self.live.save_snapshot()
+        finally:
+            if self.live.writer is not None:
+                self.live.writer.stop()
+            self.store.close()
 
     def __enter__(self) -> Engine:
         return self

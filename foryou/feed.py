@@ -315,7 +315,7 @@ class FeedService:
                 item.explain = self._explanation(ranked, p, slot, [s for s, _ in sources], chosen, config.weights)
             items.append(item)
         if served:
-            records = [ServedRecord(user_id, catalog.ids[i], request_id, now) for i in served]
+            records = [ServedRecord(user_id, catalog.ids[i], request_id, now, variant=config.variant) for i in served]
             seqs = live.store.record_served(user.profile.region, records)
             state.topic_run, state.sensitive_run = chosen.recent.topic_run, chosen.recent.sensitive_run
             live.apply_served(user.profile.region, user, served, seqs[-1])

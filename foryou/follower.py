@@ -55,8 +55,12 @@ class LogFollower:
         """Take the next page of at most `limit` events of the region's log; returns how many."""
         page = list(self.live.store.events_after(region, self.position(region), limit))
         if page:
-            self._take(region, page, [e.seq for e in page])
+            self.take_read(region, page)
         return len(page)
+
+    def take_read(self, region: str, page: Sequence[EventRecord]) -> None:
+        """Take a page the caller read from the log after `position(region)`."""
+        self._take(region, page, [e.seq for e in page])
 
     def take(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
         """In-process, right after an append: `events` are the region's log at `seqs` (ascending,

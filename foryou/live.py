@@ -74,6 +74,10 @@ class Live:
         # Co-engagement is counted as events reach users' state, not the aggregates: its deltas are
         # saved with the event mark of the checkpoint that saved them, and a replay counts only past it.
         self.coeng_mark = {r: 0 for r in regions}
+        # The co-engagement mark of the last aggregates committed to the store: a user's state is not
+        # saved past it (a replay could no longer count that user's pairs, which need their recent
+        # positives as of each event).
+        self.coeng_saved = {r: 0 for r in regions}
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
         # Column sums of the item counters, kept as events and serves are applied: summing a million
@@ -119,6 +123,7 @@ class Live:
             state_mark = store.user_state_watermark(region) if users else 1 << 62
             saved_coeng = store.get_meta(f"coeng_mark:{region}")  # absent before this was kept: the aggregates'
             self.coeng_mark[region] = int(saved_coeng) if saved_coeng is not None else item_events
+            self.coeng_saved[region] = self.coeng_mark[region]
             chunk: list[EventRecord] = []
             for event in store.events_after(region, min(item_events, state_mark)):
                 chunk.append(event)
@@ -491,18 +496,25 @@ class Live:
             self._neighbours.pop(pair >> 32, None)
         meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps(),
                 **{f"coeng_mark:{r}": str(self.event_mark[r]) for r in catalog.regions}}
-        saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta)
+        saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta,
+                                    dict(self.event_mark))
+        self.dirty_items = set()  # handed over: a failed write is the writer's to retry, never ours again
+        self.coeng = {}
+        for dirty in trending.dirty.values():
+            dirty.clear()
+        self.last_checkpoint = self.clock()
         if self.writer is not None:
             self.writer.submit(saved)
             if wait:
                 self.writer.flush()
         else:
             saved.save(self.store, catalog.ids)
-        self.dirty_items = set()
-        self.coeng = {}
-        for dirty in trending.dirty.values():
-            dirty.clear()
-        self.last_checkpoint = self.clock()
+            self.aggregates_saved(saved)
+
+    def aggregates_saved(self, saved: AggregateCheckpoint) -> None:
+        """`saved` is committed (called by the writer thread, or after a write in this one)."""
+        for region, mark in saved.coeng_marks.items():
+            self.coeng_saved[region] = max(self.coeng_saved[region], mark)
 
     def _save_users(self, max_users: int | None) -> bool:
         catalog = self.catalog
@@ -510,14 +522,18 @@ class Live:
         share = max(1, budget // len(catalog.regions))
         done = True
         for region, dirty_users in self.dirty_users.items():
-            batch = list(islice(dirty_users.items(), share))  # the oldest changes, without copying the rest
+            # The oldest changes first, without copying the rest; a user whose state includes events
+            # past the committed co-engagement mark waits for the next aggregates (at most a few
+            # times `share` users are looked at).
+            saved_mark = self.coeng_saved[region]
+            batch = [(uid, u) for uid, u in islice(dirty_users.items(), 4 * share) if u.state.seq <= saved_mark][:share]
             states = {uid: dumps(u.state, catalog) for uid, u in batch}
             for uid, u in batch:
                 u.dirty_since = 0
                 del dirty_users[uid]
             rest = next(iter(dirty_users.values()), None)
             mark = rest.dirty_since - 1 if rest is not None else self.event_mark[region]
-            self.store.save_user_states(region, states, mark)
+            self.store.save_user_states(region, states, min(mark, saved_mark))
             done = done and rest is None
         self._trim()
         return done

@@ -204,6 +204,7 @@ class ServedRecord:
     request_id: str
     ts: float
     seq: int = 0
+    variant: str = ""  # the feed settings' variant that served it ("": the deployment's own)
 
 
 @dataclass

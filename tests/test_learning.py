@@ -355,3 +355,8 @@ def test_a_feeds_settings_are_one_value_resolved_per_request(trained, monkeypatc
     assert item.explain["ranker"] == "heuristic"  # type: ignore[index]
     assert item.explain["weights"]["complete"] == 7.5  # type: ignore[index]
     assert engine.settings.weights.complete != 7.5  # the deployment's settings are untouched
+    # The served rows say which variant served them, and so does the user's export.
+    assert {s.variant for s in engine.store.user_served("us", "g0-u01")} == {"b"}
+    assert {s.variant for s in engine.store.user_served("us", "g0-u00")} == {""}
+    exported = engine.privacy.export("g0-u01")
+    assert {row["variant"] for row in exported["served"]} == {"b"}  # type: ignore[index, union-attr]

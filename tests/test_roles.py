@@ -198,3 +198,30 @@ def test_a_killed_trainer_resumes_from_its_last_version(tmp_path: Path) -> None:
         second.close()
     finally:
         engine.close()
+
+
+def test_a_refresh_mark_outlives_a_trainer_killed_before_it_published(tmp_path: Path) -> None:
+    """The trainer learns past a refresh mark, then dies before publishing: the mark must still be
+    there for the next trainer, which restarts from the published marks and would otherwise learn the
+    user's events from before the refresh again."""
+    clock = Clock(T0)
+    settings = settings_for(tmp_path / "d")
+    engine = Engine.open(settings, clock=clock, seed=0, role="serve", catch_up=False)
+    try:
+        events = fill(engine, clock)
+        first = Trainer.open(settings, clock=clock)
+        publish(engine, first, clock)
+        user = events[0].user
+        engine.events.ingest([EventIn(user=user, item=f"g0-i{k:02d}", type="like") for k in range(0, 20, 2)])
+        first.step()  # learned, not published
+        engine.users.refresh(user)
+        first.step()  # takes the mark: learned past it already, so done with it ... at the next publication
+        assert engine.store.get_model_rows("us", SKIP_TABLE, [user])
+        first.store.close()  # killed before that
+        second = Trainer.open(settings, clock=clock)
+        publish(engine, second, clock)
+        assert not engine.store.get_model_rows("us", "user", [user])  # the old events stayed unlearned
+        assert not engine.store.get_model_rows("us", SKIP_TABLE, [user])  # and the mark went after publishing
+        second.close()
+    finally:
+        engine.close()

@@ -55,6 +55,7 @@ _DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
 _DUEL_PENDING = 4096  # duel samples waiting for the follower, at most (the oldest go first)
 SKIP_TABLE = "refreshed"  # per region: users started afresh -> the last seq of theirs never to be learned
 VERSION_BLOB = "model.version"  # the published version alone: what a server polls
+_ACCEPTED_MAX = 100_000  # batches awaiting the lag's measure, at most (no trainer publishing: the oldest go)
 _PUBLISH_SLICE = 256  # rows per write transaction of a publication
 _TRAINER_IDLE_S = 900.0  # a trainer process lets a user's row leave memory after this long unused
 
@@ -95,9 +96,11 @@ class Learner:
         # state as of before the event) and (last seq, wall time) of each batch, for the lag.
         self._duel: dict[str, deque[tuple[int, str, np.ndarray, UserState]]] = {
             r: deque(maxlen=_DUEL_PENDING) for r in live.catalog.regions}
-        self._accepted: dict[str, deque[tuple[int, float]]] = {r: deque() for r in live.catalog.regions}
+        self._accepted: dict[str, deque[tuple[int, float]]] = {r: deque(maxlen=_ACCEPTED_MAX)
+                                                               for r in live.catalog.regions}
         self._skip: dict[tuple[str, str], int] = {}  # (region, user) refreshed or erased -> seq learned no further
         self._skips_seen: dict[tuple[str, str], int] = {}  # refresh marks a trainer process has taken
+        self._skips_done: dict[tuple[str, str], int] = {}  # learned past: deleted after the next checkpoint
 
     @property
     def healthy(self) -> bool:
@@ -171,11 +174,8 @@ class Learner:
             self.lag_s = now - accepted.popleft()[1]
             self.lag.observe(self.lag_s)
         done = [k for k, v in self._skip.items() if k[0] == region and v <= self.marks[region]]
-        if done:
-            for k in done:
-                del self._skip[k]
-                self._skips_seen.pop(k, None)
-            self.live.store.save_model_rows(region, SKIP_TABLE, [], [user for _, user in done])
+        for k in done:  # their refresh marks go once a checkpoint with these marks is saved
+            self._skips_done[k] = self._skip.pop(k)
 
     def _score_both(self, region: str, through: int) -> None:
         """The duel: the sampled completed views up to seq `through`, each with random catalogue items,
@@ -194,7 +194,26 @@ class Learner:
         if self.settings.enabled:
             self.joins.add_served(region, user, items, now)
 
+    def _drop_erased(self, ex: Examples) -> Examples:
+        """A trainer process: leave out the examples of users no longer held (erased by a server since
+        their events were read), and forget their open joins."""
+        gone: set[tuple[str, str]] = set()
+        for region in set(ex.regions):
+            users = list({u for u, r in zip(ex.users, ex.regions, strict=True) if r == region})
+            held = self.live.store.get_users(region, users)
+            gone.update((region, u) for u in users if u not in held)
+        if not gone:
+            return ex
+        for _, user in gone:
+            self.joins.forget(user)
+        keep = np.array([(r, u) not in gone for r, u in zip(ex.regions, ex.users, strict=True)])
+        at = np.flatnonzero(keep).tolist()
+        return Examples([ex.regions[k] for k in at], [ex.users[k] for k in at], ex.items[keep], ex.labels[keep],
+                        ex.mask[keep], ex.retrieval[keep])
+
     def _train(self, ex: Examples, now: float) -> None:
+        if not self.serves and len(ex.items):
+            ex = self._drop_erased(ex)
         size = max(self.settings.batch_size, 1)
         totals = self.live.totals()
         catalog = self.live.catalog
@@ -335,7 +354,7 @@ class Learner:
         are not learned (the mark's row is deleted once the log is learned past it)."""
         store = self.live.store
         for region in self.marks:
-            for user, row in store.iter_model_rows(region, SKIP_TABLE):
+            for user, row in list(store.iter_model_rows(region, SKIP_TABLE)):  # read whole before writing
                 key, mark = (region, user), int(row)
                 if self._skips_seen.get(key) == mark:
                     continue
@@ -346,9 +365,8 @@ class Learner:
                 table.removed.discard(user)  # deleted by the server already
                 if mark > self.marks[region]:
                     self._skip[key] = max(self._skip.get(key, 0), mark)
-                else:
-                    self._skips_seen.pop(key)
-                    store.save_model_rows(region, SKIP_TABLE, [], [user])
+                else:  # learned past already (its row just dropped): done with at the next publication
+                    self._skips_done[key] = mark
 
     def items_changed(self, idx: Sequence[int]) -> None:
         if self.settings.enabled and self.serves:
@@ -395,6 +413,7 @@ class Learner:
             return
         store, model = self.live.store, self.model
         self._last_checkpoint = self.live.clock()
+        done, self._skips_done = self._skips_done, {}
         for (name, region), table in model.tables().items():
             rows, removed = table.changes()
             # In slices: each is a write transaction, during which a server's appends to the same
@@ -412,6 +431,14 @@ class Learner:
         self.evict_idle()
         store.save_model_blob("model", self.dense_blob())
         store.save_model_blob(VERSION_BLOB, str(self.version).encode())
+        # Refresh marks learned past are done with only now: a restart from an earlier checkpoint
+        # must still skip those users' events. A mark a newer refresh replaced stays.
+        for region in {r for r, _ in done}:
+            store.delete_model_rows_if(region, SKIP_TABLE, [(u, str(m).encode()) for (r, u), m in done.items()
+                                                           if r == region])
+        for key in done:
+            if self._skips_seen.get(key) == done[key]:
+                del self._skips_seen[key]
 
     def dense_blob(self) -> bytes:
         buf = io.BytesIO()

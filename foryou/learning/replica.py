@@ -138,6 +138,10 @@ class ModelReplica(Learner):
         duel = store.get_model_blob(DUEL_BLOB)
         if duel is not None:
             self.duel.load(np.frombuffer(duel, np.float64).reshape(-1, 2))
+        elif blob is not None:  # the record an in-process trainer saved (before the first server's own)
+            saved = np.load(io.BytesIO(blob))
+            if "duel" in saved.files:
+                self.duel.load(saved["duel"])
         saved = self._saved_index()
         if saved is None:
             self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))

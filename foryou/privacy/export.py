@@ -59,7 +59,8 @@ class ExportService:
             "controls": user.controls.public(),
             "events": [{"seq": e.seq, "item": e.item, "type": e.type, "watch_s": e.watch_s, "ts": format_time(e.ts),
                         "id": e.id, "request_id": e.request_id} for e in store.user_events(region, user_id)],
-            "served": [{"item": s.item, "request_id": s.request_id, "ts": format_time(s.ts)}
+            "served": [{"item": s.item, "request_id": s.request_id, "ts": format_time(s.ts),
+                        **({"variant": s.variant} if s.variant else {})}
                        for s in store.user_served(region, user_id)],
             "inferred": {
                 "interests": interests(catalog, state, now, live.tau),

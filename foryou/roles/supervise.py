@@ -40,7 +40,9 @@ class TrainerProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "foryou.cli", "train", *self.args, "--parent", str(os.getpid())]
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        # A session of its own: a Ctrl-C at the terminal reaches the server, which stops the child
+        # itself, rather than both (the child would exit first and be counted as a failure).
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _supervise(self) -> None:
         pause = _BACKOFF_S[0]

@@ -4,10 +4,12 @@ It holds a replica of the live state that it never saves (the catalogue as the s
 has it, and item counters and trending moved on by the events it reads, so that an example's item
 features are as of before it). Each step it takes in order:
 
-1. the catalogue's changes (`items_since` the version it last saw): new items, edits, takedowns;
-2. the refresh table: users a server started afresh or is erasing (`Learner.sync_skips`);
-3. the served rows appended since the last step, into the join buffers (impressions without a play);
-4. a page of each region's event log, learned, then applied to its item counters;
+1. a page of each region's event log and of its served rows (read first: the catalogue read after
+   them knows every item they name);
+2. the catalogue's changes (`items_since` the version it last saw): new items, edits, takedowns;
+3. the refresh table: users a server started afresh or is erasing (`Learner.sync_skips`);
+4. the served rows, into the join buffers (impressions without a play); the events, learned, then
+   applied to its item counters (a user erased meanwhile is left out: `Learner._drop_erased`);
 5. the learner's tick: joins that closed, expiry, and a published version every
    `learning.publish_interval_s` (rows, dense weights, then the version: `Learner.checkpoint`).
 
@@ -18,6 +20,8 @@ of the refresh table it is done with and the model's rows and blobs.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from itertools import islice
@@ -29,6 +33,9 @@ from foryou.learning import Learner
 from foryou.live import Live
 from foryou.privacy import privacy_secret
 from foryou.store import Store, open_store
+from foryou.types import ServedRecord
+
+log = logging.getLogger("foryou.trainer")
 
 PAGE = 4096  # events of a region's log learned per step
 SERVED_PAGE = 16384  # served rows taken per step
@@ -50,7 +57,10 @@ class Trainer:
     def open(cls, settings: Settings, store_url: str | None = None, seed: int = 0,
              clock: Callable[[], float] = time.time) -> Trainer:
         url = store_url or str(Path(settings.server.data))
-        trainer = cls(open_store(url, settings.server.regions, privacy_secret(settings)), settings, clock, seed)
+        # Without a WAL-folding thread: the server's folds, and one here could make an erasure's
+        # truncation of the WAL fail.
+        store = open_store(url, settings.server.regions, privacy_secret(settings), second=True)
+        trainer = cls(store, settings, clock, seed)
         trainer.load()
         return trainer
 
@@ -61,16 +71,23 @@ class Trainer:
 
     def step(self) -> bool:
         """One round of the loop above; returns whether more of the log waits."""
-        live, learner = self.live, self.learner
+        live, learner, store = self.live, self.learner, self.store
+        regions = live.catalog.regions
+        # The log first, then the catalogue: an item an event or a served row names was upserted
+        # before that was logged, so the catalogue read after them knows it.
+        pages = {r: list(store.events_after(r, self.follower.position(r), PAGE)) for r in regions}
+        served = {r: list(islice(store.served_after(r, live.served_mark[r]), SERVED_PAGE)) for r in regions}
         self._take_catalogue()
         learner.sync_skips()
-        self._take_served()
+        for region, rows in served.items():
+            self._take_served(region, rows)
         more = False
-        for region in live.catalog.regions:
-            taken = self.follower.take_page(region, PAGE)
+        for region, page in pages.items():
+            if page:
+                self.follower.take_read(region, page)
             # The log's end as far as this process knows: the joins close by time only once it is reached.
-            live.event_mark[region] = self.follower.position(region) + (taken == PAGE)
-            more = more or taken == PAGE
+            live.event_mark[region] = self.follower.position(region) + (len(page) == PAGE)
+            more = more or len(page) == PAGE
         learner.tick(self.clock())
         self.steps += 1
         return more
@@ -85,14 +102,13 @@ class Trainer:
         catalog.put_many(changed)
         self.live.trending.ensure(len(catalog))
 
-    def _take_served(self) -> None:
-        live, joins, index = self.live, self.learner.joins, self.live.catalog.index
-        for region in live.catalog.regions:
-            rows = list(islice(self.store.served_after(region, live.served_mark[region]), SERVED_PAGE))
+    def _take_served(self, region: str, rows: list[ServedRecord]) -> None:
+        joins, index = self.learner.joins, self.live.catalog.index
+        if self.learner.settings.enabled:
             for row in rows:
-                if row.item in index and self.learner.settings.enabled:
+                if row.item in index:
                     joins.add_served(region, row.user, [index[row.item]], row.ts)
-            live.count_served(region, rows)
+        self.live.count_served(region, rows)
 
     def run(self, stopping: Callable[[], bool]) -> None:
         """Step until `stopping()`; then publish what was learned and close. Caught up, it steps twice
@@ -103,7 +119,13 @@ class Trainer:
         try:
             while not stopping():
                 started = time.monotonic()
-                if not self.step():
+                try:
+                    more = self.step()
+                except sqlite3.OperationalError as exc:  # a lock held too long (an erasure's rebuild): later
+                    log.warning("a training step could not read or write the store (%s); trying again", exc)
+                    time.sleep(1.0)
+                    continue
+                if not more:
                     time.sleep(max(0.0, pause - (time.monotonic() - started)))
         finally:
             self.close()

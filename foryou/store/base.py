@@ -175,6 +175,10 @@ class Models(Protocol):
         region holds, or has a row in `guard`, is left out, atomically with the write: a user erased or
         started afresh by a server while the trainer still held their row. Returns the keys left out."""
 
+    def delete_model_rows_if(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]]) -> int:
+        """Delete those of `rows` (key, value) whose stored value is still that value, atomically (a
+        refresh mark the trainer is done with, unless a newer refresh replaced it); returns how many."""
+
     def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
         """The rows of `table` last saved with a version above `after` and at most `through`: what a
         published model version changed, for a server to take in."""

@@ -215,7 +215,7 @@ class MemoryStore:
         r, batch = self._r(region), list(rows)
         first = r.last_served + 1
         for n, row in enumerate(batch):
-            r.served[first + n] = ServedRecord(row.user, row.item, row.request_id, row.ts, first + n)
+            r.served[first + n] = ServedRecord(row.user, row.item, row.request_id, row.ts, first + n, row.variant)
         r.last_served += len(batch)
         return list(range(first, first + len(batch)))
 
@@ -320,6 +320,15 @@ class MemoryStore:
 
     def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
         return sorted((k, v) for (t, k), v in self._rows(region).items() if t == table and k > after)[:limit]
+
+    def delete_model_rows_if(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]]) -> int:
+        held, vers, gone = self._rows(region), self._vers(region), 0
+        for k, v in list(rows):
+            if held.get((table, k)) == bytes(v):
+                del held[(table, k)]
+                vers.pop((table, k), None)
+                gone += 1
+        return gone
 
     def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
         held = self._rows(region)

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS events_user ON events (user);
 CREATE TABLE IF NOT EXISTS event_keys (h INTEGER PRIMARY KEY, accepted REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
-    request_id TEXT NOT NULL, ts REAL NOT NULL);
+    request_id TEXT NOT NULL, ts REAL NOT NULL, variant TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS served_user ON served (user);
 CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,6 +70,7 @@ _ADDED_COLUMNS = (("item_stats", "pool", "REAL NOT NULL DEFAULT 0"),
                   ("item_stats", "first_served", "REAL NOT NULL DEFAULT 0"),
                   ("users", "personalized", "INTEGER NOT NULL DEFAULT 1"),
                   ("items", "ver", "INTEGER NOT NULL DEFAULT 0"),
+                  ("served", "variant", "TEXT NOT NULL DEFAULT ''"),
                   ("model_rows", "ver", "INTEGER NOT NULL DEFAULT 0"))
 # Indexes on added columns: (table, statement), made once the column is there.
 _ADDED_INDEXES = (("items", "CREATE INDEX IF NOT EXISTS items_ver ON items (ver)"),
@@ -324,22 +325,22 @@ class SQLiteStore:
     def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
         with _tx(self._region[region]) as c:
             first = _next_seq(c, "served", len(rows))
-            c.executemany("INSERT INTO served VALUES (?,?,?,?,?)",
-                          [(first + n, r.user, r.item, r.request_id, r.ts) for n, r in enumerate(rows)])
+            c.executemany("INSERT INTO served (seq, user, item, request_id, ts, variant) VALUES (?,?,?,?,?,?)",
+                          [(first + n, r.user, r.item, r.request_id, r.ts, r.variant) for n, r in enumerate(rows)])
         return list(range(first, first + len(rows)))
 
     def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]:
-        q = "SELECT seq, user, item, request_id, ts FROM served WHERE seq>? ORDER BY seq"
-        for s, user, item, request_id, ts in self._region[region].execute(q, (seq,)):
-            yield ServedRecord(user, item, request_id, ts, s)
+        q = "SELECT seq, user, item, request_id, ts, variant FROM served WHERE seq>? ORDER BY seq"
+        for s, user, item, request_id, ts, variant in self._region[region].execute(q, (seq,)):
+            yield ServedRecord(user, item, request_id, ts, s, variant)
 
     def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
         q = "SELECT item FROM served WHERE user=? ORDER BY seq DESC LIMIT ?"
         return [str(r[0]) for r in self._region[region].execute(q, (user_id, limit))]
 
     def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
-        q = "SELECT seq, user, item, request_id, ts FROM served WHERE user=? ORDER BY seq"
-        return [ServedRecord(u, i, r, ts, s) for s, u, i, r, ts in self._region[region].execute(q, (user_id,))]
+        q = "SELECT seq, user, item, request_id, ts, variant FROM served WHERE user=? ORDER BY seq"
+        return [ServedRecord(u, i, r, ts, s, v) for s, u, i, r, ts, v in self._region[region].execute(q, (user_id,))]
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         conn = self._region[region]
@@ -461,6 +462,11 @@ class SQLiteStore:
     def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
         q = "SELECT key, row FROM model_rows WHERE tbl=? AND key>? ORDER BY key LIMIT ?"
         return [(key, bytes(row)) for key, row in self._model_conn(region).execute(q, (table, after, limit))]
+
+    def delete_model_rows_if(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]]) -> int:
+        with _tx(self._model_conn(region)) as c:
+            return sum(c.execute("DELETE FROM model_rows WHERE tbl=? AND key=? AND row=?", (table, k, v)).rowcount
+                       for k, v in rows)
 
     def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
         q = "SELECT key, row FROM model_rows WHERE tbl=? AND ver>? AND ver<=?"

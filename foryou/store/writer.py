@@ -6,7 +6,9 @@ copies the dirty rows (numpy, about a millisecond) and hands them here; this thr
 rows and writes them. SQLite releases the GIL while it works, and Python hands the GIL back to the
 event loop at least every few milliseconds, so requests go on meanwhile. Checkpoints are written in
 the order taken, one at a time; a failed write is kept and tried again first, so co-engagement's
-additive deltas are never lost or applied twice.
+additive deltas are never lost or applied twice (the live state forgets them once handed over). A
+write that keeps failing shows in `flush` (which waits at most a minute) and in the periodic work's
+failure counts; at a stop it is given up, and the next start replays the log past the saved marks.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from foryou.errors import Unavailable
 from foryou.store.base import Store
 
 log = logging.getLogger("foryou.store")
@@ -35,6 +39,7 @@ class AggregateCheckpoint:
     coengagement: Mapping[tuple[str, str], float]
     watermarks: Mapping[str, tuple[int, int]]
     meta: Mapping[str, str]
+    coeng_marks: Mapping[str, int]  # the co-engagement counted through these seqs (also in `meta`)
 
     def save(self, store: Store, ids: Sequence[str]) -> None:
         stats = {ids[i]: row for i, row in zip(self.idx.tolist(), self.stats.tolist(), strict=True)}
@@ -44,36 +49,52 @@ class AggregateCheckpoint:
 
 
 class AggregateWriter(threading.Thread):
-    """`submit` a checkpoint (returns at once); `flush` waits until everything submitted is written."""
+    """`submit` a checkpoint (returns at once); `flush` waits until everything submitted is written;
+    `saved` is called (from this thread) with each checkpoint once it is committed."""
 
-    def __init__(self, open_store: Callable[[], Store], ids: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, open_store: Callable[[], Store], ids: Callable[[], Sequence[str]],
+                 saved: Callable[[AggregateCheckpoint], None] = lambda _: None) -> None:
         super().__init__(name="foryou-aggregates", daemon=True)
         self.open_store = open_store
         self.ids = ids  # the catalogue's ids (appended to, never changed: safe to read from here)
+        self.saved = saved
         self.queue: queue.Queue[AggregateCheckpoint | None] = queue.Queue()
         self.failures = 0
-        self.error: BaseException | None = None
+        self.failing: BaseException | None = None  # the write being retried now failed with this
         self._stopping = threading.Event()
+        self._store: Store | None = None
+
+    def start(self) -> None:
+        self._store = self.open_store()  # here: a store that cannot be opened fails the caller
+        super().start()
 
     def submit(self, checkpoint: AggregateCheckpoint) -> None:
-        if self.error is not None:  # the last write failed: say so where the periodic work counts it
-            error, self.error = self.error, None
-            raise error
+        if not self.is_alive():
+            raise Unavailable("the item aggregates' writer is not running")
         self.queue.put(checkpoint)
 
-    def flush(self) -> None:
-        self.queue.join()
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every submitted checkpoint is written; raise if that takes over `timeout_s` (a
+        write failing again and again: the error it fails with)."""
+        deadline = time.monotonic() + timeout_s
+        done = self.queue.all_tasks_done
+        with done:
+            while self.queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.is_alive():
+                    raise Unavailable(f"the item aggregates could not be written: {self.failing or 'writer stopped'}")
+                done.wait(min(left, 0.5))
 
     def stop(self) -> None:
+        """Write what is queued (a write still failing is given up: the log holds it, and replay
+        after the next start rebuilds it), then end the thread."""
         self._stopping.set()
         self.queue.put(None)
         self.join()
 
     def run(self) -> None:
-        store = self.open_store()
+        store = self._store
+        assert store is not None
         try:
             dropped = False  # a later checkpoint after a dropped one would skip its co-engagement deltas
             while (checkpoint := self.queue.get()) is not None:
@@ -81,10 +102,12 @@ class AggregateWriter(threading.Thread):
                 while not dropped:
                     try:
                         checkpoint.save(store, self.ids())
+                        self.failing = None
+                        self.saved(checkpoint)
                         break
                     except Exception as exc:  # kept, and tried again: nothing of it may be lost
                         self.failures += 1
-                        self.error = exc
+                        self.failing = exc
                         attempt += 1
                         log.error("writing the item aggregates failed (%d in a row): %s", attempt, exc)
                         if self._stopping.wait(min(0.1 * 2 ** attempt, 5.0)):

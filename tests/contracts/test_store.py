@@ -441,6 +441,13 @@ class TestServed:
         assert [s.item for s in store.served_after("eu", 0)] == ["q"]
         assert store.record_served("us", []) == []
 
+    def test_served_rows_keep_the_variant_that_served_them(self, opener: Opener, store: Store) -> None:
+        store.record_served("us", [ServedRecord("u", "a", "r1", 1.0, variant="more-explore"),
+                                   ServedRecord("u", "b", "r2", 2.0)])
+        again = opener.reopen(store)
+        assert [(s.item, s.variant) for s in again.served_after("us", 0)] == [("a", "more-explore"), ("b", "")]
+        assert [s.variant for s in again.user_served("us", "u")] == ["more-explore", ""]
+
     def test_excluded_items_are_served_or_viewed(self, store: Store) -> None:
         store.record_served("us", [ServedRecord("u", "s1", "r", 1.0), ServedRecord("u", "s2", "r", 1.0),
                                    ServedRecord("v", "s3", "r", 1.0)])
@@ -781,3 +788,10 @@ def test_items_since_a_catalogue_version(opener: Opener, store: Store) -> None:
     changed = store.items_since(v1)
     assert [(i.id, i.down) for i in changed] == [("a", True), ("c", False)]  # insertion order, as they are now
     assert [i.id for i in opener.reopen(store).items_since(0)] == ["a", "b", "c"]
+
+
+def test_model_rows_are_deleted_only_while_unchanged(store: Store) -> None:
+    store.save_model_rows("us", "refreshed", [("u1", b"5"), ("u2", b"9")], [])
+    store.save_model_rows("us", "refreshed", [("u2", b"12")], [])  # refreshed again meanwhile
+    assert store.delete_model_rows_if("us", "refreshed", [("u1", b"5"), ("u2", b"9"), ("nobody", b"1")]) == 1
+    assert dict(store.iter_model_rows("us", "refreshed")) == {"u2": b"12"}
