@@ -185,12 +185,16 @@ def cmd_load(args: argparse.Namespace) -> int:
         raise ForYouError("give --items and/or --events", field="args")
     started = time.perf_counter()
     settings = _settings(args)
-    with _exclusive(settings, "loading into it"), Engine.open(settings) as engine:
+    # With a trainer process (the default), the loader does not train: the trainer learns what was
+    # loaded once it runs (`foryou_model_events_behind` says how far it has to go).
+    inline = settings.learning.trainer == "inline" or not settings.learning.enabled
+    with _exclusive(settings, "loading into it"), Engine.open(settings, role="all" if inline else "serve") as engine:
         report = load_files(engine, args.items and Path(args.items), args.events and Path(args.events),
                             progress=not args.quiet)
+        behind = engine.learner.gauges()["model_events_behind"] if not inline else 0
     took = time.perf_counter() - started
     print(f"loaded {report.items} items, {report.events} events ({report.duplicates} duplicates) "
-          f"in {took:.1f}s")
+          f"in {took:.1f}s" + (f"; the trainer has {behind:.0f} events to learn when it runs" if behind else ""))
     return 0
 
 

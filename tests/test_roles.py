@@ -225,3 +225,30 @@ def test_a_refresh_mark_outlives_a_trainer_killed_before_it_published(tmp_path: 
         second.close()
     finally:
         engine.close()
+
+
+def test_the_bulk_loader_leaves_learning_to_the_trainer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a trainer process (the default), `foryou load` appends and counts but does not train; the
+    trainer learns what was loaded once it runs."""
+    import orjson
+
+    from foryou import cli
+
+    rng = np.random.default_rng(7)
+    items = world(rng)
+    events, _ = history(items, rng)
+    (tmp_path / "items.jsonl").write_bytes(b"\n".join(orjson.dumps(i.model_dump(exclude_none=True)) for i in items))
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(orjson.dumps(e.model_dump(exclude_none=True)) for e in events))
+    data = tmp_path / "d"
+    assert cli.main(["load", "--data", str(data), "--items", str(tmp_path / "items.jsonl"),
+                     "--events", str(tmp_path / "events.jsonl"), "--quiet"]) == 0
+    assert f"the trainer has {len(events)} events to learn" in capsys.readouterr().out
+    settings = settings_for(data)
+    trainer = Trainer.open(settings, clock=Clock(T0 + 3600))
+    try:
+        assert trainer.learner.version == 0 and trainer.learner.examples == 0
+        while trainer.step():
+            pass
+        assert trainer.learner.events == len(events) and trainer.learner.version > 0
+    finally:
+        trainer.close()

@@ -29,6 +29,7 @@ from foryou.learning.online import SKIP_TABLE, VERSION_BLOB, Learner
 from foryou.retrieval.ann import restore_index
 
 DUEL_BLOB = "duel"
+_SAVE_DIRTY_MAX = 20_000  # items still to index above which a stop does not finish the index
 
 
 class ModelReplica(Learner):
@@ -120,6 +121,15 @@ class ModelReplica(Learner):
         self._last_checkpoint = self.live.clock()
         self.evict_idle()
         self.live.store.save_model_blob(DUEL_BLOB, self.duel.as_array().tobytes())
+
+    def save_index(self) -> None:
+        """At a clean stop: the index, unless most of it is still to be built (after a start without
+        one): that would hold the stop for minutes at a million items; the next start builds it
+        beside its requests instead."""
+        if len(self.dirty_items) > _SAVE_DIRTY_MAX:
+            self._index_path().unlink(missing_ok=True)
+            return
+        super().save_index()
 
     def gauges(self) -> dict[str, float]:
         return {**super().gauges(), "model_published_version": float(self.published())}
