@@ -252,3 +252,21 @@ def test_the_bulk_loader_leaves_learning_to_the_trainer(tmp_path: Path, capsys: 
         assert trainer.learner.events == len(events) and trainer.learner.version > 0
     finally:
         trainer.close()
+
+
+def test_a_trainer_that_keeps_failing_is_restarted_and_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from foryou.roles import supervise
+
+    monkeypatch.setattr(supervise, "_BACKOFF_S", (0.05, 0.1))
+    trainer = supervise.TrainerProcess(["--config", "/nonexistent/foryou.toml"])  # exits with an error at once
+    trainer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not trainer.failing and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trainer.failing and trainer.restarts >= 3
+    finally:
+        trainer.stop()
+    assert trainer.process is not None and trainer.process.poll() is not None  # nothing left running

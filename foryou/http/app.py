@@ -182,8 +182,11 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSON:
         """200 `{"status": "ok"}`; 503 `{"status": "degraded", "failing": [...]}` while a periodic task
-        (learning, checkpoint, retention, gc) has failed three times in a row."""
+        (learning, checkpoint, retention, gc) has failed three times in a row, or the trainer process
+        has exited three times in a row without running half a minute ("trainer")."""
         failing = engine.periodic.failing()
+        if engine.trainer is not None and engine.trainer.failing:
+            failing = [*failing, "trainer"]
         if failing:
             return JSON({"status": "degraded", "failing": failing}, status_code=503)
         return JSON({"status": "ok"})

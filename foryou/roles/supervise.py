@@ -2,8 +2,9 @@
 
 The child runs `foryou train --parent PID` on the same data directory and settings; it stops by itself
 when its parent is gone (so a `kill -9` of the server leaves no orphan training on). A child that
-exits is started again after a pause that doubles up to a minute while it keeps failing, and the
-server counts the restarts (`foryou_trainer_restarts`).
+exits is started again after a pause that doubles up to a minute while it keeps failing; the server
+counts the restarts (`foryou_trainer_restarts`), and `/healthz` says "degraded" after three quick
+exits in a row.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class TrainerProcess:
     def __init__(self, args: Sequence[str]) -> None:
         self.args = list(args)  # the `foryou train` arguments (data directory, regions, config)
         self.restarts = 0
+        self.in_a_row = 0  # exits in a row, each within _HEALTHY_S of its start
         self.process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # a child is never started once `stop` began
@@ -33,6 +35,11 @@ class TrainerProcess:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def failing(self) -> bool:
+        """Exited three times in a row, each soon after its start (/healthz says so)."""
+        return self.in_a_row >= 3
 
     @property
     def pid(self) -> int | None:
@@ -58,6 +65,8 @@ class TrainerProcess:
             self.restarts += 1
             if time.monotonic() - started >= _HEALTHY_S:
                 pause = _BACKOFF_S[0]
+                self.in_a_row = 0
+            self.in_a_row += 1
             log.warning("the trainer process exited (code %s); starting it again in %.0fs", code, pause)
             if self._stop.wait(pause):
                 return
