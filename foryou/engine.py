@@ -76,7 +76,8 @@ class Engine:
         engine.learner.load()
         if catch_up:
             engine.follower.follow()
-        engine.learner.refresh_index()
+        if role == "all":  # a server's replica builds what its saved index lacks beside its requests
+            engine.learner.refresh_index()
         engine.tombstones.load(engine.store)
         return engine
 

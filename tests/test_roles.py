@@ -270,3 +270,25 @@ def test_a_trainer_that_keeps_failing_is_restarted_and_said(monkeypatch: pytest.
     finally:
         trainer.stop()
     assert trainer.process is not None and trainer.process.poll() is not None  # nothing left running
+
+
+def test_an_index_missing_at_a_start_is_built_beside_the_ticks(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from foryou.learning import online
+
+    monkeypatch.setattr(online, "_REBUILD_AT", 10)
+    clock = Clock(T0)
+    with pair(tmp_path / "d", clock) as (engine, trainer):
+        fill(engine, clock, passes=1)
+        publish(engine, trainer, clock)
+        replica = engine.learner
+        alive = int(engine.live.catalog.alive[:len(engine.live.catalog)].sum())
+        replica.index = online.make_index(replica.settings.dim + 1, "exact")  # as after a start without one
+        replica.dirty_items.update(dict.fromkeys(range(len(engine.live.catalog))))
+        replica.refresh_index(0.02)  # hands them to a thread and returns
+        assert replica._rebuilding is not None and not replica.dirty_items
+        engine.items.set_down("g0-i00", True)  # changed meanwhile: queued again
+        replica._rebuilding.join(30)
+        replica.refresh_index(0.02)  # swaps the new index in, then applies what changed
+        assert replica._rebuilding is None and len(replica.index) == alive - 1
+        assert engine.live.catalog.index["g0-i00"] not in set(replica.retrieve("us", "g0-u00", alive).tolist())

@@ -10,6 +10,7 @@ that a checkpoint writes only those.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -94,8 +95,7 @@ class EmbeddingTable:
 
     def lookup(self, keys: Iterable[str]) -> np.ndarray:
         """Rows of `keys` for serving: no admission, no change. Unknown: -1."""
-        get = self.index.get
-        return np.fromiter((get(k, -1) for k in keys), np.int64)
+        return np.fromiter(map(self.index.get, keys, repeat(-1)), np.int64)
 
     def get(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of `rows` (a copy); zeros for -1."""

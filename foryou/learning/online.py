@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -45,6 +47,8 @@ _WARM_STEPS = 20  # steps before the loss average is trusted to judge a step
 # event loop ~16 ms. A feed request re-indexes only when at most _INLINE_INDEX are waiting.
 _INDEX_CHUNK = 64
 _INLINE_INDEX = 32
+_REBUILD_AT = 50_000  # items waiting for the index above which a tick has a thread build a new one
+_REBUILD_CHUNK = 50_000
 _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits meanwhile)
 INDEX_FILE = "ann-index.bin"  # in the data directory: the ANN index as of the last clean shutdown
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
@@ -53,6 +57,7 @@ _DUEL_RATE = 1 / 16  # share of completed views scored by both rankers for the d
 _DUEL_MAX = 64  # ... at most this many per learned batch, or 1 per 50 events of a larger one (bounds its cost)
 _DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
 _DUEL_PENDING = 4096  # duel samples waiting for the follower, at most (the oldest go first)
+log = logging.getLogger("foryou.learning")
 SKIP_TABLE = "refreshed"  # per region: users started afresh -> the last seq of theirs never to be learned
 VERSION_BLOB = "model.version"  # the published version alone: what a server polls
 _ACCEPTED_MAX = 100_000  # batches awaiting the lag's measure, at most (no trainer publishing: the oldest go)
@@ -85,6 +90,8 @@ class Learner:
         self.lag_s = 0.0  # the latest batch's, and every batch's (`lag`): acceptance to learned
         self.lag = Histogram(SLOW_BUCKETS)
         self.dirty_items: dict[int, None] = {}  # items to re-index, oldest change first
+        self._rebuilding: threading.Thread | None = None  # a new index being built (`refresh_index`)
+        self._rebuilt: VectorIndex | None = None
         self._dropped_in_row = 0
         self._last_checkpoint = 0.0
         self._last_expire = 0.0
@@ -269,9 +276,20 @@ class Learner:
     # -- serving --
     def refresh_index(self, budget_s: float | None = None) -> None:
         """Put the current vectors of items that trained (or arrived, or went down) into the index,
-        oldest change first; with `budget_s`, stop once about that much time is spent."""
+        oldest change first; with `budget_s`, stop once about that much time is spent. With a budget
+        and more than `_REBUILD_AT` items waiting (a start without a saved index), a thread builds a
+        new index of them instead, which replaces this one once built (the ticks meanwhile go on
+        with what changes after)."""
         catalog = self.live.catalog
         started = time.perf_counter()
+        if self._rebuilt is not None:  # a rebuild finished: swap it in
+            self.index, self._rebuilt, self._rebuilding = self._rebuilt, None, None
+        if budget_s is not None and len(self.dirty_items) > _REBUILD_AT and self._rebuilding is None:
+            idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
+            self.dirty_items.clear()
+            self._rebuilding = threading.Thread(target=self._rebuild, args=(idx,), name="foryou-index", daemon=True)
+            self._rebuilding.start()
+            return
         while self.dirty_items:
             chunk = list(islice(self.dirty_items, _INDEX_CHUNK))
             for i in chunk:
@@ -285,6 +303,23 @@ class Learner:
                 self.index.upsert(idx, self.model.item_vectors(catalog, idx, self._popularity(idx)))
             if budget_s is not None and time.perf_counter() - started >= budget_s:
                 return
+
+    def _rebuild(self, idx: np.ndarray) -> None:
+        """In a thread of its own: a new index of `idx`'s current vectors. usearch adds without the
+        GIL; the vectors are read while the event loop may change rows, and any item changed after
+        the rebuild began is queued again (`dirty_items`), so it is put in after the swap."""
+        catalog = self.live.catalog
+        try:
+            index = make_index(self.settings.dim + 1, self.settings.index)
+            idx = idx[catalog.alive[idx]]
+            for lo in range(0, len(idx), _REBUILD_CHUNK):
+                part = idx[lo:lo + _REBUILD_CHUNK]
+                index.upsert(part, self.model.item_vectors(catalog, part, self._popularity(part)))
+            self._rebuilt = index
+        except Exception as exc:  # the items go back to the ticks' queue
+            log.error("rebuilding the ANN index failed: %s", exc)
+            self.dirty_items.update(dict.fromkeys(idx.tolist()))
+            self._rebuilding = None
 
     def load_users(self, region: str, users: Sequence[str]) -> None:
         """Bring back the saved rows of users who became active again (an idle user's row leaves
@@ -483,6 +518,9 @@ class Learner:
         if not self.settings.enabled or not self.serves or not path.parent.is_dir():
             return
         self.refresh_index()
+        if self._rebuilding is not None:  # a new index still being built: the next start builds one too
+            path.unlink(missing_ok=True)
+            return
         tmp = path.with_suffix(".tmp")
         write_private(tmp, struct.pack("<q", self.version) + self.index.to_bytes())
         tmp.replace(path)
