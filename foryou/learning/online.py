@@ -290,8 +290,9 @@ class Learner:
             self._rebuilding = threading.Thread(target=self._rebuild, args=(idx,), name="foryou-index", daemon=True)
             self._rebuilding.start()
             return
+        size = _INDEX_CHUNK if budget_s is not None else _REBUILD_CHUNK  # small only to keep to a budget
         while self.dirty_items:
-            chunk = list(islice(self.dirty_items, _INDEX_CHUNK))
+            chunk = list(islice(self.dirty_items, size))
             for i in chunk:
                 del self.dirty_items[i]
             idx = np.array(chunk, np.int64)
