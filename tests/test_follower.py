@@ -25,14 +25,14 @@ from foryou.ranking import value
 from foryou.types import EventIn, ItemIn
 
 
-def fill(engine: Engine, clock: Clock, passes: int = 2) -> list[EventIn]:
+def fill(engine: Engine, clock: Clock, passes: int = 2, batch: int = 100) -> list[EventIn]:
     rng = np.random.default_rng(7)
     items = world(rng)
     engine.items.upsert(items)
     events, _ = history(items, rng)
     for _ in range(passes):
-        for lo in range(0, len(events), 100):
-            engine.events.ingest(events[lo:lo + 100])
+        for lo in range(0, len(events), batch):
+            engine.events.ingest(events[lo:lo + batch])
             clock.advance(1.0)
     return events
 

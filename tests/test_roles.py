@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from factories import Clock
+from test_follower import fill as follower_fill
 from test_learning import T0, history, world
 
 from foryou.config import Settings, load_settings
@@ -40,15 +41,7 @@ def pair(path: Path, clock: Clock, **overrides: object) -> Iterator[tuple[Engine
 
 
 def fill(engine: Engine, clock: Clock, passes: int = 3) -> list[EventIn]:
-    rng = np.random.default_rng(7)
-    items = world(rng)
-    engine.items.upsert(items)
-    events, _ = history(items, rng)
-    for _ in range(passes):
-        for lo in range(0, len(events), 200):
-            engine.events.ingest(events[lo:lo + 200])
-            clock.advance(1.0)
-    return events
+    return follower_fill(engine, clock, passes, batch=200)
 
 
 def publish(engine: Engine, trainer: Trainer, clock: Clock) -> None:
