@@ -13,7 +13,7 @@ from foryou.follower import LogFollower
 from foryou.ingest import IngestService
 from foryou.items import ItemService
 from foryou.learning import Learner
-from foryou.learning.online import INDEX_FILE
+from foryou.learning.index_file import INDEX_FILE
 from foryou.learning.replica import ModelReplica
 from foryou.live import Live
 from foryou.periodic import Periodic

@@ -274,7 +274,7 @@ def test_retrieval_gradients_match_finite_differences() -> None:
 
 
 def test_a_clean_shutdown_saves_the_index_and_a_stale_one_is_ignored(trained, tmp_path: Path) -> None:
-    from foryou.learning.online import INDEX_FILE
+    from foryou.learning.index_file import INDEX_FILE
 
     engine, _, clock = trained
     p = engine.learner.model.query(engine.learner.model.user_vectors(["us"], ["g0-u00"])[0])

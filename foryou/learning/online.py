@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
 import threading
 import time
 from collections import deque
@@ -29,16 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from foryou.datadir import write_private
 from foryou.interest import UserState, decay
+from foryou.learning import index_file
 from foryou.learning.duel import Duel
 from foryou.learning.features import HEAD, popularity
+from foryou.learning.index_file import INDEX_FILE
 from foryou.learning.joins import ExampleList, Joins
 from foryou.learning.model import Examples, Model
 from foryou.live import Live
 from foryou.metrics import SLOW_BUCKETS, Histogram
 from foryou.ranking import HeuristicRanker, value
-from foryou.retrieval.ann import VectorIndex, make_index, restore_index
+from foryou.retrieval.ann import VectorIndex, make_index
 from foryou.signals import completion_mask, early_swipe_mask
 from foryou.types import EventRecord
 
@@ -50,7 +50,6 @@ _INLINE_INDEX = 32
 _REBUILD_AT = 50_000  # items waiting for the index above which a tick has a thread build a new one
 _REBUILD_CHUNK = 50_000
 _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits meanwhile)
-INDEX_FILE = "ann-index.bin"  # in the data directory: the ANN index as of the last clean shutdown
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
 _DUEL_RATE = 1 / 16  # share of completed views scored by both rankers for the duel ...
@@ -522,23 +521,14 @@ class Learner:
         if self._rebuilding is not None:  # a new index still being built: the next start builds one too
             path.unlink(missing_ok=True)
             return
-        tmp = path.with_suffix(".tmp")
-        write_private(tmp, struct.pack("<q", self.version) + self.index.to_bytes())
-        tmp.replace(path)
+        index_file.save(path, self.version, self.index)
 
     def _load_index(self) -> bool:
         """The index saved at the last clean shutdown, if it is of the restored model version."""
-        path = self._index_path()
-        try:
-            data = path.read_bytes()
-            if len(data) < 8 or struct.unpack("<q", data[:8])[0] != self.version or self.version == 0:
-                return False
-            index = restore_index(data[8:])
-        except (OSError, ValueError):
+        found = index_file.load(self._index_path(), self.index)
+        if found is None or found[0] != self.version or self.version == 0:
             return False
-        if index.dim != self.index.dim or type(index) is not type(self.index):  # the settings changed
-            return False
-        self.index = index
+        self.index = found[1]
         return True
 
     def _restore(self, blob: bytes) -> None:

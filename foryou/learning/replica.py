@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from foryou.learning import index_file
 from foryou.learning.online import SKIP_TABLE, VERSION_BLOB, Learner
-from foryou.retrieval.ann import restore_index
 
 DUEL_BLOB = "duel"
 _SAVE_DIRTY_MAX = 20_000  # items still to index above which a stop does not finish the index
@@ -163,15 +162,8 @@ class ModelReplica(Learner):
 
     def _saved_index(self) -> int | None:
         """Load the index of the last clean stop if it fits these settings; returns its version."""
-        try:
-            data = self._index_path().read_bytes()
-            version = struct.unpack("<q", data[:8])[0]
-            if version <= 0 or version > self.version:
-                return None
-            index = restore_index(data[8:])
-        except (OSError, ValueError, struct.error):
+        found = index_file.load(self._index_path(), self.index)
+        if found is None or not 0 < found[0] <= self.version:
             return None
-        if index.dim != self.index.dim or type(index) is not type(self.index):
-            return None
-        self.index = index
-        return int(version)
+        self.index = found[1]
+        return found[0]
