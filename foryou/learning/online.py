@@ -533,21 +533,29 @@ class Learner:
 
     def _restore(self, blob: bytes) -> None:
         """A saved model of another width or format is ignored: training starts afresh from the log."""
-        model, store = self.model, self.live.store
+        if not self._restore_dense(blob, duel=True):
+            return
+        store = self.live.store
+        for (name, region), table in self.model.tables().items():
+            if name != "user":  # users' rows come back with each user (`load_users`)
+                table.restore(store.iter_model_rows(region, name))
+
+    def _restore_dense(self, blob: bytes, duel: bool = False) -> bool:
+        """The dense weights, the watch histograms and the header's counts and log marks of a saved
+        (or published) model, unless it is of another width or format; with `duel`, its duel record."""
+        model = self.model
         saved = np.load(io.BytesIO(blob))
         if not {"weights", "accum", "watch", "header"} <= set(saved.files) or (
                 saved["weights"].shape != model.weights.shape or saved["watch"].shape != model.watch.counts.shape):
-            return
+            return False
         header = json.loads(bytes(saved["header"]).decode())
         model.weights[:], model.weights_accum[:] = saved["weights"], saved["accum"]
         model.watch.counts[:] = saved["watch"]
-        if "duel" in saved.files:
+        if duel and "duel" in saved.files:
             self.duel.load(saved["duel"])
         self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
         self.version, self.examples = header["version"], header["examples"]
         self.loss, self.steps = header["loss"], header["steps"]
         self.recent_bad, self.bad_steps = header.get("recent_bad", 0.0), header.get("bad_steps", 0)
         self.events = header.get("events", self.events)
-        for (name, region), table in model.tables().items():
-            if name != "user":  # users' rows come back with each user (`load_users`)
-                table.restore(store.iter_model_rows(region, name))
+        return True

@@ -16,8 +16,6 @@ event's acceptance to this server serving a version whose marks include it.
 
 from __future__ import annotations
 
-import io
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -75,20 +73,6 @@ class ModelReplica(Learner):
                 self.lag.observe(self.lag_s)
         return True
 
-    def _restore_dense(self, blob: bytes) -> bool:
-        model = self.model
-        saved = np.load(io.BytesIO(blob))
-        if saved["weights"].shape != model.weights.shape or saved["watch"].shape != model.watch.counts.shape:
-            return False  # published under other settings: a server restarted with them will match
-        header = json.loads(bytes(saved["header"]).decode())
-        model.weights[:], model.weights_accum[:] = saved["weights"], saved["accum"]
-        model.watch.counts[:] = saved["watch"]
-        self.marks.update({r: m for r, m in header["marks"].items() if r in self.marks})
-        self.version, self.examples, self.events = header["version"], header["examples"], header.get("events", 0)
-        self.loss, self.steps = header["loss"], header["steps"]
-        self.recent_bad, self.bad_steps = header.get("recent_bad", 0.0), header.get("bad_steps", 0)
-        return True
-
     def _take_rows(self, after: int, through: int) -> None:
         store, catalog = self.live.store, self.live.catalog
         for (name, region), table in self.model.tables().items():
@@ -140,17 +124,11 @@ class ModelReplica(Learner):
             return
         store, catalog = self.live.store, self.live.catalog
         blob = store.get_model_blob("model")
-        if blob is not None and self._restore_dense(blob):
-            for (name, region), table in self.model.tables().items():
-                if name != "user":
-                    table.restore(store.iter_model_rows(region, name))
+        if blob is not None:  # with the duel's record an in-process trainer saved, if any ...
+            self._restore(blob)
         duel = store.get_model_blob(DUEL_BLOB)
-        if duel is not None:
+        if duel is not None:  # ... unless a server saved its own
             self.duel.load(np.frombuffer(duel, np.float64).reshape(-1, 2))
-        elif blob is not None:  # the record an in-process trainer saved (before the first server's own)
-            saved = np.load(io.BytesIO(blob))
-            if "duel" in saved.files:
-                self.duel.load(saved["duel"])
         saved = self._saved_index()
         if saved is None:
             self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
