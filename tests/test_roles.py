@@ -101,19 +101,25 @@ def test_a_version_moves_only_the_rows_it_changed(tmp_path: Path) -> None:
                            trainer.learner.model.user_vectors(["us"], [user])[0])
 
 
+def held_unpublished(engine: Engine, trainer: Trainer, clock: Clock) -> str:
+    """A user with a published row whom the trainer has learned more of since (a row it holds, changed
+    and not published yet)."""
+    events = fill(engine, clock)
+    publish(engine, trainer, clock)
+    user = events[0].user
+    assert engine.store.get_model_rows("us", "user", [user])
+    engine.events.ingest([EventIn(user=user, item=f"g0-i{k:02d}", type="like") for k in range(0, 20, 2)])
+    while trainer.step():
+        pass
+    assert user in trainer.learner.model.users["us"].index
+    return user
+
+
 def test_a_refresh_is_never_undone_by_the_trainer(tmp_path: Path) -> None:
     clock = Clock(T0)
     with pair(tmp_path / "d", clock) as (engine, trainer):
-        events = fill(engine, clock)
-        publish(engine, trainer, clock)
-        user = events[0].user
+        user = held_unpublished(engine, trainer, clock)
         store = engine.store
-        assert store.get_model_rows("us", "user", [user])
-        # The trainer learns more of the user (a dirty row it has not published) ...
-        engine.events.ingest([EventIn(user=user, item=f"g0-i{k:02d}", type="like") for k in range(0, 20, 2)])
-        while trainer.step():
-            pass
-        assert user in trainer.learner.model.users["us"].index
         engine.users.refresh(user)  # ... when a server starts the user afresh
         assert not store.get_model_rows("us", "user", [user])
         assert dict(store.iter_model_rows("us", SKIP_TABLE))
@@ -133,13 +139,7 @@ def test_a_refresh_is_never_undone_by_the_trainer(tmp_path: Path) -> None:
 def test_an_erased_user_is_never_written_back(tmp_path: Path) -> None:
     clock = Clock(T0)
     with pair(tmp_path / "d", clock) as (engine, trainer):
-        events = fill(engine, clock)
-        publish(engine, trainer, clock)
-        user = events[0].user
-        engine.events.ingest([EventIn(user=user, item=f"g0-i{k:02d}", type="like") for k in range(0, 20, 2)])
-        while trainer.step():
-            pass
-        assert user in trainer.learner.model.users["us"].index  # a row the trainer still holds
+        user = held_unpublished(engine, trainer, clock)
         engine.erasure.erase(user)
         clock.advance(120.0)
         publish(engine, trainer, clock)
