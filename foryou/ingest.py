@@ -47,15 +47,22 @@ class IngestService:
         index = live.catalog.index
         errors: list[FieldError] = []
         records: list[EventRecord] = []
+        times: dict[str, float | ValueError] = {}  # a batch's events often share a timestamp
         for i, e in enumerate(events):
             if e.item not in index:
                 errors.append(FieldError("item", f"unknown item {e.item!r}: upsert it first", i))
             ts = now
             if e.ts is not None:
-                try:
-                    ts = parse_time(e.ts, checked=True)
-                except ValueError as exc:
-                    errors.append(FieldError("ts", str(exc), i))
+                parsed = times.get(e.ts)
+                if parsed is None:
+                    try:
+                        parsed = times[e.ts] = parse_time(e.ts, checked=True)
+                    except ValueError as exc:
+                        parsed = times[e.ts] = exc
+                if isinstance(parsed, ValueError):
+                    errors.append(FieldError("ts", str(parsed), i))
+                else:
+                    ts = parsed
             if ts > now + MAX_FUTURE_S:
                 errors.append(FieldError("ts", "is more than 5 minutes in the future", i))
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
@@ -76,8 +83,9 @@ class IngestService:
         live = self.live
         live.prefetch([r.user for r in records], region)  # one look-up per region; unknown users are created
         by_region: dict[str, list[EventRecord]] = {}
+        region_of = {u: live.user(u).profile.region for u in dict.fromkeys(r.user for r in records)}
         for r in records:
-            by_region.setdefault(live.user(r.user).profile.region, []).append(r)
+            by_region.setdefault(region_of[r.user], []).append(r)
         duplicates = 0
         new_users: dict[str, LiveUser] = {}
         for region, batch in list(by_region.items()):
@@ -85,10 +93,10 @@ class IngestService:
                 region, [(r.user, r.id) for r in batch if r.id is not None]))
             duplicates += len(batch) - len(fresh)
             by_region[region] = fresh
-            for r in fresh:
-                user = live.user(r.user)
+            for user_id in dict.fromkeys(r.user for r in fresh):
+                user = live.user(user_id)
                 if not user.stored:
-                    new_users[r.user] = user
+                    new_users[user_id] = user
         for region, batch in by_region.items():
             if not batch:
                 continue

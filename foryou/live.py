@@ -333,11 +333,12 @@ class Live:
         index = catalog.index
         tau, user_of, coeng_after = self.tau, self.user, self.coeng_mark[region]
         mute_s = self.settings.policy.not_interested_days * 86400
+        lives: dict[str, LiveUser] = {}  # each user looked up once a batch
         for event, seq in zip(events, seqs, strict=True):
             i = index.get(event.item)
             if i is None or seq <= user_after:
                 continue
-            live = user_of(event.user, region)
+            live = lives.get(event.user) or lives.setdefault(event.user, user_of(event.user, region))
             state = live.state
             if seq <= state.seq:  # already in this user's saved state
                 continue

@@ -58,6 +58,8 @@ def caught_up(engine: Engine, timeout_s: float = 5.0) -> None:
     while any(engine.follower.behind(r) for r in engine.live.catalog.regions):
         assert time.monotonic() < deadline, "the log follower did not catch up"
         time.sleep(0.01)
+    for region in engine.live.catalog.regions:  # and the log's look-ups, which the store's thread merges
+        engine.store.merge_log(region)  # type: ignore[attr-defined]
 
 
 def fingerprint(data: Path, engine: Engine) -> dict[str, str]:

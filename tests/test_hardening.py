@@ -6,6 +6,7 @@ files: test_feed_budget.py, test_limits.py, test_periodic.py, test_secrets.py.)"
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import warnings
 from typing import Any
 
@@ -99,9 +100,10 @@ def test_keyed_event_id_hashes_depend_on_the_secret(tmp_path: Any) -> None:
     def stored_keys(secret: bytes, folder: str) -> set[int]:
         store = SQLiteStore(tmp_path / folder, ["us"], secret)
         store.append_events("us", [EventRecord("u", "a", "like", 0.0, 1.0, "evt-1")], [])
-        conn = store._region["us"]
+        store.close()  # merges the log's look-ups
+        conn = sqlite3.connect(tmp_path / folder / "region-us-index.db")
         keys = {int(h) for (h,) in conn.execute("SELECT h FROM event_keys")}
-        store.close()
+        conn.close()
         return keys
 
     assert stored_keys(b"one secret", "a") != stored_keys(b"another", "b")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +20,7 @@ import orjson
 
 from foryou.datadir import private_dir, private_file
 from foryou.errors import Conflict
+from foryou.store import log_index
 from foryou.store.base import event_key, event_key_secret, first_catalogue_version
 from foryou.store.wal import KEEP_BYTES, WalFolder
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
@@ -54,8 +56,6 @@ CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, interests TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS user_controls (user TEXT PRIMARY KEY, controls BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
     type INTEGER NOT NULL, watch_s REAL NOT NULL, ts REAL NOT NULL, id TEXT, request_id TEXT);
-CREATE INDEX IF NOT EXISTS events_user ON events (user);
-CREATE TABLE IF NOT EXISTS event_keys (h INTEGER PRIMARY KEY, accepted REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
     request_id TEXT NOT NULL, ts REAL NOT NULL, variant TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS served_user ON served (user);
@@ -71,7 +71,9 @@ _ADDED_COLUMNS = (("item_stats", "pool", "REAL NOT NULL DEFAULT 0"),
                   ("users", "personalized", "INTEGER NOT NULL DEFAULT 1"),
                   ("items", "ver", "INTEGER NOT NULL DEFAULT 0"),
                   ("served", "variant", "TEXT NOT NULL DEFAULT ''"),
-                  ("model_rows", "ver", "INTEGER NOT NULL DEFAULT 0"))
+                  ("model_rows", "ver", "INTEGER NOT NULL DEFAULT 0"),
+                  ("events", "k", "INTEGER"),  # the idempotency key's hash (log_index.py)
+                  ("events", "accepted", "REAL"))
 # Indexes on added columns: (table, statement), made once the column is there.
 _ADDED_INDEXES = (("items", "CREATE INDEX IF NOT EXISTS items_ver ON items (ver)"),
                   ("model_rows", "CREATE INDEX IF NOT EXISTS model_rows_ver ON model_rows (tbl, ver)"))
@@ -100,14 +102,19 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
 
 
 @contextmanager
-def _tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
+def _tx(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    conn.execute(begin)
     try:
         yield conn
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _deferred(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    """A write transaction on a look-up file (log_index.py): IMMEDIATE would also lock the log attached."""
+    return _tx(conn, "BEGIN")
 
 
 def _item_row(i: ItemRecord) -> tuple[object, ...]:
@@ -137,10 +144,11 @@ class SQLiteStore:
         self.directory = Path(directory)
         self.regions = tuple(regions)
         self._id_key = event_key_secret(secret)  # `secret`: the privacy secret
+        self._recent_keys: dict[tuple[str, str, str], int] = {}
         private_dir(self.directory)
         # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
         # when it creates them, so the database is made first (files of earlier versions are narrowed).
-        names = ["catalog.db", *(f"region-{r}.db" for r in self.regions)]
+        names = ["catalog.db", *(f"region-{r}{part}.db" for part in ("", "-index") for r in self.regions)]
         for name in names:
             private_file(self.directory / name)
             for extra in (f"{name}-wal", f"{name}-shm"):
@@ -150,9 +158,57 @@ class SQLiteStore:
         self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
-        self._folder = WalFolder([self.directory / name for name in names])
+        # The log's look-ups by key and by user (log_index.py): read here, merged by the upkeep thread.
+        self._index = {r: log_index.connect(self._index_path(r), self._log_path(r)) for r in self.regions}
+        self._tails = {r: log_index.Tail() for r in self.regions}
+        self._merge_locks = {r: threading.Lock() for r in self.regions}
+        self._fold = fold
+        mergers = {r: log_index.Merger(log_index.connect(self._index_path(r), self._log_path(r))) for r in self.regions
+                   } if fold else {}
+        self._mergers = mergers
+        if fold:  # one handle per process merges (the others read); data directories of earlier versions first
+            for region in self.regions:
+                self._adopt_old_lookups(region)
+                self._merge(region, None)
+        self._folder = WalFolder([self.directory / name for name in names],
+                                 [lambda r=r: self._merge(r) for r in mergers])  # type: ignore[misc]
         if fold:
             self._folder.start()
+
+    def _log_path(self, region: str) -> Path:
+        return self.directory / f"region-{region}.db"
+
+    def _index_path(self, region: str) -> Path:
+        return self.directory / f"region-{region}-index.db"
+
+    def _merge(self, region: str, limit: int | None = log_index.RUN, due: bool = True) -> None:
+        merger = self._mergers[region]
+        if limit is None or not due or merger.due():
+            with self._merge_locks[region]:
+                merger.run(limit)
+
+    def merge_log(self, region: str) -> None:
+        """Merge the region's log into its look-ups now (the upkeep thread does it on its own)."""
+        if region in self._mergers:
+            self._merge(region, None)
+
+    def _adopt_old_lookups(self, region: str) -> None:
+        """Versions before log_index.py kept the look-ups in the log's file: move the keys over, and
+        drop the by-user index (its rows are made again by the first merge, from the log)."""
+        conn = self._region[region]
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='event_keys'").fetchone():
+            index = self._index[region]
+            index.execute("BEGIN")
+            index.execute("INSERT OR IGNORE INTO event_keys SELECT h, accepted FROM log.event_keys")
+            index.execute("COMMIT")
+            conn.execute("DROP TABLE event_keys")
+        conn.execute("DROP INDEX IF EXISTS events_user")
+
+    def _tail(self, region: str) -> log_index.Tail:
+        """The region's log past what its look-ups hold, read up to now."""
+        tail = self._tails[region]
+        tail.read(self._region[region], log_index.through(self._index[region]))
+        return tail
 
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
@@ -268,34 +324,54 @@ class SQLiteStore:
     # -- events --
     def known_event_ids(self, region: str, events: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         by_key = {self._key(region, user, event_id): (user, event_id) for user, event_id in events}
-        found: set[tuple[str, str]] = set()
-        conn = self._region[region]
-        for chunk in _chunks(list(by_key)):
-            q = f"SELECT h FROM event_keys WHERE h IN ({_marks(chunk)})"
-            found.update(by_key[r[0]] for r in conn.execute(q, chunk))
+        return {by_key[k] for k in self._known_keys(region, by_key)}
+
+    def _known_keys(self, region: str, keys: Iterable[int]) -> set[int]:
+        tail = self._tail(region)  # first: a merge meanwhile moves rows from the tail to the look-up
+        keys = list(keys)
+        found = {k for k in keys if k in tail.keys}
+        for chunk in _chunks(keys):
+            found.update(r[0] for r in self._index[region].execute(
+                f"SELECT h FROM event_keys WHERE h IN ({_marks(chunk)})", chunk))
         return found
 
     def _key(self, region: str, user: str, event_id: str) -> int:
-        return event_key(self._id_key, region, user, event_id)
+        key = (region, user, event_id)
+        found = self._recent_keys.get(key)  # known_event_ids, then append_events, hash the same ids
+        if found is None:
+            found = self._recent_keys[key] = event_key(self._id_key, region, user, event_id)
+            if len(self._recent_keys) > 20_000:
+                self._recent_keys.clear()
+        return found
+
+    def _user_seqs(self, region: str, user_id: str) -> list[int]:
+        """The seqs of the user's events still in the log: the look-up's and the tail's."""
+        tail = self._tail(region)
+        seqs = {r[0] for r in self._index[region].execute("SELECT seq FROM event_users WHERE user=?", (user_id,))}
+        seqs.update(tail.users.get(user_id, ()))
+        return sorted(seqs)
 
     def append_events(
         self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
         accepted_at: float | None = None,
     ) -> list[int]:
+        accepted = time.time() if accepted_at is None else accepted_at
+        keys = [None if e.id is None else self._key(region, e.user, e.id) for e in events]
         with _tx(self._region[region]) as c:
+            given = [k for k in keys if k is not None]  # checked in the transaction: no append between
+            if len(set(given)) < len(given) or self._known_keys(region, given):
+                raise Conflict("an event id of this batch is already recorded for its user", field="id")
             c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?,?)", [_user_row(u) for u in new_users])
             first = _next_seq(c, "events", len(events))
             c.executemany(
-                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
-                [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id)
-                 for n, e in enumerate(events)],
+                "INSERT INTO events (seq, user, item, type, watch_s, ts, id, request_id, k, accepted) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id, k, accepted)
+                 for n, (e, k) in enumerate(zip(events, keys, strict=True))],
             )
-            accepted = time.time() if accepted_at is None else accepted_at
-            try:
-                c.executemany("INSERT INTO event_keys VALUES (?,?)",
-                              [(self._key(region, e.user, e.id), accepted) for e in events if e.id])
-            except sqlite3.IntegrityError:  # rolled back whole by _tx
-                raise Conflict("an event id of this batch is already recorded for its user", field="id") from None
+        tail = self._tails[region]
+        for n, (e, k) in enumerate(zip(events, keys, strict=True)):
+            tail.add(first + n, e.user, k, accepted)
         return list(range(first, first + len(events)))
 
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
@@ -305,20 +381,32 @@ class SQLiteStore:
             yield _event(row)
 
     def user_events(self, region: str, user_id: str) -> list[EventRecord]:
-        q = ("SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE user=? "
-             "ORDER BY seq")
-        return [_event(r) for r in self._region[region].execute(q, (user_id,))]
+        return [_event(r) for r in self._events_at(region, self._user_seqs(region, user_id))]
+
+    def _events_at(self, region: str, seqs: Sequence[int], views: bool = False) -> list[tuple]:  # type: ignore[type-arg]
+        out: list[tuple] = []  # type: ignore[type-arg]
+        for chunk in _chunks(seqs):
+            q = (f"SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE seq IN ({_marks(chunk)})"
+                 + (" AND type=0" if views else "") + " ORDER BY seq")
+            out.extend(self._region[region].execute(q, chunk))
+        return out
 
     def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
         with _tx(self._region[region]) as c:
-            q = "DELETE FROM events WHERE ts<? AND seq<=? AND seq<(SELECT max(seq) FROM events)"
-            return int(c.execute(q, (before_ts, through_seq)).rowcount)
+            q = "DELETE FROM events WHERE ts<? AND seq<=? AND seq<(SELECT max(seq) FROM events) RETURNING seq"
+            seqs = [r[0] for r in c.execute(q, (before_ts, through_seq))]
+        with _deferred(self._index[region]) as c:  # their look-up rows (the tail's are dropped as it is merged)
+            for chunk in _chunks(seqs):
+                c.execute(f"DELETE FROM event_users WHERE seq IN ({_marks(chunk)})", chunk)
+        return len(seqs)
 
     def forget_event_ids(self, before_ts: float) -> int:
         removed = 0
-        for conn in self._region.values():
-            with _tx(conn) as c:
+        for conn in self._index.values():
+            with _deferred(conn) as c:
                 removed += c.execute("DELETE FROM event_keys WHERE accepted<?", (before_ts,)).rowcount
+        for tail in self._tails.values():  # keys not merged yet: the tail says when they were accepted
+            removed += tail.forget_before(before_ts)
         return removed
 
     # -- served --
@@ -345,7 +433,7 @@ class SQLiteStore:
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         conn = self._region[region]
         out = {r[0] for r in conn.execute("SELECT item FROM served WHERE user=?", (user_id,))}
-        out.update(r[0] for r in conn.execute("SELECT item FROM events WHERE user=? AND type=0", (user_id,)))
+        out.update(r[2] for r in self._events_at(region, self._user_seqs(region, user_id), views=True))
         return out
 
     def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
@@ -386,33 +474,40 @@ class SQLiteStore:
                     c.execute("DELETE FROM model_blobs")
 
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
-        conn = self._region[region]
+        conn, index = self._region[region], self._index[region]
         counts: dict[str, int] = {}
-        with _tx(conn) as c:
-            for kind, query in (("profile", "DELETE FROM users WHERE id=?"),
-                                ("events", "DELETE FROM events WHERE user=?"),
-                                ("served", "DELETE FROM served WHERE user=?"),
-                                ("interest_state", "DELETE FROM user_state WHERE user=?"),
-                                ("controls", "DELETE FROM user_controls WHERE user=?"),
-                                ("model_rows", "DELETE FROM model_rows WHERE key=?")):  # a region's rows are its users'
-                counts[kind] = c.execute(query, (user_id,)).rowcount
+        with self._merge_locks[region]:  # no merge between finding the user's rows and deleting them
+            seqs = self._user_seqs(region, user_id)
+            with _tx(conn) as c:  # the log first: a look-up row left by a crash here is found again
+                for kind, query in (("profile", "DELETE FROM users WHERE id=?"),
+                                    ("served", "DELETE FROM served WHERE user=?"),
+                                    ("interest_state", "DELETE FROM user_state WHERE user=?"),
+                                    ("controls", "DELETE FROM user_controls WHERE user=?"),
+                                    ("model_rows", "DELETE FROM model_rows WHERE key=?")):  # the region's: its users'
+                    counts[kind] = c.execute(query, (user_id,)).rowcount
+                counts["events"] = sum(c.execute(f"DELETE FROM events WHERE seq IN ({_marks(chunk)})", chunk).rowcount
+                                       for chunk in _chunks(seqs))
             # the keys of this version, and the unkeyed ones of earlier versions (until they expire)
-            keys = [(h,) for i in event_ids for h in (self._key(region, user_id, i), _legacy_key(i))]
-            counts["event_ids"] = sum(c.execute("DELETE FROM event_keys WHERE h=?", k).rowcount for k in keys)
+            keys = [h for i in event_ids for h in (self._key(region, user_id, i), _legacy_key(i))]
+            with _deferred(index) as c:
+                c.execute("DELETE FROM event_users WHERE user=?", (user_id,))
+                counts["event_ids"] = sum(c.execute("DELETE FROM event_keys WHERE h=?", (k,)).rowcount for k in keys)
+            counts["event_ids"] += self._tails[region].forget(user_id, keys)
         # Splitting and merging index pages leaves stale copies of keys in free space within pages,
         # which secure_delete does not reach: rebuild the indexes keyed by user (~1.7 s per million
         # events, benchmarks/erasure.py).
-        with self._folder.locks[self.directory / f"region-{region}.db"]:
-            conn.execute("REINDEX events_user")
-            conn.execute("REINDEX served_user")
-            # The WAL held the deleted pages' old images: it must be emptied, not merely folded.
-            for _ in range(50):
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                if not busy:
-                    break
-                time.sleep(0.01)
-            else:
-                raise sqlite3.OperationalError("the write-ahead log could not be truncated after an erasure")
+        for db, reindex in ((conn, "served_user"), (index, "event_users_user")):
+            path = Path(db.execute("PRAGMA database_list").fetchone()[2])
+            with self._folder.locks[path]:
+                db.execute(f"REINDEX {reindex}")
+                # The WAL held the deleted pages' old images: it must be emptied, not merely folded.
+                for _ in range(50):
+                    busy = db.execute("PRAGMA main.wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    if not busy:
+                        break
+                    time.sleep(0.01)
+                else:
+                    raise sqlite3.OperationalError("the write-ahead log could not be truncated after an erasure")
         return counts
 
     def save_tombstone(self, subject: str, until: float) -> None:
@@ -484,7 +579,10 @@ class SQLiteStore:
         self._folder.stop.set()
         if self._folder.is_alive():
             self._folder.join()
-        for conn in (self._catalog, *self._region.values()):
+        for region in self._mergers:  # a clean stop leaves no tail to read at the next start
+            self._merge(region, None)
+        for conn in (self._catalog, *self._region.values(), *self._index.values(),
+                     *(m.conn for m in self._mergers.values())):
             conn.close()
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from foryou.catalog import STATS
 from foryou.errors import Conflict
-from foryou.store import Store, open_store
+from foryou.store import SQLiteStore, Store, open_store
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
 REGIONS = ("us", "eu")
@@ -26,12 +26,26 @@ def _open_sqlite(namespace: Path, regions: Sequence[str]) -> Store:
     return open_store("sqlite:///" + str(namespace), regions)
 
 
+class _MergingSQLite(SQLiteStore):
+    """The log's look-ups (log_index.py) merged before each append: the newest batch is read from the
+    tail, the earlier ones from the look-ups (the plain backend reads everything from the tail)."""
+
+    def append_events(self, region: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.merge_log(region)
+        return super().append_events(region, *args, **kwargs)
+
+
+def _open_sqlite_merging(namespace: Path, regions: Sequence[str]) -> Store:
+    return _MergingSQLite(namespace, regions)
+
+
 def _open_memory(namespace: Path, regions: Sequence[str]) -> Store:
     return open_store("memory://" + str(namespace), regions)
 
 
 BACKENDS: dict[str, Callable[[Path, Sequence[str]], Store]] = {
     "sqlite": _open_sqlite,
+    "sqlite-merging": _open_sqlite_merging,
     "memory": _open_memory,
 }
 

@@ -1,0 +1,142 @@
+"""A region log's two look-ups, by idempotency key and by user, kept in a database file of their own
+(`region-<code>-index.db`) and filled behind the log.
+
+Why: a B-tree keyed by a hash or by a user id takes about one random page per appended event. At 5M
+events the two of them wrote 9 KB of WAL per event and cost 24 µs of each event's append; the log
+itself, appended in seq order, writes 70 bytes and costs 1.8 µs (measured with SQLite 3.45 on this
+machine). So an append writes only the log (with each event's key hash and acceptance time in its
+row), and `merge` copies the log's tail into the look-ups in large sorted runs, from the store's
+upkeep thread: its SQL runs without the GIL, and a write transaction on this file never holds the
+log's writers. A look-up reads the merged part and the tail past it (`Tail`, rows past `through`)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS event_keys (h INTEGER PRIMARY KEY, accepted REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS event_users (seq INTEGER PRIMARY KEY, user TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS event_users_user ON event_users (user, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+MERGE_AT = 20_000  # tail rows that start a merge; bigger runs touch each index page fewer times
+MERGE_AFTER_S = 5.0  # ... or a tail this old, so that a quiet log is not left unmerged
+RUN = 200_000  # rows one merge takes at most (a merge run at 5M events: ~1 s, all off the GIL)
+
+
+def connect(path: Path, log: Path) -> sqlite3.Connection:
+    """A connection to the look-ups' file, with the region's log attached (as `log`) for reading."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA secure_delete=ON")  # an erased user's rows are overwritten, not left in free pages
+    conn.executescript(SCHEMA)
+    conn.execute("ATTACH DATABASE ? AS log", (str(log),))
+    return conn
+
+
+def through(conn: sqlite3.Connection) -> int:
+    """The seq up to which the log is merged."""
+    row = conn.execute("SELECT value FROM meta WHERE key='through'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def merge(conn: sqlite3.Connection, limit: int | None = RUN) -> int:
+    """Copy up to `limit` of the log's rows past `through` into the look-ups, in one transaction;
+    returns how many. The caller holds the region's lock: an erasure must not run between this
+    reading the log and committing (it would leave the erased user's rows in the index). Deferred
+    BEGIN: the write lock is taken on this file only, never on the log's."""
+    conn.execute("BEGIN")
+    try:
+        start = through(conn)
+        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM log.events").fetchone()[0]
+        end = newest if limit is None else min(newest, start + limit)
+        if end <= start:
+            conn.execute("ROLLBACK")
+            return 0
+        now = time.time()
+        conn.execute("INSERT OR IGNORE INTO event_keys SELECT k, coalesce(accepted, ?) FROM log.events "
+                     "WHERE seq>? AND seq<=? AND k IS NOT NULL ORDER BY k", (now, start, end))
+        conn.execute("INSERT OR IGNORE INTO event_users SELECT seq, user FROM log.events WHERE seq>? AND seq<=?",
+                     (start, end))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('through', ?)", (str(end),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return int(end - start)
+
+
+class Tail:
+    """The log's rows past `through`, as this handle last read them: what the look-ups do not hold yet."""
+
+    def __init__(self) -> None:
+        self.seen = 0  # the highest seq read
+        self.rows: deque[tuple[int, str, int | None]] = deque()  # (seq, user, key), in seq order
+        self.keys: dict[int, tuple[int, float]] = {}  # key -> (seq, accepted)
+        self.users: dict[str, list[int]] = {}
+
+    def read(self, log: sqlite3.Connection, merged: int) -> None:
+        """Drop rows merged (seq <= `merged`), then read the log's new rows."""
+        rows, keys, users = self.rows, self.keys, self.users
+        while rows and rows[0][0] <= merged:
+            seq, user, key = rows.popleft()
+            if key is not None and keys.get(key, (0, 0.0))[0] == seq:
+                del keys[key]
+            seqs = users.get(user)
+            if seqs is not None:
+                if seqs and seqs[0] == seq:
+                    seqs.pop(0)
+                if not seqs:
+                    del users[user]
+        q = "SELECT seq, user, k, coalesce(accepted, 0) FROM events WHERE seq>?"
+        for seq, user, key, accepted in log.execute(q, (max(self.seen, merged),)):
+            self.add(seq, user, key, accepted)
+
+    def add(self, seq: int, user: str, key: int | None, accepted: float) -> None:
+        self.rows.append((seq, user, key))
+        if key is not None:
+            self.keys[key] = (seq, accepted)
+        self.users.setdefault(user, []).append(seq)
+        self.seen = max(self.seen, seq)
+
+    def forget(self, user: str, keys: Iterable[int]) -> int:
+        """An erased user's rows (their log rows are gone; the seqs would point at nothing); returns how
+        many of `keys` were held."""
+        self.users.pop(user, None)
+        return sum(self.keys.pop(key, None) is not None for key in keys)
+
+    def forget_before(self, accepted: float) -> int:
+        """Keys accepted before `accepted` (retention); returns how many. Read again after a restart,
+        until merged: a key is remembered at least as long as asked, never less."""
+        old = [k for k, (_, at) in self.keys.items() if at < accepted]
+        for key in old:
+            del self.keys[key]
+        return len(old)
+
+
+class Merger:
+    """Decides when a region's tail is merged: at MERGE_AT rows, or once rows have waited MERGE_AFTER_S."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.waiting_since: float | None = None
+
+    def due(self) -> bool:
+        behind = self.conn.execute("SELECT coalesce(max(seq), 0) FROM log.events").fetchone()[0] - through(self.conn)
+        if behind <= 0:
+            self.waiting_since = None
+            return False
+        now = time.monotonic()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        return bool(behind >= MERGE_AT or now - self.waiting_since >= MERGE_AFTER_S)
+
+    def run(self, limit: int | None = RUN) -> int:
+        merged = merge(self.conn, limit)
+        self.waiting_since = None
+        return merged
