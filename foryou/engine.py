@@ -15,10 +15,10 @@ from foryou.items import ItemService
 from foryou.learning import Learner
 from foryou.learning.index_file import INDEX_FILE
 from foryou.learning.replica import ModelReplica
-from foryou.live import Live
 from foryou.periodic import Periodic
 from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit, privacy_secret
 from foryou.roles.supervise import TrainerProcess
+from foryou.state import Live
 from foryou.store import Store, open_store
 from foryou.store.writer import AggregateWriter
 from foryou.users import UserService

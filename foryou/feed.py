@@ -15,13 +15,13 @@ from foryou import retrieval
 from foryou.config import PolicySettings, Settings, SignalSettings, SourceBudgets, ValueWeights
 from foryou.interest import UserState, decay, muted
 from foryou.learning import Learner
-from foryou.live import Live, LiveUser
 from foryou.policy import KeywordFilter, Limits, Recent, Selection, explore_topics, known_topics, select, topic_lift
 from foryou.policy.controls import topic_shift
 from foryou.privacy.audit import AuditLog, audited
 from foryou.privacy.erasure import Tombstones
 from foryou.ranking import MIN_VALUE, HeuristicRanker, value
 from foryou.reasons import reason
+from foryou.state import Live, LiveUser
 from foryou.types import FeedItem, ServedRecord
 
 SWEEP_STEP = 1024  # item indexes a sweep looks at a time (when the sources run short, or for alternatives)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from foryou.learning import Learner
-from foryou.live import Live
+from foryou.state import Live
 from foryou.types import EventRecord
 
 PAGE = 256  # events read and applied at once

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from foryou.errors import FieldError, InvalidInput
 from foryou.follower import LogFollower
 from foryou.learning import Learner
-from foryou.live import Live, LiveUser
 from foryou.privacy.erasure import Tombstones
+from foryou.state import Live, LiveUser
 from foryou.types import EventIn, EventRecord, parse_time
 
 MAX_FUTURE_S = 300.0

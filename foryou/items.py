@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from foryou.errors import FieldError, InvalidInput, NotFound
 from foryou.follower import LogFollower
 from foryou.learning import Learner
-from foryou.live import Live
+from foryou.state import Live
 from foryou.types import ItemIn, ItemRecord, parse_time
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from foryou.errors import Conflict, InvalidInput, NotFound
 from foryou.interest import dumps, seed_interests
 from foryou.learning import Learner
-from foryou.live import Live, LiveUser
 from foryou.policy.controls import keyword_limits
 from foryou.privacy.audit import AuditLog, audited
 from foryou.privacy.erasure import Tombstones
+from foryou.state import Live, LiveUser
 from foryou.types import ControlsIn, UserIn
 
 

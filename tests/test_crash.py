@@ -235,6 +235,24 @@ def check_everything_survived(server: Server, ledger: Ledger) -> None:
                 actions[(ev["item"], ev["type"])] += 1
         served_count = Counter(i for ids in ledger.served.values() for i in ids)
         plural = {"like": "likes", "share": "shares", "comment": "comments"}
+        # Exact, against the log (the truth: a request in flight at the kill may or may not be in it):
+        # the item counters, once the follower has caught up, count each logged event and serve once.
+        deadline = time.monotonic() + 30
+        while float(next(line.split()[1] for line in client.get("/metrics").text.splitlines()
+                         if line.startswith("foryou_log_follower_events_behind "))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.closing(sqlite3.connect(f"file:{server.data / 'region-us.db'}?mode=ro", uri=True)) as log:
+            logged = {(item, code): n for item, code, n in
+                      log.execute("SELECT item, type, count(*) FROM events GROUP BY item, type")}
+            logged_served = dict(log.execute("SELECT item, count(*) FROM served GROUP BY item").fetchall())
+        codes = {"view": 0, "like": 1, "comment": 2, "share": 3}
+        for k in range(N_ITEMS):
+            item_id = f"i{k}"
+            s = client.get(f"/v1/items/{item_id}").json()["stats"]
+            assert s["views"] == logged.get((item_id, codes["view"]), 0), f"{item_id}: views {s['views']} vs the log"
+            for kind, column in plural.items():
+                assert s[column] == logged.get((item_id, codes[kind]), 0), f"{item_id}: {column} vs the log"
+            assert s["served"] == logged_served.get(item_id, 0), f"{item_id}: served {s['served']} vs the log"
         for k in range(N_ITEMS):
             item_id = f"i{k}"
             r = client.get(f"/v1/items/{item_id}")

@@ -35,11 +35,11 @@ from foryou.learning.features import HEAD, popularity
 from foryou.learning.index_file import INDEX_FILE
 from foryou.learning.joins import ExampleList, Joins
 from foryou.learning.model import Examples, Model
-from foryou.live import Live
 from foryou.metrics import SLOW_BUCKETS, Histogram
 from foryou.ranking import HeuristicRanker, value
 from foryou.retrieval.ann import VectorIndex, make_index
 from foryou.signals import completion_mask, early_swipe_mask
+from foryou.state import Live
 from foryou.types import EventRecord
 
 _WARM_STEPS = 20  # steps before the loss average is trusted to judge a step

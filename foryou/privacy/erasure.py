@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from foryou.errors import FieldError, Gone, NotFound
 from foryou.learning import Learner
-from foryou.live import Live
 from foryou.privacy.audit import AuditLog, keyed_hash
+from foryou.state import Live
 from foryou.store import Store
 from foryou.types import format_time
 

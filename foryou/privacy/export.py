@@ -7,8 +7,8 @@ from foryou.catalog import Catalog
 from foryou.errors import NotFound
 from foryou.interest import CREATOR, SOUND, TAG, TOPIC, UserState, code_of, decay, kind_of
 from foryou.learning import Learner
-from foryou.live import Live
 from foryou.privacy.audit import AuditLog, audited
+from foryou.state import Live
 from foryou.types import format_time
 
 _KINDS = {TAG: "tag", TOPIC: "topic", CREATOR: "creator", SOUND: "sound"}

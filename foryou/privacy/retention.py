@@ -7,8 +7,8 @@ serving an item twice rests on)."""
 from __future__ import annotations
 
 from foryou.learning import Learner
-from foryou.live import Live
 from foryou.privacy.audit import AuditLog
+from foryou.state import Live
 
 _EVERY_S = 3600.0
 

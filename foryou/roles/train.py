@@ -30,8 +30,8 @@ from pathlib import Path
 from foryou.config import Settings
 from foryou.follower import LogFollower
 from foryou.learning import Learner
-from foryou.live import Live
 from foryou.privacy import privacy_secret
+from foryou.state import Live
 from foryou.store import Store, open_store
 from foryou.types import ServedRecord
 

@@ -1,0 +1,115 @@
+"""Checkpoints of the live state: the item aggregates (handed to a writer thread in a server) and the
+users' interest state in bounded slices, with watermarks that make a replay after a crash apply
+exactly what is missing; and the catalogue's snapshot at a clean stop."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from foryou import snapshot
+from foryou.catalog import STATS
+from foryou.interest import dumps
+from foryou.state.fields import StateFields
+from foryou.store.writer import AggregateCheckpoint, AggregateWriter
+
+
+class Checkpoints(StateFields):
+    def maybe_checkpoint(self, max_users: int = 200) -> bool:
+        """The periodic work's (never a request's): every `checkpoint_interval_s`, save a bounded slice
+        of state, so that no tick holds the server for a whole checkpoint; the slices continue, a tick
+        each, until nothing is dirty. Decides the new-video pools that are due. Once an hour,
+        idempotency keys past their time to live are dropped. Returns whether slices are still due."""
+        now = self.clock()
+        if now - self._last_purge >= 3600:  # keys are remembered from acceptance, in the engine's time
+            self._last_purge = now
+            self.store.forget_event_ids(now - self.settings.signals.event_id_ttl_days * 86400)
+        self.dirty_items.update(self.pools.tick(self.catalog, now, self.totals()))
+        pending = any(self.dirty_users.values())
+        due = self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s
+        if due or (pending and self._in_progress):
+            # The item aggregates once per interval; the users' slices continue between (under a
+            # steady load they would otherwise never end, and each would save every item again).
+            self._in_progress = not self.checkpoint(max_users, wait=False, items=due)
+        return self._in_progress
+
+    def save_snapshot(self) -> None:
+        """At a clean stop: the catalogue as of now, for the next start to load instead of rebuilding."""
+        directory = Path(self.settings.server.data)
+        if directory.is_dir():
+            snapshot.save(self.catalog, directory, self.store.catalogue_version())
+
+    def write_beside(self, writer: AggregateWriter) -> None:
+        """From now on checkpoints hand the item aggregates to `writer`, a thread of their own (a
+        server's): the event loop only copies them."""
+        self.writer = writer
+        writer.start()
+
+    def checkpoint(self, max_users: int | None = None, wait: bool = True, items: bool = True) -> bool:
+        """Save dirty item aggregates (unless not `items`) and (up to `max_users`, oldest first) users'
+        interest state. Each region's state watermark stays below the oldest change still unsaved, so
+        replay after a crash re-applies exactly what is missing. Returns True when no user is left
+        dirty. With a writer beside (`write_beside`) the aggregates are written by it; `wait`: before
+        returning."""
+        if items:
+            self._save_items(wait)
+        return self._save_users(max_users)
+
+    def _save_items(self, wait: bool) -> None:
+        catalog, trending = self.catalog, self.trending
+        width, n = len(STATS), len(catalog)
+        idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
+        trend = {}
+        for r, d in trending.dirty.items():
+            where = np.fromiter((i for i in d if i < n), np.int64)
+            trend[r] = (where, trending.scores[r][where].astype(np.float64))
+        marks = {r: (self.item_mark[r], self.served_mark[r]) for r in catalog.regions}
+        ids, low = catalog.ids, (1 << 32) - 1
+        coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
+        for pair in self.coeng:  # their saved neighbours change now
+            self._neighbours.pop(pair >> 32, None)
+        meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps(),
+                **{f"coeng_mark:{r}": str(self.event_mark[r]) for r in catalog.regions}}
+        saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta,
+                                    dict(self.event_mark))
+        self.dirty_items = set()  # handed over: a failed write is the writer's to retry, never ours again
+        self.coeng = {}
+        for dirty in trending.dirty.values():
+            dirty.clear()
+        self.last_checkpoint = self.clock()
+        if self.writer is not None:
+            self.writer.submit(saved)
+            if wait:
+                self.writer.flush()
+        else:
+            saved.save(self.store, catalog.ids)
+            self.aggregates_saved(saved)
+
+    def aggregates_saved(self, saved: AggregateCheckpoint) -> None:
+        """`saved` is committed (called by the writer thread, or after a write in this one)."""
+        for region, mark in saved.coeng_marks.items():
+            self.coeng_saved[region] = max(self.coeng_saved[region], mark)
+
+    def _save_users(self, max_users: int | None) -> bool:
+        catalog = self.catalog
+        budget = max_users if max_users is not None else sum(len(d) for d in self.dirty_users.values())
+        share = max(1, budget // len(catalog.regions))
+        done = True
+        for region, dirty_users in self.dirty_users.items():
+            # The oldest changes first, without copying the rest; a user whose state includes events
+            # past the committed co-engagement mark waits for the next aggregates (at most a few
+            # times `share` users are looked at).
+            saved_mark = self.coeng_saved[region]
+            batch = [(uid, u) for uid, u in islice(dirty_users.items(), 4 * share) if u.state.seq <= saved_mark][:share]
+            states = {uid: dumps(u.state, catalog) for uid, u in batch}
+            for uid, u in batch:
+                u.dirty_since = 0
+                del dirty_users[uid]
+            rest = next(iter(dirty_users.values()), None)
+            mark = rest.dirty_since - 1 if rest is not None else self.event_mark[region]
+            self.store.save_user_states(region, states, min(mark, saved_mark))
+            done = done and rest is None
+        self._trim()
+        return done

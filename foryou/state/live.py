@@ -1,0 +1,129 @@
+"""The engine's derived state, in memory: catalogue index and counters, regional trending, and the
+interest state of recently active users. It is rebuilt at start from the last checkpoint plus the
+events and served rows logged after it, and checkpointed back to the store every few seconds. Its
+parts, by concern: users.py, items.py, checkpoints.py (their shared fields: fields.py)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from foryou import snapshot
+from foryou.catalog import STATS, Catalog
+from foryou.config import Settings
+from foryou.policy import Pools
+from foryou.state.checkpoints import Checkpoints
+from foryou.state.fields import LiveUser
+from foryou.state.items import Items
+from foryou.state.users import Users
+from foryou.store import Store
+from foryou.store.writer import AggregateWriter
+from foryou.trending import Trending
+from foryou.types import EventRecord
+
+
+class Live(Users, Items, Checkpoints):
+    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        regions = settings.server.regions
+        self.catalog = Catalog(regions)
+        self.trending = Trending(regions, settings.signals.trending_half_life_h * 3600 / math.log(2))
+        self.tau = settings.signals.interest_half_life_h * 3600 / math.log(2)
+        # Recently active users, least recently used first: an idle user leaves memory entirely (the
+        # store knows every user's region; `regions_of` asks it for users not here).
+        self.users: OrderedDict[str, LiveUser] = OrderedDict()
+        self.pending: dict[str, str] = {}  # users of a batch being appended, not stored yet: their region
+        self.dirty_items: set[int] = set()
+        self.writer: AggregateWriter | None = None  # writes the item aggregates beside (a server's)
+        # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
+        self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
+        # Co-engagement deltas not yet saved, keyed by the pair of item indexes packed into one int.
+        self.coeng: dict[int, float] = {}
+        self._neighbours: OrderedDict[int, list[int]] = OrderedDict()  # item -> saved top co-engaged
+        self.event_mark = {r: 0 for r in regions}  # the log applied to users' interest state, through
+        self.item_mark = {r: 0 for r in regions}  # ... and to the item aggregates (the log follower's)
+        # Co-engagement is counted as events reach users' state, not the aggregates: its deltas are
+        # saved with the event mark of the checkpoint that saved them, and a replay counts only past it.
+        self.coeng_mark = {r: 0 for r in regions}
+        # The co-engagement mark of the last aggregates committed to the store: a user's state is not
+        # saved past it (a replay could no longer count that user's pairs, which need their recent
+        # positives as of each event).
+        self.coeng_saved = {r: 0 for r in regions}
+        self.served_mark = {r: 0 for r in regions}
+        self.last_checkpoint = 0.0
+        # Column sums of the item counters, kept as events and serves are applied: summing a million
+        # rows on a request took tens of milliseconds (the pool columns' sums mean nothing and are not kept)
+        self._totals = np.zeros(len(STATS))
+        self._in_progress = False
+        self._last_purge = 0.0
+        p, w = settings.policy, settings.weights
+        self.pools = Pools(p.first_pool, p.pool_growth, p.pool_count, p.promote_quantile, p.pool_eval_delay_s,
+                           p.pool_max_age_h * 3600, p.pool_within_h * 3600, (w.complete, w.like, w.share),
+                           expire_s=p.pool_expire_days * 86400)
+
+    def load(self, users: bool = True) -> None:
+        """The catalogue, the item aggregates and (with `users`) the users' interest state, replaying
+        the log past their checkpoints. A trainer process loads no users' state: it never serves."""
+        store = self.store
+        restored = snapshot.load(Path(self.settings.server.data), self.catalog.regions, store.catalogue_version())
+        if restored is not None:  # the catalogue as of the last clean stop, and unchanged since
+            self.catalog = restored
+        else:
+            self.catalog.put_many(store.iter_items())
+        catalog = self.catalog
+        rows, where = [], []
+        for item_id, row in store.iter_item_stats():
+            idx = catalog.index.get(item_id)
+            if idx is not None:
+                where.append(idx)
+                rows.append(row)
+        if rows:
+            catalog.stats[np.asarray(where), : len(rows[0])] = np.asarray(rows)
+        self.trending.t0 = float(store.get_meta("trend_t0") or 0.0)
+        self.trending.ensure(len(catalog))
+        for region in catalog.regions:
+            arr = self.trending.scores[region]
+            for item_id, score in store.iter_trend(region):
+                idx = catalog.index.get(item_id)
+                if idx is not None:
+                    arr[idx] = score
+        marks = store.item_watermarks()
+        for region in catalog.regions:
+            item_events, item_served = marks.get(region, (0, 0))
+            state_mark = store.user_state_watermark(region) if users else 1 << 62
+            saved_coeng = store.get_meta(f"coeng_mark:{region}")  # absent before this was kept: the aggregates'
+            self.coeng_mark[region] = int(saved_coeng) if saved_coeng is not None else item_events
+            self.coeng_saved[region] = self.coeng_mark[region]
+            chunk: list[EventRecord] = []
+            for event in store.events_after(region, min(item_events, state_mark)):
+                chunk.append(event)
+                if len(chunk) >= 10_000:
+                    self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
+                    chunk = []
+            if chunk:
+                self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
+            self.count_served(region, store.served_after(region, item_served))
+            self.event_mark[region] = max(self.event_mark[region], self.item_mark[region], item_events,
+                                          state_mark if users else 0)
+            self.item_mark[region] = self.event_mark[region]  # replayed: the aggregates are caught up
+            self.coeng_mark[region] = self.event_mark[region]
+            self.served_mark[region] = max(self.served_mark[region], item_served)
+        self.pools.load(catalog, self.clock())
+        self.pools.loads(store.get_meta("pool_reference"))
+        self._totals = catalog.stats[: len(catalog)].sum(axis=0)  # once; from now on kept as things happen
+        catalog.recount_topics()
+        self.last_checkpoint = self.clock()
+
+    def apply_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+                     item_after: int = 0, user_after: int = 0) -> None:
+        """Replay after a crash: logged events (seqs ascending) applied to users' interest state past
+        `user_after` and to the item aggregates past `item_after`."""
+        self.item_mark[region] = max(self.item_mark[region], item_after)
+        self.apply_user_events(region, events, seqs, user_after)
+        self.apply_item_events(region, events, seqs)

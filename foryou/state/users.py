@@ -1,0 +1,218 @@
+"""The users' part of the live state: a cache of recently active users (profile, interest state,
+served set, controls), loaded from the store on demand and evicted when idle; where each user's
+region is; and the request's part of ingestion, which moves the users' interest state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from foryou.errors import Conflict
+from foryou.interest import UserState, learn_one, loads, seed_interests
+from foryou.policy import Controls
+from foryou.state.fields import LiveUser, StateFields
+from foryou.types import EventRecord, UserRecord
+
+
+class Users(StateFields):
+    def region_of(self, user_id: str) -> str | None:
+        """The region of a stored user."""
+        return self.regions_of([user_id]).get(user_id)
+
+    def regions_of(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """The regions of those of `user_ids` that are stored: from memory for active users, one
+        look-up per region in the store for the others."""
+        out: dict[str, str] = {}
+        ask: list[str] = []
+        for user_id in user_ids:
+            live = self.users.get(user_id)
+            if live is None:
+                ask.append(user_id)
+            elif live.stored:
+                out[user_id] = live.profile.region
+        if ask:
+            out.update(self.store.find_user_regions(ask))
+        return out
+
+    def unknown(self, user_ids: Iterable[str]) -> list[str]:
+        """Those of `user_ids` neither stored nor being placed by a batch: a request naming them creates them."""
+        ids = [u for u in dict.fromkeys(user_ids) if u not in self.pending]
+        stored = self.regions_of(ids)
+        return [u for u in ids if u not in stored]
+
+    def place(self, user_id: str, region: str | None = None) -> str:
+        """The region a request about this user acts in: the user's own. A region the request names
+        (X-Region, or the profile's `region`) must be one this server holds and, for a stored user,
+        theirs: a user's data is never copied to another region's store to serve a request."""
+        return self.place_many([user_id], region)[user_id]
+
+    def place_many(self, user_ids: Iterable[str], region: str | None = None) -> dict[str, str]:
+        """`place` for the users of a batch, with one look-up per region for those not in memory."""
+        self.check_held(region)
+        ids = list(dict.fromkeys(user_ids))
+        stored = self.regions_of(ids)
+        placed = {}
+        for user_id in ids:
+            found = stored.get(user_id) or self.pending.get(user_id)
+            if region is not None and found is not None and found != region:
+                raise Conflict(f"user {user_id!r} belongs to region {found!r}, not {region!r}; a region is fixed "
+                               "once set", field="region")
+            placed[user_id] = found or region or self.settings.server.regions[0]
+        return placed
+
+    @contextlib.contextmanager
+    def placing(self, user_ids: Iterable[str], region: str | None) -> Iterator[None]:
+        """While a batch of events is appended in chunks, its users not stored yet count as placed in
+        `region` (default: the first held), so that a request about them meanwhile finds them there."""
+        fresh = self.unknown(user_ids)
+        for user_id in fresh:
+            self.pending[user_id] = region or self.settings.server.regions[0]
+        try:
+            yield
+        finally:
+            for user_id in fresh:
+                del self.pending[user_id]
+
+    def check_held(self, region: str | None) -> None:
+        """409 for a region this server does not hold: its users' data is elsewhere."""
+        held = self.settings.server.regions
+        if region is not None and region not in held:
+            raise Conflict(f"region {region!r} is not held by this server (it holds {', '.join(held)}): "
+                           f"send requests for its users to the server of region {region!r}", field="region")
+
+    def user(self, user_id: str, region: str | None = None) -> LiveUser:
+        """The user's live state, loaded on demand; a user never seen is created in `region`
+        (default: the server's first region) but not stored until `persist_user`."""
+        live = self.users.get(user_id)
+        if live is not None:
+            self.users.move_to_end(user_id)
+            return live
+        self.prefetch([user_id], region)
+        return self.users[user_id]
+
+    def prefetch(self, user_ids: Sequence[str], region: str | None = None) -> None:
+        """Load the profiles and interest state of the users not in memory, one query per region
+        (ingestion calls this once per batch)."""
+        missing = [u for u in dict.fromkeys(user_ids) if u not in self.users]
+        if not missing:
+            return
+        self._trim()  # before, not after: the users loaded now are about to be used
+        catalog, now = self.catalog, self.clock()
+        for found in self.catalog.regions:  # one look-up per region: the store knows where each user is
+            profiles = self.store.get_users(found, missing)
+            if not profiles:
+                continue
+            blobs = self.store.load_user_states(found, list(profiles))
+            for user_id, profile in profiles.items():
+                blob = blobs.get(user_id)
+                state = loads(blob, catalog) if blob else UserState()
+                if not blob and profile.interests:
+                    seed_interests(state, catalog, profile.interests, now, self.tau)
+                self.users[user_id] = LiveUser(profile, state)
+            missing = [u for u in missing if u not in profiles]
+            if not missing:
+                break
+        for user_id in missing:  # new users, created in `region` (stored once something is kept of them)
+            profile = UserRecord(user_id, region or self.settings.server.regions[0], created_at=now)
+            self.users[user_id] = LiveUser(profile, UserState(), stored=False, serving_loaded=True)
+
+    def serving(self, live: LiveUser) -> LiveUser:
+        """Make sure the user's served/viewed items and last served item are loaded (feeds need them;
+        learning does not, so ingestion never pays for them)."""
+        if not live.serving_loaded:
+            catalog, state, region, user_id = self.catalog, live.state, live.profile.region, live.profile.id
+            state.excluded |= {catalog.index[i] for i in self.store.excluded_items(region, user_id)
+                               if i in catalog.index}
+            # served rows are durable; the checkpointed copy of what came last may be older
+            recent = [catalog.index[i] for i in self.store.recent_served(region, user_id, 8) if i in catalog.index]
+            if recent:
+                last = recent[0]
+                state.last_creator, state.last_sound = catalog.creator_l[last], catalog.sound_l[last]
+                state.last_topic = catalog.topic_l[last]
+                topics = [catalog.topic_l[i] for i in recent]
+                state.topic_run = next((k for k, t in enumerate(topics) if t != topics[0]), len(topics))
+                sensitive = self.sensitive(np.asarray(recent, np.int64)).tolist()
+                state.sensitive_run = next((k for k, s in enumerate(sensitive) if not s), len(sensitive))
+            live.controls = Controls.loads(self.store.get_controls(region, user_id))
+            live.serving_loaded = True
+        return live
+
+    def sensitive(self, idx: np.ndarray) -> np.ndarray:
+        """Which of these items have a topic flagged sensitive (`policy.sensitive_topics`)."""
+        codes = [c for t in self.settings.policy.sensitive_topics if (c := self.catalog.tags.ids.get(t)) is not None]
+        return np.isin(self.catalog.topic[idx], codes) if codes else np.zeros(len(idx), np.bool_)
+
+
+    def forget_user(self, user_id: str, region: str) -> None:
+        """Drop everything held in memory about the user of `region` (erasure): cached state, pending saves."""
+        self.users.pop(user_id, None)
+        self.dirty_users[region].pop(user_id, None)
+
+    def persist_user(self, live: LiveUser) -> None:
+        self.store.put_user(live.profile)
+        self.mark_stored(live)
+
+    def mark_stored(self, live: LiveUser) -> None:
+        live.stored = True
+
+    def _trim(self) -> None:
+        """Evict least recently used users down to `store.user_cache`: nothing of an idle user stays in
+        memory (a user never stored has nothing to lose). Users with unsaved state cannot leave yet:
+        they are moved to the recent end, so each call looks at a bounded number of users (walking the
+        whole cache on every call made loads with many dirty users quadratic)."""
+        users = self.users
+        dirty = sum(len(d) for d in self.dirty_users.values())
+        excess = min(len(users) - self.settings.store.user_cache, len(users) - dirty)  # evictable
+        budget = excess + 64  # dirty users met on the way move to the back: amortised O(1)
+        while excess > 0 and budget > 0 and users:
+            budget -= 1
+            user_id, live = next(iter(users.items()))
+            if live.dirty_since:
+                users.move_to_end(user_id)
+            else:
+                del users[user_id]
+                excess -= 1
+
+    def touch(self, live: LiveUser, seq: int = 0) -> None:
+        """Mark a user's state changed by event `seq` (or by something not in the event log)."""
+        if not live.dirty_since:
+            region = live.profile.region
+            live.dirty_since = seq or self.event_mark[region] + 1
+            self.dirty_users[region][live.profile.id] = live
+
+    def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+                          user_after: int = 0) -> None:
+        """The request's part of ingestion: each event (its seq in the region's log, ascending) changes
+        its user's interest state, so that the user's next feed reflects it; events with seq at most
+        `user_after`, or already in a user's saved state, are skipped. The item aggregates follow from
+        the log (`apply_item_events`, by the log follower)."""
+        catalog = self.catalog
+        index = catalog.index
+        tau, user_of, coeng_after = self.tau, self.user, self.coeng_mark[region]
+        mute_s = self.settings.policy.not_interested_days * 86400
+        lives: dict[str, LiveUser] = {}  # each user looked up once a batch
+        for event, seq in zip(events, seqs, strict=True):
+            i = index.get(event.item)
+            if i is None or seq <= user_after:
+                continue
+            live = lives.get(event.user) or lives.setdefault(event.user, user_of(event.user, region))
+            state = live.state
+            if seq <= state.seq:  # already in this user's saved state
+                continue
+            state.seq = seq
+            recent = state.recent[-4:]
+            strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau, mute_s)
+            self.touch(live, seq)
+            # Co-engagement needs the user's recent positives as of the event: counted here (a
+            # replay counts it again only past the mark of the last checkpoint that saved it).
+            if strength >= 1.0 and seq > coeng_after:
+                coeng = self.coeng
+                for other in recent:
+                    if other != i:
+                        forward, backward = (other << 32) | i, (i << 32) | other
+                        coeng[forward] = coeng.get(forward, 0.0) + 1.0
+                        coeng[backward] = coeng.get(backward, 0.0) + 1.0
+        if seqs and seqs[-1] > self.event_mark[region]:
+            self.event_mark[region] = seqs[-1]
