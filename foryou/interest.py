@@ -8,8 +8,10 @@ user keeps a reference time `ref`: stored weights are in units of `ref`, an even
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 
 from foryou.catalog import Catalog
@@ -164,8 +166,81 @@ def decay(state: UserState, now: float, tau: float) -> float:
     return math.exp(max(-50.0, min(50.0, (state.ref - now) / tau))) if state.ref else 1.0
 
 
+# A saved state, binary: this header, then weight features (int64) and values (float64), follows
+# (int32 creator codes), recent (int32 item indexes), muted features (int64) and until (float64),
+# topic codes (int32) and their [views, completions] (float64 pairs). Codes are the catalogue's
+# persisted vocabularies' (`Store.save_vocab`), so they read the same in every process and after a
+# restart; item indexes are positions in the catalogue's insertion order, which never changes.
+# Loading one took 140 µs as JSON by name (a user's first request or event at 1M items), ~10 µs so.
+_HEAD = struct.Struct("<BdqiiiiiIIIII")
+_BINARY = 1
+
+
 def dumps(state: UserState, catalog: Catalog) -> bytes:
-    """Serialize by name: vocabulary codes are not stable across restarts."""
+    """The binary form of `state` (its codes must be in the store's vocabularies: `Live.state_blobs`)."""
+    prune(state)
+    topics = list(state.topic_views.items())
+    parts = [
+        _HEAD.pack(_BINARY, state.ref, state.seq, state.last_creator, state.last_sound, state.last_topic,
+                   state.topic_run, state.sensitive_run, len(state.weights), len(state.follows), len(state.recent),
+                   len(state.muted), len(topics)),
+        np.fromiter(state.weights.keys(), np.int64, len(state.weights)).tobytes(),
+        np.fromiter(state.weights.values(), np.float64, len(state.weights)).tobytes(),
+        np.fromiter(state.follows, np.int32, len(state.follows)).tobytes(),
+        np.asarray(state.recent, np.int32).tobytes(),
+        np.fromiter(state.muted.keys(), np.int64, len(state.muted)).tobytes(),
+        np.fromiter(state.muted.values(), np.float64, len(state.muted)).tobytes(),
+        np.fromiter((t for t, _ in topics), np.int32, len(topics)).tobytes(),
+        np.asarray([c for _, c in topics], np.float64).reshape(-1, 2).tobytes(),
+    ]
+    return b"".join(parts)
+
+
+def loads(blob: bytes, catalog: Catalog) -> UserState:
+    """A saved state (binary, or JSON by name as versions before the binary form saved it). Codes that
+    the catalogue does not know are dropped, never trusted."""
+    if blob[:1] == b"{":
+        return _loads_json(blob, catalog)
+    version, ref, seq, last_creator, last_sound, last_topic, topic_run, sensitive_run, nw, nf, nr, nm, nt = (
+        _HEAD.unpack_from(blob))
+    if version != _BINARY:
+        raise ValueError(f"unknown user state format {version}")
+    offset = _HEAD.size
+
+    def take(dtype: type, n: int) -> np.ndarray:
+        nonlocal offset
+        out: np.ndarray = np.frombuffer(blob, dtype, n, offset)
+        offset += out.nbytes
+        return out
+
+    features, values = take(np.int64, nw), take(np.float64, nw)
+    follows, recent = take(np.int32, nf), take(np.int32, nr)
+    mutes, until = take(np.int64, nm), take(np.float64, nm)
+    topic_codes, counts = take(np.int32, nt), take(np.float64, 2 * nt)
+    tags, creators, sounds = len(catalog.tags), len(catalog.creators), len(catalog.sounds)
+    limits = (tags, tags, creators, sounds)
+    # Vocabularies only grow and a state's codes were saved before it: every code is known unless the
+    # blob is damaged, so one vectorised check, and the entry-wise filter only when it fails.
+    weights = dict(zip(features.tolist(), values.tolist(), strict=True))
+    if nw and (features.min() < 0 or features.max() >> _KIND_SHIFT > SOUND or bool(
+            ((features & 0xFFFFFFFF) >= np.take(np.asarray(limits), features >> _KIND_SHIFT, mode="clip")).any())):
+        weights = {k: w for k, w in weights.items() if 0 <= k >> _KIND_SHIFT <= SOUND
+                   and k & 0xFFFFFFFF < limits[k >> _KIND_SHIFT]}
+    muted = {k: t for k, t in zip(mutes.tolist(), until.tolist(), strict=True)
+             if 0 <= k >> _KIND_SHIFT <= SOUND and k & 0xFFFFFFFF < limits[k >> _KIND_SHIFT]}
+    pairs = counts.reshape(-1, 2).tolist()
+    return UserState(
+        ref=ref, seq=seq, weights=weights,
+        follows={c for c in follows.tolist() if c < creators}, recent=[i for i in recent.tolist() if i < len(catalog)],
+        muted=muted, topic_views={t: c for t, c in zip(topic_codes.tolist(), pairs, strict=True) if t < tags},
+        last_creator=last_creator if last_creator < creators else -1,
+        last_sound=last_sound if last_sound < sounds else -1,
+        last_topic=last_topic if last_topic < tags else -1, topic_run=topic_run, sensitive_run=sensitive_run,
+    )
+
+
+def dumps_json(state: UserState, catalog: Catalog) -> bytes:
+    """The JSON form by name, as versions before the binary form saved states (tests read both)."""
     prune(state)
     mask = (1 << _KIND_SHIFT) - 1
     groups: tuple[dict[str, float], ...] = ({}, {}, {}, {})  # by kind: tag, topic, creator, sound
@@ -189,7 +264,7 @@ def dumps(state: UserState, catalog: Catalog) -> bytes:
     })
 
 
-def loads(blob: bytes, catalog: Catalog) -> UserState:
+def _loads_json(blob: bytes, catalog: Catalog) -> UserState:
     data = orjson.loads(blob)
     vocabs = {"t": (catalog.tags, 0), "o": (catalog.tags, TOPIC << _KIND_SHIFT),
               "c": (catalog.creators, CREATOR << _KIND_SHIFT), "s": (catalog.sounds, SOUND << _KIND_SHIFT)}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from foryou.errors import Conflict, InvalidInput, NotFound
-from foryou.interest import dumps, seed_interests
+from foryou.interest import seed_interests
 from foryou.learning import Learner
 from foryou.policy.controls import keyword_limits
 from foryou.privacy.audit import AuditLog, audited
@@ -94,7 +94,7 @@ class UserService:
         user.state.seq = live.event_mark[region]  # replay after a crash skips what came before
         if user.profile.interests:  # as for a new user: the declared interests lead again
             seed_interests(user.state, live.catalog, user.profile.interests, live.clock(), live.tau)
-        live.store.save_user_states(region, {user_id: dumps(user.state, live.catalog)},
+        live.store.save_user_states(region, live.state_blobs({user_id: user.state}),
                                     live.store.user_state_watermark(region))
         if self.learner is not None:
             self.learner.forget_user(region, user_id)

@@ -16,7 +16,7 @@ from factories import Clock
 
 from foryou.config import load_settings
 from foryou.engine import Engine
-from foryou.interest import decay, dumps
+from foryou.interest import decay, dumps_json
 from foryou.types import STAT_NAMES, EventIn, ItemIn, UserIn, format_time
 
 T0 = 1_700_000_000.0
@@ -340,7 +340,7 @@ def snapshot(e: Engine, users: list[str]) -> dict[str, object]:
     }
     for u in users:
         lu = live.serving(live.user(u))
-        data = orjson.loads(dumps(lu.state, cat))
+        data = orjson.loads(dumps_json(lu.state, cat))
         factor = decay(lu.state, now, live.tau)
         out[f"weights:{u}"] = {k: pytest.approx(w * factor, rel=1e-9, abs=1e-12) for k, w in _flat(data["w"]).items()
                                if abs(w * factor) > 1e-9}

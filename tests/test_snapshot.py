@@ -83,3 +83,28 @@ def test_a_snapshot_of_another_catalogue_is_not_used(tmp_path: Path) -> None:
     other = open_engine(tmp_path / "d", store_url="memory://snapshot-other-store")  # same directory, other store
     assert len(other.live.catalog) == 0
     other.store.close()
+
+
+def test_users_saved_states_read_the_same_when_the_catalogue_is_rebuilt(tmp_path: Path) -> None:
+    """Saved states hold vocabulary codes (interest.py): the codes they use are in the store's
+    vocabularies, so a catalogue rebuilt in another order (a tag first met on a re-upsert comes first
+    in a rebuild) still gives each code its name."""
+    engine = open_engine(tmp_path / "d")
+    engine.items.upsert([ItemIn(id="a", creator="ca", duration_s=10.0, tags=["first"]),
+                         ItemIn(id="b", creator="cb", duration_s=10.0, tags=["second"])])
+    engine.items.upsert([ItemIn(id="a", creator="cz", duration_s=10.0, tags=["third"], sound="sz")])
+    engine.events.ingest([EventIn(user="amy", item="a", type="like"), EventIn(user="amy", item="b", type="share")])
+
+    def by_name(e: Engine) -> dict[str, float]:
+        cat, state = e.live.catalog, e.live.user("amy").state
+        names = (cat.tags.names, cat.tags.names, cat.creators.names, cat.sounds.names)
+        return {f"{k >> 32}:{names[k >> 32][k & 0xFFFFFFFF]}": w for k, w in state.weights.items()}
+
+    before = by_name(engine)
+    assert {"0:third", "2:cz", "3:sz", "0:second"} <= set(before)
+    engine.live.checkpoint()
+    engine.store.close()  # a crash: no snapshot
+    assert not (tmp_path / "d" / snapshot.FILE).exists()
+    with open_engine(tmp_path / "d") as again:
+        assert again.live.catalog.tags.names[:3] == ["first", "second", "third"]
+        assert by_name(again) == pytest.approx(before)

@@ -4,6 +4,7 @@ exactly what is missing; and the catalogue's snapshot at a clean stop."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from foryou import snapshot
 from foryou.catalog import STATS
-from foryou.interest import dumps
+from foryou.interest import UserState, dumps
 from foryou.state.fields import StateFields
 from foryou.store.writer import AggregateCheckpoint, AggregateWriter
 
@@ -92,6 +93,16 @@ class Checkpoints(StateFields):
         for region, mark in saved.coeng_marks.items():
             self.coeng_saved[region] = max(self.coeng_saved[region], mark)
 
+    def state_blobs(self, states: Mapping[str, UserState]) -> dict[str, bytes]:
+        """Users' states as saved: binary, with vocabulary codes, so the codes they use are recorded in
+        the store first (a crash between the two leaves codes no state uses, never the reverse)."""
+        for kind, saved in self.vocab_saved.items():
+            names = getattr(self.catalog, kind).names
+            if len(names) > saved:
+                self.store.save_vocab(kind, saved, names[saved:])
+                self.vocab_saved[kind] = len(names)
+        return {uid: dumps(state, self.catalog) for uid, state in states.items()}
+
     def _save_users(self, max_users: int | None) -> bool:
         catalog = self.catalog
         budget = max_users if max_users is not None else sum(len(d) for d in self.dirty_users.values())
@@ -103,7 +114,7 @@ class Checkpoints(StateFields):
             # times `share` users are looked at).
             saved_mark = self.coeng_saved[region]
             batch = [(uid, u) for uid, u in islice(dirty_users.items(), 4 * share) if u.state.seq <= saved_mark][:share]
-            states = {uid: dumps(u.state, catalog) for uid, u in batch}
+            states = self.state_blobs({uid: u.state for uid, u in batch})
             for uid, u in batch:
                 u.dirty_since = 0
                 del dirty_users[uid]

@@ -64,6 +64,7 @@ class StateFields:
     _in_progress: bool
     _last_purge: float
     pools: Pools
+    vocab_saved: dict[str, int]
 
     def touch(self, live: LiveUser, seq: int = 0) -> None:  # users.py
         raise NotImplementedError

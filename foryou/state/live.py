@@ -57,6 +57,7 @@ class Live(Users, Items, Checkpoints):
         self.coeng_saved = {r: 0 for r in regions}
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
+        self.vocab_saved = {"tags": 0, "creators": 0, "sounds": 0}  # codes in the store's vocabularies
         # Column sums of the item counters, kept as events and serves are applied: summing a million
         # rows on a request took tens of milliseconds (the pool columns' sums mean nothing and are not kept)
         self._totals = np.zeros(len(STATS))
@@ -71,11 +72,18 @@ class Live(Users, Items, Checkpoints):
         """The catalogue, the item aggregates and (with `users`) the users' interest state, replaying
         the log past their checkpoints. A trainer process loads no users' state: it never serves."""
         store = self.store
+        persisted = {kind: store.vocab(kind) for kind in self.vocab_saved}
         restored = snapshot.load(Path(self.settings.server.data), self.catalog.regions, store.catalogue_version())
-        if restored is not None:  # the catalogue as of the last clean stop, and unchanged since
-            self.catalog = restored
-        else:
+        if restored is not None and all(getattr(restored, kind).names[: len(names)] == names
+                                        for kind, names in persisted.items()):
+            self.catalog = restored  # the catalogue as of the last clean stop, and unchanged since
+        else:  # the saved states' codes first: items' new names come after them
+            for kind, names in persisted.items():
+                vocab = getattr(self.catalog, kind)
+                for name in names:
+                    vocab(name)
             self.catalog.put_many(store.iter_items())
+        self.vocab_saved = {kind: len(names) for kind, names in persisted.items()}
         catalog = self.catalog
         rows, where = [], []
         for item_id, row in store.iter_item_stats():

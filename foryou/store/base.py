@@ -41,6 +41,15 @@ class Catalogue(Protocol):
         """The items upserted (or taken down, or restored) since the catalogue was at `version`, as
         they are now, in insertion order: how another process (the trainer) follows the catalogue."""
 
+    def save_vocab(self, kind: str, start: int, names: Sequence[str]) -> None:
+        """Record that `names` have the codes `start`, `start + 1`, ... in vocabulary `kind` ("tags",
+        "creators", "sounds"), atomically. A code keeps its first name: vocabularies only grow, so that
+        users' saved states, which hold codes, read the same in every process and after every restart.
+        Writer: the users' state checkpoint, before it saves states that use the codes."""
+
+    def vocab(self, kind: str) -> list[str]:
+        """The names of vocabulary `kind`, by code (codes are dense from 0)."""
+
 
 class ItemAggregates(Protocol):
     """Item counters, trending scores and co-engagement (shared: item-level only), with the per-region

@@ -55,6 +55,7 @@ class _Data:
     model_vers: dict[tuple[str, str], int] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     tombstones: dict[str, float] = field(default_factory=dict)
+    vocab: dict[str, dict[int, str]] = field(default_factory=dict)
     regions: dict[str, _Region] = field(default_factory=dict)
 
 
@@ -95,6 +96,15 @@ class MemoryStore:
     def items_since(self, version: int) -> list[ItemRecord]:
         vers = self._data.item_vers
         return [replace(i) for i in self._data.items.values() if vers[i.id] > version]
+
+    def save_vocab(self, kind: str, start: int, names: Sequence[str]) -> None:
+        codes = self._data.vocab.setdefault(kind, {})
+        for k, name in enumerate(names):
+            codes.setdefault(start + k, name)
+
+    def vocab(self, kind: str) -> list[str]:
+        codes = self._data.vocab.get(kind, {})
+        return [codes[c] for c in sorted(codes)]
 
     # -- item aggregates --
     def save_item_aggregates(self, stats: Mapping[str, Sequence[float]], trend: Mapping[str, Mapping[str, float]],

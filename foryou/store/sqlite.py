@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ve
     PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones (subject TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vocab (kind TEXT, code INTEGER, name TEXT NOT NULL, PRIMARY KEY (kind, code)) WITHOUT ROWID;
 """
 
 # user_state keeps its rowid: its rows are kilobytes, and a WITHOUT ROWID table stores rows inside the
@@ -145,6 +146,7 @@ class SQLiteStore:
         self.regions = tuple(regions)
         self._id_key = event_key_secret(secret)  # `secret`: the privacy secret
         self._recent_keys: dict[tuple[str, str, str], int] = {}
+        self._closed = False
         private_dir(self.directory)
         # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
         # when it creates them, so the database is made first (files of earlier versions are narrowed).
@@ -241,6 +243,14 @@ class SQLiteStore:
     def items_since(self, version: int) -> list[ItemRecord]:
         q = f"SELECT {_ITEM_COLS} FROM items WHERE ver>? ORDER BY seq"
         return [_item(row) for row in self._catalog.execute(q, (version,))]
+
+    def save_vocab(self, kind: str, start: int, names: Sequence[str]) -> None:
+        with _tx(self._catalog) as c:
+            c.executemany("INSERT OR IGNORE INTO vocab VALUES (?,?,?)",
+                          [(kind, start + k, name) for k, name in enumerate(names)])
+
+    def vocab(self, kind: str) -> list[str]:
+        return [r[0] for r in self._catalog.execute("SELECT name FROM vocab WHERE kind=? ORDER BY code", (kind,))]
 
     # -- item aggregates --
     def save_item_aggregates(
@@ -576,6 +586,9 @@ class SQLiteStore:
         return None if row is None else bytes(row[0])
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._folder.stop.set()
         if self._folder.is_alive():
             self._folder.join()

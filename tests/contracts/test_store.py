@@ -809,3 +809,15 @@ def test_model_rows_are_deleted_only_while_unchanged(store: Store) -> None:
     store.save_model_rows("us", "refreshed", [("u2", b"12")], [])  # refreshed again meanwhile
     assert store.delete_model_rows_if("us", "refreshed", [("u1", b"5"), ("u2", b"9"), ("nobody", b"1")]) == 1
     assert dict(store.iter_model_rows("us", "refreshed")) == {"u2": b"12"}
+
+
+def test_vocabularies_only_grow_and_outlive_the_handle(opener: Opener, store: Store) -> None:
+    assert store.vocab("tags") == []
+    store.save_vocab("tags", 0, ["t0", "t1"])
+    store.save_vocab("tags", 2, ["t2"])
+    store.save_vocab("creators", 0, ["c0"])
+    store.save_vocab("tags", 1, ["other", "t2"])  # a code keeps its first name
+    assert store.vocab("tags") == ["t0", "t1", "t2"]
+    assert store.vocab("creators") == ["c0"] and store.vocab("sounds") == []
+    again = opener.reopen(store)
+    assert again.vocab("tags") == ["t0", "t1", "t2"] and again.vocab("creators") == ["c0"]
