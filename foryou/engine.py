@@ -3,6 +3,7 @@ behaviour lives in the services."""
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,11 @@ class Engine:
         if role == "all":  # a server's replica builds what its saved index lacks beside its requests
             engine.learner.refresh_index()
         engine.tombstones.load(engine.store)
+        # What was just loaded (the catalogue, vocabularies, indexes: at 1M items, 1.5M objects that
+        # the cyclic collector would walk on every full collection) lives as long as the engine. Out
+        # of the collector's way: ingestion at 1M items went from 178 to 55 µs an event. (No collection
+        # first: in a test process that made every open ~0.2 s slower.)
+        gc.freeze()
         return engine
 
     @classmethod
@@ -134,6 +140,7 @@ class Engine:
             if self.live.writer is not None:
                 self.live.writer.stop()
             self.store.close()
+            gc.unfreeze()  # collectable again (tests open many engines in one process)
 
     def __enter__(self) -> Engine:
         return self
