@@ -239,3 +239,30 @@ def test_items_whose_pool_never_fills_are_held_after_a_while() -> None:
     assert pools.tick(catalog, 900.0, totals) == [] and pools.active == {0, 1}
     assert pools.tick(catalog, 1000.0, totals) == [1]  # the older one, 1060 s after its upload
     assert pools.active == {0} and pools.exposure(catalog, 1)["status"] == "held"
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_selecting_from_the_best_candidates_picks_what_selecting_from_all_does(seed: int) -> None:
+    """`select` runs on the best `TOP * n` candidates when that is exact: the same picks, values, steps
+    and rule state as the selection over every candidate, whatever the data (few topics, creators and
+    tags, so that the rules and MMR bind; ties; groups; sensitive runs)."""
+    from foryou.policy.arrange import TOP, _select
+
+    rng = np.random.default_rng(seed)
+    count, n = int(rng.integers(2 * TOP * 10 + 1, 2000)), int(rng.integers(1, 12))
+    utility = np.round(rng.normal(0, rng.choice([0.05, 0.5, 3.0]), count), int(rng.integers(1, 4)))
+    creators = rng.integers(0, rng.integers(1, 30), count)
+    sounds = np.where(rng.random(count) < 0.5, rng.integers(0, 5, count), -1)
+    topics = np.where(rng.random(count) < 0.9, rng.integers(0, rng.integers(1, 6), count), -1)
+    tags = np.where(rng.random((count, 3)) < 0.7, rng.integers(0, 8, (count, 3)), -1)
+    sensitive = rng.random(count) < rng.choice([0.0, 0.2, 0.9])
+    recent = Recent(int(creators[0]), -1, int(topics[1]), int(rng.integers(0, 5)), int(rng.integers(0, 2)))
+    groups = {}
+    if seed % 3 == 0:
+        groups["explore"] = np.where(rng.random(count) < 0.01, rng.random(count), -np.inf)
+    slots = ["explore" if k % 4 == 1 else "" for k in range(n)]
+    limits = Limits(topic_cap=int(rng.integers(1, 4)), sensitive_cap=1, mmr_lambda=float(rng.choice([0.0, 0.5, 2.0])))
+    fast = select(utility, creators, sounds, topics, tags, sensitive, n, recent, limits, slots, groups)
+    full = _select(utility, creators, sounds, topics, tags, sensitive, n, recent, limits, slots, groups)
+    assert (fast.picks, fast.values, fast.steps, fast.yielded, fast.recent) == (
+        full.picks, full.values, full.steps, full.yielded, full.recent)

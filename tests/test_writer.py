@@ -104,3 +104,53 @@ def test_users_saved_between_aggregates_lose_no_co_engagement_at_a_crash(tmp_pat
         again.live.checkpoint()  # what the replay counted again, saved
         for item in [it.id for it in items]:
             assert again.store.coengaged(item, 100) == ref.store.coengaged(item, 100), item
+
+
+def test_checkpoints_queued_behind_a_slow_write_are_written_as_one(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """When writes fall behind, what waits is merged, so memory stays bounded: the latest counters,
+    scores and marks win, co-engagement deltas add up, and the store ends as if each was written."""
+    import threading
+
+    from foryou.store.writer import AggregateWriter
+
+    store_dir = tmp_path / "s"
+    open_store(str(store_dir), ["us"]).close()
+    entered, gate, writes = threading.Event(), threading.Event(), []
+    real = AggregateCheckpoint.save
+
+    def slow(self: AggregateCheckpoint, store: object, ids: object) -> None:
+        entered.set()
+        gate.wait(10)
+        writes.append(len(self.idx))
+        real(self, store, ids)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AggregateCheckpoint, "save", slow)
+    ids = ["a", "b", "c"]
+    writer = AggregateWriter(lambda: open_store(str(store_dir), ["us"], second=True), lambda: ids)
+    writer.start()
+
+    def checkpoint(rows: dict[int, float], trend: dict[int, float], coeng: dict[tuple[str, str], float],
+                   mark: int) -> AggregateCheckpoint:
+        idx = np.fromiter(rows, np.int64, len(rows))
+        stats = np.asarray([[v] * 13 for v in rows.values()]).reshape(len(rows), 13)
+        t = (np.fromiter(trend, np.int64, len(trend)), np.fromiter(trend.values(), np.float64, len(trend)))
+        return AggregateCheckpoint(idx, stats, {"us": t}, coeng, {"us": (mark, mark)}, {"m": str(mark)}, {"us": mark})
+
+    writer.submit(checkpoint({0: 1.0}, {0: 1.0}, {("a", "b"): 1.0}, 1))  # taken at once: held at the gate
+    assert entered.wait(10)
+    for k in range(2, 6):
+        writer.submit(checkpoint({0: float(k), k % 2 + 1: float(k)}, {k % 3: float(k)}, {("a", "b"): 1.0}, k))
+    gate.set()
+    writer.flush()
+    writer.stop()
+    assert len(writes) == 2  # the first, then the four that waited, as one
+    store = open_store(str(store_dir), ["us"])
+    try:
+        stats = {k: v[0] for k, v in store.iter_item_stats()}
+        assert stats == {"a": 5.0, "b": 4.0, "c": 5.0}
+        assert dict(store.iter_trend("us")) == {"a": 3.0, "b": 4.0, "c": 5.0}
+        assert dict(store.coengaged("a", 5)) == {"b": 5.0}
+        assert store.item_watermarks()["us"] == (5, 5) and store.get_meta("m") == "5"
+    finally:
+        store.close()

@@ -63,13 +63,42 @@ def similarity(topics: np.ndarray, tags: np.ndarray, p: int, tag_count: np.ndarr
     return 0.5 * same_topic + 0.5 * shared / np.maximum(union, 1)
 
 
+TOP = 24  # candidates kept per slot asked (`select` on the best of them, when that is exact)
+
+
 def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics: np.ndarray, tags: np.ndarray,
            sensitive: np.ndarray, n: int, recent: Recent = Recent(), limits: Limits = Limits(),
            slots: Sequence[str] = (), groups: Mapping[str, np.ndarray] | None = None) -> Selection:
     """Pick up to `n` candidates. `utility`: value on a log scale; `tags`: (candidates, k) codes, -1 pad;
     `slots[s]`: the group slot s is reserved for ("" or missing: regular); `groups[name]`: a priority per
-    candidate, -inf for non-members (higher goes first, then value)."""
+    candidate, -inf for non-members (higher goes first, then value).
+
+    Each slot costs a few array operations over every candidate, so the selection first runs on the
+    best `TOP * n` by utility (and every group member): the same picks whenever each regular pick's
+    value after its penalty is at least the best utility left out (a penalty only lowers a value, so
+    nothing left out could have beaten it) and no rule had to yield; otherwise it runs on them all."""
     groups = groups or {}
+    keep = TOP * max(n, 1)
+    if len(utility) > 2 * keep:
+        best = np.argpartition(-utility, keep)[:keep]
+        members = [np.flatnonzero(np.isfinite(g)) for g in groups.values()]
+        kept = np.unique(np.concatenate([best, *members]))
+        rest = np.ones(len(utility), np.bool_)
+        rest[kept] = False
+        bound = float(utility[rest].max())
+        sub = _select(utility[kept], creators[kept], sounds[kept], topics[kept], tags[kept], sensitive[kept], n,
+                      recent, limits, slots, {k: g[kept] for k, g in groups.items()})
+        # a group's pick is exact (every member is kept); a regular one if nothing left out could tie
+        if not sub.yielded and all(v > bound or (s and s[0] != "diversity")
+                                   for v, s in zip(sub.values, sub.steps, strict=True)):
+            sub.picks = kept[sub.picks].tolist()
+            return sub
+    return _select(utility, creators, sounds, topics, tags, sensitive, n, recent, limits, slots, groups)
+
+
+def _select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics: np.ndarray, tags: np.ndarray,
+            sensitive: np.ndarray, n: int, recent: Recent, limits: Limits, slots: Sequence[str],
+            groups: Mapping[str, np.ndarray]) -> Selection:
     count = len(utility)
     taken = np.zeros(count, np.bool_)
     penalty = np.zeros(count)

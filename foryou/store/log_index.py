@@ -23,8 +23,8 @@ CREATE TABLE IF NOT EXISTS event_users (seq INTEGER PRIMARY KEY, user TEXT NOT N
 CREATE INDEX IF NOT EXISTS event_users_user ON event_users (user, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-MERGE_AT = 20_000  # tail rows that start a merge; bigger runs touch each index page fewer times
-MERGE_AFTER_S = 5.0  # ... or a tail this old, so that a quiet log is not left unmerged
+MERGE_AT = 100_000  # tail rows that start a merge; bigger runs touch each index page fewer times
+MERGE_AFTER_S = 10.0  # ... or a tail this old, so that a quiet log is not left unmerged
 RUN = 200_000  # rows one merge takes at most (a merge run at 5M events: ~1 s, all off the GIL)
 
 

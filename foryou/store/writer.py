@@ -47,6 +47,26 @@ class AggregateCheckpoint:
                  for r, (idx, scores) in self.trend.items()}
         store.save_item_aggregates(stats, trend, self.coengagement, self.watermarks, self.meta)
 
+    def then(self, later: AggregateCheckpoint) -> AggregateCheckpoint:
+        """This checkpoint followed by `later`, as one: counters, scores, marks and meta as `later` has
+        them where it has them; co-engagement deltas added."""
+        idx = np.concatenate([self.idx, later.idx])
+        stats = np.concatenate([self.stats, later.stats]) if len(self.idx) else later.stats
+        last = len(idx) - 1 - np.unique(idx[::-1], return_index=True)[1]  # each item's latest row
+        trend = dict(self.trend)
+        for region, (where, scores) in later.trend.items():
+            if region in trend:
+                both, values = np.concatenate([trend[region][0], where]), np.concatenate([trend[region][1], scores])
+                keep = len(both) - 1 - np.unique(both[::-1], return_index=True)[1]
+                trend[region] = (both[keep], values[keep])
+            else:
+                trend[region] = (where, scores)
+        coeng = dict(self.coengagement)
+        for pair, w in later.coengagement.items():
+            coeng[pair] = coeng.get(pair, 0.0) + w
+        return AggregateCheckpoint(idx[last], stats[last], trend, coeng, {**self.watermarks, **later.watermarks},
+                                   {**self.meta, **later.meta}, {**self.coeng_marks, **later.coeng_marks})
+
 
 class AggregateWriter(threading.Thread):
     """`submit` a checkpoint (returns at once); `flush` waits until everything submitted is written;
@@ -98,6 +118,19 @@ class AggregateWriter(threading.Thread):
         try:
             dropped = False  # a later checkpoint after a dropped one would skip its co-engagement deltas
             while (checkpoint := self.queue.get()) is not None:
+                # Those queued behind it are written with it, as one: when writes fall behind (co-engagement
+                # at thousands of events a second) the queue would otherwise grow without bound.
+                taken, end = 1, False
+                while not end:
+                    try:
+                        later = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    taken += 1
+                    if later is None:
+                        end = True
+                    else:
+                        checkpoint = checkpoint.then(later)
                 attempt = 0
                 while not dropped:
                     try:
@@ -112,7 +145,10 @@ class AggregateWriter(threading.Thread):
                         log.error("writing the item aggregates failed (%d in a row): %s", attempt, exc)
                         if self._stopping.wait(min(0.1 * 2 ** attempt, 5.0)):
                             dropped = True  # stopping: the log still holds it all, and replay rebuilds it
-                self.queue.task_done()
+                for _ in range(taken):
+                    self.queue.task_done()
+                if end:
+                    return
             self.queue.task_done()
         finally:
             store.close()
