@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,6 +52,13 @@ def publish(engine: Engine, trainer: Trainer, clock: Clock) -> None:
     clock.advance(1.0)
     trainer.step()
     engine.tick(clock())
+
+
+def settle(replica: Any) -> None:
+    """The replica's index as complete as it gets: a rebuild the first version started, swapped in."""
+    if replica._rebuilding is not None:
+        replica._rebuilding.join(30)
+    replica.refresh_index()
 
 
 def test_the_server_serves_the_version_the_trainer_published(tmp_path: Path) -> None:
@@ -275,6 +283,7 @@ def test_an_index_missing_at_a_start_is_built_beside_the_ticks(tmp_path: Path,
         fill(engine, clock, passes=1)
         publish(engine, trainer, clock)
         replica = engine.learner
+        settle(replica)
         alive = int(engine.live.catalog.alive[:len(engine.live.catalog)].sum())
         replica.index = online.make_index(replica.settings.dim + 1, "exact")  # as after a start without one
         replica.dirty_items.update(dict.fromkeys(range(len(engine.live.catalog))))
@@ -285,3 +294,48 @@ def test_an_index_missing_at_a_start_is_built_beside_the_ticks(tmp_path: Path,
         replica.refresh_index(0.02)  # swaps the new index in, then applies what changed
         assert replica._rebuilding is None and len(replica.index) == alive - 1
         assert engine.live.catalog.index["g0-i00"] not in set(replica.retrieve("us", "g0-u00", alive).tolist())
+
+
+def test_many_changed_items_update_the_index_in_place_and_a_stop_ends_a_rebuild(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild makes an index of the items waiting only: it is for an empty index (a start without a
+    saved one). With an index in use, many changed items are updated in it (an index of them alone
+    dropped every other item from retrieval). A stop ends a rebuild in progress: no thread is left in
+    the ANN library at exit (which aborted the process)."""
+    import threading
+
+    from foryou.learning import online
+
+    monkeypatch.setattr(online, "_REBUILD_AT", 10)
+    clock = Clock(T0)
+    with pair(tmp_path / "d", clock) as (engine, trainer):
+        fill(engine, clock, passes=1)
+        publish(engine, trainer, clock)
+        replica = engine.learner
+        settle(replica)
+        alive = int(engine.live.catalog.alive[:len(engine.live.catalog)].sum())
+        assert len(replica.index) == alive
+        replica.dirty_items.update(dict.fromkeys(range(20)))
+        while replica.dirty_items:
+            replica.refresh_index(0.02)
+        assert replica._rebuilding is None and len(replica.index) == alive
+        # an empty index: rebuilt in a thread, which a stop ends
+        started, gate = threading.Event(), threading.Event()
+        real = online.Learner._popularity
+
+        def slow(self: online.Learner, idx: np.ndarray) -> np.ndarray:
+            started.set()
+            gate.wait(10)
+            return real(self, idx)
+
+        monkeypatch.setattr(online, "_REBUILD_PART", 2)
+        monkeypatch.setattr(online.Learner, "_popularity", slow)
+        replica.index = online.make_index(replica.settings.dim + 1, "exact")
+        replica.dirty_items.update(dict.fromkeys(range(len(engine.live.catalog))))
+        replica.refresh_index(0.02)
+        rebuilding = replica._rebuilding
+        assert rebuilding is not None and started.wait(10)
+        threading.Timer(0.2, gate.set).start()
+        replica.save_index()
+        assert not rebuilding.is_alive() and replica._rebuilt is None
+        assert not (tmp_path / "d" / "ann-index.bin").exists()

@@ -49,6 +49,7 @@ _INDEX_CHUNK = 64
 _INLINE_INDEX = 32
 _REBUILD_AT = 50_000  # items waiting for the index above which a tick has a thread build a new one
 _REBUILD_CHUNK = 50_000
+_REBUILD_PART = 5_000  # items a rebuild adds between looks at whether to stop (a few seconds at most)
 _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits meanwhile)
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
@@ -91,6 +92,7 @@ class Learner:
         self.dirty_items: dict[int, None] = {}  # items to re-index, oldest change first
         self._rebuilding: threading.Thread | None = None  # a new index being built (`refresh_index`)
         self._rebuilt: VectorIndex | None = None
+        self._stop_rebuild = threading.Event()
         self._dropped_in_row = 0
         self._last_checkpoint = 0.0
         self._last_expire = 0.0
@@ -276,14 +278,16 @@ class Learner:
     def refresh_index(self, budget_s: float | None = None) -> None:
         """Put the current vectors of items that trained (or arrived, or went down) into the index,
         oldest change first; with `budget_s`, stop once about that much time is spent. With a budget
-        and more than `_REBUILD_AT` items waiting (a start without a saved index), a thread builds a
-        new index of them instead, which replaces this one once built (the ticks meanwhile go on
-        with what changes after)."""
+        and more than `_REBUILD_AT` items waiting while the index is empty (a start without a saved
+        index), a thread builds a new index of them instead, which replaces this one once built (the
+        ticks meanwhile go on with what changes after). Otherwise the index is updated where it is:
+        an index of only the items waiting would drop every other."""
         catalog = self.live.catalog
         started = time.perf_counter()
         if self._rebuilt is not None:  # a rebuild finished: swap it in
             self.index, self._rebuilt, self._rebuilding = self._rebuilt, None, None
-        if budget_s is not None and len(self.dirty_items) > _REBUILD_AT and self._rebuilding is None:
+        if (budget_s is not None and len(self.dirty_items) > _REBUILD_AT and self._rebuilding is None
+                and len(self.index) == 0):
             idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
             self.dirty_items.clear()
             self._rebuilding = threading.Thread(target=self._rebuild, args=(idx,), name="foryou-index", daemon=True)
@@ -312,12 +316,15 @@ class Learner:
         try:
             index = make_index(self.settings.dim + 1, self.settings.index)
             idx = idx[catalog.alive[idx]]
-            for lo in range(0, len(idx), _REBUILD_CHUNK):
-                part = idx[lo:lo + _REBUILD_CHUNK]
+            for lo in range(0, len(idx), _REBUILD_PART):
+                if self._stop_rebuild.is_set():  # a stop: no thread may be left inside usearch at exit
+                    raise InterruptedError("stopped")
+                part = idx[lo:lo + _REBUILD_PART]
                 index.upsert(part, self.model.item_vectors(catalog, part, self._popularity(part)))
             self._rebuilt = index
         except Exception as exc:  # the items go back to the ticks' queue
-            log.error("rebuilding the ANN index failed: %s", exc)
+            if not self._stop_rebuild.is_set():
+                log.error("rebuilding the ANN index failed: %s", exc)
             self.dirty_items.update(dict.fromkeys(idx.tolist()))
             self._rebuilding = None
 
@@ -517,10 +524,14 @@ class Learner:
         path = self._index_path()
         if not self.settings.enabled or not self.serves or not path.parent.is_dir():
             return
+        rebuilding = self._rebuilding
+        if rebuilding is not None and self._rebuilt is None:  # a new index still being built: stopped,
+            self._stop_rebuild.set()  # and the next start builds one too
+            rebuilding.join()
+            if self._rebuilt is None:
+                path.unlink(missing_ok=True)
+                return
         self.refresh_index()
-        if self._rebuilding is not None:  # a new index still being built: the next start builds one too
-            path.unlink(missing_ok=True)
-            return
         index_file.save(path, self.version, self.index)
 
     def _load_index(self) -> bool:
