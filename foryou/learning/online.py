@@ -524,15 +524,22 @@ class Learner:
         path = self._index_path()
         if not self.settings.enabled or not self.serves or not path.parent.is_dir():
             return
-        rebuilding = self._rebuilding
-        if rebuilding is not None and self._rebuilt is None:  # a new index still being built: stopped,
-            self._stop_rebuild.set()  # and the next start builds one too
-            rebuilding.join()
-            if self._rebuilt is None:
-                path.unlink(missing_ok=True)
-                return
+        if self.stop_rebuild():  # the next start builds one
+            path.unlink(missing_ok=True)
+            return
         self.refresh_index()
         index_file.save(path, self.version, self.index)
+
+    def stop_rebuild(self) -> bool:
+        """End a rebuild of the index in progress (at a stop: no thread may be left inside usearch when
+        the process exits, which aborts it); returns whether one was ended unfinished (its items are
+        queued again)."""
+        rebuilding = self._rebuilding
+        if rebuilding is None or self._rebuilt is not None:
+            return False
+        self._stop_rebuild.set()
+        rebuilding.join()
+        return self._rebuilt is None
 
     def _load_index(self) -> bool:
         """The index saved at the last clean shutdown, if it is of the restored model version."""

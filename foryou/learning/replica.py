@@ -109,7 +109,7 @@ class ModelReplica(Learner):
         """At a clean stop: the index, unless most of it is still to be built (after a start without
         one): that would hold the stop for minutes at a million items; the next start builds it
         beside its requests instead."""
-        if len(self.dirty_items) > _SAVE_DIRTY_MAX:
+        if self.stop_rebuild() or len(self.dirty_items) > _SAVE_DIRTY_MAX:
             self._index_path().unlink(missing_ok=True)
             return
         super().save_index()
