@@ -321,3 +321,24 @@ def test_concurrency_beyond_the_limit_gets_503(real_server: int) -> None:
             sock.close()
     time.sleep(0.2)
     assert httpx.get(f"http://127.0.0.1:{real_server}/v1/items/x", headers=AUTH).status_code == 404
+
+
+def test_under_steady_ingestion_the_periodic_slices_keep_the_user_cache_bounded(small_cache: Engine) -> None:
+    """Users with unsaved state cannot be evicted (nor saved before the item aggregates of their events
+    are, once per `store.checkpoint_interval_s`): when more become dirty per tick than a slice saves,
+    the slices grow, so the cache stays within about one interval's arrivals of its bound, and
+    returns to it without a full checkpoint."""
+    engine, clock = small_cache, small_cache.clock
+    interval_ticks = int(engine.settings.store.checkpoint_interval_s / 0.5)
+    sizes = []
+    for tick in range(60):
+        engine.events.ingest([EventIn(user=f"t{tick}-{u}", item=f"v{u % 200}", type="view", watch_s=10.0)
+                              for u in range(300)])  # 300 new users a tick: past the 200-user slice
+        clock.advance(0.5)  # type: ignore[attr-defined]
+        engine.tick(clock())
+        sizes.append(len(engine.live.users))
+    assert max(sizes) <= 20 + 300 * (interval_ticks + 2), sizes  # 200 a tick saved: ~7,000 at the end
+    for _ in range(3 * interval_ticks):
+        clock.advance(0.5)  # type: ignore[attr-defined]
+        engine.tick(clock())
+    assert len(engine.live.users) <= 20 and not any(engine.live.dirty_users.values())

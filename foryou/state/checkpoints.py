@@ -16,6 +16,8 @@ from foryou.interest import UserState, dumps
 from foryou.state.fields import StateFields
 from foryou.store.writer import AggregateCheckpoint, AggregateWriter
 
+_MAX_SLICE = 1_000
+
 
 class Checkpoints(StateFields):
     def maybe_checkpoint(self, max_users: int = 200) -> bool:
@@ -30,7 +32,13 @@ class Checkpoints(StateFields):
         self.dirty_items.update(self.pools.tick(self.catalog, now, self.totals()))
         pending = any(self.dirty_users.values())
         due = self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s
-        if due or (pending and self._in_progress):
+        # Users with unsaved state cannot leave the cache: when more of them arrive than the slices
+        # save (thousands of users a second at 1M items), the cache outgrows its bound (+2 GB in a
+        # minute, measured). Then the slices grow, up to _MAX_SLICE users (~30 ms) a tick.
+        over = len(self.users) - self.settings.store.user_cache
+        if over > 0:
+            max_users = min(max(max_users, over), _MAX_SLICE)
+        if due or (pending and (self._in_progress or over > 0)):
             # The item aggregates once per interval; the users' slices continue between (under a
             # steady load they would otherwise never end, and each would save every item again).
             self._in_progress = not self.checkpoint(max_users, wait=False, items=due)
