@@ -273,18 +273,26 @@ def test_a_trainer_that_keeps_failing_is_restarted_and_said(monkeypatch: pytest.
     assert trainer.process is not None and trainer.process.poll() is not None  # nothing left running
 
 
-def test_an_index_missing_at_a_start_is_built_beside_the_ticks(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@contextmanager
+def indexed_replica(data: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Engine, Any, int]]:
+    """A server whose replica took a first version and indexed it (rebuilds from 10 waiting items):
+    (engine, replica, items alive)."""
     from foryou.learning import online
 
     monkeypatch.setattr(online, "_REBUILD_AT", 10)
     clock = Clock(T0)
-    with pair(tmp_path / "d", clock) as (engine, trainer):
+    with pair(data, clock) as (engine, trainer):
         fill(engine, clock, passes=1)
         publish(engine, trainer, clock)
-        replica = engine.learner
-        settle(replica)
-        alive = int(engine.live.catalog.alive[:len(engine.live.catalog)].sum())
+        settle(engine.learner)
+        yield engine, engine.learner, int(engine.live.catalog.alive[:len(engine.live.catalog)].sum())
+
+
+def test_an_index_missing_at_a_start_is_built_beside_the_ticks(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from foryou.learning import online
+
+    with indexed_replica(tmp_path / "d", monkeypatch) as (engine, replica, alive):
         replica.index = online.make_index(replica.settings.dim + 1, "exact")  # as after a start without one
         replica.dirty_items.update(dict.fromkeys(range(len(engine.live.catalog))))
         replica.refresh_index(0.02)  # hands them to a thread and returns
@@ -306,14 +314,7 @@ def test_many_changed_items_update_the_index_in_place_and_a_stop_ends_a_rebuild(
 
     from foryou.learning import online
 
-    monkeypatch.setattr(online, "_REBUILD_AT", 10)
-    clock = Clock(T0)
-    with pair(tmp_path / "d", clock) as (engine, trainer):
-        fill(engine, clock, passes=1)
-        publish(engine, trainer, clock)
-        replica = engine.learner
-        settle(replica)
-        alive = int(engine.live.catalog.alive[:len(engine.live.catalog)].sum())
+    with indexed_replica(tmp_path / "d", monkeypatch) as (engine, replica, alive):
         assert len(replica.index) == alive
         replica.dirty_items.update(dict.fromkeys(range(20)))
         while replica.dirty_items:
