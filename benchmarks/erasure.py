@@ -48,7 +48,7 @@ def main() -> None:
         store = SQLiteStore(tmp, ["us"])
         fill(store, a.events, seed=0)
         store.merge_log("us")  # the log's look-ups as the upkeep thread leaves them
-        conn, index = store._region["us"], store._index["us"]
+        conn, index = store._region["us"], store._lookups["us"].conn
         started = time.perf_counter()
         store.erase_user("us", "victim", [f"e{k}" for k in range(VICTIM_EVENTS)])
         whole = time.perf_counter() - started

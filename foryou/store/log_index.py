@@ -12,9 +12,11 @@ log's writers. A look-up reads the merged part and the tail past it (`Tail`, row
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA = """
@@ -140,3 +142,94 @@ class Merger:
         merged = merge(self.conn, limit)
         self.waiting_since = None
         return merged
+
+
+class Lookups:
+    """One region's look-ups as a store handle sees them: the merged file, the tail past it, and (for
+    the one handle per process that merges) the merger, with the lock that keeps an erasure and a
+    merge apart."""
+
+    def __init__(self, path: Path, log_path: Path, log: sqlite3.Connection, merges: bool) -> None:
+        self.conn = connect(path, log_path)
+        self.log = log  # the handle's own connection to the region's log
+        self.tail = Tail()
+        self.lock = threading.Lock()
+        self.merger = Merger(connect(path, log_path)) if merges else None
+
+    def read(self) -> Tail:
+        """The tail, read up to now."""
+        self.tail.read(self.log, through(self.conn))
+        return self.tail
+
+    def known(self, keys: Sequence[int]) -> set[int]:
+        """Those of `keys` (idempotency key hashes) the log holds."""
+        tail = self.read()  # first: a merge meanwhile moves rows from the tail to the look-up
+        found = {k for k in keys if k in tail.keys}
+        for chunk in _chunks(keys):
+            q = f"SELECT h FROM event_keys WHERE h IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.conn.execute(q, chunk))
+        return found
+
+    def user_seqs(self, user: str) -> list[int]:
+        """The seqs of the user's events in the log: the look-up's and the tail's."""
+        tail = self.read()
+        seqs = {r[0] for r in self.conn.execute("SELECT seq FROM event_users WHERE user=?", (user,))}
+        seqs.update(tail.users.get(user, ()))
+        return sorted(seqs)
+
+    def merge(self, limit: int | None = RUN) -> None:
+        """Merge the tail now (`limit` None: all of it), or, with a limit, when it is due."""
+        if self.merger is not None and (limit is None or self.merger.due()):
+            with self.lock:
+                self.merger.run(limit)
+
+    def adopt_old(self) -> None:
+        """Versions before this module kept the look-ups in the log's file: move the keys over, and
+        drop the by-user index (its rows are made again by the first merge, from the log)."""
+        if self.log.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='event_keys'").fetchone():
+            with _write(self.conn):
+                self.conn.execute("INSERT OR IGNORE INTO event_keys SELECT h, accepted FROM log.event_keys")
+            self.log.execute("DROP TABLE event_keys")
+        self.log.execute("DROP INDEX IF EXISTS events_user")
+
+    def drop_seqs(self, seqs: Sequence[int]) -> None:
+        """Look-up rows of log rows deleted (retention; the tail's are dropped as it is merged)."""
+        with _write(self.conn):
+            for chunk in _chunks(seqs):
+                self.conn.execute(f"DELETE FROM event_users WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+
+    def forget_before(self, accepted: float) -> int:
+        """Idempotency keys accepted before `accepted`; returns how many."""
+        with _write(self.conn):
+            removed = int(self.conn.execute("DELETE FROM event_keys WHERE accepted<?", (accepted,)).rowcount)
+        return removed + self.tail.forget_before(accepted)
+
+    def erase(self, user: str, keys: Sequence[int]) -> int:
+        """An erased user's look-up rows and keys (the caller holds `lock`); returns the keys deleted."""
+        with _write(self.conn):
+            self.conn.execute("DELETE FROM event_users WHERE user=?", (user,))
+            removed = sum(self.conn.execute("DELETE FROM event_keys WHERE h=?", (k,)).rowcount for k in keys)
+        return removed + self.tail.forget(user, keys)
+
+    def close(self) -> None:
+        if self.merger is not None:  # a clean stop leaves no tail to read at the next start
+            self.merge(None)
+            self.merger.conn.close()
+        self.conn.close()
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction on the look-ups' file. Deferred: IMMEDIATE would also lock the log attached."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _chunks(values: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(values), 900):
+        yield values[start:start + 900]

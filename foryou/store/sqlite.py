@@ -9,9 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -103,19 +102,14 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
 
 
 @contextmanager
-def _tx(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
-    conn.execute(begin)
+def _tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _deferred(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-    """A write transaction on a look-up file (log_index.py): IMMEDIATE would also lock the log attached."""
-    return _tx(conn, "BEGIN")
 
 
 def _item_row(i: ItemRecord) -> tuple[object, ...]:
@@ -160,57 +154,23 @@ class SQLiteStore:
         self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA) for r in self.regions}
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
-        # The log's look-ups by key and by user (log_index.py): read here, merged by the upkeep thread.
-        self._index = {r: log_index.connect(self._index_path(r), self._log_path(r)) for r in self.regions}
-        self._tails = {r: log_index.Tail() for r in self.regions}
-        self._merge_locks = {r: threading.Lock() for r in self.regions}
-        self._fold = fold
-        mergers = {r: log_index.Merger(log_index.connect(self._index_path(r), self._log_path(r))) for r in self.regions
-                   } if fold else {}
-        self._mergers = mergers
-        if fold:  # one handle per process merges (the others read); data directories of earlier versions first
-            for region in self.regions:
-                self._adopt_old_lookups(region)
-                self._merge(region, None)
+        # The log's look-ups by key and by user (log_index.py): one handle per process merges them
+        # (the others read); data directories of earlier versions are converted first.
+        self._lookups = {r: log_index.Lookups(self.directory / f"region-{r}-index.db",
+                                              self.directory / f"region-{r}.db", self._region[r], merges=fold)
+                         for r in self.regions}
+        if fold:
+            for lookups in self._lookups.values():
+                lookups.adopt_old()
+                lookups.merge(None)
         self._folder = WalFolder([self.directory / name for name in names],
-                                 [lambda r=r: self._merge(r) for r in mergers])  # type: ignore[misc]
+                                 [lookups.merge for lookups in self._lookups.values()] if fold else [])
         if fold:
             self._folder.start()
 
-    def _log_path(self, region: str) -> Path:
-        return self.directory / f"region-{region}.db"
-
-    def _index_path(self, region: str) -> Path:
-        return self.directory / f"region-{region}-index.db"
-
-    def _merge(self, region: str, limit: int | None = log_index.RUN, due: bool = True) -> None:
-        merger = self._mergers[region]
-        if limit is None or not due or merger.due():
-            with self._merge_locks[region]:
-                merger.run(limit)
-
     def merge_log(self, region: str) -> None:
         """Merge the region's log into its look-ups now (the upkeep thread does it on its own)."""
-        if region in self._mergers:
-            self._merge(region, None)
-
-    def _adopt_old_lookups(self, region: str) -> None:
-        """Versions before log_index.py kept the look-ups in the log's file: move the keys over, and
-        drop the by-user index (its rows are made again by the first merge, from the log)."""
-        conn = self._region[region]
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='event_keys'").fetchone():
-            index = self._index[region]
-            index.execute("BEGIN")
-            index.execute("INSERT OR IGNORE INTO event_keys SELECT h, accepted FROM log.event_keys")
-            index.execute("COMMIT")
-            conn.execute("DROP TABLE event_keys")
-        conn.execute("DROP INDEX IF EXISTS events_user")
-
-    def _tail(self, region: str) -> log_index.Tail:
-        """The region's log past what its look-ups hold, read up to now."""
-        tail = self._tails[region]
-        tail.read(self._region[region], log_index.through(self._index[region]))
-        return tail
+        self._lookups[region].merge(None)
 
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
@@ -334,16 +294,7 @@ class SQLiteStore:
     # -- events --
     def known_event_ids(self, region: str, events: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         by_key = {self._key(region, user, event_id): (user, event_id) for user, event_id in events}
-        return {by_key[k] for k in self._known_keys(region, by_key)}
-
-    def _known_keys(self, region: str, keys: Iterable[int]) -> set[int]:
-        tail = self._tail(region)  # first: a merge meanwhile moves rows from the tail to the look-up
-        keys = list(keys)
-        found = {k for k in keys if k in tail.keys}
-        for chunk in _chunks(keys):
-            found.update(r[0] for r in self._index[region].execute(
-                f"SELECT h FROM event_keys WHERE h IN ({_marks(chunk)})", chunk))
-        return found
+        return {by_key[k] for k in self._lookups[region].known(list(by_key))}
 
     def _key(self, region: str, user: str, event_id: str) -> int:
         key = (region, user, event_id)
@@ -354,13 +305,6 @@ class SQLiteStore:
                 self._recent_keys.clear()
         return found
 
-    def _user_seqs(self, region: str, user_id: str) -> list[int]:
-        """The seqs of the user's events still in the log: the look-up's and the tail's."""
-        tail = self._tail(region)
-        seqs = {r[0] for r in self._index[region].execute("SELECT seq FROM event_users WHERE user=?", (user_id,))}
-        seqs.update(tail.users.get(user_id, ()))
-        return sorted(seqs)
-
     def append_events(
         self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
         accepted_at: float | None = None,
@@ -369,7 +313,7 @@ class SQLiteStore:
         keys = [None if e.id is None else self._key(region, e.user, e.id) for e in events]
         with _tx(self._region[region]) as c:
             given = [k for k in keys if k is not None]  # checked in the transaction: no append between
-            if len(set(given)) < len(given) or self._known_keys(region, given):
+            if len(set(given)) < len(given) or self._lookups[region].known(given):
                 raise Conflict("an event id of this batch is already recorded for its user", field="id")
             c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?,?)", [_user_row(u) for u in new_users])
             first = _next_seq(c, "events", len(events))
@@ -379,7 +323,7 @@ class SQLiteStore:
                 [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id, k, accepted)
                  for n, (e, k) in enumerate(zip(events, keys, strict=True))],
             )
-        tail = self._tails[region]
+        tail = self._lookups[region].tail
         for n, (e, k) in enumerate(zip(events, keys, strict=True)):
             tail.add(first + n, e.user, k, accepted)
         return list(range(first, first + len(events)))
@@ -391,7 +335,7 @@ class SQLiteStore:
             yield _event(row)
 
     def user_events(self, region: str, user_id: str) -> list[EventRecord]:
-        return [_event(r) for r in self._events_at(region, self._user_seqs(region, user_id))]
+        return [_event(r) for r in self._events_at(region, self._lookups[region].user_seqs(user_id))]
 
     def _events_at(self, region: str, seqs: Sequence[int], views: bool = False) -> list[tuple]:  # type: ignore[type-arg]
         out: list[tuple] = []  # type: ignore[type-arg]
@@ -405,19 +349,11 @@ class SQLiteStore:
         with _tx(self._region[region]) as c:
             q = "DELETE FROM events WHERE ts<? AND seq<=? AND seq<(SELECT max(seq) FROM events) RETURNING seq"
             seqs = [r[0] for r in c.execute(q, (before_ts, through_seq))]
-        with _deferred(self._index[region]) as c:  # their look-up rows (the tail's are dropped as it is merged)
-            for chunk in _chunks(seqs):
-                c.execute(f"DELETE FROM event_users WHERE seq IN ({_marks(chunk)})", chunk)
+        self._lookups[region].drop_seqs(seqs)
         return len(seqs)
 
     def forget_event_ids(self, before_ts: float) -> int:
-        removed = 0
-        for conn in self._index.values():
-            with _deferred(conn) as c:
-                removed += c.execute("DELETE FROM event_keys WHERE accepted<?", (before_ts,)).rowcount
-        for tail in self._tails.values():  # keys not merged yet: the tail says when they were accepted
-            removed += tail.forget_before(before_ts)
-        return removed
+        return sum(lookups.forget_before(before_ts) for lookups in self._lookups.values())
 
     # -- served --
     def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
@@ -443,7 +379,7 @@ class SQLiteStore:
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         conn = self._region[region]
         out = {r[0] for r in conn.execute("SELECT item FROM served WHERE user=?", (user_id,))}
-        out.update(r[2] for r in self._events_at(region, self._user_seqs(region, user_id), views=True))
+        out.update(r[2] for r in self._events_at(region, self._lookups[region].user_seqs(user_id), views=True))
         return out
 
     def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
@@ -484,10 +420,10 @@ class SQLiteStore:
                     c.execute("DELETE FROM model_blobs")
 
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
-        conn, index = self._region[region], self._index[region]
+        conn, lookups = self._region[region], self._lookups[region]
         counts: dict[str, int] = {}
-        with self._merge_locks[region]:  # no merge between finding the user's rows and deleting them
-            seqs = self._user_seqs(region, user_id)
+        with lookups.lock:  # no merge between finding the user's rows and deleting them
+            seqs = self._lookups[region].user_seqs(user_id)
             with _tx(conn) as c:  # the log first: a look-up row left by a crash here is found again
                 for kind, query in (("profile", "DELETE FROM users WHERE id=?"),
                                     ("served", "DELETE FROM served WHERE user=?"),
@@ -499,14 +435,11 @@ class SQLiteStore:
                                        for chunk in _chunks(seqs))
             # the keys of this version, and the unkeyed ones of earlier versions (until they expire)
             keys = [h for i in event_ids for h in (self._key(region, user_id, i), _legacy_key(i))]
-            with _deferred(index) as c:
-                c.execute("DELETE FROM event_users WHERE user=?", (user_id,))
-                counts["event_ids"] = sum(c.execute("DELETE FROM event_keys WHERE h=?", (k,)).rowcount for k in keys)
-            counts["event_ids"] += self._tails[region].forget(user_id, keys)
+            counts["event_ids"] = lookups.erase(user_id, keys)
         # Splitting and merging index pages leaves stale copies of keys in free space within pages,
         # which secure_delete does not reach: rebuild the indexes keyed by user (~1.7 s per million
         # events, benchmarks/erasure.py).
-        for db, reindex in ((conn, "served_user"), (index, "event_users_user")):
+        for db, reindex in ((conn, "served_user"), (lookups.conn, "event_users_user")):
             path = Path(db.execute("PRAGMA database_list").fetchone()[2])
             with self._folder.locks[path]:
                 db.execute(f"REINDEX {reindex}")
@@ -592,10 +525,9 @@ class SQLiteStore:
         self._folder.stop.set()
         if self._folder.is_alive():
             self._folder.join()
-        for region in self._mergers:  # a clean stop leaves no tail to read at the next start
-            self._merge(region, None)
-        for conn in (self._catalog, *self._region.values(), *self._index.values(),
-                     *(m.conn for m in self._mergers.values())):
+        for lookups in self._lookups.values():
+            lookups.close()
+        for conn in (self._catalog, *self._region.values()):
             conn.close()
 
 
