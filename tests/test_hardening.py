@@ -183,3 +183,21 @@ def test_a_batchs_users_are_looked_up_together(make_client: MakeClient, monkeypa
     batch = {"events": [{"user": f"n{k}", "item": "v0", "type": "like"} for k in range(1000)]}
     assert client.post("/v1/events", json=batch, headers=bearer(eu_key)).json()["accepted"] == 1000
     assert len(calls) <= 4 and max(calls) == 1000  # a handful of batched look-ups, not one per user
+
+
+def test_an_erasure_in_a_data_directory_given_as_a_relative_path(tmp_path: Any, monkeypatch: Any) -> None:
+    """`make run` uses ./foryou-data: the erasure's locks are found by the store's own paths."""
+    from foryou.store import SQLiteStore
+    from foryou.types import EventRecord, UserRecord
+
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore("relative-data", ["us"])
+    try:
+        store.append_events("us", [EventRecord("amy", "a", "like", 0.0, 1.0, "e1")], [UserRecord("amy", "us")])
+        store.merge_log("us")
+        store.append_events("us", [EventRecord("amy", "b", "like", 0.0, 2.0, "e2")], [])
+        counts = store.erase_user("us", "amy", ["e1", "e2"])
+        assert counts["events"] == 2 and counts["event_ids"] == 2 and counts["profile"] == 1
+        assert store.user_events("us", "amy") == [] and store.known_event_ids("us", [("amy", "e1")]) == set()
+    finally:
+        store.close()

@@ -439,8 +439,8 @@ class SQLiteStore:
         # Splitting and merging index pages leaves stale copies of keys in free space within pages,
         # which secure_delete does not reach: rebuild the indexes keyed by user (~1.7 s per million
         # events, benchmarks/erasure.py).
-        for db, reindex in ((conn, "served_user"), (lookups.conn, "event_users_user")):
-            path = Path(db.execute("PRAGMA database_list").fetchone()[2])
+        for db, reindex, path in ((conn, "served_user", self.directory / f"region-{region}.db"),
+                                  (lookups.conn, "event_users_user", self.directory / f"region-{region}-index.db")):
             with self._folder.locks[path]:
                 db.execute(f"REINDEX {reindex}")
                 # The WAL held the deleted pages' old images: it must be emptied, not merely folded.
