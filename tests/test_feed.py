@@ -357,16 +357,10 @@ def _flat(grouped: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def coengagement(e: Engine) -> dict[tuple[str, str], float]:
-    """What is saved plus what is pending in memory."""
-    total: dict[tuple[str, str], float] = {}
-    for a in e.live.catalog.ids:
-        for b, w in e.store.coengaged(a, 10_000):
-            total[(a, b)] = w
-    ids = e.live.catalog.ids
-    for packed, w in e.live.coeng.items():  # pending pairs are packed item indexes
-        pair = (ids[packed >> 32], ids[packed & 0xFFFFFFFF])
-        total[pair] = total.get(pair, 0.0) + w
-    return total
+    """Each item's co-engaged items and counts, as held (saved rows are loaded at a start)."""
+    ids, coeng = e.live.catalog.ids, e.live.coeng
+    return {(ids[a], ids[int(b)]): float(w) for a in range(min(len(ids), len(coeng.nb)))
+            for b, w in zip(coeng.nb[a], coeng.w[a], strict=True) if b >= 0}
 
 
 def _activity(e: Engine, clock: Clock, checkpoint_midway: bool) -> dict[str, int]:

@@ -243,7 +243,9 @@ def test_co_engagement_survives_a_crash_with_the_follower_behind_exactly(tmp_pat
     engine.store.close()  # a crash: u3's pair was never saved, (with a slice) u2's state neither
     with Engine.open(settings, clock=Clock(T0), seed=0) as again:
         again.live.checkpoint()
-        assert dict(again.store.coengaged("a", 5)) == {"b": 3.0}
+        a, b = (again.live.catalog.index[i] for i in "ab")
+        assert again.live.neighbours(a) == [b]
+        assert again.live.coeng.w[a].max() == 3.0
 
 
 def test_a_change_of_duration_waits_for_the_follower(tmp_path: Path) -> None:

@@ -75,16 +75,12 @@ class Checkpoints(StateFields):
             where = np.fromiter((i for i in d if i < n), np.int64)
             trend[r] = (where, trending.scores[r][where].astype(np.float64))
         marks = {r: (self.item_mark[r], self.served_mark[r]) for r in catalog.regions}
-        ids, low = catalog.ids, (1 << 32) - 1
-        coeng = {(ids[pair >> 32], ids[pair & low]): w for pair, w in self.coeng.items()}
-        for pair in self.coeng:  # their saved neighbours change now
-            self._neighbours.pop(pair >> 32, None)
+        coeng = self.coeng.take_dirty()
         meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps(),
                 **{f"coeng_mark:{r}": str(self.event_mark[r]) for r in catalog.regions}}
         saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta,
                                     dict(self.event_mark))
         self.dirty_items = set()  # handed over: a failed write is the writer's to retry, never ours again
-        self.coeng = {}
         for dirty in trending.dirty.values():
             dirty.clear()
         self.last_checkpoint = self.clock()

@@ -14,6 +14,7 @@ from foryou.catalog import Catalog
 from foryou.config import Settings
 from foryou.interest import UserState
 from foryou.policy import Controls, KeywordFilter, Pools
+from foryou.state.coengagement import CoEngagement
 from foryou.store import Store
 from foryou.store.writer import AggregateWriter
 from foryou.trending import Trending
@@ -52,8 +53,7 @@ class StateFields:
     dirty_items: set[int]
     writer: AggregateWriter | None
     dirty_users: dict[str, dict[str, LiveUser]]
-    coeng: dict[int, float]
-    _neighbours: OrderedDict[int, list[int]]
+    coeng: CoEngagement
     event_mark: dict[str, int]
     item_mark: dict[str, int]
     coeng_mark: dict[str, int]

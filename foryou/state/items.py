@@ -1,5 +1,5 @@
 """The item aggregates' part of the live state: counters, catalogue-wide sums, trending and the
-saved co-engagement neighbours. Their one writer is the log follower (follower.py), which calls
+co-engagement neighbours. Their one writer is the log follower (follower.py), which calls
 `apply_item_events`; a feed counts what it serves (`apply_served`)."""
 
 from __future__ import annotations
@@ -95,15 +95,8 @@ class Items(StateFields):
         self.served_mark[region] = max(self.served_mark[region], last_seq)
 
     def neighbours(self, idx: int, limit: int = 50) -> list[int]:
-        """The items most co-engaged with item `idx` (as saved at the last checkpoint), cached."""
-        cached = self._neighbours.get(idx)
-        if cached is None:
-            index = self.catalog.index
-            cached = [index[b] for b, _ in self.store.coengaged(self.catalog.ids[idx], limit) if b in index]
-            self._neighbours[idx] = cached
-            if len(self._neighbours) > 100_000:
-                self._neighbours.popitem(last=False)
-        return cached
+        """The items most co-engaged with item `idx`, strongest first."""
+        return self.coeng.neighbours(idx, limit)
 
     def totals(self) -> np.ndarray:
         """Column sums of the item counters (views, completions, likes ...), as of now."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from foryou.catalog import STATS, Catalog
 from foryou.config import Settings
 from foryou.policy import Pools
 from foryou.state.checkpoints import Checkpoints
+from foryou.state.coengagement import CoEngagement
 from foryou.state.fields import LiveUser
 from foryou.state.items import Items
 from foryou.state.users import Users
@@ -43,12 +45,10 @@ class Live(Users, Items, Checkpoints):
         self.writer: AggregateWriter | None = None  # writes the item aggregates beside (a server's)
         # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
         self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
-        # Co-engagement deltas not yet saved, keyed by the pair of item indexes packed into one int.
-        self.coeng: dict[int, float] = {}
-        self._neighbours: OrderedDict[int, list[int]] = OrderedDict()  # item -> saved top co-engaged
+        self.coeng = CoEngagement()  # each item's most co-engaged items, and which rows changed
         self.event_mark = {r: 0 for r in regions}  # the log applied to users' interest state, through
         self.item_mark = {r: 0 for r in regions}  # ... and to the item aggregates (the log follower's)
-        # Co-engagement is counted as events reach users' state, not the aggregates: its deltas are
+        # Co-engagement is counted as events reach users' state, not the aggregates: its rows are
         # saved with the event mark of the checkpoint that saved them, and a replay counts only past it.
         self.coeng_mark = {r: 0 for r in regions}
         # The co-engagement mark of the last aggregates committed to the store: a user's state is not
@@ -101,6 +101,8 @@ class Live(Users, Items, Checkpoints):
                 idx = catalog.index.get(item_id)
                 if idx is not None:
                     arr[idx] = score
+        if users:  # co-engagement serves feeds: a trainer process has no use for it
+            self._load_coengagement()
         marks = store.item_watermarks()
         for region in catalog.regions:
             item_events, item_served = marks.get(region, (0, 0))
@@ -127,6 +129,27 @@ class Live(Users, Items, Checkpoints):
         self._totals = catalog.stats[: len(catalog)].sum(axis=0)  # once; from now on kept as things happen
         catalog.recount_topics()
         self.last_checkpoint = self.clock()
+
+    def _load_coengagement(self) -> None:
+        """The saved co-engagement rows; pair counts saved by earlier versions become rows, saved as
+        such at once (a crash before the pairs are dropped converts them again, to the same rows)."""
+        store, index, coeng = self.store, self.catalog.index, self.coeng
+        where, rows = [], []
+        for item_id, row in store.iter_coengagement():
+            idx = index.get(item_id)
+            if idx is not None:
+                where.append(idx)
+                rows.append(row)
+        coeng.load(np.asarray(where, np.int64), rows)
+        legacy = False
+        for item_id, group in groupby(store.legacy_coengagement(coeng.k), key=lambda abw: abw[0]):
+            legacy = True
+            idx = index.get(item_id)
+            if idx is not None:
+                coeng.put(idx, [(index[b], w) for _, b, w in group if b in index])
+        if legacy:
+            self._save_items(wait=True)
+            store.drop_legacy_coengagement()
 
     def apply_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
                      item_after: int = 0, user_after: int = 0) -> None:

@@ -193,6 +193,7 @@ class Users(StateFields):
         tau, user_of, coeng_after = self.tau, self.user, self.coeng_mark[region]
         mute_s = self.settings.policy.not_interested_days * 86400
         lives: dict[str, LiveUser] = {}  # each user looked up once a batch
+        pairs: list[int] = []  # co-engaged (earlier, later) item indexes, counted once for the batch
         for event, seq in zip(events, seqs, strict=True):
             i = index.get(event.item)
             if i is None or seq <= user_after:
@@ -208,11 +209,11 @@ class Users(StateFields):
             # Co-engagement needs the user's recent positives as of the event: counted here (a
             # replay counts it again only past the mark of the last checkpoint that saved it).
             if strength >= 1.0 and seq > coeng_after:
-                coeng = self.coeng
                 for other in recent:
                     if other != i:
-                        forward, backward = (other << 32) | i, (i << 32) | other
-                        coeng[forward] = coeng.get(forward, 0.0) + 1.0
-                        coeng[backward] = coeng.get(backward, 0.0) + 1.0
+                        pairs += (other, i)
+        if pairs:
+            both = np.asarray(pairs, np.int64).reshape(-1, 2)
+            self.coeng.add(np.concatenate([both[:, 0], both[:, 1]]), np.concatenate([both[:, 1], both[:, 0]]))
         if seqs and seqs[-1] > self.event_mark[region]:
             self.event_mark[region] = seqs[-1]

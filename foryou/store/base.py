@@ -60,12 +60,13 @@ class ItemAggregates(Protocol):
         self,
         stats: Mapping[str, Sequence[float]],
         trend: Mapping[str, Mapping[str, float]],
-        coengagement: Mapping[tuple[str, str], float],
+        coengagement: Mapping[str, bytes],
         watermarks: Mapping[str, tuple[int, int]],
         meta: Mapping[str, str],
     ) -> None:
-        """Atomically: overwrite the given items' counters and per-region trend scores, add the
-        co-engagement deltas, and set each region's (event seq, served seq) watermark and meta keys."""
+        """Atomically: overwrite the given items' counters, per-region trend scores and co-engagement
+        rows (opaque here: the live state's encoding), and set each region's (event seq, served seq)
+        watermark and meta keys."""
 
     def iter_item_stats(self) -> Iterator[tuple[str, list[float]]]:
         """(item id, counters as last saved) for every item with saved counters."""
@@ -79,8 +80,15 @@ class ItemAggregates(Protocol):
     def get_meta(self, key: str) -> str | None:
         """A meta value saved with the aggregates (trending's time origin, the pools' reference)."""
 
-    def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
-        """Items most co-engaged with `item_id`, strongest first."""
+    def iter_coengagement(self) -> Iterator[tuple[str, bytes]]:
+        """(item id, co-engagement row as last saved) for every item with one."""
+
+    def legacy_coengagement(self, limit: int) -> Iterator[tuple[str, str, float]]:
+        """Co-engagement as versions before the rows saved it, (item, other item, count): for each
+        item its `limit` strongest, grouped by item. Nothing once `drop_legacy_coengagement` ran."""
+
+    def drop_legacy_coengagement(self) -> None:
+        """Forget what `legacy_coengagement` reads (once its rows are saved as rows)."""
 
 
 class Profiles(Protocol):

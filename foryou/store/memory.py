@@ -48,7 +48,7 @@ class _Data:
     item_vers: dict[str, int] = field(default_factory=dict)
     stats: dict[str, list[float]] = field(default_factory=dict)
     trend: dict[str, dict[str, float]] = field(default_factory=dict)
-    coeng: dict[tuple[str, str], float] = field(default_factory=dict)
+    coeng: dict[str, bytes] = field(default_factory=dict)
     watermarks: dict[str, tuple[int, int]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
     model_rows: dict[tuple[str, str], bytes] = field(default_factory=dict)
@@ -108,17 +108,16 @@ class MemoryStore:
 
     # -- item aggregates --
     def save_item_aggregates(self, stats: Mapping[str, Sequence[float]], trend: Mapping[str, Mapping[str, float]],
-                             coengagement: Mapping[tuple[str, str], float], watermarks: Mapping[str, tuple[int, int]],
+                             coengagement: Mapping[str, bytes], watermarks: Mapping[str, tuple[int, int]],
                              meta: Mapping[str, str]) -> None:
         rows = {k: list(v) for k, v in stats.items()}
         scores = {r: dict(s) for r, s in trend.items()}
-        deltas, marks, values = dict(coengagement), dict(watermarks), dict(meta)
+        coeng, marks, values = dict(coengagement), dict(watermarks), dict(meta)
         data = self._data
         data.stats.update(rows)
         for region, s in scores.items():
             data.trend.setdefault(region, {}).update(s)
-        for pair, w in deltas.items():
-            data.coeng[pair] = data.coeng.get(pair, 0.0) + w
+        data.coeng.update(coeng)
         data.watermarks.update(marks)
         data.meta.update(values)
 
@@ -135,9 +134,14 @@ class MemoryStore:
     def get_meta(self, key: str) -> str | None:
         return self._data.meta.get(key)
 
-    def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
-        found = [(b, w) for (a, b), w in self._data.coeng.items() if a == item_id]
-        return sorted(found, key=lambda bw: (-bw[1], bw[0]))[:limit]
+    def iter_coengagement(self) -> Iterator[tuple[str, bytes]]:
+        yield from list(self._data.coeng.items())
+
+    def legacy_coengagement(self, limit: int) -> Iterator[tuple[str, str, float]]:
+        return iter(())  # this backend never saved pairs
+
+    def drop_legacy_coengagement(self) -> None:
+        pass
 
     # -- users --
     def get_user(self, region: str, user_id: str) -> UserRecord | None:

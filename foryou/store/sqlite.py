@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import groupby
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,7 +39,7 @@ CREATE TABLE IF NOT EXISTS item_stats (id TEXT PRIMARY KEY, {", ".join(f"{n} REA
     early_swipes REAL NOT NULL, pool REAL NOT NULL DEFAULT 0, first_served REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trend (region TEXT, id TEXT, score REAL NOT NULL, PRIMARY KEY (region, id))
     WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS coeng (a TEXT, b TEXT, w REAL NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS coeng_rows (id TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watermarks (region TEXT PRIMARY KEY, events INTEGER NOT NULL,
     served INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -217,7 +219,7 @@ class SQLiteStore:
         self,
         stats: Mapping[str, Sequence[float]],
         trend: Mapping[str, Mapping[str, float]],
-        coengagement: Mapping[tuple[str, str], float],
+        coengagement: Mapping[str, bytes],
         watermarks: Mapping[str, tuple[int, int]],
         meta: Mapping[str, str],
     ) -> None:
@@ -228,10 +230,7 @@ class SQLiteStore:
             for region, scores in trend.items():
                 c.executemany("INSERT OR REPLACE INTO trend VALUES (?,?,?)",
                               [(region, k, s) for k, s in scores.items()])
-            c.executemany(
-                "INSERT INTO coeng VALUES (?,?,?) ON CONFLICT(a, b) DO UPDATE SET w = w + excluded.w",
-                [(a, b, w) for (a, b), w in coengagement.items()],
-            )
+            c.executemany("INSERT OR REPLACE INTO coeng_rows VALUES (?,?)", list(coengagement.items()))
             c.executemany("INSERT OR REPLACE INTO watermarks VALUES (?,?,?)",
                           [(r, e, s) for r, (e, s) in watermarks.items()])
             c.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", list(meta.items()))
@@ -253,9 +252,21 @@ class SQLiteStore:
         row = self._catalog.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def coengaged(self, item_id: str, limit: int) -> list[tuple[str, float]]:
-        q = "SELECT b, w FROM coeng WHERE a=? ORDER BY w DESC, b LIMIT ?"
-        return self._catalog.execute(q, (item_id, limit)).fetchall()
+    def iter_coengagement(self) -> Iterator[tuple[str, bytes]]:
+        for item_id, row in self._catalog.execute("SELECT id, row FROM coeng_rows"):
+            yield item_id, bytes(row)
+
+    def legacy_coengagement(self, limit: int) -> Iterator[tuple[str, str, float]]:
+        if self._catalog.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='coeng'").fetchone():
+            # In key order, each item's pairs together, the strongest kept here: a window function
+            # sorted all 18M pairs of a 5M-event log in memory.
+            rows = self._catalog.execute("SELECT a, b, w FROM coeng")
+            for _, group in groupby(rows, key=lambda abw: abw[0]):
+                yield from heapq.nsmallest(limit, group, key=lambda abw: (-abw[2], abw[1]))
+
+    def drop_legacy_coengagement(self) -> None:
+        with _tx(self._catalog) as c:
+            c.execute("DROP TABLE IF EXISTS coeng")
 
     # -- users --
     def get_user(self, region: str, user_id: str) -> UserRecord | None:

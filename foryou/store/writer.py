@@ -5,8 +5,8 @@ server's event loop for 70-400 ms (measured: 20,000 rows in 65-95 ms). The serve
 copies the dirty rows (numpy, about a millisecond) and hands them here; this thread turns them into
 rows and writes them. SQLite releases the GIL while it works, and Python hands the GIL back to the
 event loop at least every few milliseconds, so requests go on meanwhile. Checkpoints are written in
-the order taken, one at a time; a failed write is kept and tried again first, so co-engagement's
-additive deltas are never lost or applied twice (the live state forgets them once handed over). A
+the order taken, one at a time; a failed write is kept and tried again first, so no changed row is
+lost (the live state forgets which rows changed once they are handed over). A
 write that keeps failing shows in `flush` (which waits at most a minute) and in the periodic work's
 failure counts; at a stop it is given up, and the next start replays the log past the saved marks.
 """
@@ -31,12 +31,13 @@ log = logging.getLogger("foryou.store")
 @dataclass
 class AggregateCheckpoint:
     """Copies, as of one moment: the dirty items' counters (`idx` -> `stats` rows), each region's
-    dirty trend scores, the co-engagement deltas, the watermarks and meta values."""
+    dirty trend scores, the changed co-engagement rows (item indexes -> encoded rows), the watermarks
+    and meta values."""
 
     idx: np.ndarray
     stats: np.ndarray
     trend: Mapping[str, tuple[np.ndarray, np.ndarray]]
-    coengagement: Mapping[tuple[str, str], float]
+    coengagement: tuple[np.ndarray, np.ndarray]
     watermarks: Mapping[str, tuple[int, int]]
     meta: Mapping[str, str]
     coeng_marks: Mapping[str, int]  # the co-engagement counted through these seqs (also in `meta`)
@@ -45,14 +46,14 @@ class AggregateCheckpoint:
         stats = {ids[i]: row for i, row in zip(self.idx.tolist(), self.stats.tolist(), strict=True)}
         trend = {r: {ids[i]: s for i, s in zip(idx.tolist(), scores.tolist(), strict=True)}
                  for r, (idx, scores) in self.trend.items()}
-        store.save_item_aggregates(stats, trend, self.coengagement, self.watermarks, self.meta)
+        where, rows = self.coengagement
+        coeng = {ids[i]: row.tobytes() for i, row in zip(where.tolist(), rows, strict=True)}
+        store.save_item_aggregates(stats, trend, coeng, self.watermarks, self.meta)
 
     def then(self, later: AggregateCheckpoint) -> AggregateCheckpoint:
-        """This checkpoint followed by `later`, as one: counters, scores, marks and meta as `later` has
-        them where it has them; co-engagement deltas added."""
-        idx = np.concatenate([self.idx, later.idx])
-        stats = np.concatenate([self.stats, later.stats]) if len(self.idx) else later.stats
-        last = len(idx) - 1 - np.unique(idx[::-1], return_index=True)[1]  # each item's latest row
+        """This checkpoint followed by `later`, as one: counters, scores, co-engagement rows, marks and
+        meta as `later` has them where it has them."""
+        idx, stats = _latest((self.idx, self.stats), (later.idx, later.stats))
         trend = dict(self.trend)
         for region, (where, scores) in later.trend.items():
             if region in trend:
@@ -61,11 +62,22 @@ class AggregateCheckpoint:
                 trend[region] = (both[keep], values[keep])
             else:
                 trend[region] = (where, scores)
-        coeng = dict(self.coengagement)
-        for pair, w in later.coengagement.items():
-            coeng[pair] = coeng.get(pair, 0.0) + w
-        return AggregateCheckpoint(idx[last], stats[last], trend, coeng, {**self.watermarks, **later.watermarks},
-                                   {**self.meta, **later.meta}, {**self.coeng_marks, **later.coeng_marks})
+        return AggregateCheckpoint(idx, stats, trend, _latest(self.coengagement, later.coengagement),
+                                   {**self.watermarks, **later.watermarks}, {**self.meta, **later.meta},
+                                   {**self.coeng_marks, **later.coeng_marks})
+
+
+Rows = tuple[np.ndarray, np.ndarray]  # keys, and one row per key
+
+
+def _latest(earlier: Rows, later: Rows) -> Rows:
+    """Rows by key (keys, rows), `later`'s where both have a key."""
+    if not len(earlier[0]):
+        return later
+    idx = np.concatenate([earlier[0], later[0]])
+    rows = np.concatenate([earlier[1], later[1]]) if len(later[0]) else earlier[1]
+    last = len(idx) - 1 - np.unique(idx[::-1], return_index=True)[1]  # each key's latest row
+    return idx[last], rows[last]
 
 
 class AggregateWriter(threading.Thread):
@@ -116,7 +128,7 @@ class AggregateWriter(threading.Thread):
         store = self._store
         assert store is not None
         try:
-            dropped = False  # a later checkpoint after a dropped one would skip its co-engagement deltas
+            dropped = False  # a later checkpoint's marks would cover the rows of a dropped one
             while (checkpoint := self.queue.get()) is not None:
                 # Those queued behind it are written with it, as one: when writes fall behind (co-engagement
                 # at thousands of events a second) the queue would otherwise grow without bound.

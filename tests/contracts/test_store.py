@@ -225,7 +225,8 @@ class TestItemAggregates:
             assert list(store.iter_trend(region)) == []
         assert store.item_watermarks() == {r: (0, 0) for r in REGIONS}
         assert store.get_meta("trend_t0") is None
-        assert store.coengaged("a", 10) == []
+        assert list(store.iter_coengagement()) == []
+        assert list(store.legacy_coengagement(5)) == []
 
     def test_stats_overwrite_only_given_items(self, store: Store) -> None:
         store.save_item_aggregates({"a": stats_row(1), "b": stats_row(100)}, {}, {}, {}, {})
@@ -245,22 +246,12 @@ class TestItemAggregates:
         assert dict(store.iter_trend("us")) == {"a": 4.25, "b": 2.0}
         assert dict(store.iter_trend("eu")) == {"a": 9.0}
 
-    def test_coengagement_deltas_add_up(self, store: Store) -> None:
-        store.save_item_aggregates({}, {}, {("a", "b"): 1.0, ("a", "c"): 2.0}, {}, {})
-        store.save_item_aggregates({}, {}, {("a", "b"): 2.5, ("b", "a"): 1.0}, {}, {})
-        store.save_item_aggregates({}, {}, {("a", "b"): 0.5}, {}, {})
-        assert store.coengaged("a", 10) == [("b", pytest.approx(4.0)), ("c", pytest.approx(2.0))]
-        assert store.coengaged("b", 10) == [("a", pytest.approx(1.0))]
-        assert store.coengaged("c", 10) == []
-
-    def test_coengaged_strongest_first_and_limit(self, store: Store) -> None:
-        weights = {"n1": 3.0, "n2": 7.0, "n3": 1.0, "n4": 5.0, "n5": 2.0}
-        store.save_item_aggregates({}, {}, {("x", b): w for b, w in weights.items()}, {}, {})
-        store.save_item_aggregates({}, {}, {("x", "n3"): 10.0}, {}, {})  # n3 climbs to 11 -> first
-        assert store.coengaged("x", 10) == [("n3", 11.0), ("n2", 7.0), ("n4", 5.0), ("n1", 3.0), ("n5", 2.0)]
-        assert store.coengaged("x", 3) == [("n3", 11.0), ("n2", 7.0), ("n4", 5.0)]
-        assert store.coengaged("x", 1) == [("n3", 11.0)]
-        assert store.coengaged("x", 0) == []
+    def test_coengagement_rows_overwrite_only_given_items(self, store: Store) -> None:
+        store.save_item_aggregates({}, {}, {"a": b"\x01\x02", "b": b"row-b"}, {}, {})
+        store.save_item_aggregates({}, {}, {"a": b"\x00" * 160}, {}, {})
+        assert dict(store.iter_coengagement()) == {"a": b"\x00" * 160, "b": b"row-b"}
+        store.drop_legacy_coengagement()  # there is none: nothing else goes
+        assert dict(store.iter_coengagement()) == {"a": b"\x00" * 160, "b": b"row-b"}
 
     def test_watermarks_per_region(self, store: Store) -> None:
         store.save_item_aggregates({}, {}, {}, {"us": (5, 7)}, {})
@@ -278,17 +269,17 @@ class TestItemAggregates:
         assert store.get_meta("missing") is None
 
     def test_save_is_atomic(self, store: Store) -> None:
-        store.save_item_aggregates({"a": stats_row(1)}, {"us": {"a": 1.0}}, {("a", "b"): 1.0}, {"us": (1, 1)},
+        store.save_item_aggregates({"a": stats_row(1)}, {"us": {"a": 1.0}}, {"a": b"row-1"}, {"us": (1, 1)},
                                    {"k": "v1"})
         with pytest.raises(Boom):
             store.save_item_aggregates(
                 {"a": stats_row(50), "z": stats_row(60)}, {"us": {"a": 5.0, "z": 6.0}},
-                ExplodingMap({("a", "b"): 10.0}),  # type: ignore[arg-type]
+                ExplodingMap({"a": b"row-2"}),  # type: ignore[arg-type]
                 {"us": (9, 9)}, {"k": "v2"},
             )
         assert dict(store.iter_item_stats()) == {"a": stats_row(1)}
         assert dict(store.iter_trend("us")) == {"a": 1.0}
-        assert store.coengaged("a", 5) == [("b", 1.0)]
+        assert dict(store.iter_coengagement()) == {"a": b"row-1"}
         assert store.item_watermarks()["us"] == (1, 1)
         assert store.get_meta("k") == "v1"
 
@@ -620,7 +611,7 @@ def _fill(store: Store) -> dict[str, object]:
     sv_us = store.record_served("us", [ServedRecord("u1", "c", "r1", 30.0)])
     sv_eu = store.record_served("eu", [ServedRecord("u2", "a", "r2", 31.0)])
     store.save_item_aggregates({"a": stats_row(1), "b": stats_row(2)}, {"us": {"a": 2.0}, "eu": {"b": 3.0}},
-                               {("a", "b"): 1.5, ("b", "a"): 1.5}, {"us": (ev_us[-1], sv_us[-1])},
+                               {"a": b"row-a", "b": b"row-b"}, {"us": (ev_us[-1], sv_us[-1])},
                                {"trend_t0": "99.5"})
     store.save_user_states("us", {"u1": b"state-1"}, ev_us[-1])
     store.save_user_states("eu", {"u2": b"state-2"}, ev_eu[-1])
@@ -632,7 +623,7 @@ def _snapshot(store: Store) -> dict[str, object]:
         "items": list(store.iter_items()),
         "stats": dict(store.iter_item_stats()),
         "trend": {r: dict(store.iter_trend(r)) for r in REGIONS},
-        "coeng": {x: store.coengaged(x, 10) for x in ("a", "b", "c")},
+        "coeng": dict(store.iter_coengagement()),
         "marks": store.item_watermarks(),
         "meta": store.get_meta("trend_t0"),
         "users": [store.get_user("us", "u1"), store.get_user("eu", "u2"), store.find_user_region("u2")],
