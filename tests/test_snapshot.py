@@ -108,3 +108,66 @@ def test_users_saved_states_read_the_same_when_the_catalogue_is_rebuilt(tmp_path
     with open_engine(tmp_path / "d") as again:
         assert again.live.catalog.tags.names[:3] == ["first", "second", "third"]
         assert by_name(again) == pytest.approx(before)
+
+
+def held_aggregates(engine: Engine) -> dict[str, object]:
+    live, n = engine.live, len(engine.live.catalog)
+    return {"stats": live.catalog.stats[:n].copy(), "trend": {r: s[:n].copy() for r, s in live.trending.scores.items()},
+            "nb": live.coeng.nb[:n].copy(), "w": live.coeng.w[:n].copy()}
+
+
+def assert_same_aggregates(a: dict[str, object], b: dict[str, object]) -> None:
+    assert np.array_equal(a["stats"], b["stats"])  # type: ignore[arg-type]
+    assert a["trend"].keys() == b["trend"].keys()  # type: ignore[attr-defined]
+    for r in a["trend"]:  # type: ignore[attr-defined]
+        assert np.array_equal(a["trend"][r], b["trend"][r]), r  # type: ignore[index]
+    assert np.array_equal(a["nb"], b["nb"]) and np.array_equal(a["w"], b["w"])  # type: ignore[arg-type]
+
+
+def likes(users: range, items: list[str]) -> list[EventIn]:
+    return [EventIn(user=f"u{u}", item=i, type="like") for u in users for i in items]
+
+
+def test_a_clean_stop_snapshots_the_item_aggregates_and_the_next_start_reads_no_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = open_engine(tmp_path / "d")
+    fill(engine)
+    engine.events.ingest(likes(range(5), ["v1", "v2", "v3"]))  # co-engagement too
+    before = held_aggregates(engine)
+    assert np.asarray(before["nb"]).max() >= 0 and np.asarray(before["stats"]).sum() > 0
+    engine.close()
+    assert (tmp_path / "d" / snapshot.AGGREGATES_FILE).is_file()
+    from foryou.store.sqlite import SQLiteStore
+
+    def no_rows(self: object, *args: object) -> object:
+        raise AssertionError("read the aggregates row by row")
+
+    for name in ("iter_item_stats", "iter_trend", "iter_coengagement"):
+        monkeypatch.setattr(SQLiteStore, name, no_rows)
+    with open_engine(tmp_path / "d") as again:
+        assert_same_aggregates(held_aggregates(again), before)
+        monkeypatch.undo()
+
+
+def test_aggregates_saved_after_the_snapshot_win_over_it(tmp_path: Path) -> None:
+    """Started from a snapshot, the engine saves newer aggregates and then crashes: the next start
+    reads the store, not the older snapshot."""
+    engine = open_engine(tmp_path / "d")
+    fill(engine)
+    engine.close()
+    engine = open_engine(tmp_path / "d")
+    engine.events.ingest(likes(range(6), ["v7", "v8"]))
+    engine.live.checkpoint()  # the aggregates in the store move on; the snapshot stays
+    expected = held_aggregates(engine)
+    engine.store.close()  # a crash: no clean stop, no new snapshot
+    with open_engine(tmp_path / "d") as again:
+        assert_same_aggregates(held_aggregates(again), expected)
+    # and a snapshot damaged, or of other regions, is not used either
+    (tmp_path / "d" / snapshot.AGGREGATES_FILE).write_bytes(b"not a snapshot")
+    with open_engine(tmp_path / "d") as again:
+        assert_same_aggregates(held_aggregates(again), expected)
+    token = again.live.aggregates_token
+    assert snapshot.load_aggregates(tmp_path / "d", token, ("us",), 10_000) is not None
+    assert snapshot.load_aggregates(tmp_path / "d", token, ("us", "eu"), 10_000) is None
+    assert snapshot.load_aggregates(tmp_path / "d", token, ("us",), 3) is None  # of more items than held
+    assert snapshot.load_aggregates(tmp_path / "d", "another", ("us",), 10_000) is None

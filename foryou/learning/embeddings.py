@@ -167,8 +167,30 @@ class EmbeddingTable:
         return self.vectors[row].tobytes() + self.accum[row].tobytes() + self.seen[row:row + 1].tobytes()
 
     def restore(self, rows: Iterable[tuple[str, bytes]]) -> None:
-        """Load rows saved by `changes` (into an empty table)."""
-        self.put_rows(rows)
+        """Load rows saved by `changes` into an empty table, as whole arrays (row by row, a million
+        item rows took 7 s of a server's start)."""
+        if self.index:
+            raise ValueError("restore needs an empty table")
+        keys: list[str] = []
+        blobs: list[bytes] = []
+        for key, blob in rows:
+            keys.append(key)
+            blobs.append(blob)
+        size = 2 * self.dim * 4 + 8
+        for key, blob in zip(keys, blobs, strict=True):
+            if len(blob) != size:
+                raise ValueError(f"a saved row of {key!r} has {len(blob)} bytes, expected {size}")
+        n = len(keys)
+        if n > len(self.vectors):
+            self._alloc(n)
+        raw = np.frombuffer(b"".join(blobs), np.uint8).reshape(n, size)
+        width = self.dim * 4
+        self.vectors[:n] = raw[:, :width].copy().view(np.float32)
+        self.accum[:n] = raw[:, width:2 * width].copy().view(np.float32)
+        self.seen[:n] = raw[:, 2 * width:].copy().view(np.float64)[:, 0]
+        self.ids = list(keys)
+        self.index = dict(zip(keys, range(n), strict=True))
+        self.free = []
         self.dirty.clear()
         self.removed.clear()
 

@@ -4,6 +4,7 @@ exactly what is missing; and the catalogue's snapshot at a clean stop."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
@@ -45,10 +46,17 @@ class Checkpoints(StateFields):
         return self._in_progress
 
     def save_snapshot(self) -> None:
-        """At a clean stop: the catalogue as of now, for the next start to load instead of rebuilding."""
+        """At a clean stop, once the aggregates are saved: the catalogue and the item aggregates as of
+        now, for the next start to load instead of reading them from the store."""
         directory = Path(self.settings.server.data)
         if directory.is_dir():
-            snapshot.save(self.catalog, directory, self.store.catalogue_version())
+            catalog, n = self.catalog, len(self.catalog)
+            snapshot.save(catalog, directory, self.store.catalogue_version())
+            if self.aggregates_token:
+                self.coeng.ensure(n)
+                snapshot.save_aggregates(directory, self.aggregates_token, snapshot.Aggregates(
+                    catalog.stats[:n, : len(STATS)], {r: self.trending.scores[r][:n] for r in catalog.regions},
+                    self.coeng.nb[:n], self.coeng.w[:n]))
 
     def write_beside(self, writer: AggregateWriter) -> None:
         """From now on checkpoints hand the item aggregates to `writer`, a thread of their own (a
@@ -76,7 +84,9 @@ class Checkpoints(StateFields):
             trend[r] = (where, trending.scores[r][where].astype(np.float64))
         marks = {r: (self.item_mark[r], self.served_mark[r]) for r in catalog.regions}
         coeng = self.coeng.take_dirty()
+        self.aggregates_token = uuid.uuid4().hex  # what a snapshot of the aggregates copies (`save_snapshot`)
         meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps(),
+                snapshot.TOKEN: self.aggregates_token,
                 **{f"coeng_mark:{r}": str(self.event_mark[r]) for r in catalog.regions}}
         saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta,
                                     dict(self.event_mark))

@@ -54,6 +54,7 @@ class StateFields:
     writer: AggregateWriter | None
     dirty_users: dict[str, dict[str, LiveUser]]
     coeng: CoEngagement
+    aggregates_token: str
     event_mark: dict[str, int]
     item_mark: dict[str, int]
     coeng_mark: dict[str, int]

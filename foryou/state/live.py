@@ -46,6 +46,7 @@ class Live(Users, Items, Checkpoints):
         # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
         self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
         self.coeng = CoEngagement()  # each item's most co-engaged items, and which rows changed
+        self.aggregates_token = ""  # of the last aggregates this process handed to the store
         self.event_mark = {r: 0 for r in regions}  # the log applied to users' interest state, through
         self.item_mark = {r: 0 for r in regions}  # ... and to the item aggregates (the log follower's)
         # Co-engagement is counted as events reach users' state, not the aggregates: its rows are
@@ -85,24 +86,22 @@ class Live(Users, Items, Checkpoints):
             self.catalog.put_many(store.iter_items())
         self.vocab_saved = {kind: len(names) for kind, names in persisted.items()}
         catalog = self.catalog
-        rows, where = [], []
-        for item_id, row in store.iter_item_stats():
-            idx = catalog.index.get(item_id)
-            if idx is not None:
-                where.append(idx)
-                rows.append(row)
-        if rows:
-            catalog.stats[np.asarray(where), : len(rows[0])] = np.asarray(rows)
         self.trending.t0 = float(store.get_meta("trend_t0") or 0.0)
         self.trending.ensure(len(catalog))
-        for region in catalog.regions:
-            arr = self.trending.scores[region]
-            for item_id, score in store.iter_trend(region):
-                idx = catalog.index.get(item_id)
-                if idx is not None:
-                    arr[idx] = score
-        if users:  # co-engagement serves feeds: a trainer process has no use for it
-            self._load_coengagement()
+        saved = snapshot.load_aggregates(Path(self.settings.server.data), store.get_meta(snapshot.TOKEN),
+                                         catalog.regions, len(catalog))
+        if saved is not None:
+            n = len(saved.stats)
+            catalog.stats[:n, : saved.stats.shape[1]] = saved.stats
+            for region, scores in saved.trend.items():
+                self.trending.scores[region][:n] = scores
+            if users:
+                self.coeng.ensure(n)
+                self.coeng.nb[:n], self.coeng.w[:n] = saved.coeng_nb, saved.coeng_w
+        else:
+            self._load_aggregates(users)
+        if users:
+            self._convert_legacy_coengagement()
         marks = store.item_watermarks()
         for region in catalog.regions:
             item_events, item_served = marks.get(region, (0, 0))
@@ -130,17 +129,38 @@ class Live(Users, Items, Checkpoints):
         catalog.recount_topics()
         self.last_checkpoint = self.clock()
 
-    def _load_coengagement(self) -> None:
-        """The saved co-engagement rows; pair counts saved by earlier versions become rows, saved as
-        such at once (a crash before the pairs are dropped converts them again, to the same rows)."""
-        store, index, coeng = self.store, self.catalog.index, self.coeng
-        where, rows = [], []
-        for item_id, row in store.iter_coengagement():
+    def _load_aggregates(self, users: bool) -> None:
+        """The item aggregates as saved in the store, row by row (no snapshot of them was usable);
+        co-engagement, which only serves feeds, only `users` (a trainer process has no use for it)."""
+        store, catalog = self.store, self.catalog
+        index = catalog.index
+        rows, where = [], []
+        for item_id, row in store.iter_item_stats():
             idx = index.get(item_id)
             if idx is not None:
                 where.append(idx)
                 rows.append(row)
-        coeng.load(np.asarray(where, np.int64), rows)
+        if rows:
+            catalog.stats[np.asarray(where), : len(rows[0])] = np.asarray(rows)
+        for region in catalog.regions:
+            arr = self.trending.scores[region]
+            for item_id, score in store.iter_trend(region):
+                idx = index.get(item_id)
+                if idx is not None:
+                    arr[idx] = score
+        if users:
+            where, blobs = [], []
+            for item_id, blob in store.iter_coengagement():
+                idx = index.get(item_id)
+                if idx is not None:
+                    where.append(idx)
+                    blobs.append(blob)
+            self.coeng.load(np.asarray(where, np.int64), blobs)
+
+    def _convert_legacy_coengagement(self) -> None:
+        """Pair counts saved by earlier versions become rows, saved as such at once (a crash before the
+        pairs are dropped converts them again, to the same rows)."""
+        store, index, coeng = self.store, self.catalog.index, self.coeng
         legacy = False
         for item_id, group in groupby(store.legacy_coengagement(coeng.k), key=lambda abw: abw[0]):
             legacy = True
