@@ -524,8 +524,7 @@ class Learner:
         path = self._index_path()
         if not self.settings.enabled or not self.serves or not path.parent.is_dir():
             return
-        if self.stop_rebuild():  # the next start builds one
-            path.unlink(missing_ok=True)
+        if self.stop_rebuild():  # the next start builds one (or updates the file of an earlier stop)
             return
         self.refresh_index()
         index_file.save(path, self.version, self.index)
