@@ -268,7 +268,7 @@ def test_onboarding_interests_lead_the_first_feed(open_engine) -> None:  # type:
 # -- exploration --
 def test_thompson_prefers_untried_topics_over_swiped_ones() -> None:
     state = UserState()
-    state.topic_views = {1: [30.0, 0.0], 3: [30.0, 27.0]}  # topic 1 always swiped, topic 3 known-good
+    state.topic_views = {1: (30.0, 0.0), 3: (30.0, 27.0)}  # topic 1 always swiped, topic 3 known-good
     views, completions = np.full(5, 100.0), np.full(5, 50.0)
     rng = np.random.default_rng(0)
     firsts = Counter(explore_topics(state, views, completions, {3}, 1, 2.0, rng)[0] for _ in range(400))
