@@ -52,7 +52,9 @@ class Checkpoints(StateFields):
         if directory.is_dir():
             catalog, n = self.catalog, len(self.catalog)
             snapshot.save(catalog, directory, self.store.catalogue_version())
-            if self.aggregates_token:
+            # Only while what is held is what was saved under the token (nothing changed since).
+            if self.aggregates_token and not (self.dirty_items or self.coeng.dirty
+                                              or any(self.trending.dirty.values())):
                 self.coeng.ensure(n)
                 snapshot.save_aggregates(directory, self.aggregates_token, snapshot.Aggregates(
                     catalog.stats[:n, : len(STATS)], {r: self.trending.scores[r][:n] for r in catalog.regions},
