@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from foryou.store import Store
 from foryou.store.writer import AggregateWriter
 from foryou.trending import Trending
 from foryou.types import EventRecord
+
+T = TypeVar("T")
 
 
 class Live(Users, Items, Checkpoints):
@@ -133,28 +136,14 @@ class Live(Users, Items, Checkpoints):
         """The item aggregates as saved in the store, row by row (no snapshot of them was usable);
         co-engagement, which only serves feeds, only `users` (a trainer process has no use for it)."""
         store, catalog = self.store, self.catalog
-        index = catalog.index
-        rows, where = [], []
-        for item_id, row in store.iter_item_stats():
-            idx = index.get(item_id)
-            if idx is not None:
-                where.append(idx)
-                rows.append(row)
+        where, rows = _indexed(catalog.index, store.iter_item_stats())
         if rows:
             catalog.stats[np.asarray(where), : len(rows[0])] = np.asarray(rows)
         for region in catalog.regions:
-            arr = self.trending.scores[region]
-            for item_id, score in store.iter_trend(region):
-                idx = index.get(item_id)
-                if idx is not None:
-                    arr[idx] = score
+            where, scores = _indexed(catalog.index, store.iter_trend(region))
+            self.trending.scores[region][np.asarray(where, np.int64)] = scores
         if users:
-            where, blobs = [], []
-            for item_id, blob in store.iter_coengagement():
-                idx = index.get(item_id)
-                if idx is not None:
-                    where.append(idx)
-                    blobs.append(blob)
+            where, blobs = _indexed(catalog.index, store.iter_coengagement())
             self.coeng.load(np.asarray(where, np.int64), blobs)
 
     def _convert_legacy_coengagement(self) -> None:
@@ -178,3 +167,15 @@ class Live(Users, Items, Checkpoints):
         self.item_mark[region] = max(self.item_mark[region], item_after)
         self.apply_user_events(region, events, seqs, user_after)
         self.apply_item_events(region, events, seqs)
+
+
+def _indexed(index: Mapping[str, int], rows: Iterable[tuple[str, T]]) -> tuple[list[int], list[T]]:
+    """(catalogue indexes, values) of the (item id, value) rows whose item the catalogue holds."""
+    where: list[int] = []
+    values: list[T] = []
+    for item_id, value in rows:
+        idx = index.get(item_id)
+        if idx is not None:
+            where.append(idx)
+            values.append(value)
+    return where, values
