@@ -258,10 +258,10 @@ class FeedService:
         cands = self.candidates(user, personal, keep, config)
 
         def unseen(i: np.ndarray) -> np.ndarray:
-            return keep(i) & np.fromiter((x not in excluded for x in i.tolist()), np.bool_, len(i))
+            return keep(i) & ~excluded.mask(i)
 
         pool_idx, pool_urgent = live.pools.candidates(catalog, unseen, now, POOL_CANDIDATES)
-        cands.add(pool_idx.tolist(), "pool")
+        cands.add(pool_idx, "pool")
         slots = self._slots(n, personal, pool_urgent, policy)
         topics = self._explore(user, cands, slots, policy) if personal else []
         idx = self._eligible(user, cands, keep)

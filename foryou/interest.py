@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from foryou.catalog import Catalog
+from foryou.seen import Seen
 from foryou.signals import event_strength, is_completion
 
 TAG, TOPIC, CREATOR, SOUND = 0, 1, 2, 3
@@ -48,7 +49,7 @@ class UserState:
     last_topic: int = -1  # ... and how many items of that topic, and of sensitive topics, ran up to it
     topic_run: int = 0
     sensitive_run: int = 0
-    excluded: set[int] = field(default_factory=set)  # served or viewed: never served again
+    excluded: Seen = field(default_factory=Seen)  # served or viewed: never served again
     seq: int = 0  # the last event (in the user's region log) this state includes
     muted: dict[int, float] = field(default_factory=dict)  # creator/sound feature -> not served until
     # topic -> (views, completions). Tuples of floats, not lists: the garbage collector stops tracking
@@ -59,7 +60,7 @@ class UserState:
         """A fresh start ("refresh"): what was learned goes, what was served and followed stays."""
         return UserState(follows=set(self.follows), last_creator=self.last_creator, last_sound=self.last_sound,
                          last_topic=self.last_topic, topic_run=self.topic_run, sensitive_run=self.sensitive_run,
-                         excluded=set(self.excluded), seq=self.seq)
+                         excluded=self.excluded.copy(), seq=self.seq)
 
 
 _TAG_SHARE = [0.0] + [1.0 / math.sqrt(n) for n in range(1, 65)]

@@ -11,23 +11,25 @@ import numpy as np
 
 from foryou.catalog import Catalog
 from foryou.interest import CREATOR, SOUND, TAG, TOPIC, UserState, code_of, key, kind_of
+from foryou.seen import Seen
 
 
 class Candidates:
     """Merged proposals: item index -> the sources (and interest features) that proposed it."""
 
-    def __init__(self, excluded: set[int]) -> None:
+    def __init__(self, excluded: Seen) -> None:
         self.excluded = excluded
         self.sources: dict[int, list[tuple[str, int]]] = {}
 
-    def add(self, idxs: Iterable[int], source: str, feature: int = -1, budget: int = 10**9) -> int:
+    def add(self, idxs: Iterable[int] | np.ndarray, source: str, feature: int = -1, budget: int = 10**9) -> int:
         """Propose items in order until `budget` new ones were added; returns how many were."""
+        arr = idxs if isinstance(idxs, np.ndarray) else np.fromiter(idxs, np.int64)
+        if not len(arr):
+            return 0
         added = 0
-        excluded, sources = self.excluded, self.sources
+        sources = self.sources
         tag = (source, feature)
-        for idx in idxs:
-            if idx in excluded:
-                continue
+        for idx in arr[~self.excluded.mask(arr)].tolist():  # the exclusion in one pass, not a look-up each
             entry = sources.get(idx)
             if entry is None:
                 sources[idx] = [tag]
@@ -87,7 +89,7 @@ def follows(cands: Candidates, catalog: Catalog, state: UserState, budget: int) 
 
 def trending(cands: Candidates, top: np.ndarray, budget: int) -> None:
     """Highest time-decayed engagement in the user's region."""
-    cands.add(top.tolist(), "trending", budget=budget)
+    cands.add(top, "trending", budget=budget)
 
 
 def fresh(cands: Candidates, catalog: Catalog, now: float, window_s: float, max_views: int,
@@ -101,7 +103,7 @@ def fresh(cands: Candidates, catalog: Catalog, now: float, window_s: float, max_
     young = recent[(catalog.created_at[recent] >= now - window_s) & (catalog.stats[recent, 1] < max_views)
                    & catalog.alive[recent]]
     order = young[np.argsort(catalog.stats[young, 0], kind="stable")]
-    cands.add(order.tolist(), "fresh", budget=budget)
+    cands.add(order, "fresh", budget=budget)
 
 
 def coengagement(cands: Candidates, neighbours: list[list[int]], budget: int) -> None:
@@ -117,7 +119,7 @@ def fallback(cands: Candidates, n_items: int, budget: int, rng: np.random.Genera
     """Random items, so that a feed has candidates beyond what the user's signals reach."""
     if budget <= 0 or n_items == 0:
         return
-    cands.add(rng.integers(0, n_items, size=2 * budget).tolist(), "fallback", budget=budget)
+    cands.add(rng.integers(0, n_items, size=2 * budget), "fallback", budget=budget)
 
 
 def sweep(cands: Candidates, keep: Callable[[np.ndarray], np.ndarray], start: int, n_items: int, want: int,
@@ -133,8 +135,8 @@ def sweep(cands: Candidates, keep: Callable[[np.ndarray], np.ndarray], start: in
     excluded, proposed = cands.excluded, cands.sources
     while looked < limit and want > 0:
         stop = min(pos + step, n_items, pos + limit - looked)
-        window = [i for i in range(pos, stop) if i not in excluded and i not in proposed]
-        idx = np.asarray(window, np.int64)
+        span = np.arange(pos, stop, dtype=np.int64)
+        idx = np.asarray([i for i in span[~excluded.mask(span)].tolist() if i not in proposed], np.int64)
         taken = idx[keep(idx)][:want].tolist() if len(idx) else []
         cands.add(taken, "fallback")
         want -= len(taken)
@@ -157,4 +159,4 @@ def explore(cands: Candidates, catalog: Catalog, topics: list[int], rng: np.rand
 
 def learned(cands: Candidates, nearest: np.ndarray, budget: int) -> None:
     """The learned retrieval model's nearest items to the user's vector (already best first)."""
-    cands.add(nearest.tolist(), "learned", budget=budget)
+    cands.add(nearest, "learned", budget=budget)

@@ -123,8 +123,8 @@ class Users(StateFields):
         learning does not, so ingestion never pays for them)."""
         if not live.serving_loaded:
             catalog, state, region, user_id = self.catalog, live.state, live.profile.region, live.profile.id
-            state.excluded |= {catalog.index[i] for i in self.store.excluded_items(region, user_id)
-                               if i in catalog.index}
+            state.excluded.update([catalog.index[i] for i in self.store.excluded_items(region, user_id)
+                                   if i in catalog.index])
             # served rows are durable; the checkpointed copy of what came last may be older
             recent = [catalog.index[i] for i in self.store.recent_served(region, user_id, 8) if i in catalog.index]
             if recent:
