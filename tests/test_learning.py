@@ -17,6 +17,7 @@ from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.evaluation.metrics import auc
 from foryou.learning.duel import below
+from foryou.learning.embeddings import EmbeddingTable
 from foryou.learning.model import Examples, H, Model
 from foryou.types import EventIn, ItemIn, format_time
 
@@ -158,6 +159,40 @@ def test_checkpoint_and_restore_give_the_same_model(trained, tmp_path: Path) -> 
             assert np.allclose(before[head], after[head], atol=1e-6)
     finally:
         again.store.close()
+
+
+def test_item_rows_saved_as_rows_by_an_earlier_version_are_converted(trained, tmp_path: Path) -> None:
+    """Before deltas, item-side rows were upserted one by one: a start restores them and its trainer
+    turns them into a snapshot, with the same predictions."""
+    import sqlite3
+
+    from foryou.learning import publication
+
+    engine, _, clock = trained
+    idx = np.arange(N_ITEMS)
+    engine.checkpoint()
+    before = engine.feeds.predict("g0-u00", idx)
+    store = engine.store
+    for name, table in engine.learner.model.item_tables().items():  # as an earlier version saved them
+        rows, _ = type(table).changes(_all_dirty(table))
+        store.save_model_rows(None, name, rows, [], engine.learner.version)
+    with sqlite3.connect(tmp_path / "data" / "catalog.db") as conn:
+        conn.execute("DELETE FROM model_deltas")
+        conn.execute("DELETE FROM model_blobs WHERE key=?", (publication.SNAPSHOT_BLOB,))
+    again = open_engine(tmp_path / "data", clock)
+    try:
+        assert again.store.get_model_blob(publication.SNAPSHOT_BLOB) is not None
+        assert dict(again.store.iter_model_rows(None, "item")) == {}
+        after = again.feeds.predict("g0-u00", idx)
+        for head in ("complete", "like", "follow", "retrieval"):
+            assert np.allclose(before[head], after[head], atol=1e-6)
+    finally:
+        again.store.close()
+
+
+def _all_dirty(table: EmbeddingTable) -> EmbeddingTable:
+    table.dirty.update(table.index.values())
+    return table
 
 
 def test_crash_resumes_from_checkpoint_plus_log(trained, tmp_path: Path) -> None:

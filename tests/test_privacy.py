@@ -353,13 +353,26 @@ def test_retraining_after_erasure_leaves_nothing_the_model_learned_from_the_user
         return before, shared_rows(settings)
 
     def shared_rows(settings: Any) -> dict[str, bytes]:
+        from foryou.learning import publication
+        from foryou.learning.online import dense_version
         from foryou.store import open_store
 
         store = open_store(settings.server.data, settings.server.regions)
         try:
-            rows = {f"{t}/{k}": v for t in ("item", "creator", "tag") for k, v in store.iter_model_rows(None, t)}
             blob = store.get_model_blob("model")  # the dense weights and their optimiser state
-            return {**rows, "blob": blob} if blob is not None else rows
+            if blob is None:
+                return {}
+            found = publication.snapshot_and_after(store, dense_version(blob))
+            assert found is not None
+            snap, deltas = found
+            rows: dict[str, bytes] = {}
+            for pub in [snap, *deltas] if snap is not None else deltas:  # the item-side tables as published
+                for name, part in pub.parts.items():
+                    for j, key in enumerate(part.keys):
+                        rows[f"{name}/{key}"] = part.vectors[j].tobytes() + part.accum[j].tobytes()
+                    for key in part.removed:
+                        rows.pop(f"{name}/{key}", None)
+            return {**rows, "blob": blob}
         finally:
             store.close()
 

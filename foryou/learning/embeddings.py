@@ -14,6 +14,8 @@ from itertools import repeat
 
 import numpy as np
 
+from foryou.learning.publication import Part
+
 _GROWTH = 1.5
 _EPS = 1e-8
 
@@ -39,14 +41,16 @@ class EmbeddingTable:
         self.vectors = np.zeros((64, dim), np.float32)
         self.accum = np.zeros((64, dim), np.float32)  # Adagrad's sums of squared gradients
         self.seen = np.zeros(64, np.float64)  # when each row was last trained
+        self.ver = np.zeros(64, np.int64)  # the model version that last published each row (item side)
 
     def _alloc(self, capacity: int) -> None:
         n = len(self.vectors)
         vectors = np.zeros((capacity, self.dim), np.float32)
         accum = np.zeros((capacity, self.dim), np.float32)
         seen = np.zeros(capacity, np.float64)
-        vectors[:n], accum[:n], seen[:n] = self.vectors, self.accum, self.seen
-        self.vectors, self.accum, self.seen = vectors, accum, seen
+        ver = np.zeros(capacity, np.int64)
+        vectors[:n], accum[:n], seen[:n], ver[:n] = self.vectors, self.accum, self.seen, self.ver
+        self.vectors, self.accum, self.seen, self.ver = vectors, accum, seen, ver
 
     def __len__(self) -> int:
         return len(self.index)
@@ -54,7 +58,7 @@ class EmbeddingTable:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays (the dict of ids comes on top: about 100 bytes an id)."""
-        return int(self.vectors.nbytes + self.accum.nbytes + self.seen.nbytes)
+        return int(self.vectors.nbytes + self.accum.nbytes + self.seen.nbytes + self.ver.nbytes)
 
     def _new_row(self, key: str, now: float) -> int:
         if self.free:
@@ -68,6 +72,7 @@ class EmbeddingTable:
         self.vectors[row] = self._rng.normal(0.0, self.init_scale, self.dim)
         self.accum[row] = 0.0
         self.seen[row] = now
+        self.ver[row] = 0
         self.index[key] = row
         self.removed.discard(key)
         self.dirty.add(row)
@@ -163,6 +168,58 @@ class EmbeddingTable:
         self.removed.clear()
         return changed, removed
 
+    # -- item-side publication: whole arrays (publication.py) --
+    def take_part(self, version: int) -> Part:
+        """Rows changed and ids removed since the last call, as a delta of `version`; clears both."""
+        rows = np.fromiter(sorted(self.dirty), np.int64, len(self.dirty))
+        self.ver[rows] = version
+        part = Part([self.ids[r] for r in rows.tolist()], self.vectors[rows], self.accum[rows], self.seen[rows],
+                    self.ver[rows], sorted(self.removed))
+        self.dirty.clear()
+        self.removed.clear()
+        return part
+
+    def whole(self) -> Part:
+        """Every row, for a snapshot."""
+        rows = np.fromiter(self.index.values(), np.int64, len(self.index))
+        return Part(list(self.index), self.vectors[rows], self.accum[rows], self.seen[rows], self.ver[rows])
+
+    def apply(self, part: Part) -> list[str]:
+        """Take in a published part, as published (rows replaced or added, removed ids freed); returns
+        the ids whose rows it put."""
+        self.remove(part.removed)
+        self.removed.difference_update(part.removed)
+        n = len(part)
+        if not n:
+            return []
+        if part.vectors.shape[1:] != (self.dim,):
+            raise ValueError(f"published rows of width {part.vectors.shape[1:]} for a table of {self.dim}")
+        if not self.index:  # an empty table (a start): whole arrays
+            if n > len(self.vectors):
+                self._alloc(n)
+            self.ids = list(part.keys)
+            self.index = dict(zip(part.keys, range(n), strict=True))
+            self.free = []
+            rows = np.arange(n)
+        else:
+            index, new_row = self.index, self._new_row
+            rows = np.fromiter((index[k] if k in index else new_row(k, 0.0) for k in part.keys), np.int64, n)
+            self.dirty.difference_update(rows.tolist())
+        self.vectors[rows], self.accum[rows] = part.vectors, part.accum
+        self.seen[rows], self.ver[rows] = part.seen, part.ver
+        return part.keys
+
+    def clear(self) -> None:
+        """Forget every row (the arrays stay allocated)."""
+        self.index, self.ids, self.free, self.pending = {}, [], [], {}
+        self.dirty.clear()
+        self.removed.clear()
+
+    def changed_since(self, version: int) -> list[str]:
+        """The ids whose rows a version above `version` published."""
+        n = len(self.ids)
+        return [key for row in np.flatnonzero(self.ver[:n] > version).tolist() if (key := self.ids[row]) is not None]
+
     def encode(self, row: int) -> bytes:
         return self.vectors[row].tobytes() + self.accum[row].tobytes() + self.seen[row:row + 1].tobytes()
 
@@ -188,6 +245,7 @@ class EmbeddingTable:
         self.vectors[:n] = raw[:, :width].copy().view(np.float32)
         self.accum[:n] = raw[:, width:2 * width].copy().view(np.float32)
         self.seen[:n] = raw[:, 2 * width:].copy().view(np.float64)[:, 0]
+        self.ver[:n] = 0
         self.ids = list(keys)
         self.index = dict(zip(keys, range(n), strict=True))
         self.free = []

@@ -103,6 +103,10 @@ class Model:
         self.watch = WatchQuantiles()
         self.rng = np.random.default_rng(seed)
 
+    def item_tables(self) -> dict[str, EmbeddingTable]:
+        """The shared tables, published as deltas and snapshots (`publication.py`)."""
+        return {"item": self.items, "creator": self.creators, "tag": self.tags}
+
     def tables(self) -> dict[tuple[str, str | None], EmbeddingTable]:
         """Every table by (name, region): users' tables are per region, the others shared (None)."""
         return {("item", None): self.items, ("creator", None): self.creators, ("tag", None): self.tags,

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from foryou.interest import UserState, decay
-from foryou.learning import index_file
+from foryou.learning import index_file, publication
 from foryou.learning.duel import Duel
 from foryou.learning.features import HEAD, popularity
 from foryou.learning.index_file import INDEX_FILE
@@ -65,6 +65,12 @@ _PUBLISH_SLICE = 256  # rows per write transaction of a publication
 _TRAINER_IDLE_S = 900.0  # a trainer process lets a user's row leave memory after this long unused
 
 
+def dense_version(blob: bytes) -> int:
+    """The model version of a saved dense blob (`Learner.dense_blob`); 0 for one of another format."""
+    saved = np.load(io.BytesIO(blob))
+    return int(json.loads(bytes(saved["header"]).decode())["version"]) if "header" in saved.files else 0
+
+
 class Learner:
     """The trainer. `serves`: it also answers the requests of this process (retrieval from its own
     ANN index); a trainer process (`foryou/roles/train.py`) does not, and publishes instead."""
@@ -98,6 +104,8 @@ class Learner:
         self._last_expire = 0.0
         self._expiring: dict[str, str] = {}  # region -> the last key an expiry walk of saved user rows reached
         self.duel = Duel(s.duel_window)
+        self.publisher = publication.Publisher()
+        self._rows_to_convert = False  # item-side rows saved as rows by an earlier version, restored
         self.fallback = HeuristicRanker()
         self._rng = np.random.default_rng(seed)
         # Appended but not learned yet, per region: duel samples (seq, user, items, the user's interest
@@ -447,16 +455,18 @@ class Learner:
 
     # -- persistence --
     def checkpoint(self) -> None:
-        """Publish: changed rows (users' into their region) marked with the model version, then the
-        dense state with the watermarks, then the version alone (what servers poll). A user's row is
-        not written back once a server erased or refreshed them (the store's guard), and leaves memory.
-        Nothing when learning is off: the saved model stays as it was."""
+        """Publish: the item-side rows changed as one delta (`publication.py`), users' changed rows
+        into their region marked with the model version, then the dense state with the watermarks,
+        then the version alone (what servers poll); then a snapshot of the item side when due. A
+        user's row is not written back once a server erased or refreshed them (the store's guard), and
+        leaves memory. Nothing when learning is off: the saved model stays as it was."""
         if not self.settings.enabled:
             return
         store, model = self.live.store, self.model
         self._last_checkpoint = self.live.clock()
         done, self._skips_done = self._skips_done, {}
-        for (name, region), table in model.tables().items():
+        self.version = self.publisher.publish(store, model.item_tables(), self.version)
+        for region, table in model.users.items():
             rows, removed = table.changes()
             # In slices: each is a write transaction, during which a server's appends to the same
             # file wait (a few ms at most, not the whole publication).
@@ -465,14 +475,14 @@ class Learner:
                 part, gone = rows[lo:lo + _PUBLISH_SLICE], removed if last else []
                 if not part and not gone:
                     continue
-                refused = store.save_model_rows(region, name, part, gone, self.version,
-                                                SKIP_TABLE if region is not None else None)
+                refused = store.save_model_rows(region, "user", part, gone, self.version, SKIP_TABLE)
                 if refused:
                     table.remove(refused)
                     table.removed.difference_update(refused)
         self.evict_idle()
         store.save_model_blob("model", self.dense_blob())
         store.save_model_blob(VERSION_BLOB, str(self.version).encode())
+        self.publisher.compact(store, model.item_tables(), self.live.clock())
         # Refresh marks learned past are done with only now: a restart from an earlier checkpoint
         # must still skip those users' events. A mark a newer refresh replaced stays.
         for region in {r for r, _ in done}:
@@ -502,6 +512,14 @@ class Learner:
         blob = store.get_model_blob("model")
         if blob is not None:
             self._restore(blob)
+        # A delta of a version never published (killed between the two) would be taken for the next.
+        store.keep_model_deltas(0, self.version)
+        if self._rows_to_convert:  # into a snapshot, which replaces them
+            self.publisher.published = self.version
+            self.publisher.compact(store, self.model.item_tables(), self.live.clock(), force=True)
+            for name in publication.TABLES:
+                store.clear_model_rows(None, name)
+            self._rows_to_convert = False
         if self.serves and not self._load_index():  # else rebuild it: minutes for a million items
             self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
         for region in catalog.regions:  # users started afresh while the follower was behind
@@ -552,10 +570,23 @@ class Learner:
         """A saved model of another width or format is ignored: training starts afresh from the log."""
         if not self._restore_dense(blob, duel=True):
             return
-        store = self.live.store
-        for (name, region), table in self.model.tables().items():
-            if name != "user":  # users' rows come back with each user (`load_users`)
-                table.restore(store.iter_model_rows(region, name))
+        store, tables = self.live.store, self.model.item_tables()
+        for _ in range(10):
+            found = publication.snapshot_and_after(store, self.version)
+            if found is not None:
+                publication.load(tables, *found)
+                self.publisher.loaded(self.version, *found)
+                return
+            if publication.held_as_rows(store):  # saved by a version before deltas
+                for name, table in tables.items():
+                    table.restore(store.iter_model_rows(None, name))
+                self._rows_to_convert = True
+                return
+            # A newer version was published and its deltas compacted meanwhile: take that one.
+            blob = store.get_model_blob("model") or blob
+            if not self._restore_dense(blob, duel=True):
+                return
+        raise RuntimeError("the published model kept changing while it was read; start again")
 
     def _restore_dense(self, blob: bytes, duel: bool = False) -> bool:
         """The dense weights, the watch histograms and the header's counts and log marks of a saved

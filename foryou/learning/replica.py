@@ -1,11 +1,12 @@
 """A server's copy of the model that a trainer process publishes: the serving role never trains.
 
 The trainer (`foryou/roles/train.py`) publishes a version every `learning.publish_interval_s`: the
-embedding rows it changed, marked with the version, then the dense weights with the log marks they
-include, then the version alone. Each tick the replica reads that version; when it moved, it takes
-the dense weights and the rows saved since its own version (item-side rows all, users' rows of the
-users it holds; the others come with their user, `load_users`), and re-indexes the items whose rows
-changed. A step of the event loop holds at most one such swap.
+item-side rows it changed as one delta, users' rows marked with the version, then the dense weights
+with the log marks they include, then the version alone. Each tick the replica reads that version;
+when it moved, it takes the dense weights, the deltas since its own version (`publication.py`; the
+snapshot and the deltas after it when a snapshot replaced those), and the users' rows saved since of
+the users it holds (the others come with their user, `load_users`), and re-indexes the items whose
+rows changed. A step of the event loop holds at most one such swap.
 
 What stays here: the duel, which needs the fallback's view of the user as of before an event (the
 interest state a request just moved on). A sampled view is scored by both rankers with the version
@@ -16,14 +17,17 @@ event's acceptance to this server serving a version whose marks include it.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from foryou.learning import index_file
-from foryou.learning.online import SKIP_TABLE, VERSION_BLOB, Learner
+from foryou.learning import index_file, publication
+from foryou.learning.online import SKIP_TABLE, VERSION_BLOB, Learner, dense_version
+
+log = logging.getLogger("foryou.learning")
 
 DUEL_BLOB = "duel"
 _SAVE_DIRTY_MAX = 20_000  # items still to index above which a stop does not finish the index
@@ -54,18 +58,34 @@ class ModelReplica(Learner):
         """Swap in the latest published version; returns whether one came."""
         if not self.settings.enabled:
             return False
-        version = self.published()
-        if version <= self.version:
+        store = self.live.store
+        if self.published() <= self.version:
             return False
-        blob = self.live.store.get_model_blob("model")
-        if blob is None:
+        blob = store.get_model_blob("model")
+        through = dense_version(blob) if blob is not None else 0
+        if blob is None or through <= self.version:
+            return False
+        deltas = publication.chain(store, self.version, through)
+        whole = publication.snapshot_and_after(store, through) if deltas is None else None
+        if deltas is None and whole is None:  # a snapshot newer than `through` came meanwhile: next tick
             return False
         for region in self.marks:  # the samples accepted under the version served until now
             self._score_both(region, sys.maxsize)
         before = self.version
         if not self._restore_dense(blob):
             return False
-        self._take_rows(before, self.version)
+        self._take_user_rows(before, self.version)
+        tables = self.model.item_tables()
+        if whole is not None:  # this server fell behind a snapshot that replaced the deltas it needed
+            log.info("model version %d: its deltas since version %d were compacted, reading its snapshot",
+                     self.version, before)
+            publication.load(tables, *whole)
+            items: Iterable[str] = self.model.items.changed_since(before)
+        else:
+            items = publication.apply(tables, deltas or [])
+        if self.serves:
+            index = self.live.catalog.index
+            self.dirty_items.update(dict.fromkeys(index[k] for k in items if k in index))
         now = time.time()
         for region, accepted in self._accepted.items():
             while accepted and accepted[0][0] <= self.marks[region]:
@@ -73,16 +93,12 @@ class ModelReplica(Learner):
                 self.lag.observe(self.lag_s)
         return True
 
-    def _take_rows(self, after: int, through: int) -> None:
-        store, catalog = self.live.store, self.live.catalog
-        for (name, region), table in self.model.tables().items():
-            rows = store.model_rows_since(region, name, after, through)
-            if name == "user":
-                rows = [(u, row) for u, row in rows if u in table.index]
-            table.put_rows(rows)
-            if name == "item" and self.serves:
-                index = catalog.index
-                self.dirty_items.update(dict.fromkeys(index[k] for k, _ in rows if k in index))
+    def _take_user_rows(self, after: int, through: int) -> None:
+        """The rows of users this server holds that versions in (`after`, `through`] changed."""
+        store = self.live.store
+        for region, table in self.model.users.items():
+            rows = store.model_rows_since(region, "user", after, through)
+            table.put_rows([(u, row) for u, row in rows if u in table.index])
 
     def forget_user(self, region: str, user: str) -> None:
         """Start the user afresh: their row goes (here and in the store), and the refresh table tells
@@ -135,8 +151,12 @@ class ModelReplica(Learner):
             self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
         elif saved < self.version:
             index = catalog.index
-            changed = store.model_rows_since(None, "item", saved, self.version)
-            self.dirty_items.update(dict.fromkeys(index[k] for k, _ in changed if k in index))
+            if self._rows_to_convert:  # item rows as an earlier version saved them: the trainer converts them
+                changed = [k for k, _ in store.model_rows_since(None, "item", saved, self.version)]
+            else:
+                changed = self.model.items.changed_since(saved)
+            self.dirty_items.update(dict.fromkeys(index[k] for k in changed if k in index))
+        self._rows_to_convert = False
         self._last_checkpoint = self.live.clock()
 
     def _saved_index(self) -> int | None:

@@ -210,6 +210,20 @@ class Models(Protocol):
         """Up to `limit` rows of `table` whose keys sort after `after`, in key order: a walk over every
         row a bounded page at a time (expiry of idle rows)."""
 
+    def clear_model_rows(self, region: str | None, table: str) -> None:
+        """Delete every row of `table` (item-side rows once a snapshot of them replaced them)."""
+
+    def append_model_delta(self, version: int, blob: bytes) -> None:
+        """Save one publication's item-side rows under its model `version` (replacing a delta of the
+        same version, which only a trainer killed before publishing it can have left)."""
+
+    def model_deltas(self, after: int) -> list[tuple[int, bytes]]:
+        """The deltas of versions above `after`, in version order."""
+
+    def keep_model_deltas(self, after: int, through: int) -> None:
+        """Delete every delta whose version is not in (`after`, `through`]: those a snapshot holds, and
+        those of versions never published (a trainer killed between a delta and its version)."""
+
     def save_model_blob(self, key: str, value: bytes) -> None:
         """Store a shared blob (dense weights, watermarks), replacing any under `key`."""
 
@@ -217,7 +231,7 @@ class Models(Protocol):
         """The blob as last saved under `key`; None if never (or dropped)."""
 
     def drop_model(self) -> None:
-        """Delete every embedding row (shared and per region) and every blob, atomically per file:
+        """Delete every embedding row (shared and per region), delta and blob, atomically per file:
         the next start learns the model again from the log."""
 
 

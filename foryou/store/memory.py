@@ -54,6 +54,7 @@ class _Data:
     model_rows: dict[tuple[str, str], bytes] = field(default_factory=dict)
     model_vers: dict[tuple[str, str], int] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
+    deltas: dict[int, bytes] = field(default_factory=dict)  # model version -> item-side rows it published
     tombstones: dict[str, float] = field(default_factory=dict)
     vocab: dict[str, dict[int, str]] = field(default_factory=dict)
     regions: dict[str, _Region] = field(default_factory=dict)
@@ -349,6 +350,21 @@ class MemoryStore:
         return [(k, held[(t, k)]) for (t, k), v in list(self._vers(region).items())
                 if t == table and after < v <= through]
 
+    def clear_model_rows(self, region: str | None, table: str) -> None:
+        held, vers = self._rows(region), self._vers(region)
+        for key in [k for k in held if k[0] == table]:
+            del held[key]
+            vers.pop(key, None)
+
+    def append_model_delta(self, version: int, blob: bytes) -> None:
+        self._data.deltas[version] = bytes(blob)
+
+    def model_deltas(self, after: int) -> list[tuple[int, bytes]]:
+        return sorted((v, b) for v, b in list(self._data.deltas.items()) if v > after)
+
+    def keep_model_deltas(self, after: int, through: int) -> None:
+        self._data.deltas = {v: b for v, b in self._data.deltas.items() if after < v <= through}
+
     def save_model_blob(self, key: str, value: bytes) -> None:
         self._data.blobs[key] = bytes(value)
 
@@ -362,6 +378,7 @@ class MemoryStore:
         self._data.model_rows.clear()
         self._data.model_vers.clear()
         self._data.blobs.clear()
+        self._data.deltas.clear()
 
     def close(self) -> None:
         """Nothing to release: the data stays in the process for the next open of the same name."""

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS model_deltas (version INTEGER PRIMARY KEY, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones (subject TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vocab (kind TEXT, code INTEGER, name TEXT NOT NULL, PRIMARY KEY (kind, code)) WITHOUT ROWID;
 """
@@ -432,6 +433,7 @@ class SQLiteStore:
             with _tx(conn) as c:
                 c.execute("DELETE FROM model_rows")
                 if conn is self._catalog:
+                    c.execute("DELETE FROM model_deltas")
                     c.execute("DELETE FROM model_blobs")
 
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
@@ -524,6 +526,22 @@ class SQLiteStore:
     def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
         q = "SELECT key, row FROM model_rows WHERE tbl=? AND ver>? AND ver<=?"
         return [(key, bytes(row)) for key, row in self._model_conn(region).execute(q, (table, after, through))]
+
+    def clear_model_rows(self, region: str | None, table: str) -> None:
+        with _tx(self._model_conn(region)) as c:
+            c.execute("DELETE FROM model_rows WHERE tbl=?", (table,))
+
+    def append_model_delta(self, version: int, blob: bytes) -> None:
+        with _tx(self._catalog) as c:
+            c.execute("INSERT OR REPLACE INTO model_deltas VALUES (?,?)", (version, blob))
+
+    def model_deltas(self, after: int) -> list[tuple[int, bytes]]:
+        q = "SELECT version, blob FROM model_deltas WHERE version>? ORDER BY version"
+        return [(v, bytes(b)) for v, b in self._catalog.execute(q, (after,))]
+
+    def keep_model_deltas(self, after: int, through: int) -> None:
+        with _tx(self._catalog) as c:
+            c.execute("DELETE FROM model_deltas WHERE version<=? OR version>?", (after, through))
 
     def save_model_blob(self, key: str, value: bytes) -> None:
         with _tx(self._catalog) as c:

@@ -749,13 +749,39 @@ def test_drop_model_forgets_every_row_and_blob(opener: Opener, store: Store) -> 
     store.save_model_rows("us", "user", [("u1", b"us-row")], [])
     store.save_model_rows("eu", "user", [("u2", b"eu-row")], [])
     store.save_model_blob("model", b"v1")
+    store.append_model_delta(3, b"d3")
     store.drop_model()
     again = opener.reopen(store)
     assert again.get_model_blob("model") is None
+    assert again.model_deltas(0) == []
     for region, table in ((None, "item"), ("us", "user"), ("eu", "user")):
         assert dict(again.iter_model_rows(region, table)) == {}
     again.save_model_rows(None, "item", [("b", b"\x02")], [])  # and is usable after
     assert dict(again.iter_model_rows(None, "item")) == {"b": b"\x02"}
+
+
+def test_model_deltas_in_version_order_and_kept_in_a_range(opener: Opener, store: Store) -> None:
+    assert store.model_deltas(0) == []
+    for version in (7, 3, 12, 9):
+        store.append_model_delta(version, f"d{version}".encode() * 100)
+    store.append_model_delta(12, b"again")  # a version published again replaces its delta
+    assert [v for v, _ in store.model_deltas(0)] == [3, 7, 9, 12]
+    assert store.model_deltas(7) == [(9, b"d9" * 100), (12, b"again")]
+    store.keep_model_deltas(3, 9)  # a snapshot holds 3; 12 was never published
+    again = opener.reopen(store)
+    assert again.model_deltas(0) == [(7, b"d7" * 100), (9, b"d9" * 100)]
+    assert again.model_deltas(9) == []
+
+
+def test_clearing_one_model_table_leaves_the_others(store: Store) -> None:
+    store.save_model_rows(None, "item", [("a", b"1"), ("b", b"1")], [], version=5)
+    store.save_model_rows(None, "tag", [("t", b"1")], [], version=5)
+    store.save_model_rows("us", "item", [("x", b"1")], [], version=5)
+    store.clear_model_rows(None, "item")
+    assert dict(store.iter_model_rows(None, "item")) == {}
+    assert store.model_rows_since(None, "item", 0, 10) == []
+    assert dict(store.iter_model_rows(None, "tag")) == {"t": b"1"}
+    assert dict(store.iter_model_rows("us", "item")) == {"x": b"1"}
 
 
 def test_model_rows_by_version_for_a_server_to_take_in(opener: Opener, store: Store) -> None:
