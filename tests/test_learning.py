@@ -308,7 +308,7 @@ def test_retrieval_gradients_match_finite_differences() -> None:
     assert checked >= 9
 
 
-def test_a_clean_shutdown_saves_the_index_and_a_stale_one_is_ignored(trained, tmp_path: Path) -> None:
+def test_a_clean_shutdown_saves_the_index_and_an_older_one_is_brought_up_to_date(trained, tmp_path: Path) -> None:
     from foryou.learning.index_file import INDEX_FILE
 
     engine, _, clock = trained
@@ -320,7 +320,6 @@ def test_a_clean_shutdown_saves_the_index_and_a_stale_one_is_ignored(trained, tm
     assert (tmp_path / "data" / INDEX_FILE).is_file()
     again = open_engine(tmp_path / "data", clock)
     try:
-        assert again.learner._load_index()  # of the saved version: loaded, not rebuilt
         keys, scores = again.learner.index.search(p, 10)
         assert keys.tolist() == before[0].tolist() and np.allclose(scores, before[1], atol=1e-5)
         # More learning and a checkpoint, then a crash: the file is older than the model.
@@ -329,9 +328,15 @@ def test_a_clean_shutdown_saves_the_index_and_a_stale_one_is_ignored(trained, tm
     finally:
         again.store.close()
     third = open_engine(tmp_path / "data", clock)
-    try:
-        assert not third.learner._load_index()  # stale: ignored, the index was rebuilt at load
-        assert len(third.learner.index) == N_ITEMS
+    try:  # the older file is loaded and the items whose rows changed since are indexed again
+        learner = third.learner
+        assert len(learner.index) == N_ITEMS and not learner.dirty_items
+        p = learner.model.query(learner.model.user_vectors(["us"], ["g0-u00"])[0])
+        resumed = learner.index.search(p, 20)
+        learner.dirty_items.update(dict.fromkeys(range(N_ITEMS)))  # against every item indexed afresh
+        learner.refresh_index()
+        again_all = learner.index.search(p, 20)
+        assert resumed[0].tolist() == again_all[0].tolist() and np.allclose(resumed[1], again_all[1], atol=1e-5)
     finally:
         third.store.close()
 

@@ -512,6 +512,8 @@ class Learner:
         blob = store.get_model_blob("model")
         if blob is not None:
             self._restore(blob)
+        if self.serves:
+            self._resume_index()
         # A delta of a version never published (killed between the two) would be taken for the next.
         store.keep_model_deltas(0, self.version)
         if self._rows_to_convert:  # into a snapshot, which replaces them
@@ -520,8 +522,6 @@ class Learner:
             for name in publication.TABLES:
                 store.clear_model_rows(None, name)
             self._rows_to_convert = False
-        if self.serves and not self._load_index():  # else rebuild it: minutes for a million items
-            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
         for region in catalog.regions:  # users started afresh while the follower was behind
             stale = []
             for user, row in store.iter_model_rows(region, SKIP_TABLE):
@@ -558,13 +558,23 @@ class Learner:
         rebuilding.join()
         return self._rebuilt is None
 
-    def _load_index(self) -> bool:
-        """The index saved at the last clean shutdown, if it is of the restored model version."""
+    def _resume_index(self) -> None:
+        """The index saved at the last clean stop, if it fits these settings and is not newer than the
+        model, with the items whose rows changed since its version queued to be indexed again; without
+        one, every live item is queued (minutes at a million items, so an older file is worth keeping)."""
+        catalog, store = self.live.catalog, self.live.store
         found = index_file.load(self._index_path(), self.index)
-        if found is None or found[0] != self.version or self.version == 0:
-            return False
-        self.index = found[1]
-        return True
+        if found is None or not 0 < found[0] <= self.version:
+            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
+            return
+        saved, self.index = found
+        if saved < self.version:
+            if self._rows_to_convert:  # item rows as an earlier version saved them, one by one
+                changed = [k for k, _ in store.model_rows_since(None, "item", saved, self.version)]
+            else:
+                changed = self.model.items.changed_since(saved)
+            index = catalog.index
+            self.dirty_items.update(dict.fromkeys(index[k] for k in changed if k in index))
 
     def _restore(self, blob: bytes) -> None:
         """A saved model of another width or format is ignored: training starts afresh from the log."""

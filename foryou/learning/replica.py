@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from foryou.learning import index_file, publication
+from foryou.learning import publication
 from foryou.learning.online import SKIP_TABLE, VERSION_BLOB, Learner, dense_version
 
 log = logging.getLogger("foryou.learning")
@@ -139,30 +139,13 @@ class ModelReplica(Learner):
         (items whose rows changed since it was saved are re-indexed; without one, every item is)."""
         if not self.settings.enabled:
             return
-        store, catalog = self.live.store, self.live.catalog
+        store = self.live.store
         blob = store.get_model_blob("model")
         if blob is not None:  # with the duel's record an in-process trainer saved, if any ...
             self._restore(blob)
         duel = store.get_model_blob(DUEL_BLOB)
         if duel is not None:  # ... unless a server saved its own
             self.duel.load(np.frombuffer(duel, np.float64).reshape(-1, 2))
-        saved = self._saved_index()
-        if saved is None:
-            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
-        elif saved < self.version:
-            index = catalog.index
-            if self._rows_to_convert:  # item rows as an earlier version saved them: the trainer converts them
-                changed = [k for k, _ in store.model_rows_since(None, "item", saved, self.version)]
-            else:
-                changed = self.model.items.changed_since(saved)
-            self.dirty_items.update(dict.fromkeys(index[k] for k in changed if k in index))
+        self._resume_index()
         self._rows_to_convert = False
         self._last_checkpoint = self.live.clock()
-
-    def _saved_index(self) -> int | None:
-        """Load the index of the last clean stop if it fits these settings; returns its version."""
-        found = index_file.load(self._index_path(), self.index)
-        if found is None or not 0 < found[0] <= self.version:
-            return None
-        self.index = found[1]
-        return found[0]
