@@ -19,17 +19,20 @@ class Candidates:
 
     def __init__(self, excluded: Seen) -> None:
         self.excluded = excluded
+        # Sources propose a few dozen items a call, a score of calls a feed: a Python set answers each
+        # look-up in ~30 ns, where asking the compact array costs a numpy call per proposal list
+        # (+0.5 ms a feed at 1M items). Built once a request, from the array.
+        self._skip = set(excluded)
         self.sources: dict[int, list[tuple[str, int]]] = {}
 
     def add(self, idxs: Iterable[int] | np.ndarray, source: str, feature: int = -1, budget: int = 10**9) -> int:
         """Propose items in order until `budget` new ones were added; returns how many were."""
-        arr = idxs if isinstance(idxs, np.ndarray) else np.fromiter(idxs, np.int64)
-        if not len(arr):
-            return 0
         added = 0
-        sources = self.sources
+        skip, sources = self._skip, self.sources
         tag = (source, feature)
-        for idx in arr[~self.excluded.mask(arr)].tolist():  # the exclusion in one pass, not a look-up each
+        for idx in idxs.tolist() if isinstance(idxs, np.ndarray) else idxs:
+            if idx in skip:
+                continue
             entry = sources.get(idx)
             if entry is None:
                 sources[idx] = [tag]
