@@ -74,3 +74,38 @@ def test_growth_keeps_rows() -> None:
     table.rows([str(n) for n in range(1000)], 0.0)
     assert np.array_equal(table.get(table.lookup(["first"])), first)
     assert table.nbytes >= 1001 * 2 * 4 * 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rows_by_code_follow_every_change_of_the_table(seed: int) -> None:
+    """Serving looks rows up by integer code through a cache; whatever the table does between look-ups
+    (rows added, removed, evicted, expired, restored, published parts taken in), the cache answers as
+    the table's own look-up by id would."""
+    from foryou.learning.embeddings import RowsByCode
+
+    rng = np.random.default_rng(seed)
+    names = [f"id{n}" for n in range(300)]
+    code_of = {n: c for c, n in enumerate(names)}
+    table, cache = EmbeddingTable(4, ttl_s=50.0), RowsByCode()
+    now = 0.0
+    for step in range(200):
+        now += 1.0
+        action = rng.integers(0, 7)
+        if action <= 2:
+            table.rows([names[c] for c in rng.integers(0, 300, size=10)], now)
+        elif action == 3:
+            table.remove([names[c] for c in rng.integers(0, 300, size=5)])
+        elif action == 4:
+            table.evict([names[c] for c in rng.integers(0, 300, size=5)])
+        elif action == 5:
+            table.expire(now)
+        elif step % 40 == 0:
+            other = EmbeddingTable(4, seed=step)
+            other.rows([names[c] for c in rng.integers(0, 300, size=50)], now)
+            table.clear()
+            table.apply(other.whole())
+        if len(names) < 400 and rng.random() < 0.1:  # the catalogue grows
+            names.append(f"id{len(names)}")
+            code_of[names[-1]] = len(names) - 1
+        codes = rng.integers(0, len(names), size=40)
+        assert cache.get(table, codes, names, code_of).tolist() == table.lookup([names[c] for c in codes]).tolist()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from foryou.catalog import Catalog
-from foryou.learning.embeddings import EmbeddingTable
+from foryou.learning.embeddings import EmbeddingTable, RowsByCode
 from foryou.learning.features import HEADS, N_DENSE, WatchQuantiles, dense
 
 H = len(HEADS)
@@ -93,6 +93,7 @@ class Model:
         self.items = EmbeddingTable(dim + 1 + H, min_count, ttl_s, lr, INIT, seed + 100)
         self.creators = EmbeddingTable(dim + H, min_count, ttl_s, lr, INIT, seed + 101)
         self.tags = EmbeddingTable(dim, min_count, ttl_s, lr, INIT, seed + 102)
+        self._by_code = {"item": RowsByCode(), "creator": RowsByCode(), "tag": RowsByCode()}  # serving look-ups
         self.n_inputs = N_DENSE + dim + 1
         self.weights = np.zeros((H, self.n_inputs), np.float32)
         # Each head starts at a typical rate (through the constant input): Adagrad's steps are too
@@ -115,21 +116,28 @@ class Model:
     # -- item side --
     def _item_rows(self, catalog: Catalog, idx: np.ndarray, now: float,
                    train: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        def rows(table: EmbeddingTable, keys: list[str]) -> np.ndarray:
-            return table.rows(keys, now) if train else table.lookup(keys)
-
+        if not train:  # serving: by catalogue and vocabulary codes, no admission, no change
+            by_code = self._by_code
+            item_rows = by_code["item"].get(self.items, idx, catalog.ids, catalog.index)
+            creator_rows = by_code["creator"].get(self.creators, catalog.creator[idx], catalog.creators.names,
+                                                  catalog.creators.ids)
+            tag_codes = catalog.tag_cols[idx]
+            tag_rows = np.full(tag_codes.shape, -1, np.int64)
+            has = tag_codes >= 0
+            tag_rows[has] = by_code["tag"].get(self.tags, tag_codes[has], catalog.tags.names, catalog.tags.ids)
+            return item_rows, creator_rows, tag_rows
         ids = catalog.ids
-        codes, inverse = np.unique(idx, return_inverse=True)  # each id looked up (and counted) once
-        item_rows = rows(self.items, [ids[i] for i in codes.tolist()])[inverse]
+        codes, inverse = np.unique(idx, return_inverse=True)  # each id counted once
+        item_rows = self.items.rows([ids[i] for i in codes.tolist()], now)[inverse]
         codes, inverse = np.unique(catalog.creator[idx], return_inverse=True)
         names = catalog.creators.names
-        creator_rows = rows(self.creators, [names[c] for c in codes.tolist()])[inverse]
+        creator_rows = self.creators.rows([names[c] for c in codes.tolist()], now)[inverse]
         tag_codes = catalog.tag_cols[idx]
         codes, inverse = np.unique(tag_codes, return_inverse=True)
         tag_names = catalog.tags.names
-        found = rows(self.tags, [tag_names[c] for c in codes.tolist() if c >= 0])
-        by_code = np.concatenate([np.full(int((codes < 0).sum()), -1, np.int64), found])
-        tag_rows = by_code[inverse].reshape(tag_codes.shape)
+        found = self.tags.rows([tag_names[c] for c in codes.tolist() if c >= 0], now)
+        of_code = np.concatenate([np.full(int((codes < 0).sum()), -1, np.int64), found])
+        tag_rows = of_code[inverse].reshape(tag_codes.shape)
         return item_rows, creator_rows, tag_rows
 
     def _towers(self, item_rows: np.ndarray, creator_rows: np.ndarray,
