@@ -39,10 +39,14 @@ def train(ts: dict[str, EmbeddingTable], rng: np.random.Generator, now: float) -
 
 def test_a_publication_reads_back_as_written() -> None:
     rng = np.random.default_rng(0)
-    part = Part(["a", "ünï/cödé", ""], rng.normal(size=(3, 4)).astype(np.float32),
-                rng.random((3, 4)).astype(np.float32), np.array([1.0, 2.0, 3.0]), np.array([5, 6, 7]), ["gone", "é"])
+    part = Part(["a", "ünï/cödé", "", "line\nbreak"], rng.normal(size=(4, 4)).astype(np.float32),
+                rng.random((4, 4)).astype(np.float32), np.array([1.0, 2.0, 3.0, 4.0]), np.array([5, 6, 7, 8]),
+                ["gone", "é"])
+    plain = Part(["x", "", "ÿ"], np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32), np.zeros(3),
+                 np.zeros(3, np.int64), [""])
     empty = Part([], np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, np.int64))
-    back = publication.decode(publication.encode(Publication(9, 4, {"item": part, "tag": empty})))
+    back = publication.decode(publication.encode(Publication(9, 4, {"item": part, "tag": empty, "creator": plain})))
+    assert back.parts["creator"].keys == ["x", "", "ÿ"] and back.parts["creator"].removed == [""]
     assert (back.version, back.prev) == (9, 4)
     got = back.parts["item"]
     assert got.keys == part.keys and got.removed == part.removed
@@ -125,3 +129,4 @@ def test_only_removals_get_a_version_of_their_own() -> None:
     assert found is not None
     publication.load(follower, *found)
     assert state(follower) == state(writer)
+

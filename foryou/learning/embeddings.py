@@ -216,16 +216,18 @@ class EmbeddingTable:
         if part.vectors.shape[1:] != (self.dim,):
             raise ValueError(f"published rows of width {part.vectors.shape[1:]} for a table of {self.dim}")
         if not self.index:  # an empty table (a start): whole arrays
-            if n > len(self.vectors):
-                self._alloc(n)
+            if n > len(self.vectors):  # with room to grow: a reallocation copies every row
+                self._alloc(n + n // 8)
             self._reset()
             self.ids = list(part.keys)
             self.index = dict(zip(part.keys, range(n), strict=True))
             self.free = []
             rows = np.arange(n)
-        else:
-            index, new_row = self.index, self._new_row
-            rows = np.fromiter((index[k] if k in index else new_row(k, 0.0) for k in part.keys), np.int64, n)
+        else:  # held ids in one pass; rows for new ones without a random start (overwritten below)
+            rows = np.fromiter(map(self.index.get, part.keys, repeat(-1)), np.int64, n)
+            new = np.flatnonzero(rows < 0).tolist()
+            if new:
+                rows[new] = self._take_rows([part.keys[j] for j in new])
             self.dirty.difference_update(rows.tolist())
         self.vectors[rows], self.accum[rows] = part.vectors, part.accum
         self.seen[rows], self.ver[rows] = part.seen, part.ver
@@ -237,6 +239,23 @@ class EmbeddingTable:
         self.dirty.clear()
         self.removed.clear()
         self._reset()
+
+    def _take_rows(self, keys: list[str]) -> list[int]:
+        """Rows for ids not held (free rows first, then new ones), their contents left to the caller."""
+        free = self.free
+        reuse = [free.pop() for _ in range(min(len(free), len(keys)))]
+        start = len(self.ids)
+        fresh = list(range(start, start + len(keys) - len(reuse)))
+        if start + len(fresh) > len(self.vectors):
+            self._alloc(max(start + len(fresh), int(len(self.vectors) * _GROWTH) + 1))
+        self.ids.extend([None] * len(fresh))
+        rows = reuse + fresh
+        for key, row in zip(keys, rows, strict=True):
+            self.ids[row] = key
+            self.index[key] = row
+            self._moved(key)
+        self.removed.difference_update(keys)
+        return rows
 
     def changed_since(self, version: int) -> list[str]:
         """The ids whose rows a version above `version` published."""
@@ -320,6 +339,13 @@ class RowsByCode:
         self._rows = np.full(0, -2, np.int64)  # -2: not looked up yet; -1: no row
         self._generation = -1
         self._lock = threading.Lock()  # the server's thread and an index rebuild's
+
+    def fill(self, table: EmbeddingTable, names: Sequence[str]) -> None:
+        """Look every code up at once (a start: a million item ids in ~0.3 s, instead of a miss per
+        candidate over the first hour of feeds)."""
+        with self._lock:
+            self._rows = np.fromiter(map(table.index.get, names, repeat(-1)), np.int64, len(names))
+            self._generation = table.generation
 
     def get(self, table: EmbeddingTable, codes: np.ndarray, names: Sequence[str],
             code_of: Mapping[str, int]) -> np.ndarray:

@@ -108,6 +108,12 @@ class Model:
         """The shared tables, published as deltas and snapshots (`publication.py`)."""
         return {"item": self.items, "creator": self.creators, "tag": self.tags}
 
+    def warm(self, catalog: Catalog) -> None:
+        """Resolve the serving look-ups of every item, creator and tag now (after a load)."""
+        self._by_code["item"].fill(self.items, catalog.ids)
+        self._by_code["creator"].fill(self.creators, catalog.creators.names)
+        self._by_code["tag"].fill(self.tags, catalog.tags.names)
+
     def tables(self) -> dict[tuple[str, str | None], EmbeddingTable]:
         """Every table by (name, region): users' tables are per region, the others shared (None)."""
         return {("item", None): self.items, ("creator", None): self.creators, ("tag", None): self.tags,

@@ -514,6 +514,7 @@ class Learner:
             self._restore(blob)
         if self.serves:
             self._resume_index()
+            self.model.warm(catalog)
         # A delta of a version never published (killed between the two) would be taken for the next.
         store.keep_model_deltas(0, self.version)
         if self._rows_to_convert:  # into a snapshot, which replaces them

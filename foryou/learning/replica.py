@@ -80,6 +80,7 @@ class ModelReplica(Learner):
             log.info("model version %d: its deltas since version %d were compacted, reading its snapshot",
                      self.version, before)
             publication.load(tables, *whole)
+            self.model.warm(self.live.catalog)
             items: Iterable[str] = self.model.items.changed_since(before)
         else:
             items = publication.apply(tables, deltas or [])
@@ -147,5 +148,6 @@ class ModelReplica(Learner):
         if duel is not None:  # ... unless a server saved its own
             self.duel.load(np.frombuffer(duel, np.float64).reshape(-1, 2))
         self._resume_index()
+        self.model.warm(self.live.catalog)
         self._rows_to_convert = False
         self._last_checkpoint = self.live.clock()
