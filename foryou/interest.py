@@ -17,6 +17,7 @@ import orjson
 from foryou.catalog import Catalog
 from foryou.seen import Seen
 from foryou.signals import event_strength, is_completion
+from foryou.topic_views import TopicViews
 
 TAG, TOPIC, CREATOR, SOUND = 0, 1, 2, 3
 _KIND_SHIFT = 32
@@ -52,9 +53,7 @@ class UserState:
     excluded: Seen = field(default_factory=Seen)  # served or viewed: never served again
     seq: int = 0  # the last event (in the user's region log) this state includes
     muted: dict[int, float] = field(default_factory=dict)  # creator/sound feature -> not served until
-    # topic -> (views, completions). Tuples of floats, not lists: the garbage collector stops tracking
-    # them, and with 100k users cached at 1M items its passes over users' lists doubled a state's load.
-    topic_views: dict[int, tuple[float, float]] = field(default_factory=dict)
+    topic_views: TopicViews = field(default_factory=TopicViews)  # topic -> (views, completions), as arrays
 
     def reset(self) -> UserState:
         """A fresh start ("refresh"): what was learned goes, what was served and followed stays."""
@@ -118,15 +117,8 @@ def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: 
 
 
 def _count_topic(state: UserState, topic: int, completed: bool) -> None:
-    if topic < 0:
-        return
-    views, completions = state.topic_views.get(topic, (0.0, 0.0))
-    if topic not in state.topic_views and len(state.topic_views) >= MAX_TOPICS:
-        del state.topic_views[min(state.topic_views, key=lambda t: state.topic_views[t][0])]
-    views, completions = views + 1.0, completions + float(completed)
-    if views > MAX_TOPIC_VIEWS:
-        views, completions = views / 2, completions / 2
-    state.topic_views[topic] = (views, completions)
+    if topic >= 0:
+        state.topic_views.count(topic, completed, MAX_TOPICS, MAX_TOPIC_VIEWS)
 
 
 def muted(state: UserState, now: float) -> tuple[set[int], set[int]]:
@@ -178,7 +170,7 @@ _BINARY = 1
 def dumps(state: UserState, catalog: Catalog) -> bytes:
     """The binary form of `state` (its codes must be in the store's vocabularies: `Live.state_blobs`)."""
     prune(state)
-    topics = list(state.topic_views.items())
+    topics = state.topic_views
     parts = [
         _HEAD.pack(_BINARY, state.ref, state.seq, state.last_creator, state.last_sound, state.last_topic,
                    state.topic_run, state.sensitive_run, len(state.weights), len(state.follows), len(state.recent),
@@ -189,8 +181,8 @@ def dumps(state: UserState, catalog: Catalog) -> bytes:
         np.asarray(state.recent, np.int32).tobytes(),
         np.fromiter(state.muted.keys(), np.int64, len(state.muted)).tobytes(),
         np.fromiter(state.muted.values(), np.float64, len(state.muted)).tobytes(),
-        np.fromiter((t for t, _ in topics), np.int32, len(topics)).tobytes(),
-        np.asarray([c for _, c in topics], np.float64).reshape(-1, 2).tobytes(),
+        topics.codes.astype(np.int32).tobytes(),
+        topics.counts.astype(np.float64).tobytes(),
     ]
     return b"".join(parts)
 
@@ -227,11 +219,11 @@ def loads(blob: bytes, catalog: Catalog) -> UserState:
                    and k & 0xFFFFFFFF < limits[k >> _KIND_SHIFT]}
     muted = {k: t for k, t in zip(mutes.tolist(), until.tolist(), strict=True)
              if 0 <= k >> _KIND_SHIFT <= SOUND and k & 0xFFFFFFFF < limits[k >> _KIND_SHIFT]}
-    pairs = zip(counts[0::2].tolist(), counts[1::2].tolist(), strict=True)
+    known = topic_codes < tags
     return UserState(
         ref=ref, seq=seq, weights=weights,
         follows={c for c in follows.tolist() if c < creators}, recent=[i for i in recent.tolist() if i < len(catalog)],
-        muted=muted, topic_views={t: c for t, c in zip(topic_codes.tolist(), pairs, strict=True) if t < tags},
+        muted=muted, topic_views=TopicViews(topic_codes[known].copy(), counts.reshape(-1, 2)[known].copy()),
         last_creator=last_creator if last_creator < creators else -1,
         last_sound=last_sound if last_sound < sounds else -1,
         last_topic=last_topic if last_topic < tags else -1, topic_run=topic_run, sensitive_run=sensitive_run,
@@ -279,7 +271,8 @@ def _loads_json(blob: bytes, catalog: Catalog) -> UserState:
     last_topic, topic_run, sensitive_run = data.get("run", (None, 0, 0))
     return UserState(
         muted={(kind << _KIND_SHIFT) | kinds[kind](name): until for kind, name, until in data.get("muted", ())},
-        topic_views={catalog.tags(t): (float(c[0]), float(c[1])) for t, c in data.get("topics", {}).items()},
+        topic_views=TopicViews.of({catalog.tags(t): (float(c[0]), float(c[1]))
+                                   for t, c in data.get("topics", {}).items()}),
         last_topic=catalog.tags(last_topic) if last_topic is not None else -1,
         topic_run=topic_run, sensitive_run=sensitive_run,
         ref=data["ref"], weights=weights, seq=data.get("seq", 0),

@@ -18,6 +18,7 @@ from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.interest import UserState
 from foryou.policy import explore_topics
+from foryou.topic_views import TopicViews
 from foryou.types import ControlsIn, EventIn, ItemIn, UserIn, format_time
 
 T0 = 1_700_000_000.0
@@ -268,7 +269,7 @@ def test_onboarding_interests_lead_the_first_feed(open_engine) -> None:  # type:
 # -- exploration --
 def test_thompson_prefers_untried_topics_over_swiped_ones() -> None:
     state = UserState()
-    state.topic_views = {1: (30.0, 0.0), 3: (30.0, 27.0)}  # topic 1 always swiped, topic 3 known-good
+    state.topic_views = TopicViews.of({1: (30.0, 0.0), 3: (30.0, 27.0)})  # topic 1 always swiped, topic 3 known-good
     views, completions = np.full(5, 100.0), np.full(5, 50.0)
     rng = np.random.default_rng(0)
     firsts = Counter(explore_topics(state, views, completions, {3}, 1, 2.0, rng)[0] for _ in range(400))

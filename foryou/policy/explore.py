@@ -32,11 +32,11 @@ def posterior(state: UserState, topic_views: np.ndarray, topic_completions: np.n
     rate = (topic_completions + _PRIOR_VIEWS * overall) / (views + _PRIOR_VIEWS)  # shrunk to the overall rate
     alpha = prior * rate
     beta = prior * (1.0 - rate)
-    n = len(rate)
-    for topic, (views, completions) in state.topic_views.items():
-        if topic < n:
-            alpha[topic] += completions
-            beta[topic] += max(views - completions, 0.0)
+    seen = state.topic_views
+    mine = seen.codes < len(rate)
+    codes, counts = seen.codes[mine], seen.counts[mine]  # codes are distinct: no repeated index
+    alpha[codes] += counts[:, 1]
+    beta[codes] += np.maximum(counts[:, 0] - counts[:, 1], 0.0)
     return np.maximum(alpha, 1e-3), np.maximum(beta, 1e-3), rate
 
 
