@@ -277,9 +277,9 @@ def test_a_trainer_that_keeps_failing_is_restarted_and_said(monkeypatch: pytest.
 def indexed_replica(data: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Engine, Any, int]]:
     """A server whose replica took a first version and indexed it (rebuilds from 10 waiting items):
     (engine, replica, items alive)."""
-    from foryou.learning import online
+    from foryou.learning import indexing
 
-    monkeypatch.setattr(online, "_REBUILD_AT", 10)
+    monkeypatch.setattr(indexing, "_REBUILD_AT", 10)
     clock = Clock(T0)
     with pair(data, clock) as (engine, trainer):
         fill(engine, clock, passes=1)
@@ -312,7 +312,7 @@ def test_many_changed_items_update_the_index_in_place_and_a_stop_ends_a_rebuild(
     the ANN library at exit (which aborted the process)."""
     import threading
 
-    from foryou.learning import online
+    from foryou.learning import indexing, online
 
     with indexed_replica(tmp_path / "d", monkeypatch) as (engine, replica, alive):
         assert len(replica.index) == alive
@@ -330,7 +330,7 @@ def test_many_changed_items_update_the_index_in_place_and_a_stop_ends_a_rebuild(
             gate.wait(10)
             return real(self, idx)
 
-        monkeypatch.setattr(online, "_REBUILD_PART", 2)
+        monkeypatch.setattr(indexing, "_REBUILD_PART", 2)
         monkeypatch.setattr(online.Learner, "_popularity", slow)
         replica.index = online.make_index(replica.settings.dim + 1, "exact")
         replica.dirty_items.update(dict.fromkeys(range(len(engine.live.catalog))))

@@ -23,16 +23,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from itertools import islice
-from pathlib import Path
 
 import numpy as np
 
 from foryou.interest import UserState, decay
-from foryou.learning import index_file, publication
+from foryou.learning import publication
 from foryou.learning.duel import Duel
 from foryou.learning.features import HEAD, popularity
-from foryou.learning.index_file import INDEX_FILE
+from foryou.learning.indexing import IndexUpkeep
 from foryou.learning.joins import ExampleList, Joins
 from foryou.learning.model import Examples, Model
 from foryou.metrics import SLOW_BUCKETS, Histogram
@@ -43,13 +41,7 @@ from foryou.state import Live
 from foryou.types import EventRecord
 
 _WARM_STEPS = 20  # steps before the loss average is trusted to judge a step
-# Vectors re-indexed at once: at a million items an HNSW insert costs ~0.25 ms, so a chunk holds the
-# event loop ~16 ms. A feed request re-indexes only when at most _INLINE_INDEX are waiting.
-_INDEX_CHUNK = 64
-_INLINE_INDEX = 32
-_REBUILD_AT = 50_000  # items waiting for the index above which a tick has a thread build a new one
-_REBUILD_CHUNK = 50_000
-_REBUILD_PART = 5_000  # items a rebuild adds between looks at whether to stop (a few seconds at most)
+_INLINE_INDEX = 32  # a feed request re-indexes only when at most this many items are waiting
 _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits meanwhile)
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
@@ -71,7 +63,7 @@ def dense_version(blob: bytes) -> int:
     return int(json.loads(bytes(saved["header"]).decode())["version"]) if "header" in saved.files else 0
 
 
-class Learner:
+class Learner(IndexUpkeep):
     """The trainer. `serves`: it also answers the requests of this process (retrieval from its own
     ANN index); a trainer process (`foryou/roles/train.py`) does not, and publishes instead."""
 
@@ -283,59 +275,6 @@ class Learner:
             self.checkpoint()
 
     # -- serving --
-    def refresh_index(self, budget_s: float | None = None) -> None:
-        """Put the current vectors of items that trained (or arrived, or went down) into the index,
-        oldest change first; with `budget_s`, stop once about that much time is spent. With a budget
-        and more than `_REBUILD_AT` items waiting while the index is empty (a start without a saved
-        index), a thread builds a new index of them instead, which replaces this one once built (the
-        ticks meanwhile go on with what changes after). Otherwise the index is updated where it is:
-        an index of only the items waiting would drop every other."""
-        catalog = self.live.catalog
-        started = time.perf_counter()
-        if self._rebuilt is not None:  # a rebuild finished: swap it in
-            self.index, self._rebuilt, self._rebuilding = self._rebuilt, None, None
-        if (budget_s is not None and len(self.dirty_items) > _REBUILD_AT and self._rebuilding is None
-                and len(self.index) == 0):
-            idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
-            self.dirty_items.clear()
-            self._rebuilding = threading.Thread(target=self._rebuild, args=(idx,), name="foryou-index", daemon=True)
-            self._rebuilding.start()
-            return
-        size = _INDEX_CHUNK if budget_s is not None else _REBUILD_CHUNK  # small only to keep to a budget
-        while self.dirty_items:
-            chunk = list(islice(self.dirty_items, size))
-            for i in chunk:
-                del self.dirty_items[i]
-            idx = np.array(chunk, np.int64)
-            alive = catalog.alive[idx]
-            if (~alive).any():
-                self.index.remove(idx[~alive])
-            if alive.any():
-                idx = idx[alive]
-                self.index.upsert(idx, self.model.item_vectors(catalog, idx, self._popularity(idx)))
-            if budget_s is not None and time.perf_counter() - started >= budget_s:
-                return
-
-    def _rebuild(self, idx: np.ndarray) -> None:
-        """In a thread of its own: a new index of `idx`'s current vectors. usearch adds without the
-        GIL; the vectors are read while the event loop may change rows, and any item changed after
-        the rebuild began is queued again (`dirty_items`), so it is put in after the swap."""
-        catalog = self.live.catalog
-        try:
-            index = make_index(self.settings.dim + 1, self.settings.index)
-            idx = idx[catalog.alive[idx]]
-            for lo in range(0, len(idx), _REBUILD_PART):
-                if self._stop_rebuild.is_set():  # a stop: no thread may be left inside usearch at exit
-                    raise InterruptedError("stopped")
-                part = idx[lo:lo + _REBUILD_PART]
-                index.upsert(part, self.model.item_vectors(catalog, part, self._popularity(part)))
-            self._rebuilt = index
-        except Exception as exc:  # the items go back to the ticks' queue
-            if not self._stop_rebuild.is_set():
-                log.error("rebuilding the ANN index failed: %s", exc)
-            self.dirty_items.update(dict.fromkeys(idx.tolist()))
-            self._rebuilding = None
-
     def load_users(self, region: str, users: Sequence[str]) -> None:
         """Bring back the saved rows of users who became active again (an idle user's row leaves
         memory at a checkpoint, `evict_idle`); a row idle past `ttl_days` is deleted instead."""
@@ -533,49 +472,6 @@ class Learner:
             if stale:
                 store.save_model_rows(region, SKIP_TABLE, [], stale)
         self._last_checkpoint = self.live.clock()
-
-    def _index_path(self) -> Path:
-        return Path(self.live.settings.server.data) / INDEX_FILE
-
-    def save_index(self) -> None:
-        """At a clean shutdown, after the checkpoint: the index as of the saved model version, so that
-        the next start can load it instead of rebuilding it."""
-        path = self._index_path()
-        if not self.settings.enabled or not self.serves or not path.parent.is_dir():
-            return
-        if self.stop_rebuild():  # the next start builds one (or updates the file of an earlier stop)
-            return
-        self.refresh_index()
-        index_file.save(path, self.version, self.index)
-
-    def stop_rebuild(self) -> bool:
-        """End a rebuild of the index in progress (at a stop: no thread may be left inside usearch when
-        the process exits, which aborts it); returns whether one was ended unfinished (its items are
-        queued again)."""
-        rebuilding = self._rebuilding
-        if rebuilding is None or self._rebuilt is not None:
-            return False
-        self._stop_rebuild.set()
-        rebuilding.join()
-        return self._rebuilt is None
-
-    def _resume_index(self) -> None:
-        """The index saved at the last clean stop, if it fits these settings and is not newer than the
-        model, with the items whose rows changed since its version queued to be indexed again; without
-        one, every live item is queued (minutes at a million items, so an older file is worth keeping)."""
-        catalog, store = self.live.catalog, self.live.store
-        found = index_file.load(self._index_path(), self.index)
-        if found is None or not 0 < found[0] <= self.version:
-            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
-            return
-        saved, self.index = found
-        if saved < self.version:
-            if self._rows_to_convert:  # item rows as an earlier version saved them, one by one
-                changed = [k for k, _ in store.model_rows_since(None, "item", saved, self.version)]
-            else:
-                changed = self.model.items.changed_since(saved)
-            index = catalog.index
-            self.dirty_items.update(dict.fromkeys(index[k] for k in changed if k in index))
 
     def _restore(self, blob: bytes) -> None:
         """A saved model of another width or format is ignored: training starts afresh from the log."""
