@@ -67,6 +67,11 @@ class Conflict(ForYouError):
     status = 409
 
 
+class Stale(Conflict):
+    """A compare-and-set found the user's version moved: another server wrote about the user since
+    this one read them. Nothing was written; read the user again and retry."""
+
+
 class Gone(ForYouError):
     """The user was erased: their events and requests are refused for a while."""
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from foryou import retrieval
 from foryou.config import PolicySettings, Settings, SignalSettings, SourceBudgets, ValueWeights
+from foryou.errors import Conflict, Stale
 from foryou.interest import UserState, decay, muted
 from foryou.learning import Learner
 from foryou.policy import KeywordFilter, Limits, Recent, Selection, explore_topics, known_topics, select, topic_lift
@@ -26,6 +27,7 @@ from foryou.types import FeedItem, ServedRecord
 
 SWEEP_STEP = 1024  # item indexes a sweep looks at a time (when the sources run short, or for alternatives)
 SWEEP_MOST = 2048  # ... and at most per request
+STALE_TRIES = 3  # feeds made again when other servers keep writing about the user meanwhile
 POOL_CANDIDATES = 20  # new-video pool items considered per request (the least advanced first)
 EXPLORE_WINDOW = 60  # items of each explored topic considered
 PUBLIC_PRIVACY = ("retention_days", "personalize_minors", "erasure_refuse_days")
@@ -237,7 +239,15 @@ class FeedService:
         server's first). With `explain` each says why; that reads the user's inferred state, so it is
         audited."""
         with audited(self.audit if explain else None, "explain", user_id, self.live.clock()):
-            return self._feed(user_id, n, explain, region)
+            for _ in range(STALE_TRIES):
+                try:
+                    return self._feed(user_id, n, explain, region)
+                except Stale:  # another server served or applied events to the user meanwhile
+                    cached = self.live.users.get(user_id)
+                    if cached is not None:
+                        self.live.reload(cached)
+            raise Conflict(f"user {user_id!r} kept changing on other servers while this feed was made: retry",
+                           field="user")
 
     def _feed(self, user_id: str, n: int, explain: bool, region: str | None) -> Feed:
         live, catalog = self.live, self.live.catalog
@@ -316,7 +326,9 @@ class FeedService:
             items.append(item)
         if served:
             records = [ServedRecord(user_id, catalog.ids[i], request_id, now, variant=config.variant) for i in served]
-            seqs = live.store.record_served(user.profile.region, records)
+            # compare-and-set: served only if no other server wrote about the user since it was read
+            seqs = live.store.record_served(user.profile.region, records, expect={user_id: user.profile.version})
+            user.profile.version += 1
             state.topic_run, state.sensitive_run = chosen.recent.topic_run, chosen.recent.sensitive_run
             live.apply_served(user.profile.region, user, served, seqs[-1])
             if self.learner is not None:

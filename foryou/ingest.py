@@ -104,9 +104,16 @@ class IngestService:
             seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())
             for new_user in created:
                 live.mark_stored(new_user)
+            # A user another server wrote about meanwhile is read again up to this batch, which then
+            # applies as usual (co-engagement included), and then brought past what came after it.
+            moved = live.wrote(region, [live.user(u) for u in dict.fromkeys(r.user for r in batch)])
+            for user in moved:
+                live.reload(user, through=seqs[0] - 1)
             if self.learner is not None:  # before the users' state moves on: the duel's fallback needs it
                 self.learner.before_apply(region, batch, seqs)
             live.apply_user_events(region, batch, seqs)
+            for user in moved:
+                live.catch_up(user.state, user.profile)
             if self.follower is not None:
                 self.follower.take(region, batch, seqs)
         return IngestResult(len(records) - duplicates, duplicates)

@@ -174,6 +174,10 @@ class UserRecord:
     age_band: str | None = None
     created_at: float = 0.0
     personalized: bool = True  # False: a feed not based on profiling (DSA Article 38)
+    # As the store last had them (not part of the profile): the user's version, which every write
+    # about the user raises by one (`Profiles.user_versions`), and the seq of the user's newest event.
+    version: int = field(default=0, compare=False)
+    last_event: int = field(default=0, compare=False)
 
     def public(self) -> dict[str, object]:
         return {

@@ -75,7 +75,13 @@ class UserService:
         if body.topic_weights is not None:
             controls.topic_weights = {t: w for t, w in body.topic_weights.items() if w}
         self.live.store.put_controls(user.profile.region, user_id, controls.dumps())
+        self._wrote(user)
         return controls.public()
+
+    def _wrote(self, user: LiveUser) -> None:
+        """After one write about the user: read them again if another server wrote about them too."""
+        for moved in self.live.wrote(user.profile.region, [user]):
+            self.live.reload(moved)
 
     def refresh(self, user_id: str, region: str | None = None) -> dict[str, object]:
         """Start personalisation afresh, as for a new user: interests learned from events (the declared
@@ -101,4 +107,5 @@ class UserService:
             self.learner.checkpoint()
         user.controls.refreshed_at = live.clock()
         live.store.put_controls(region, user_id, user.controls.dumps())
+        self._wrote(user)
         return {"id": user_id, "refreshed_at": user.controls.public()["refreshed_at"]}

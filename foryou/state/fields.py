@@ -66,6 +66,10 @@ class StateFields:
     _last_purge: float
     pools: Pools
     vocab_saved: dict[str, int]
+    replaying: bool
+
+    def forget_user(self, user_id: str, region: str) -> None:  # users.py
+        raise NotImplementedError
 
     def touch(self, live: LiveUser, seq: int = 0) -> None:  # users.py
         raise NotImplementedError

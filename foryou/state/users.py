@@ -1,6 +1,12 @@
 """The users' part of the live state: a cache of recently active users (profile, interest state,
 served set, controls), loaded from the store on demand and evicted when idle; where each user's
-region is; and the request's part of ingestion, which moves the users' interest state."""
+region is; and the request's part of ingestion, which moves the users' interest state.
+
+A cached user is only as good as the user's version in the store (`Profiles.user_versions`), which
+every write about the user raises by one: the profile holds the version its state reflects. After a
+write this server finds the version one higher, unless another server wrote too; then the user is
+read again from the store (profile, saved state, and the user's events logged after it). A feed is
+recorded with a compare-and-set on the version, so one computed from a moved state is never served."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from foryou.errors import Conflict
+from foryou.errors import Conflict, Gone
 from foryou.interest import UserState, learn_one, loads, seed_interests
 from foryou.policy import Controls
 from foryou.state.fields import LiveUser, StateFields
@@ -99,24 +105,71 @@ class Users(StateFields):
         if not missing:
             return
         self._trim()  # before, not after: the users loaded now are about to be used
-        catalog, now = self.catalog, self.clock()
+        now = self.clock()
         for found in self.catalog.regions:  # one look-up per region: the store knows where each user is
             profiles = self.store.get_users(found, missing)
             if not profiles:
                 continue
             blobs = self.store.load_user_states(found, list(profiles))
             for user_id, profile in profiles.items():
-                blob = blobs.get(user_id)
-                state = loads(blob, catalog) if blob else UserState()
-                if not blob and profile.interests:
-                    seed_interests(state, catalog, profile.interests, now, self.tau)
-                self.users[user_id] = LiveUser(profile, state)
+                self.users[user_id] = LiveUser(profile, self._saved_state(profile, blobs.get(user_id), now))
             missing = [u for u in missing if u not in profiles]
             if not missing:
                 break
         for user_id in missing:  # new users, created in `region` (stored once something is kept of them)
             profile = UserRecord(user_id, region or self.settings.server.regions[0], created_at=now)
             self.users[user_id] = LiveUser(profile, UserState(), stored=False, serving_loaded=True)
+
+    def _saved_state(self, profile: UserRecord, blob: bytes | None, now: float,
+                     through: int | None = None) -> UserState:
+        """The user's state as saved, brought up to the user's newest logged event (or `through`): the
+        events a saved state lacks are another server's, or a crash's, which the start-up replay
+        applies itself (`replaying`)."""
+        state = loads(blob, self.catalog) if blob else UserState()
+        if not blob and profile.interests:
+            seed_interests(state, self.catalog, profile.interests, now, self.tau)
+        if not self.replaying:
+            self.catch_up(state, profile, through)
+        return state
+
+    def catch_up(self, state: UserState, profile: UserRecord, through: int | None = None) -> None:
+        """Apply to `state` the user's logged events past it, up to `profile.last_event` (or `through`),
+        without counting co-engagement (whoever appended them counted it)."""
+        last = profile.last_event if through is None else min(through, profile.last_event)
+        if last <= state.seq:
+            return
+        index, mute_s = self.catalog.index, self.settings.policy.not_interested_days * 86400
+        for event in self.store.user_events(profile.region, profile.id):
+            i = index.get(event.item)
+            if state.seq < event.seq <= last and i is not None:
+                learn_one(state, self.catalog, i, event.type, event.watch_s, event.ts, self.tau, mute_s)
+                state.seq = event.seq
+
+    def reload(self, live: LiveUser, through: int | None = None) -> None:
+        """Read a cached user again from the store (another server wrote about them): the profile with
+        its version, the saved state brought up to the log (through `through`), and (at the next
+        feed) the served set and controls. A user gone from the store was erased meanwhile: `Gone`."""
+        region, user_id = live.profile.region, live.profile.id
+        profile = self.store.get_users(region, [user_id]).get(user_id)
+        if profile is None:
+            self.forget_user(user_id, region)
+            raise Gone(f"user {user_id!r} was erased", field="user")
+        blob = self.store.load_user_states(region, [user_id]).get(user_id)
+        live.profile, live.state = profile, self._saved_state(profile, blob, self.clock(), through)
+        live.stored, live.serving_loaded, live.keywords = True, False, None
+
+    def wrote(self, region: str, lives: Sequence[LiveUser]) -> list[LiveUser]:
+        """After one write about each of `lives` (cached users of `region`): move their cached version
+        on by one, or, where another server wrote too, return them (the caller reloads them)."""
+        versions = self.store.user_versions(region, [live.profile.id for live in lives])
+        moved = []
+        for live in lives:
+            found = versions.get(live.profile.id, 0)
+            if found == live.profile.version + 1:
+                live.profile.version = found
+            else:
+                moved.append(live)
+        return moved
 
     def serving(self, live: LiveUser) -> LiveUser:
         """Make sure the user's served/viewed items and last served item are loaded (feeds need them;
@@ -153,6 +206,8 @@ class Users(StateFields):
     def persist_user(self, live: LiveUser) -> None:
         self.store.put_user(live.profile)
         self.mark_stored(live)
+        for moved in self.wrote(live.profile.region, [live]):
+            self.reload(moved)
 
     def mark_stored(self, live: LiveUser) -> None:
         live.stored = True

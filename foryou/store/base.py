@@ -92,17 +92,26 @@ class ItemAggregates(Protocol):
 
 
 class Profiles(Protocol):
-    """Per region: users' profiles, controls and saved interest state. Writer: the serving role (the
-    request about the user, and the checkpoint of what requests applied)."""
+    """Per region: users' profiles, controls and saved interest state, under a per-user version. Writer:
+    the serving role (the request about the user, and the checkpoint of what requests applied); any
+    server may handle any user, so each write about a user raises the user's version by one, atomically
+    with it, and a server that cached the user knows from the version whether another wrote since."""
 
     def get_user(self, region: str, user_id: str) -> UserRecord | None:
         """The profile, if the region holds the user (never another region's)."""
 
     def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
-        """The profiles of those of `user_ids` that the region holds."""
+        """The profiles of those of `user_ids` that the region holds, each with its `version` and the
+        seq of the user's newest event (`last_event`) as of the read."""
 
     def put_user(self, user: UserRecord) -> None:
-        """Insert or replace the profile in the store of `user.region`."""
+        """Insert or replace the profile in the store of `user.region`, raising its version (a new
+        user's is 1); the record's own `version` and `last_event` are ignored."""
+
+    def user_versions(self, region: str, user_ids: Sequence[str]) -> dict[str, int]:
+        """The versions of those of `user_ids` that the region holds: every write about a user (profile,
+        events, served items, controls) raises it by one, so a server that knows the version its cached
+        state reflects, and wrote once since, finds it one higher unless another server wrote too."""
 
     def find_user_region(self, user_id: str) -> str | None:
         """The region whose store holds this user, if any."""
@@ -114,7 +123,8 @@ class Profiles(Protocol):
         """Every user id held in the region's store."""
 
     def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
-        """Store the user's serialized controls (keyword filters, topic weights), replacing any."""
+        """Store the user's serialized controls (keyword filters, topic weights), replacing any, and
+        raise the user's version."""
 
     def get_controls(self, region: str, user_id: str) -> bytes | None:
         """The user's serialized controls as last put; None if never."""
@@ -147,8 +157,9 @@ class EventLog(Protocol):
         accepted_at: float | None = None,
     ) -> list[int]:
         """Durably and atomically append events (and create the new users); returns their seqs.
-        Their idempotency keys are remembered from `accepted_at` (default: the wall clock). A key the
-        region already holds, or one repeated in the batch, is a `Conflict`, and nothing is appended."""
+        Atomically with it each user of the batch gets its version raised by one and its `last_event`
+        set. Their idempotency keys are remembered from `accepted_at` (default: the wall clock). A key
+        the region already holds, or one repeated in the batch, is a `Conflict`, and nothing is appended."""
 
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
         """The region's events with seq above `seq`, in seq order (at most `limit`)."""
@@ -163,8 +174,12 @@ class EventLog(Protocol):
     def forget_event_ids(self, before_ts: float) -> int:
         """Drop idempotency keys accepted before `before_ts`; returns how many."""
 
-    def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
-        """Durably and atomically record items shown to a user; returns their seqs."""
+    def record_served(self, region: str, rows: Sequence[ServedRecord],
+                      expect: Mapping[str, int] | None = None) -> list[int]:
+        """Durably and atomically record items shown to users, raising each one's version by one;
+        returns their seqs. With `expect` (user -> version) it is a compare-and-set: if any of those
+        users' version is not the one expected, `Stale` is raised and nothing is recorded (a feed
+        computed from a cached state that another server has since moved is not served)."""
 
     def served_after(self, region: str, seq: int) -> Iterator[ServedRecord]:
         """The region's served rows with seq above `seq`, in seq order."""
@@ -239,8 +254,8 @@ class Erasure(Protocol):
     """Forgetting a user for good. Writer: the erasure service."""
 
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
-        """Delete everything of the user in `region`'s store (profile, events, served rows, interest
-        state, controls, the user's rows of every model table, and the user's idempotency keys
+        """Delete everything of the user in `region`'s store (profile and version, events, served rows,
+        interest state, controls, the user's rows of every model table, and the user's idempotency keys
         `event_ids`), so that the id is
         left in no file: deleted content is overwritten and the write-ahead log truncated. Returns the
         rows deleted per kind."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from foryou.errors import Conflict
+from foryou.errors import Conflict, Stale
 from foryou.store.base import event_key, event_key_secret, first_catalogue_version
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
@@ -26,6 +26,8 @@ class _Region:
     """One region's data: everything about its users."""
 
     users: dict[str, UserRecord] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)  # the users' versions (`Profiles`), while stored
+    last_events: dict[str, int] = field(default_factory=dict)  # each user's newest event seq
     controls: dict[str, bytes] = field(default_factory=dict)
     events: dict[int, EventRecord] = field(default_factory=dict)  # by seq
     event_seqs: list[int] = field(default_factory=list)  # ascending: a page of the log by bisection
@@ -149,11 +151,18 @@ class MemoryStore:
         return self.get_users(region, [user_id]).get(user_id)
 
     def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
-        users = self._r(region).users
-        return {u: replace(users[u]) for u in user_ids if u in users}
+        r = self._r(region)
+        return {u: replace(r.users[u], version=r.versions[u], last_event=r.last_events.get(u, 0))
+                for u in user_ids if u in r.users}
 
     def put_user(self, user: UserRecord) -> None:
-        self._r(user.region).users[user.id] = replace(user)
+        r = self._r(user.region)
+        r.users[user.id] = replace(user, version=0, last_event=0)
+        r.versions[user.id] = r.versions.get(user.id, 0) + 1
+
+    def user_versions(self, region: str, user_ids: Sequence[str]) -> dict[str, int]:
+        versions = self._r(region).versions
+        return {u: versions[u] for u in user_ids if u in versions}
 
     def find_user_region(self, user_id: str) -> str | None:
         return self.find_user_regions([user_id]).get(user_id)
@@ -183,8 +192,14 @@ class MemoryStore:
         if len(keys) < len(hashes) or any(h in r.event_keys for h in keys):
             raise Conflict("an event id of this batch is already recorded for its user", field="id")
         for user in created:
-            r.users.setdefault(user.id, user)
+            if user.id not in r.users:
+                r.users[user.id], r.versions[user.id] = replace(user, version=0, last_event=0), 0
         first = r.last_event + 1
+        for n, e in enumerate(batch):
+            r.last_events[e.user] = first + n
+        for user_id in dict.fromkeys(e.user for e in batch):
+            if user_id in r.versions:
+                r.versions[user_id] += 1
         for n, e in enumerate(batch):
             r.events[first + n] = EventRecord(e.user, e.item, e.type, e.watch_s, e.ts, e.id, e.request_id, first + n)
         r.event_seqs.extend(range(first, first + len(batch)))
@@ -226,8 +241,15 @@ class MemoryStore:
         return removed
 
     # -- served --
-    def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
+    def record_served(self, region: str, rows: Sequence[ServedRecord],
+                      expect: Mapping[str, int] | None = None) -> list[int]:
         r, batch = self._r(region), list(rows)
+        moved = [u for u, v in (expect or {}).items() if r.versions.get(u, 0) != v]
+        if moved:
+            raise Stale(f"user {moved[0]!r} was changed by another server since this one read them", "user")
+        for user_id in dict.fromkeys(row.user for row in batch):
+            if user_id in r.versions:
+                r.versions[user_id] += 1
         first = r.last_served + 1
         for n, row in enumerate(batch):
             r.served[first + n] = ServedRecord(row.user, row.item, row.request_id, row.ts, first + n, row.variant)
@@ -252,7 +274,10 @@ class MemoryStore:
 
     # -- user controls --
     def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
-        self._r(region).controls[user_id] = bytes(controls)
+        r = self._r(region)
+        r.controls[user_id] = bytes(controls)
+        if user_id in r.versions:
+            r.versions[user_id] += 1
 
     def get_controls(self, region: str, user_id: str) -> bytes | None:
         return self._r(region).controls.get(user_id)
@@ -284,6 +309,8 @@ class MemoryStore:
             del r.served[s]
         for k in keys:
             del r.event_keys[k]
+        r.versions.pop(user_id, None)
+        r.last_events.pop(user_id, None)
         return {"profile": int(r.users.pop(user_id, None) is not None), "events": len(events), "served": len(served),
                 "interest_state": int(r.states.pop(user_id, None) is not None),
                 "controls": int(r.controls.pop(user_id, None) is not None),

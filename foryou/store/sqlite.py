@@ -20,7 +20,7 @@ from typing import TypeVar
 import orjson
 
 from foryou.datadir import private_dir, private_file
-from foryou.errors import Conflict
+from foryou.errors import Conflict, Stale
 from foryou.store import log_index
 from foryou.store.base import event_key, event_key_secret, first_catalogue_version
 from foryou.store.wal import KEEP_BYTES, WalFolder
@@ -76,7 +76,9 @@ _ADDED_COLUMNS = (("item_stats", "pool", "REAL NOT NULL DEFAULT 0"),
                   ("served", "variant", "TEXT NOT NULL DEFAULT ''"),
                   ("model_rows", "ver", "INTEGER NOT NULL DEFAULT 0"),
                   ("events", "k", "INTEGER"),  # the idempotency key's hash (log_index.py)
-                  ("events", "accepted", "REAL"))
+                  ("events", "accepted", "REAL"),
+                  ("users", "v", "INTEGER NOT NULL DEFAULT 0"),  # the user's version (`Profiles`)
+                  ("users", "last_event", "INTEGER NOT NULL DEFAULT 0"))
 # Indexes on added columns: (table, statement), made once the column is there.
 _ADDED_INDEXES = (("items", "CREATE INDEX IF NOT EXISTS items_ver ON items (ver)"),
                   ("model_rows", "CREATE INDEX IF NOT EXISTS model_rows_ver ON model_rows (tbl, ver)"))
@@ -280,16 +282,25 @@ class SQLiteStore:
     def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         out: dict[str, UserRecord] = {}
         for chunk in _chunks(user_ids):
-            q = ("SELECT id, interests, lang, age_band, created_at, personalized FROM users "
+            q = ("SELECT id, interests, lang, age_band, created_at, personalized, v, last_event FROM users "
                  f"WHERE id IN ({_marks(chunk)})")
-            for user_id, interests, lang, age_band, created_at, personal in self._region[region].execute(q, chunk):
+            for user_id, interests, lang, age_band, created_at, personal, v, last in self._region[region].execute(
+                    q, chunk):
                 out[user_id] = UserRecord(user_id, region, tuple(orjson.loads(interests)), lang, age_band, created_at,
-                                          bool(personal))
+                                          bool(personal), v, last)
         return out
 
     def put_user(self, user: UserRecord) -> None:
         with _tx(self._region[user.region]) as c:
-            c.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?,?,?)", _user_row(user))
+            c.execute(f"{_INSERT_USER} ON CONFLICT (id) DO UPDATE SET interests=excluded.interests, "
+                      "lang=excluded.lang, age_band=excluded.age_band, created_at=excluded.created_at, "
+                      "personalized=excluded.personalized, v=v+1", (*_user_row(user), 1))
+
+    def user_versions(self, region: str, user_ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for chunk in _chunks(user_ids):
+            out.update(self._region[region].execute(f"SELECT id, v FROM users WHERE id IN ({_marks(chunk)})", chunk))
+        return out
 
     def find_user_region(self, user_id: str) -> str | None:
         return self.find_user_regions([user_id]).get(user_id)
@@ -331,8 +342,10 @@ class SQLiteStore:
             given = [k for k in keys if k is not None]  # checked in the transaction: no append between
             if len(set(given)) < len(given) or self._lookups[region].known(given):
                 raise Conflict("an event id of this batch is already recorded for its user", field="id")
-            c.executemany("INSERT OR IGNORE INTO users VALUES (?,?,?,?,?,?)", [_user_row(u) for u in new_users])
+            c.executemany(f"{_INSERT_USER} ON CONFLICT (id) DO NOTHING", [(*_user_row(u), 0) for u in new_users])
             first = _next_seq(c, "events", len(events))
+            last = {e.user: first + n for n, e in enumerate(events)}
+            c.executemany("UPDATE users SET v=v+1, last_event=? WHERE id=?", [(s, u) for u, s in last.items()])
             c.executemany(
                 "INSERT INTO events (seq, user, item, type, watch_s, ts, id, request_id, k, accepted) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -372,8 +385,16 @@ class SQLiteStore:
         return sum(lookups.forget_before(before_ts) for lookups in self._lookups.values())
 
     # -- served --
-    def record_served(self, region: str, rows: Sequence[ServedRecord]) -> list[int]:
+    def record_served(self, region: str, rows: Sequence[ServedRecord],
+                      expect: Mapping[str, int] | None = None) -> list[int]:
         with _tx(self._region[region]) as c:
+            if expect:
+                ids = list(expect)
+                found = dict(c.execute(f"SELECT id, v FROM users WHERE id IN ({_marks(ids)})", ids))
+                moved = [u for u, v in expect.items() if found.get(u, 0) != v]
+                if moved:
+                    raise Stale(f"user {moved[0]!r} was changed by another server since this one read them", "user")
+            c.executemany("UPDATE users SET v=v+1 WHERE id=?", [(u,) for u in dict.fromkeys(r.user for r in rows)])
             first = _next_seq(c, "served", len(rows))
             c.executemany("INSERT INTO served (seq, user, item, request_id, ts, variant) VALUES (?,?,?,?,?,?)",
                           [(first + n, r.user, r.item, r.request_id, r.ts, r.variant) for n, r in enumerate(rows)])
@@ -401,6 +422,7 @@ class SQLiteStore:
     def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
         with _tx(self._region[region]) as c:
             c.execute("INSERT OR REPLACE INTO user_controls VALUES (?,?)", (user_id, controls))
+            c.execute("UPDATE users SET v=v+1 WHERE id=?", (user_id,))
 
     def get_controls(self, region: str, user_id: str) -> bytes | None:
         row = self._region[region].execute("SELECT controls FROM user_controls WHERE user=?", (user_id,)).fetchone()
@@ -589,6 +611,9 @@ def _marks(values: Sequence[object]) -> str:
 def _legacy_key(event_id: str) -> int:
     """An idempotency key as versions before the keyed hash stored it (unkeyed, global)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+_INSERT_USER = "INSERT INTO users (id, interests, lang, age_band, created_at, personalized, v) VALUES (?,?,?,?,?,?,?)"
 
 
 def _user_row(u: UserRecord) -> tuple[object, ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from foryou.catalog import STATS
-from foryou.errors import Conflict
+from foryou.errors import Conflict, Stale
 from foryou.store import SQLiteStore, Store, open_store
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
@@ -571,6 +571,57 @@ class TestServed:
         assert store.excluded_items("us", "u") == set()
 
 
+class TestUserVersions:
+    """Every write about a user raises the user's version by one, atomically with it: how a server
+    that cached the user knows whether another server wrote since (the compare-and-set of a feed)."""
+
+    def test_every_write_about_a_user_raises_its_version_by_one(self, store: Store) -> None:
+        assert store.user_versions("us", ["u", "v"]) == {}
+        store.put_user(UserRecord("u", "us", (), None, None, 1.0))
+        assert store.user_versions("us", ["u", "v"]) == {"u": 1}
+        store.put_user(UserRecord("u", "us", ("cats",), None, None, 1.0, version=99))  # the record's own is ignored
+        assert store.user_versions("us", ["u"]) == {"u": 2}
+        seqs = store.append_events("us", [event("u", "a"), event("u", "b"), event("v", "a")],
+                                   [UserRecord("v", "us", (), None, None, 1.0)])
+        assert store.user_versions("us", ["u", "v"]) == {"u": 3, "v": 1}  # once a batch, a new user's first
+        got = store.get_users("us", ["u", "v"])
+        assert (got["u"].version, got["u"].last_event, got["v"].last_event) == (3, seqs[1], seqs[2])
+        store.record_served("us", [ServedRecord("u", "c", "r", 2.0), ServedRecord("u", "d", "r", 2.0)])
+        store.put_controls("us", "v", b"c")
+        assert store.user_versions("us", ["u", "v"]) == {"u": 4, "v": 2}
+        assert store.user_versions("eu", ["u", "v"]) == {}  # a region's users only
+
+    def test_a_served_compare_and_set_records_nothing_when_the_version_moved(self, store: Store) -> None:
+        store.put_user(UserRecord("u", "us", (), None, None, 1.0))
+        store.record_served("us", [ServedRecord("u", "a", "r1", 2.0)], expect={"u": 1})
+        assert store.user_versions("us", ["u"]) == {"u": 2}
+        with pytest.raises(Stale):  # a server that read version 1 and did not see the write since
+            store.record_served("us", [ServedRecord("u", "b", "r2", 3.0)], expect={"u": 1})
+        with pytest.raises(Stale):  # nor a user never stored
+            store.record_served("us", [ServedRecord("w", "b", "r2", 3.0)], expect={"w": 1})
+        assert [r.item for r in store.served_after("us", 0)] == ["a"]
+        assert store.user_versions("us", ["u"]) == {"u": 2}
+        store.record_served("us", [ServedRecord("u", "b", "r3", 3.0)], expect={"u": 2})
+        assert store.excluded_items("us", "u") == {"a", "b"} and store.user_versions("us", ["u"]) == {"u": 3}
+
+    def test_a_refused_append_leaves_versions_as_they_were(self, store: Store) -> None:
+        store.append_events("us", [event("u", "a", event_id="k")], [UserRecord("u", "us", (), None, None, 1.0)])
+        with pytest.raises(Conflict):
+            store.append_events("us", [event("u", "b", event_id="k")], [])
+        with pytest.raises(Boom):
+            store.append_events("us", ExplodingSeq([event("u", "c")]), [])  # type: ignore[arg-type]
+        assert store.user_versions("us", ["u"]) == {"u": 1}
+
+    def test_an_erased_users_version_goes_with_them(self, opener: Opener, store: Store) -> None:
+        store.append_events("us", [event("u", "a")], [UserRecord("u", "us", (), None, None, 1.0)])
+        store.put_controls("us", "u", b"c")
+        store.erase_user("us", "u", [])
+        assert store.user_versions("us", ["u"]) == {}
+        store.put_user(UserRecord("u", "us", (), None, None, 5.0))
+        assert store.user_versions("us", ["u"]) == {"u": 1}
+        assert opener.reopen(store).user_versions("us", ["u"]) == {"u": 1}
+
+
 class TestUserStates:
     def test_save_load_and_watermark(self, store: Store) -> None:
         assert store.load_user_state("us", "u") is None
@@ -637,6 +688,8 @@ def _snapshot(store: Store) -> dict[str, object]:
         "known": [store.known_event_ids(r, [("u1", "k1"), ("u2", "k2"), ("u1", "k3")]) for r in REGIONS],
         "states": [store.load_user_state("us", "u1"), store.load_user_state("eu", "u2")],
         "state_marks": [store.user_state_watermark(r) for r in REGIONS],
+        "versions": [store.user_versions("us", ["u1"]), store.user_versions("eu", ["u2"])],
+        "last_events": [u.last_event if u else None for u in (store.get_user("us", "u1"), store.get_user("eu", "u2"))],
     }
 
 
