@@ -13,7 +13,7 @@ from foryou.follower import LogFollower
 from foryou.learning import Learner
 from foryou.privacy.erasure import Tombstones
 from foryou.state import Live, LiveUser
-from foryou.types import EventIn, EventRecord, parse_time
+from foryou.types import EventIn, EventRecord, UserRecord, parse_time
 
 MAX_FUTURE_S = 300.0
 
@@ -68,11 +68,17 @@ class IngestService:
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
         if errors:
             raise InvalidInput(errors)
+        return self.check(records, region)
+
+    def check(self, records: list[EventRecord], region: str | None = None) -> list[EventRecord]:
+        """The checks of stored state on records whose fields are valid: `region` is held and is each
+        user's, and no user was erased lately (410). Returns `records`."""
+        live = self.live
         live.check_held(region)  # even for an empty batch
         if region is not None:
             live.place_many((r.user for r in records), region)
         if self.tombstones is not None:  # last: a 410 only for a batch otherwise valid
-            self.tombstones.refuse([r.user for r in records], now)
+            self.tombstones.refuse(dict.fromkeys(r.user for r in records), live.clock())
         return records
 
     def append(self, records: Sequence[EventRecord], region: str | None = None) -> IngestResult:
@@ -116,6 +122,47 @@ class IngestService:
                 live.catch_up(user.state, user.profile)
             if self.follower is not None:
                 self.follower.take(region, batch, seqs)
+        return IngestResult(len(records) - duplicates, duplicates)
+
+    def load(self, records: Sequence[EventRecord], recent: dict[str, list[int]],
+             region: str | None = None) -> IngestResult:
+        """The bulk loader's append (`foryou load`) of already-checked records: as `append`, but a user
+        not in memory is not read. Their saved state catches up with the log when they are next read
+        (by their newest event: `Users.catch_up`), so the load costs no per-user work; co-engagement
+        is counted among each user's strong positives within the load (`recent`, the loader's)."""
+        live = self.live
+        now = live.clock()
+        users = list(dict.fromkeys(r.user for r in records))
+        placed = live.regions_of(users)
+        home = region or live.settings.server.regions[0]
+        by_region: dict[str, list[EventRecord]] = {}
+        for r in records:
+            by_region.setdefault(placed.get(r.user, home), []).append(r)
+        duplicates = 0
+        for where, batch in by_region.items():
+            fresh = _drop_known(batch, live.store.known_event_ids(
+                where, [(r.user, r.id) for r in batch if r.id is not None]))
+            duplicates += len(batch) - len(fresh)
+            if not fresh:
+                continue
+            mine = list(dict.fromkeys(r.user for r in fresh))
+            created = [UserRecord(u, where, created_at=now) for u in mine if u not in placed]
+            seqs = live.store.append_events(where, fresh, created, now)
+            placed.update((u.id, where) for u in created)
+            cached = [live.users[u] for u in mine if u in live.users]
+            if cached:  # users in memory take their events as a request's would
+                for user in live.wrote(where, cached):
+                    live.reload(user, through=seqs[0] - 1)
+                names = {u.profile.id for u in cached}
+                at = [k for k, r in enumerate(fresh) if r.user in names]
+                live.apply_user_events(where, [fresh[k] for k in at], [seqs[k] for k in at])
+                at = [k for k, r in enumerate(fresh) if r.user not in names]
+                live.count_coengagement(where, [fresh[k] for k in at], [seqs[k] for k in at], recent)
+            else:
+                live.count_coengagement(where, fresh, seqs, recent)
+            live.event_mark[where] = max(live.event_mark[where], seqs[-1])
+            if self.follower is not None:
+                self.follower.take(where, fresh, seqs)
         return IngestResult(len(records) - duplicates, duplicates)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -49,6 +51,15 @@ def view_strength(watch_s: float, duration_s: float) -> float:
     if ratio >= 0.9:
         return 1.0 + 0.5 * min(max(ratio - 1.0, 0.0), 1.0)
     return ratio - 0.25
+
+
+def strong_mask(kinds: Sequence[str], watch_s: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
+    """Which events are strong positives (`event_strength` >= 1), over arrays: completed views that
+    are not early swipes, and the actions of strength 1 or more."""
+    n = len(kinds)
+    view = np.fromiter((k == "view" for k in kinds), np.bool_, n)
+    action = np.fromiter((ACTION_STRENGTH.get(k, 0.0) >= 1.0 for k in kinds), np.bool_, n)
+    return np.where(view, completion_mask(watch_s, duration_s) & ~early_swipe_mask(watch_s, duration_s), action)
 
 
 def event_strength(kind: str, watch_s: float, duration_s: float) -> float:

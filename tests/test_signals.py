@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from foryou.signals import (
@@ -10,9 +11,11 @@ from foryou.signals import (
     event_strength,
     is_completion,
     is_early_swipe,
+    strong_mask,
     trend_weight,
     view_strength,
 )
+from foryou.types import EVENT_TYPES
 
 
 @pytest.mark.parametrize(("watch", "duration", "expected"), [
@@ -87,3 +90,13 @@ def test_trend_weight() -> None:
     for kind, w in TREND_WEIGHT.items():
         assert trend_weight(kind, 0.0, 10.0) == w
     assert trend_weight("report", 0.0, 10.0) < trend_weight("not_interested", 0.0, 10.0) < 0
+
+
+def test_strong_mask_is_event_strength_of_one_or_more() -> None:
+    kinds = list(EVENT_TYPES) * 40
+    rng = np.random.default_rng(0)
+    watch = rng.choice([0.0, 1.0, 1.9, 2.5, 8.9, 9.0, 10.0, 30.0], len(kinds))
+    duration = rng.choice([3.0, 10.0, 60.0], len(kinds))
+    want = [event_strength(k, w, d) >= 1.0 for k, w, d in zip(kinds, watch, duration, strict=True)]
+    got = strong_mask(kinds, watch, duration)
+    assert got.tolist() == want and 0 < sum(want) < len(want)

@@ -66,7 +66,7 @@ class StateFields:
     _last_purge: float
     pools: Pools
     vocab_saved: dict[str, int]
-    replaying: bool
+    replay_from: dict[str, int]
 
     def forget_user(self, user_id: str, region: str) -> None:  # users.py
         raise NotImplementedError

@@ -62,7 +62,8 @@ class Live(Users, Items, Checkpoints):
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
         self.vocab_saved = {"tags": 0, "creators": 0, "sounds": 0}  # codes in the store's vocabularies
-        self.replaying = False  # the start-up replay applies the log past the saved states itself
+        # Per region, while the start-up replay runs: the seq past which it applies users' events itself
+        self.replay_from: dict[str, int] = {}
         # Column sums of the item counters, kept as events and serves are applied: summing a million
         # rows on a request took tens of milliseconds (the pool columns' sums mean nothing and are not kept)
         self._totals = np.zeros(len(STATS))
@@ -114,7 +115,7 @@ class Live(Users, Items, Checkpoints):
             self.coeng_mark[region] = int(saved_coeng) if saved_coeng is not None else item_events
             self.coeng_saved[region] = self.coeng_mark[region]
             chunk: list[EventRecord] = []
-            self.replaying = True
+            self.replay_from[region] = state_mark
             try:
                 for event in store.events_after(region, min(item_events, state_mark)):
                     chunk.append(event)
@@ -124,7 +125,7 @@ class Live(Users, Items, Checkpoints):
                 if chunk:
                     self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
             finally:
-                self.replaying = False
+                del self.replay_from[region]
             self.count_served(region, store.served_after(region, item_served))
             self.event_mark[region] = max(self.event_mark[region], self.item_mark[region], item_events,
                                           state_mark if users else 0)

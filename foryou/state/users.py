@@ -16,8 +16,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from foryou.errors import Conflict, Gone
-from foryou.interest import UserState, learn_one, loads, seed_interests
+from foryou.interest import RECENT, UserState, learn_one, loads, seed_interests
 from foryou.policy import Controls
+from foryou.signals import strong_mask
 from foryou.state.fields import LiveUser, StateFields
 from foryou.types import EventRecord, UserRecord
 
@@ -123,13 +124,15 @@ class Users(StateFields):
     def _saved_state(self, profile: UserRecord, blob: bytes | None, now: float,
                      through: int | None = None) -> UserState:
         """The user's state as saved, brought up to the user's newest logged event (or `through`): the
-        events a saved state lacks are another server's, or a crash's, which the start-up replay
-        applies itself (`replaying`)."""
+        events a saved state lacks are another server's, or a bulk load's. During the start-up
+        replay, only up to where it starts (`replay_from`): it applies the rest itself."""
         state = loads(blob, self.catalog) if blob else UserState()
         if not blob and profile.interests:
             seed_interests(state, self.catalog, profile.interests, now, self.tau)
-        if not self.replaying:
-            self.catch_up(state, profile, through)
+        start = self.replay_from.get(profile.region)
+        if start is not None:
+            through = start if through is None else min(through, start)
+        self.catch_up(state, profile, through)
         return state
 
     def catch_up(self, state: UserState, profile: UserRecord, through: int | None = None) -> None:
@@ -236,6 +239,31 @@ class Users(StateFields):
             region = live.profile.region
             live.dirty_since = seq or self.event_mark[region] + 1
             self.dirty_users[region][live.profile.id] = live
+
+    def count_coengagement(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+                           recent: dict[str, list[int]]) -> None:
+        """Co-engagement of events applied to no user in memory (the bulk loader's): each strong
+        positive pairs with its user's previous ones in `recent` (the caller's, kept as
+        `UserState.recent` is), as `apply_user_events` pairs it with the state's."""
+        catalog, after = self.catalog, self.coeng_mark[region]
+        index = catalog.index
+        at = [k for k, (e, seq) in enumerate(zip(events, seqs, strict=True)) if seq > after and e.item in index]
+        idx = np.fromiter((index[events[k].item] for k in at), np.int64, len(at))
+        watch = np.fromiter((events[k].watch_s for k in at), np.float64, len(at))
+        strong = strong_mask([events[k].type for k in at], watch, catalog.duration[idx])
+        pairs: list[int] = []
+        for k, i in zip(np.asarray(at, np.int64)[strong].tolist(), idx[strong].tolist(), strict=True):
+            mine = recent.setdefault(events[k].user, [])
+            for other in mine[-4:]:
+                if other != i:
+                    pairs += (other, i)
+            if i in mine:
+                mine.remove(i)
+            mine.append(i)
+            del mine[:-RECENT]
+        if pairs:
+            both = np.asarray(pairs, np.int64).reshape(-1, 2)
+            self.coeng.add(np.concatenate([both[:, 0], both[:, 1]]), np.concatenate([both[:, 1], both[:, 0]]))
 
     def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
                           user_after: int = 0) -> None:

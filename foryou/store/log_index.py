@@ -107,6 +107,17 @@ class Tail:
         self.users.setdefault(user, []).append(seq)
         self.seen = max(self.seen, seq)
 
+    def add_many(self, first: int, users: Sequence[str], keys: Sequence[int | None], accepted: float) -> None:
+        """`add` for the rows of one append: seqs `first`, `first + 1`, ..."""
+        rows, held, by_user = self.rows, self.keys, self.users
+        for seq, (user, key) in enumerate(zip(users, keys, strict=True), first):
+            rows.append((seq, user, key))
+            if key is not None:
+                held[key] = (seq, accepted)
+            by_user.setdefault(user, []).append(seq)
+        if users:
+            self.seen = max(self.seen, first + len(users) - 1)
+
     def forget(self, user: str, keys: Iterable[int]) -> int:
         """An erased user's rows (their log rows are gone; the seqs would point at nothing); returns how
         many of `keys` were held."""

@@ -328,7 +328,7 @@ class SQLiteStore:
         found = self._recent_keys.get(key)  # known_event_ids, then append_events, hash the same ids
         if found is None:
             found = self._recent_keys[key] = event_key(self._id_key, region, user, event_id)
-            if len(self._recent_keys) > 20_000:
+            if len(self._recent_keys) > 50_000:  # a batch of the bulk loader (10,000) and its known check
                 self._recent_keys.clear()
         return found
 
@@ -352,9 +352,7 @@ class SQLiteStore:
                 [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id, k, accepted)
                  for n, (e, k) in enumerate(zip(events, keys, strict=True))],
             )
-        tail = self._lookups[region].tail
-        for n, (e, k) in enumerate(zip(events, keys, strict=True)):
-            tail.add(first + n, e.user, k, accepted)
+        self._lookups[region].tail.add_many(first, [e.user for e in events], keys, accepted)
         return list(range(first, first + len(events)))
 
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
