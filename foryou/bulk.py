@@ -160,7 +160,6 @@ def _parsed(lines: list[bytes]) -> list[Any] | None:
 
 def load_events(engine: Engine, path: Path, bar: Any, report: LoadReport) -> None:
     """Load an events file, a batch at a time (`fast_events`, else the API's validation)."""
-    recent: dict[str, list[int]] = {}
     users: set[str] = set()
     service = engine.events
     for n, (numbers, lines) in enumerate(_batches(path), 1):
@@ -175,7 +174,7 @@ def load_events(engine: Engine, path: Path, bar: Any, report: LoadReport) -> Non
                 records = service.check(records)
         except InvalidInput as exc:
             raise _located(path, numbers, exc.errors) from None
-        result = service.load(records, recent)
+        result = service.append(records)
         report.events += result.accepted
         report.duplicates += result.duplicates
         if n % CHECKPOINT_EVERY == 0:  # bounds memory: saved state can leave the cache

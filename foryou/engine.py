@@ -108,7 +108,7 @@ class Engine:
         self._follow_page = page
         if self.reopen is not None and self.live.writer is None:
             live = self.live
-            live.write_beside(AggregateWriter(self.reopen, lambda: live.catalog.ids, live.aggregates_saved))
+            live.write_beside(AggregateWriter(self.reopen, lambda: live.catalog.ids))
 
     def tick(self, now: float, strict: bool = False) -> None:
         """Periodic work between requests (the server runs it every `TICK_S`; a step driver, such as

@@ -12,7 +12,7 @@ from foryou.errors import FieldError, InvalidInput
 from foryou.follower import LogFollower
 from foryou.learning import Learner
 from foryou.privacy.erasure import Tombstones
-from foryou.state import Live, LiveUser
+from foryou.state import Live
 from foryou.types import EventIn, EventRecord, UserRecord, parse_time
 
 MAX_FUTURE_S = 300.0
@@ -83,61 +83,27 @@ class IngestService:
 
     def append(self, records: Sequence[EventRecord], region: str | None = None) -> IngestResult:
         """Append already-validated records; users not seen before are created in `region` (default:
-        the server's first). The users' interest state is updated before this returns; the item
-        aggregates and the model follow the log (`follower.py`), and derived state is checkpointed by
-        the periodic work (`Engine.tick`), never here."""
-        live = self.live
-        live.prefetch([r.user for r in records], region)  # one look-up per region; unknown users are created
-        by_region: dict[str, list[EventRecord]] = {}
-        region_of = {u: live.user(u).profile.region for u in dict.fromkeys(r.user for r in records)}
-        for r in records:
-            by_region.setdefault(region_of[r.user], []).append(r)
-        duplicates = 0
-        new_users: dict[str, LiveUser] = {}
-        for region, batch in list(by_region.items()):
-            fresh = _drop_known(batch, live.store.known_event_ids(
-                region, [(r.user, r.id) for r in batch if r.id is not None]))
-            duplicates += len(batch) - len(fresh)
-            by_region[region] = fresh
-            for user_id in dict.fromkeys(r.user for r in fresh):
-                user = live.user(user_id)
-                if not user.stored:
-                    new_users[user_id] = user
-        for region, batch in by_region.items():
-            if not batch:
-                continue
-            created = [u for u in new_users.values() if u.profile.region == region]
-            seqs = live.store.append_events(region, batch, [u.profile for u in created], live.clock())
-            for new_user in created:
-                live.mark_stored(new_user)
-            # A user another server wrote about meanwhile is read again up to this batch, which then
-            # applies as usual (co-engagement included), and then brought past what came after it.
-            moved = live.wrote(region, [live.user(u) for u in dict.fromkeys(r.user for r in batch)])
-            for user in moved:
-                live.reload(user, through=seqs[0] - 1)
-            if self.learner is not None:  # before the users' state moves on: the duel's fallback needs it
-                self.learner.before_apply(region, batch, seqs)
-            live.apply_user_events(region, batch, seqs)
-            for user in moved:
-                live.catch_up(user.state, user.profile)
-            if self.follower is not None:
-                self.follower.take(region, batch, seqs)
-        return IngestResult(len(records) - duplicates, duplicates)
-
-    def load(self, records: Sequence[EventRecord], recent: dict[str, list[int]],
-             region: str | None = None) -> IngestResult:
-        """The bulk loader's append (`foryou load`) of already-checked records: as `append`, but a user
-        not in memory is not read. Their saved state catches up with the log when they are next read
-        (by their newest event: `Users.catch_up`), so the load costs no per-user work; co-engagement
-        is counted among each user's strong positives within the load (`recent`, the loader's)."""
+        the server's first), atomically with their events. Users in this server's memory have their
+        interest state moved before this returns; the others are not read for it: their saved state
+        catches up with the log when they are next read (`Users.catch_up`, by their newest event), so
+        either way a user's next feed reflects the batch. The item aggregates, co-engagement and the
+        model follow the log (`follower.py`), and derived state is checkpointed by the periodic work
+        (`Engine.tick`), never here."""
         live = self.live
         now = live.clock()
         users = list(dict.fromkeys(r.user for r in records))
-        placed = live.regions_of(users)
+        # memory for users held, one look-up per region for the others (not those a batch is placing:
+        # new, or created by its chunk before this one)
+        placed = live.regions_of([u for u in users if u not in live.pending])
         home = region or live.settings.server.regions[0]
+
+        def region_of(user_id: str) -> str:
+            held = live.users.get(user_id)
+            return placed.get(user_id) or live.pending.get(user_id) or (held.profile.region if held else home)
+
         by_region: dict[str, list[EventRecord]] = {}
         for r in records:
-            by_region.setdefault(placed.get(r.user, home), []).append(r)
+            by_region.setdefault(region_of(r.user), []).append(r)
         duplicates = 0
         for where, batch in by_region.items():
             fresh = _drop_known(batch, live.store.known_event_ids(
@@ -146,21 +112,23 @@ class IngestService:
             if not fresh:
                 continue
             mine = list(dict.fromkeys(r.user for r in fresh))
-            created = [UserRecord(u, where, created_at=now) for u in mine if u not in placed]
-            seqs = live.store.append_events(where, fresh, created, now)
-            placed.update((u.id, where) for u in created)
             cached = [live.users[u] for u in mine if u in live.users]
-            if cached:  # users in memory take their events as a request's would
-                for user in live.wrote(where, cached):
-                    live.reload(user, through=seqs[0] - 1)
-                names = {u.profile.id for u in cached}
-                at = [k for k, r in enumerate(fresh) if r.user in names]
-                live.apply_user_events(where, [fresh[k] for k in at], [seqs[k] for k in at])
-                at = [k for k, r in enumerate(fresh) if r.user not in names]
-                live.count_coengagement(where, [fresh[k] for k in at], [seqs[k] for k in at], recent)
-            else:
-                live.count_coengagement(where, fresh, seqs, recent)
-            live.event_mark[where] = max(live.event_mark[where], seqs[-1])
+            created = {u: UserRecord(u, where, created_at=now) for u in mine if u not in placed}
+            created.update((user.profile.id, user.profile) for user in cached if not user.stored)
+            seqs = live.store.append_events(where, fresh, list(created.values()), now)
+            placed.update(dict.fromkeys(created, where))
+            for user in cached:
+                live.mark_stored(user)
+            # A user another server wrote about meanwhile is read again up to this batch, which then
+            # applies as usual, and then brought past what came after it.
+            moved = live.wrote(where, cached)
+            for user in moved:
+                live.reload(user, through=seqs[0] - 1)
+            if self.learner is not None:  # before the users' state moves on: the duel's fallback needs it
+                self.learner.before_apply(where, fresh, seqs)
+            live.apply_user_events(where, fresh, seqs)
+            for user in moved:
+                live.catch_up(user.state, user.profile)
             if self.follower is not None:
                 self.follower.take(where, fresh, seqs)
         return IngestResult(len(records) - duplicates, duplicates)

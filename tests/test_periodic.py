@@ -130,6 +130,7 @@ def test_a_checkpoint_behind_a_backlog_runs_in_several_slices_a_round(make_clien
     client = make_client(clock=clock, **{"learning.enabled": False})
     engine: Any = client.app.state.engine  # type: ignore[attr-defined]
     engine.items.upsert([ItemIn(id="v", creator="c", duration_s=10.0)])
+    engine.live.prefetch([f"u{k}" for k in range(3000)])  # users in memory (active), as a feed reads them
     engine.events.ingest([EventIn(user=f"u{k}", item="v", type="like") for k in range(3000)])
 
     def dirty() -> int:

@@ -61,6 +61,7 @@ def test_an_event_posted_to_one_server_shapes_the_next_feed_from_the_other(pair:
     for _ in range(4):
         assert not [i.id for i in b.feeds.feed("amy", 10).items if creator[i.id] == muted]
     # and the other way: what b applies, a's cached user takes in too
+    a.feeds.feed("amy", 5)  # a caches amy, with a's own event caught up from the log
     b.events.ingest([EventIn(user="amy", item=i.id, type="view", watch_s=10.0, id=f"w{k}")
                      for k, i in enumerate(first)])
     state = a.live.users["amy"].state
@@ -84,7 +85,7 @@ def test_a_users_state_on_either_server_is_the_fold_of_the_whole_log(pair: tuple
         server.events.ingest([EventIn(user="amy", item=f"v{k}", type="like", id=f"e{k}")])
         truth = UserState()
         server.live.catch_up(truth, server.store.get_user("us", "amy"))  # type: ignore[arg-type]
-        state = server.live.users["amy"].state
+        state = server.live.user("amy").state  # held (applied by this ingest), or read (caught up)
         assert state.seq == truth.seq == k + 1
         assert state.weights == pytest.approx(truth.weights) and state.recent == truth.recent
         (b if k % 2 else a).feeds.feed("amy", 3)

@@ -138,7 +138,7 @@ class Learner(IndexUpkeep):
         for k in (done[j] for j in self._rng.choice(len(done), take, replace=False)):
             e = events[k]
             idx = np.concatenate([[index[e.item]], self._rng.integers(0, len(catalog), _DUEL_NEGATIVES)])
-            state = live.user(e.user, region).state
+            state = live.state_before(e.user, region, seqs[k])
             self._duel[region].append((seqs[k], e.user, idx, UserState(ref=state.ref, weights=dict(state.weights),
                                                                        follows=set(state.follows))))
 

@@ -88,10 +88,8 @@ class Checkpoints(StateFields):
         coeng = self.coeng.take_dirty()
         self.aggregates_token = uuid.uuid4().hex  # what a snapshot of the aggregates copies (`save_snapshot`)
         meta = {"trend_t0": repr(trending.t0), "pool_reference": self.pools.dumps(),
-                snapshot.TOKEN: self.aggregates_token,
-                **{f"coeng_mark:{r}": str(self.event_mark[r]) for r in catalog.regions}}
-        saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta,
-                                    dict(self.event_mark))
+                snapshot.TOKEN: self.aggregates_token}
+        saved = AggregateCheckpoint(idx, catalog.stats[idx, :width].astype(np.float64), trend, coeng, marks, meta)
         self.dirty_items = set()  # handed over: a failed write is the writer's to retry, never ours again
         for dirty in trending.dirty.values():
             dirty.clear()
@@ -102,12 +100,6 @@ class Checkpoints(StateFields):
                 self.writer.flush()
         else:
             saved.save(self.store, catalog.ids)
-            self.aggregates_saved(saved)
-
-    def aggregates_saved(self, saved: AggregateCheckpoint) -> None:
-        """`saved` is committed (called by the writer thread, or after a write in this one)."""
-        for region, mark in saved.coeng_marks.items():
-            self.coeng_saved[region] = max(self.coeng_saved[region], mark)
 
     def state_blobs(self, states: Mapping[str, UserState]) -> dict[str, bytes]:
         """Users' states as saved: binary, with vocabulary codes, so the codes they use are recorded in
@@ -125,18 +117,14 @@ class Checkpoints(StateFields):
         share = max(1, budget // len(catalog.regions))
         done = True
         for region, dirty_users in self.dirty_users.items():
-            # The oldest changes first, without copying the rest; a user whose state includes events
-            # past the committed co-engagement mark waits for the next aggregates (at most a few
-            # times `share` users are looked at).
-            saved_mark = self.coeng_saved[region]
-            batch = [(uid, u) for uid, u in islice(dirty_users.items(), 4 * share) if u.state.seq <= saved_mark][:share]
+            batch = list(islice(dirty_users.items(), share))  # the oldest changes first
             states = self.state_blobs({uid: u.state for uid, u in batch})
             for uid, u in batch:
                 u.dirty_since = 0
                 del dirty_users[uid]
             rest = next(iter(dirty_users.values()), None)
             mark = rest.dirty_since - 1 if rest is not None else self.event_mark[region]
-            self.store.save_user_states(region, states, min(mark, saved_mark))
+            self.store.save_user_states(region, states, mark)
             done = done and rest is None
         self._trim()
         return done

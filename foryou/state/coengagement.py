@@ -17,6 +17,7 @@ events come in other batches (a replay after a crash); rows that are not full ar
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,6 +60,39 @@ def top(nb_row: np.ndarray, w_row: np.ndarray, limit: int) -> list[int]:
         return []
     items, counts = nb_row[present], w_row[present]
     return items[np.lexsort((items, -counts))][:limit].tolist()
+
+
+PAIRED = 4  # a strong positive is co-engaged with its user's previous ones, at most this many
+MOST_USERS = 200_000  # users whose previous positives are held (the least recently active leave first)
+
+
+class Positives:
+    """Each user's last strong positives (item indexes), as the log follower met them: what the next
+    one is co-engaged with. It holds at most `most` users, and nothing of it is saved (it would name
+    users): a pair across a restart, or across a user's long absence, is not counted."""
+
+    def __init__(self, most: int = MOST_USERS) -> None:
+        self.most = most
+        self.users: dict[str, list[int]] = {}  # least recently active first
+
+    def pairs(self, users: Sequence[str], idx: Sequence[int]) -> list[int]:
+        """Take each user's positive `idx[k]`, in order; returns the pairs (earlier, later), flat."""
+        held, out = self.users, list[int]()
+        for user, i in zip(users, idx, strict=True):
+            mine = held.pop(user, None) or []
+            for other in mine:
+                if other != i:
+                    out += (other, i)
+            if i in mine:
+                mine.remove(i)
+            mine.append(i)
+            held[user] = mine[-PAIRED:]
+        for _ in range(len(held) - self.most):
+            del held[next(iter(held))]
+        return out
+
+    def forget(self, user: str) -> None:
+        self.users.pop(user, None)
 
 
 class CoEngagement:

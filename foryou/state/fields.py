@@ -14,7 +14,7 @@ from foryou.catalog import Catalog
 from foryou.config import Settings
 from foryou.interest import UserState
 from foryou.policy import Controls, KeywordFilter, Pools
-from foryou.state.coengagement import CoEngagement
+from foryou.state.coengagement import CoEngagement, Positives
 from foryou.store import Store
 from foryou.store.writer import AggregateWriter
 from foryou.trending import Trending
@@ -54,11 +54,11 @@ class StateFields:
     writer: AggregateWriter | None
     dirty_users: dict[str, dict[str, LiveUser]]
     coeng: CoEngagement
+    positives: Positives
+    coeng_on: bool
     aggregates_token: str
     event_mark: dict[str, int]
     item_mark: dict[str, int]
-    coeng_mark: dict[str, int]
-    coeng_saved: dict[str, int]
     served_mark: dict[str, int]
     last_checkpoint: float
     _totals: np.ndarray
@@ -66,10 +66,6 @@ class StateFields:
     _last_purge: float
     pools: Pools
     vocab_saved: dict[str, int]
-    replay_from: dict[str, int]
-
-    def forget_user(self, user_id: str, region: str) -> None:  # users.py
-        raise NotImplementedError
 
     def touch(self, live: LiveUser, seq: int = 0) -> None:  # users.py
         raise NotImplementedError

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from foryou.catalog import STATS
-from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask
+from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask, strong_mask
 from foryou.state.fields import LiveUser, StateFields
 from foryou.types import EventRecord, ServedRecord
 
@@ -67,6 +67,24 @@ class Items(StateFields):
                            np.fromiter((TREND_WEIGHT.get(k, 0.0) for k in kinds), np.float64, n))
         self.trending.add_many(region, idx, weights, ts)
         self.dirty_items.update(idx.tolist())
+        if self.coeng_on:  # each strong positive with its user's previous ones
+            pairs = self._positives(events, idx, strong_mask(kinds, watch, duration))
+            if pairs:
+                both = np.asarray(pairs, np.int64).reshape(-1, 2)
+                self.coeng.add(np.concatenate([both[:, 0], both[:, 1]]), np.concatenate([both[:, 1], both[:, 0]]))
+
+    def _positives(self, events: Sequence[EventRecord], idx: np.ndarray, strong: np.ndarray) -> list[int]:
+        """The co-engaged pairs of a batch's strong positives, as `Positives.pairs` finds them."""
+        return self.positives.pairs([events[k].user for k in np.flatnonzero(strong).tolist()], idx[strong].tolist())
+
+    def warm_positives(self, events: Sequence[EventRecord]) -> None:
+        """Take in the strong positives of logged events the aggregates already hold (the log before
+        their watermark, at a start), counting nothing: what the next positives pair with."""
+        index, duration = self.catalog.index, self.catalog.duration
+        known = [e for e in events if e.item in index]
+        idx = np.fromiter((index[e.item] for e in known), np.int64, len(known))
+        watch = np.fromiter((e.watch_s for e in known), np.float64, len(known))
+        self._positives(known, idx, strong_mask([e.type for e in known], watch, duration[idx]))
 
     def count_served(self, region: str, rows: Iterable[ServedRecord]) -> None:
         """Impressions read back from the log (at a start, or by a trainer process): counted, and

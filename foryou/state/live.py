@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from itertools import groupby
 from pathlib import Path
 from typing import TypeVar
@@ -19,7 +19,7 @@ from foryou.catalog import STATS, Catalog
 from foryou.config import Settings
 from foryou.policy import Pools
 from foryou.state.checkpoints import Checkpoints
-from foryou.state.coengagement import CoEngagement
+from foryou.state.coengagement import CoEngagement, Positives
 from foryou.state.fields import LiveUser
 from foryou.state.items import Items
 from foryou.state.users import Users
@@ -29,6 +29,9 @@ from foryou.trending import Trending
 from foryou.types import EventRecord
 
 T = TypeVar("T")
+# Events before the aggregates' watermark read at a start for users' last strong positives, which
+# co-engagement pairs the next ones with: a pair whose earlier positive is older is not counted
+WARM_POSITIVES = 100_000
 
 
 class Live(Users, Items, Checkpoints):
@@ -49,21 +52,14 @@ class Live(Users, Items, Checkpoints):
         # Per region, users with unsaved state, oldest change first (dicts keep insertion order).
         self.dirty_users: dict[str, dict[str, LiveUser]] = {r: {} for r in regions}
         self.coeng = CoEngagement()  # each item's most co-engaged items, and which rows changed
+        self.positives = Positives()  # each user's last strong positives, as the log follower met them
+        self.coeng_on = True  # co-engagement only serves feeds: a trainer's replica does not count it
         self.aggregates_token = ""  # of the last aggregates this process handed to the store
         self.event_mark = {r: 0 for r in regions}  # the log applied to users' interest state, through
         self.item_mark = {r: 0 for r in regions}  # ... and to the item aggregates (the log follower's)
-        # Co-engagement is counted as events reach users' state, not the aggregates: its rows are
-        # saved with the event mark of the checkpoint that saved them, and a replay counts only past it.
-        self.coeng_mark = {r: 0 for r in regions}
-        # The co-engagement mark of the last aggregates committed to the store: a user's state is not
-        # saved past it (a replay could no longer count that user's pairs, which need their recent
-        # positives as of each event).
-        self.coeng_saved = {r: 0 for r in regions}
         self.served_mark = {r: 0 for r in regions}
         self.last_checkpoint = 0.0
         self.vocab_saved = {"tags": 0, "creators": 0, "sounds": 0}  # codes in the store's vocabularies
-        # Per region, while the start-up replay runs: the seq past which it applies users' events itself
-        self.replay_from: dict[str, int] = {}
         # Column sums of the item counters, kept as events and serves are applied: summing a million
         # rows on a request took tens of milliseconds (the pool columns' sums mean nothing and are not kept)
         self._totals = np.zeros(len(STATS))
@@ -107,30 +103,28 @@ class Live(Users, Items, Checkpoints):
             self._load_aggregates(users)
         if users:
             self._convert_legacy_coengagement()
+        self.coeng_on = users
         marks = store.item_watermarks()
         for region in catalog.regions:
+            # The item aggregates replay the log past their watermark; users' states are not replayed:
+            # each catches up with the log when next read (`Users.catch_up`, by the user's newest event).
             item_events, item_served = marks.get(region, (0, 0))
-            state_mark = store.user_state_watermark(region) if users else 1 << 62
-            saved_coeng = store.get_meta(f"coeng_mark:{region}")  # absent before this was kept: the aggregates'
-            self.coeng_mark[region] = int(saved_coeng) if saved_coeng is not None else item_events
-            self.coeng_saved[region] = self.coeng_mark[region]
+            self.item_mark[region] = item_events
+            if users:  # the positives that the replay's and the next events' pair with (not saved)
+                start = max(0, item_events - WARM_POSITIVES)
+                self.warm_positives(list(store.events_after(region, start, item_events - start)))
             chunk: list[EventRecord] = []
-            self.replay_from[region] = state_mark
-            try:
-                for event in store.events_after(region, min(item_events, state_mark)):
-                    chunk.append(event)
-                    if len(chunk) >= 10_000:
-                        self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
-                        chunk = []
-                if chunk:
-                    self.apply_events(region, chunk, [e.seq for e in chunk], item_events, state_mark)
-            finally:
-                del self.replay_from[region]
+            for event in store.events_after(region, item_events):
+                chunk.append(event)
+                if len(chunk) >= 10_000:
+                    self.apply_item_events(region, chunk, [e.seq for e in chunk])
+                    chunk = []
+            if chunk:
+                self.apply_item_events(region, chunk, [e.seq for e in chunk])
             self.count_served(region, store.served_after(region, item_served))
-            self.event_mark[region] = max(self.event_mark[region], self.item_mark[region], item_events,
-                                          state_mark if users else 0)
-            self.item_mark[region] = self.event_mark[region]  # replayed: the aggregates are caught up
-            self.coeng_mark[region] = self.event_mark[region]
+            self.event_mark[region] = max(self.event_mark[region], self.item_mark[region],
+                                          store.user_state_watermark(region) if users else 0)
+            self.item_mark[region] = self.event_mark[region]
             self.served_mark[region] = max(self.served_mark[region], item_served)
         self.pools.load(catalog, self.clock())
         self.pools.loads(store.get_meta("pool_reference"))
@@ -165,14 +159,6 @@ class Live(Users, Items, Checkpoints):
         if legacy:
             self._save_items(wait=True)
             store.drop_legacy_coengagement()
-
-    def apply_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
-                     item_after: int = 0, user_after: int = 0) -> None:
-        """Replay after a crash: logged events (seqs ascending) applied to users' interest state past
-        `user_after` and to the item aggregates past `item_after`."""
-        self.item_mark[region] = max(self.item_mark[region], item_after)
-        self.apply_user_events(region, events, seqs, user_after)
-        self.apply_item_events(region, events, seqs)
 
 
 def _indexed(index: Mapping[str, int], rows: Iterable[tuple[str, T]]) -> tuple[list[int], list[T]]:

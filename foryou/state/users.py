@@ -16,9 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from foryou.errors import Conflict, Gone
-from foryou.interest import RECENT, UserState, learn_one, loads, seed_interests
+from foryou.interest import UserState, learn_one, loads, seed_interests
 from foryou.policy import Controls
-from foryou.signals import strong_mask
 from foryou.state.fields import LiveUser, StateFields
 from foryou.types import EventRecord, UserRecord
 
@@ -123,15 +122,12 @@ class Users(StateFields):
 
     def _saved_state(self, profile: UserRecord, blob: bytes | None, now: float,
                      through: int | None = None) -> UserState:
-        """The user's state as saved, brought up to the user's newest logged event (or `through`): the
-        events a saved state lacks are another server's, or a bulk load's. During the start-up
-        replay, only up to where it starts (`replay_from`): it applies the rest itself."""
+        """The user's state as saved, brought up to the user's newest logged event (or `through`): a
+        saved state lacks the events appended while the user was not in this server's memory (by
+        this one, another, or a bulk load), and those after its last checkpoint before a crash."""
         state = loads(blob, self.catalog) if blob else UserState()
         if not blob and profile.interests:
             seed_interests(state, self.catalog, profile.interests, now, self.tau)
-        start = self.replay_from.get(profile.region)
-        if start is not None:
-            through = start if through is None else min(through, start)
         self.catch_up(state, profile, through)
         return state
 
@@ -142,11 +138,24 @@ class Users(StateFields):
         if last <= state.seq:
             return
         index, mute_s = self.catalog.index, self.settings.policy.not_interested_days * 86400
-        for event in self.store.user_events(profile.region, profile.id):
+        for event in self.store.user_events(profile.region, profile.id, after=state.seq):
             i = index.get(event.item)
-            if state.seq < event.seq <= last and i is not None:
+            if event.seq <= last and i is not None:
                 learn_one(state, self.catalog, i, event.type, event.watch_s, event.ts, self.tau, mute_s)
                 state.seq = event.seq
+
+    def state_before(self, user_id: str, region: str, seq: int) -> UserState:
+        """The user's interest state as of just before their event `seq` was applied (the duel's
+        fallback): the one in memory (events apply after this is asked), or the saved one brought up
+        to `seq - 1`, not kept."""
+        live = self.users.get(user_id)
+        if live is not None:
+            return live.state
+        profile = self.store.get_users(region, [user_id]).get(user_id)
+        if profile is None:
+            return UserState()
+        blob = self.store.load_user_states(region, [user_id]).get(user_id)
+        return self._saved_state(profile, blob, self.clock(), through=seq - 1)
 
     def reload(self, live: LiveUser, through: int | None = None) -> None:
         """Read a cached user again from the store (another server wrote about them): the profile with
@@ -205,6 +214,7 @@ class Users(StateFields):
         """Drop everything held in memory about the user of `region` (erasure): cached state, pending saves."""
         self.users.pop(user_id, None)
         self.dirty_users[region].pop(user_id, None)
+        self.positives.forget(user_id)
 
     def persist_user(self, live: LiveUser) -> None:
         self.store.put_user(live.profile)
@@ -240,63 +250,21 @@ class Users(StateFields):
             live.dirty_since = seq or self.event_mark[region] + 1
             self.dirty_users[region][live.profile.id] = live
 
-    def count_coengagement(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
-                           recent: dict[str, list[int]]) -> None:
-        """Co-engagement of events applied to no user in memory (the bulk loader's): each strong
-        positive pairs with its user's previous ones in `recent` (the caller's, kept as
-        `UserState.recent` is), as `apply_user_events` pairs it with the state's."""
-        catalog, after = self.catalog, self.coeng_mark[region]
-        index = catalog.index
-        at = [k for k, (e, seq) in enumerate(zip(events, seqs, strict=True)) if seq > after and e.item in index]
-        idx = np.fromiter((index[events[k].item] for k in at), np.int64, len(at))
-        watch = np.fromiter((events[k].watch_s for k in at), np.float64, len(at))
-        strong = strong_mask([events[k].type for k in at], watch, catalog.duration[idx])
-        pairs: list[int] = []
-        for k, i in zip(np.asarray(at, np.int64)[strong].tolist(), idx[strong].tolist(), strict=True):
-            mine = recent.setdefault(events[k].user, [])
-            for other in mine[-4:]:
-                if other != i:
-                    pairs += (other, i)
-            if i in mine:
-                mine.remove(i)
-            mine.append(i)
-            del mine[:-RECENT]
-        if pairs:
-            both = np.asarray(pairs, np.int64).reshape(-1, 2)
-            self.coeng.add(np.concatenate([both[:, 0], both[:, 1]]), np.concatenate([both[:, 1], both[:, 0]]))
-
-    def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
-                          user_after: int = 0) -> None:
+    def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
         """The request's part of ingestion: each event (its seq in the region's log, ascending) changes
-        its user's interest state, so that the user's next feed reflects it; events with seq at most
-        `user_after`, or already in a user's saved state, are skipped. The item aggregates follow from
-        the log (`apply_item_events`, by the log follower)."""
-        catalog = self.catalog
-        index = catalog.index
-        tau, user_of, coeng_after = self.tau, self.user, self.coeng_mark[region]
+        its user's interest state, if the user is in memory, so that the user's next feed reflects it.
+        A user not in memory is not read for it: their saved state catches up with the log when they
+        are next read (`catch_up`). The item aggregates and co-engagement follow from the log (the
+        log follower's `apply_item_events`)."""
+        catalog, users = self.catalog, self.users
+        index, tau = catalog.index, self.tau
         mute_s = self.settings.policy.not_interested_days * 86400
-        lives: dict[str, LiveUser] = {}  # each user looked up once a batch
-        pairs: list[int] = []  # co-engaged (earlier, later) item indexes, counted once for the batch
         for event, seq in zip(events, seqs, strict=True):
-            i = index.get(event.item)
-            if i is None or seq <= user_after:
+            live, i = users.get(event.user), index.get(event.item)
+            if live is None or i is None or seq <= live.state.seq:
                 continue
-            live = lives.get(event.user) or lives.setdefault(event.user, user_of(event.user, region))
-            state = live.state
-            if seq <= state.seq:  # already in this user's saved state
-                continue
-            state.seq = seq
-            recent = state.recent[-4:]
-            strength = learn_one(state, catalog, i, event.type, event.watch_s, event.ts, tau, mute_s)
+            live.state.seq = seq
+            learn_one(live.state, catalog, i, event.type, event.watch_s, event.ts, tau, mute_s)
             self.touch(live, seq)
-            # Co-engagement needs the user's recent positives as of the event: counted here (a
-            # replay counts it again only past the mark of the last checkpoint that saved it).
-            if strength >= 1.0 and seq > coeng_after:
-                for other in recent:
-                    if other != i:
-                        pairs += (other, i)
-        if pairs:
-            both = np.asarray(pairs, np.int64).reshape(-1, 2)
-            self.coeng.add(np.concatenate([both[:, 0], both[:, 1]]), np.concatenate([both[:, 1], both[:, 0]]))
         if seqs and seqs[-1] > self.event_mark[region]:
             self.event_mark[region] = seqs[-1]

@@ -164,8 +164,9 @@ class EventLog(Protocol):
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
         """The region's events with seq above `seq`, in seq order (at most `limit`)."""
 
-    def user_events(self, region: str, user_id: str) -> list[EventRecord]:
-        """Every event of the user still in the region's log, in seq order (for the user's own export)."""
+    def user_events(self, region: str, user_id: str, after: int = 0) -> list[EventRecord]:
+        """Every event of the user still in the region's log with seq above `after`, in seq order (for
+        the user's own export; and what a saved state lacks)."""
 
     def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
         """Delete the region's events with `ts` before `before_ts` and seq at most `through_seq` (never

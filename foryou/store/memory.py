@@ -213,8 +213,8 @@ class MemoryStore:
         end = len(r.event_seqs) if limit is None else start + max(limit, 0)
         yield from [replace(r.events[s]) for s in r.event_seqs[start:end]]
 
-    def user_events(self, region: str, user_id: str) -> list[EventRecord]:
-        return [replace(e) for e in self._r(region).events.values() if e.user == user_id]
+    def user_events(self, region: str, user_id: str, after: int = 0) -> list[EventRecord]:
+        return [replace(e) for s, e in self._r(region).events.items() if e.user == user_id and s > after]
 
     def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
         events = self._r(region).events

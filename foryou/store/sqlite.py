@@ -361,8 +361,9 @@ class SQLiteStore:
         for row in self._region[region].execute(q, (seq, -1 if limit is None else limit)):
             yield _event(row)
 
-    def user_events(self, region: str, user_id: str) -> list[EventRecord]:
-        return [_event(r) for r in self._events_at(region, self._lookups[region].user_seqs(user_id))]
+    def user_events(self, region: str, user_id: str, after: int = 0) -> list[EventRecord]:
+        seqs = [s for s in self._lookups[region].user_seqs(user_id) if s > after]
+        return [_event(r) for r in self._events_at(region, seqs)]
 
     def _events_at(self, region: str, seqs: Sequence[int], views: bool = False) -> list[tuple]:  # type: ignore[type-arg]
         out: list[tuple] = []  # type: ignore[type-arg]

@@ -40,7 +40,6 @@ class AggregateCheckpoint:
     coengagement: tuple[np.ndarray, np.ndarray]
     watermarks: Mapping[str, tuple[int, int]]
     meta: Mapping[str, str]
-    coeng_marks: Mapping[str, int]  # the co-engagement counted through these seqs (also in `meta`)
 
     def save(self, store: Store, ids: Sequence[str]) -> None:
         stats = {ids[i]: row for i, row in zip(self.idx.tolist(), self.stats.tolist(), strict=True)}
@@ -63,8 +62,7 @@ class AggregateCheckpoint:
             else:
                 trend[region] = (where, scores)
         return AggregateCheckpoint(idx, stats, trend, _latest(self.coengagement, later.coengagement),
-                                   {**self.watermarks, **later.watermarks}, {**self.meta, **later.meta},
-                                   {**self.coeng_marks, **later.coeng_marks})
+                                   {**self.watermarks, **later.watermarks}, {**self.meta, **later.meta})
 
 
 Rows = tuple[np.ndarray, np.ndarray]  # keys, and one row per key

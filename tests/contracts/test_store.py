@@ -377,6 +377,8 @@ class TestEvents:
         assert [e.seq for e in got] == sorted(e.seq for e in got) and all(e.seq > 0 for e in got)
         assert [e.item for e in store.user_events("us", "v")] == ["b"]
         assert store.user_events("us", "nobody") == []
+        assert [e.item for e in store.user_events("us", "u", after=got[0].seq)] == ["c", "d"]  # what a state lacks
+        assert store.user_events("us", "u", after=got[-1].seq) == []
 
     def test_known_event_ids_are_per_user_and_region(self, store: Store) -> None:
         store.append_events("us", [event("u", "a", event_id="k1"), event("u", "b"), event("u", "c", event_id="k2")],
