@@ -1,10 +1,11 @@
-"""The log follower: the one writer of the item aggregates (counters, catalogue-wide sums, trending)
-and of the learned model. It reads each region's event log in order from where it stopped, a page at a
+"""The log follower: the one writer of the item aggregates (counters, catalogue-wide sums, trending,
+co-engagement) and, in-process, of the learned model. It reads each region's event log in order from where it stopped, a page at a
 time; the trainer learns each page first (its examples' item features as of before them), then the item
 aggregates move on.
 
-A request that appends events only updates its users' interest state (`Live.apply_user_events`), so a
-user's next feed reflects what they just did; item-level state and the model follow the log. In the
+A request that appends events only updates the interest state of its users held in memory
+(`Live.apply_user_events`; the others catch up from the log when read), so a user's next feed
+reflects what they just did; item-level state and the model follow the log. In the
 server the follower runs beside the requests, a bounded page per step of the event loop (`_follow` in
 `http/app.py`), and stays within about a second of the log; in-process drivers (tests, `simulate`,
 `evaluate`, `load`) follow at once after each append, so a seed still gives the same run.
