@@ -3,18 +3,16 @@ applied in batches of up to 10,000. A bad line stops the import with its line nu
 before it are kept (each batch is all-or-nothing).
 
 Events take a path of their own: a batch is parsed once (orjson) and checked field by field against
-the API's rules in one plain loop (`fast_events`), which accepts only the plain shapes and hands
-anything else to the API's own validation (pydantic), so that a bad line gets exactly the API's error;
-then appended without reading each user's state (`IngestService.load`)."""
+the API's rules in one plain loop (`ingest.plain_events`, as `POST /v1/events` does), which accepts
+only the plain shapes and hands anything else to the API's own validation (pydantic), so that a bad
+line gets exactly the API's error."""
 
 from __future__ import annotations
 
 import gzip
-import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,8 +22,8 @@ from pydantic import TypeAdapter, ValidationError
 from foryou.engine import Engine
 from foryou.errors import FieldError, InvalidInput
 from foryou.http.errors import field_error
-from foryou.ingest import MAX_FUTURE_S
-from foryou.types import EVENT_TYPES, ID_PATTERN, EventIn, EventRecord, ItemIn
+from foryou.ingest import plain_events
+from foryou.types import EventIn, ItemIn
 
 BATCH = 10_000
 CHECKPOINT_EVERY = 20  # batches
@@ -93,63 +91,6 @@ def read_jsonl(adapter: TypeAdapter[list[Any]], path: Path) -> Iterator[tuple[li
         yield numbers, _validate(adapter, path, numbers, lines)
 
 
-_EVENT_FIELDS = frozenset(EventIn.model_fields)
-_TYPES = frozenset(EVENT_TYPES)
-_ID = re.compile(ID_PATTERN)
-# The plain RFC 3339 shape (upper-case T and Z, at most microseconds), which datetime reads as it is;
-# every other timestamp goes to the API's validation.
-_PLAIN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
-_FIRST = datetime.fromisoformat("0001-01-02T00:00:00Z")
-
-
-def fast_events(objects: list[Any], index: Mapping[str, int], now: float, users: set[str]) -> list[EventRecord] | None:
-    """The records of a batch of parsed events when every one is valid and of a plain shape; None
-    otherwise (the API's validation then says what is wrong, or accepts a shape this does not take).
-    It never accepts what the API refuses (tests/test_bulk.py checks it against the API's cases).
-    `users`: ids already found valid (few users, many events)."""
-    out: list[EventRecord] = []
-    types, fields, match_id, plain_time = _TYPES, _EVENT_FIELDS, _ID.fullmatch, _PLAIN_TIME.fullmatch
-    latest = now + MAX_FUTURE_S
-    for o in objects:
-        if type(o) is not dict or not o.keys() <= fields:
-            return None
-        user, item, kind = o.get("user"), o.get("item"), o.get("type")
-        if type(user) is not str or type(item) is not str or type(kind) is not str or kind not in types:
-            return None
-        if item not in index:  # catalogue ids were checked when upserted
-            return None
-        if user not in users:
-            if not match_id(user):
-                return None
-            users.add(user)
-        watch = o.get("watch_s")
-        if watch is None:
-            if kind == "view":
-                return None
-            watch = 0.0
-        elif (type(watch) is not float and type(watch) is not int) or not 0 <= watch <= 86400:
-            return None
-        ts = o.get("ts")
-        if ts is None:
-            ts = now
-        else:
-            if type(ts) is not str or not plain_time(ts):
-                return None
-            moment = datetime.fromisoformat(ts)
-            if moment < _FIRST:
-                return None
-            ts = moment.timestamp()
-            if ts > latest:
-                return None
-        event_id, request_id = o.get("id"), o.get("request_id")
-        if event_id is not None and (type(event_id) is not str or not 1 <= len(event_id) <= 256):
-            return None
-        if request_id is not None and (type(request_id) is not str or not 1 <= len(request_id) <= 128):
-            return None
-        out.append(EventRecord(user, item, kind, float(watch), ts, event_id, request_id))
-    return out
-
-
 def _parsed(lines: list[bytes]) -> list[Any] | None:
     """The batch's JSON values, or None where a line is not JSON (the API's validation says which)."""
     try:
@@ -159,14 +100,14 @@ def _parsed(lines: list[bytes]) -> list[Any] | None:
 
 
 def load_events(engine: Engine, path: Path, bar: Any, report: LoadReport) -> None:
-    """Load an events file, a batch at a time (`fast_events`, else the API's validation)."""
+    """Load an events file, a batch at a time (`plain_events`, else the API's validation)."""
     users: set[str] = set()
     service = engine.events
     for n, (numbers, lines) in enumerate(_batches(path), 1):
         objects = _parsed(lines)
         records = None
         if objects is not None:
-            records = fast_events(objects, engine.live.catalog.index, engine.live.clock(), users)
+            records = plain_events(objects, engine.live.catalog.index, engine.live.clock(), users)
         try:
             if records is None:
                 records = service.validate(_validate(_EVENTS, path, numbers, lines))

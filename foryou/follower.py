@@ -1,7 +1,7 @@
 """The log follower: the one writer of the item aggregates (counters, catalogue-wide sums, trending,
-co-engagement) and, in-process, of the learned model. It reads each region's event log in order from where it stopped, a page at a
-time; the trainer learns each page first (its examples' item features as of before them), then the item
-aggregates move on.
+co-engagement) and, in-process, of the learned model. It reads each region's event log in order from
+where it stopped, a page at a time; the trainer learns each page first (its examples' item features
+as of before them), then the item aggregates move on.
 
 A request that appends events only updates the interest state of its users held in memory
 (`Live.apply_user_events`; the others catch up from the log when read), so a user's next feed

@@ -5,17 +5,79 @@ changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from foryou.errors import FieldError, InvalidInput
 from foryou.follower import LogFollower
 from foryou.learning import Learner
 from foryou.privacy.erasure import Tombstones
 from foryou.state import Live
-from foryou.types import EventIn, EventRecord, UserRecord, parse_time
+from foryou.types import EVENT_TYPES, ID_PATTERN, EventIn, EventRecord, UserRecord, parse_time
 
 MAX_FUTURE_S = 300.0
+_EVENT_FIELDS = frozenset(EventIn.model_fields)
+_TYPES = frozenset(EVENT_TYPES)
+_ID = re.compile(ID_PATTERN)
+# The plain RFC 3339 shape (upper-case T and Z, at most microseconds), which datetime reads as it is;
+# every other timestamp goes to the API's validation.
+_PLAIN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_FIRST = datetime.fromisoformat("0001-01-02T00:00:00Z")
+
+
+def plain_events(objects: list[Any], index: Mapping[str, int], now: float,
+                 users: set[str]) -> list[EventRecord] | None:
+    """The records of a batch of parsed events when every one is valid and of a plain shape; None
+    otherwise (the API's validation then says what is wrong, or accepts a shape this does not take).
+    It never accepts what the API refuses (tests/test_bulk.py checks it against the API's cases).
+    `users`: ids already found valid (few users, many events)."""
+    out: list[EventRecord] = []
+    types, fields, match_id, plain_time = _TYPES, _EVENT_FIELDS, _ID.fullmatch, _PLAIN_TIME.fullmatch
+    latest = now + MAX_FUTURE_S
+    for o in objects:
+        if type(o) is not dict or not o.keys() <= fields:
+            return None
+        user, item, kind = o.get("user"), o.get("item"), o.get("type")
+        if type(user) is not str or type(item) is not str or type(kind) is not str or kind not in types:
+            return None
+        if item not in index:  # catalogue ids were checked when upserted
+            return None
+        if user not in users:
+            if not match_id(user):
+                return None
+            users.add(user)
+        watch = o.get("watch_s")
+        if watch is None:
+            if kind == "view":
+                return None
+            watch = 0.0
+        elif (type(watch) is not float and type(watch) is not int) or not 0 <= watch <= 86400:
+            return None
+        ts = o.get("ts")
+        if ts is None:
+            ts = now
+        else:
+            if type(ts) is not str or not plain_time(ts):
+                return None
+            try:
+                moment = datetime.fromisoformat(ts)
+            except ValueError:  # an impossible date: the models' error
+                return None
+            if moment < _FIRST:
+                return None
+            ts = moment.timestamp()
+            if ts > latest:
+                return None
+        event_id, request_id = o.get("id"), o.get("request_id")
+        if event_id is not None and (type(event_id) is not str or not 1 <= len(event_id) <= 256):
+            return None
+        if request_id is not None and (type(request_id) is not str or not 1 <= len(request_id) <= 128):
+            return None
+        out.append(EventRecord(user, item, kind, float(watch), ts, event_id, request_id))
+    return out
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 from factories import Clock
-from test_http_errors import BAD_EVENTS
+from test_http_errors import BAD_EVENTS, NOT_RFC3339
 
-from foryou.bulk import fast_events, load_files
+from foryou.bulk import load_files
 from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.errors import InvalidInput
+from foryou.ingest import plain_events
 from foryou.types import EventIn, ItemIn, format_time
 
 T0 = 1_700_000_000.0
@@ -34,22 +35,26 @@ REFUSED = [(patch, field) for patch, field in BAD_EVENTS] + [
     ({"item": "unknown"}, "item"),
     ({"ts": _future(6)}, "ts"),
     ({"ts": "0001-01-01T00:00:00Z"}, "ts"),
+    ({"ts": "2024-02-30T12:00:00Z"}, "ts"),
+    ({"ts": "2024-13-01T12:00:00Z"}, "ts"),
+    ({"ts": "2024-01-01T24:00:00Z"}, "ts"),
     ({"watch_s": 86400.5}, "watch_s"),
     ({"watch_s": None}, "watch_s"),
     ({"id": ""}, "id"),
     ({"id": "x" * 257}, "id"),
     ({"request_id": "x" * 129}, "request_id"),
     ({"extra": 1}, "extra"),
+    *[({"ts": value}, "ts") for value in NOT_RFC3339],
 ]
 
 
 @pytest.mark.parametrize(("patch", "field"), REFUSED, ids=[f"{f}-{i}" for i, (_, f) in enumerate(REFUSED)])
 def test_the_fast_path_never_takes_what_the_api_refuses(patch: dict[str, Any], field: str, tmp_path: Path) -> None:
     bad = {**GOOD, **patch}
-    assert fast_events([GOOD, GOOD, bad], INDEX, T0, set()) is None
+    assert plain_events([GOOD, GOOD, bad], INDEX, T0, set()) is None
     for missing in ("user", "item", "type"):
-        assert fast_events([{k: v for k, v in GOOD.items() if k != missing}], INDEX, T0, set()) is None
-    assert fast_events([[GOOD]], INDEX, T0, set()) is None
+        assert plain_events([{k: v for k, v in GOOD.items() if k != missing}], INDEX, T0, set()) is None
+    assert plain_events([[GOOD]], INDEX, T0, set()) is None
     # and the file with that line is refused by the loader with the API's error, its batch not stored
     with _engine(tmp_path) as engine:
         path = _write(tmp_path / "events.jsonl", [GOOD, GOOD, bad])
@@ -82,7 +87,7 @@ def test_what_the_fast_path_takes_is_what_the_api_makes(patch: dict[str, Any], p
     event = {**GOOD, **patch}
     with _engine(tmp_path) as engine:
         slow = engine.events.validate([EventIn.model_validate_json(json.dumps(event))])
-        fast = fast_events([event], engine.live.catalog.index, engine.live.clock(), set())
+        fast = plain_events([event], engine.live.catalog.index, engine.live.clock(), set())
         assert (fast is not None) == plain
         if fast is not None:
             assert fast == slow

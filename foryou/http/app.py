@@ -25,11 +25,11 @@ from foryou.http.holds import time_holds
 from foryou.http.limits import Limits
 from foryou.http.middleware import BodyLimit, RequestMetrics
 from foryou.http.refusals import Refusals
-from foryou.ingest import IngestResult
+from foryou.ingest import IngestResult, plain_events
 from foryou.metrics import LAG_PROBE_S, Metrics
 from foryou.periodic import where
 from foryou.privacy.keys import KeyRing
-from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
+from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, EventRecord, ItemBatch, UserIn
 
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:-], not . or ..")]
 XRegion = Annotated[str | None, Header(
@@ -46,6 +46,7 @@ class JSON(Response):
 
 M = TypeVar("M", bound=BaseModel)
 MAX_SLICES = 10  # runs of a task with more to do, per round of the periodic work
+MAX_EVENTS = 10_000  # a batch's most (`EventBatch`)
 INGEST_CHUNK = 256  # events appended between two turns of the event loop (~6-10 ms a chunk: no learning)
 FOLLOW_PAGE = 128  # events the log follower takes at a time (learning inline: ~5-10 ms; without: ~0.5 ms)
 # ... and pages it takes in one turn of the event loop, until this long has passed: one page a turn fell
@@ -68,7 +69,10 @@ def _op(scope: str, body: type[BaseModel] | None = None) -> dict[str, Any]:
 
 
 async def parse(request: Request, model: type[M]) -> M:
-    raw = await request.body()
+    return parse_raw(await request.body(), model)
+
+
+def parse_raw(raw: bytes, model: type[M]) -> M:
     if not raw.strip():
         raise MalformedRequest("a JSON body is required", field="body")
     try:
@@ -80,6 +84,20 @@ async def parse(request: Request, model: type[M]) -> M:
         if any(p["type"] == "model_type" and not p["loc"] for p in problems):
             raise MalformedRequest("the body must be a JSON object", field="body") from None
         raise InvalidInput([errors.field_error(dict(p)) for p in problems]) from None
+
+
+def _plain_batch(raw: bytes, engine: Engine) -> list[EventRecord] | None:
+    """The records of a body `{"events": [...]}` of plain events, checked field by field in one loop
+    (`plain_events`: several times cheaper than the models); None for anything else, which the models
+    then validate, so that every error is theirs."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or body.keys() != {"events"} or type(body["events"]) is not list \
+            or len(body["events"]) > MAX_EVENTS:
+        return None
+    return plain_events(body["events"], engine.live.catalog.index, engine.live.clock(), set())
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -266,11 +284,14 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     async def post_events(request: Request, region: XRegion = None) -> JSON:
         """Up to 10,000 events; a 200 means they are durable. Repeated event ids count once. Users not
         seen before are created in X-Region (default: the server's first region)."""
-        batch = await parse(request, EventBatch)
+        raw = await request.body()
+        plain = _plain_batch(raw, engine)
+        given = parse_raw(raw, EventBatch).events if plain is None else []
         async with users_changing:  # from the checks to the last chunk
             with refusals.watching(request.state.key, "POST /v1/events"):
-                check_region(request.state.key, [e.user for e in batch.events], engine.live.regions_of)
-            records = engine.events.validate(batch.events, region)
+                check_region(request.state.key, [e.user for e in (plain if plain is not None else given)],
+                             engine.live.regions_of)
+            records = engine.events.check(plain, region) if plain is not None else engine.events.validate(given, region)
             limits.new_users(request.state.key.id, len(engine.live.unknown({r.user for r in records})))
             result = IngestResult(0, 0)
             with engine.live.placing({r.user for r in records}, region):  # new users' region, told to others
