@@ -20,6 +20,7 @@ from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.errors import InvalidInput
 from foryou.ingest import plain_events
+from foryou.interest import loads
 from foryou.types import EventIn, ItemIn, format_time
 
 T0 = 1_700_000_000.0
@@ -126,6 +127,10 @@ def test_a_load_makes_what_the_api_makes_of_the_same_events(tmp_path: Path) -> N
             assert got.seq == state.seq and got.recent == state.recent and got.follows == state.follows
             assert got.weights == pytest.approx(state.weights) and got.muted == state.muted
         assert np.allclose(again.live.catalog.stats, want_stats)
+        again.live.checkpoint()  # a state caught up is saved again: the next read need not catch up
+        saved = again.store.load_user_states("us", list(want))
+        assert {u: loads(blob, again.live.catalog).seq for u, blob in saved.items()} == {
+            u: state.seq for u, state in want.items()}
 
 
 def _engine(data: Path) -> Engine:

@@ -112,7 +112,10 @@ class Users(StateFields):
                 continue
             blobs = self.store.load_user_states(found, list(profiles))
             for user_id, profile in profiles.items():
-                self.users[user_id] = LiveUser(profile, self._saved_state(profile, blobs.get(user_id), now))
+                state, behind = self._saved_state(profile, blobs.get(user_id), now)
+                live = self.users[user_id] = LiveUser(profile, state)
+                if behind:  # saved again at the next checkpoint, else each read would catch up again
+                    self.touch(live, behind)
             missing = [u for u in missing if u not in profiles]
             if not missing:
                 break
@@ -121,19 +124,21 @@ class Users(StateFields):
             self.users[user_id] = LiveUser(profile, UserState(), stored=False, serving_loaded=True)
 
     def _saved_state(self, profile: UserRecord, blob: bytes | None, now: float,
-                     through: int | None = None) -> UserState:
+                     through: int | None = None) -> tuple[UserState, int]:
         """The user's state as saved, brought up to the user's newest logged event (or `through`): a
         saved state lacks the events appended while the user was not in this server's memory (by
-        this one, another, or a bulk load), and those after its last checkpoint before a crash."""
+        this one, another, or a bulk load), and those after its last checkpoint before a crash. With
+        the seq of the first event it lacked (0: none)."""
         state = loads(blob, self.catalog) if blob else UserState()
         if not blob and profile.interests:
             seed_interests(state, self.catalog, profile.interests, now, self.tau)
+        saved = state.seq
         self.catch_up(state, profile, through)
-        return state
+        return state, (saved + 1 if state.seq > saved else 0)
 
     def catch_up(self, state: UserState, profile: UserRecord, through: int | None = None) -> None:
-        """Apply to `state` the user's logged events past it, up to `profile.last_event` (or `through`),
-        without counting co-engagement (whoever appended them counted it)."""
+        """Apply to `state` the user's logged events past it, up to `profile.last_event` (or `through`).
+        (Co-engagement is the log follower's, and not counted here.)"""
         last = profile.last_event if through is None else min(through, profile.last_event)
         if last <= state.seq:
             return
@@ -155,7 +160,7 @@ class Users(StateFields):
         if profile is None:
             return UserState()
         blob = self.store.load_user_states(region, [user_id]).get(user_id)
-        return self._saved_state(profile, blob, self.clock(), through=seq - 1)
+        return self._saved_state(profile, blob, self.clock(), through=seq - 1)[0]
 
     def reload(self, live: LiveUser, through: int | None = None) -> None:
         """Read a cached user again from the store (another server wrote about them): the profile with
@@ -167,8 +172,10 @@ class Users(StateFields):
             self.forget_user(user_id, region)
             raise Gone(f"user {user_id!r} was erased", field="user")
         blob = self.store.load_user_states(region, [user_id]).get(user_id)
-        live.profile, live.state = profile, self._saved_state(profile, blob, self.clock(), through)
+        live.profile, (live.state, behind) = profile, self._saved_state(profile, blob, self.clock(), through)
         live.stored, live.serving_loaded, live.keywords = True, False, None
+        if behind:
+            self.touch(live, behind)
 
     def wrote(self, region: str, lives: Sequence[LiveUser]) -> list[LiveUser]:
         """After one write about each of `lives` (cached users of `region`): move their cached version
