@@ -52,6 +52,10 @@ class UserState:
     sensitive_run: int = 0
     excluded: Seen = field(default_factory=Seen)  # served or viewed: never served again
     seq: int = 0  # the last event (in the user's region log) this state includes
+    # The last served row (the region's log) that `excluded` includes; with it `excluded` holds every
+    # item served through it and viewed through `seq`. -1: only the views applied in this process (the
+    # served rows and earlier views were never read: a feed reads them from the log first).
+    served_seq: int = -1
     muted: dict[int, float] = field(default_factory=dict)  # creator/sound feature -> not served until
     topic_views: TopicViews = field(default_factory=TopicViews)  # topic -> (views, completions), as arrays
 
@@ -59,7 +63,7 @@ class UserState:
         """A fresh start ("refresh"): what was learned goes, what was served and followed stays."""
         return UserState(follows=set(self.follows), last_creator=self.last_creator, last_sound=self.last_sound,
                          last_topic=self.last_topic, topic_run=self.topic_run, sensitive_run=self.sensitive_run,
-                         excluded=self.excluded.copy(), seq=self.seq)
+                         excluded=self.excluded.copy(), seq=self.seq, served_seq=self.served_seq)
 
 
 _TAG_SHARE = [0.0] + [1.0 / math.sqrt(n) for n in range(1, 65)]
@@ -159,22 +163,27 @@ def decay(state: UserState, now: float, tau: float) -> float:
 
 # A saved state, binary: this header, then weight features (int64) and values (float64), follows
 # (int32 creator codes), recent (int32 item indexes), muted features (int64) and until (float64),
-# topic codes (int32) and their [views, completions] (float64 pairs). Codes are the catalogue's
+# topic codes (int32) and their [views, completions] (float64 pairs); from format 2 the served row
+# `excluded` includes (int64, after the header) and the excluded item indexes (int32, at the end), so
+# that a user read again needs no look-up of their whole log to know what not to serve. Codes are the catalogue's
 # persisted vocabularies' (`Store.save_vocab`), so they read the same in every process and after a
 # restart; item indexes are positions in the catalogue's insertion order, which never changes.
 # Loading one took 140 µs as JSON by name (a user's first request or event at 1M items), ~10 µs so.
 _HEAD = struct.Struct("<BdqiiiiiIIIII")
-_BINARY = 1
+_SERVED = struct.Struct("<qI")  # format 2: served_seq, number of excluded items
+_BINARY = 2
 
 
 def dumps(state: UserState, catalog: Catalog) -> bytes:
     """The binary form of `state` (its codes must be in the store's vocabularies: `Live.state_blobs`)."""
     prune(state)
     topics = state.topic_views
+    excluded = state.excluded.array() if state.served_seq >= 0 else np.zeros(0, np.int32)
     parts = [
         _HEAD.pack(_BINARY, state.ref, state.seq, state.last_creator, state.last_sound, state.last_topic,
                    state.topic_run, state.sensitive_run, len(state.weights), len(state.follows), len(state.recent),
                    len(state.muted), len(topics)),
+        _SERVED.pack(state.served_seq, len(excluded)),
         np.fromiter(state.weights.keys(), np.int64, len(state.weights)).tobytes(),
         np.fromiter(state.weights.values(), np.float64, len(state.weights)).tobytes(),
         np.fromiter(state.follows, np.int32, len(state.follows)).tobytes(),
@@ -183,6 +192,7 @@ def dumps(state: UserState, catalog: Catalog) -> bytes:
         np.fromiter(state.muted.values(), np.float64, len(state.muted)).tobytes(),
         topics.codes.astype(np.int32).tobytes(),
         topics.counts.astype(np.float64).tobytes(),
+        excluded.tobytes(),
     ]
     return b"".join(parts)
 
@@ -194,9 +204,13 @@ def loads(blob: bytes, catalog: Catalog) -> UserState:
         return _loads_json(blob, catalog)
     version, ref, seq, last_creator, last_sound, last_topic, topic_run, sensitive_run, nw, nf, nr, nm, nt = (
         _HEAD.unpack_from(blob))
-    if version != _BINARY:
+    if version not in (1, _BINARY):
         raise ValueError(f"unknown user state format {version}")
     offset = _HEAD.size
+    served_seq, n_excluded = -1, 0
+    if version >= 2:
+        served_seq, n_excluded = _SERVED.unpack_from(blob, offset)
+        offset += _SERVED.size
 
     def take(dtype: type, n: int) -> np.ndarray:
         nonlocal offset
@@ -208,6 +222,7 @@ def loads(blob: bytes, catalog: Catalog) -> UserState:
     follows, recent = take(np.int32, nf), take(np.int32, nr)
     mutes, until = take(np.int64, nm), take(np.float64, nm)
     topic_codes, counts = take(np.int32, nt), take(np.float64, 2 * nt)
+    excluded = take(np.int32, n_excluded)
     tags, creators, sounds = len(catalog.tags), len(catalog.creators), len(catalog.sounds)
     limits = (tags, tags, creators, sounds)
     # Vocabularies only grow and a state's codes were saved before it: every code is known unless the
@@ -221,7 +236,8 @@ def loads(blob: bytes, catalog: Catalog) -> UserState:
              if 0 <= k >> _KIND_SHIFT <= SOUND and k & 0xFFFFFFFF < limits[k >> _KIND_SHIFT]}
     known = topic_codes < tags
     return UserState(
-        ref=ref, seq=seq, weights=weights,
+        ref=ref, seq=seq, weights=weights, served_seq=served_seq,
+        excluded=Seen.of(excluded[excluded < len(catalog)].copy()),
         follows={c for c in follows.tolist() if c < creators}, recent=[i for i in recent.tolist() if i < len(catalog)],
         muted=muted, topic_views=TopicViews(topic_codes[known].copy(), counts.reshape(-1, 2)[known].copy()),
         last_creator=last_creator if last_creator < creators else -1,

@@ -86,6 +86,18 @@ class Seen:
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
+    def array(self) -> np.ndarray:
+        """The items, sorted (int32; not to be changed)."""
+        self._merge()
+        return self._items
+
+    @classmethod
+    def of(cls, items: np.ndarray) -> Seen:
+        """From sorted, distinct int32 item indexes (as `array` gives them), taken as they are."""
+        out = cls()
+        out._items = items
+        return out
+
     def nbytes(self) -> int:
         """Memory held for the items (the array; the short list of additions aside)."""
         return int(self._items.nbytes)

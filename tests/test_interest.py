@@ -225,8 +225,24 @@ def test_binary_round_trip_keeps_every_field() -> None:
     blob = dumps(s, cat)
     assert not blob.startswith(b"{")
     back = loads(blob, cat)
-    s.excluded = Seen()  # never saved: read back from the served rows and the log
+    s.excluded = Seen()  # saved only once the served rows were read (`served_seq`), else read from the log
     assert back == s
+    s.excluded, s.served_seq = Seen([cat.index["f3"], cat.index["cat1"], cat.index["car1"]]), 77
+    back = loads(dumps(s, cat), cat)
+    assert back == s and back.served_seq == 77 and cat.index["car1"] in back.excluded
+
+
+def test_states_saved_before_the_served_set_was_saved_load_without_it() -> None:
+    """Format 1 had no served row mark nor excluded items: such a state reads them from the log."""
+    from foryou.interest import _HEAD, _SERVED
+
+    cat = world()
+    s = UserState(seq=9, served_seq=5, excluded=Seen([1, 2]))
+    learn_one(s, cat, cat.index["cat1"], "like", 0.0, T, TAU)
+    blob = dumps(s, cat)
+    old = b"\x01" + blob[1:_HEAD.size] + blob[_HEAD.size + _SERVED.size: len(blob) - 4 * 2]
+    back = loads(old, cat)
+    assert back.served_seq == -1 and len(back.excluded) == 0 and back.weights == s.weights and back.seq == 9
 
 
 def test_codes_a_catalogue_does_not_know_are_dropped() -> None:

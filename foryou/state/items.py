@@ -106,6 +106,8 @@ class Items(StateFields):
         self._totals[_SERVED] += len(idxs)
         if idxs:
             state, last = live.state, idxs[-1]
+            if state.served_seq >= 0:
+                state.served_seq = max(state.served_seq, last_seq)
             state.last_creator, state.last_sound = catalog.creator_l[last], catalog.sound_l[last]
             state.last_topic = catalog.topic_l[last]
             self.touch(live)

@@ -195,10 +195,16 @@ class Users(StateFields):
         learning does not, so ingestion never pays for them)."""
         if not live.serving_loaded:
             catalog, state, region, user_id = self.catalog, live.state, live.profile.region, live.profile.id
-            state.excluded.update([catalog.index[i] for i in self.store.excluded_items(region, user_id)
-                                   if i in catalog.index])
+            index, store = catalog.index, self.store
+            # A saved state holds what was served through its `served_seq` and viewed through its `seq`
+            # (the catch-up added later views): only later served rows are read. Else the whole log.
+            served = store.user_served(region, user_id, after=max(state.served_seq, 0))
+            state.excluded.update([index[r.item] for r in served if r.item in index])
+            if state.served_seq < 0:
+                state.excluded.update([index[i] for i in store.excluded_items(region, user_id) if i in index])
+            state.served_seq = max(state.served_seq, served[-1].seq if served else 0)
             # served rows are durable; the checkpointed copy of what came last may be older
-            recent = [catalog.index[i] for i in self.store.recent_served(region, user_id, 8) if i in catalog.index]
+            recent = [index[i] for i in store.recent_served(region, user_id, 8) if i in index] if served else []
             if recent:
                 last = recent[0]
                 state.last_creator, state.last_sound = catalog.creator_l[last], catalog.sound_l[last]

@@ -188,8 +188,9 @@ class EventLog(Protocol):
     def recent_served(self, region: str, user_id: str, limit: int) -> list[str]:
         """The items most recently served to this user, newest first (at most `limit`)."""
 
-    def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
-        """Every item served to this user, oldest first (for the user's own export)."""
+    def user_served(self, region: str, user_id: str, after: int = 0) -> list[ServedRecord]:
+        """Every item served to this user with seq above `after`, oldest first (for the user's own
+        export; and what a saved state's served set lacks)."""
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         """Items this user must never be served again: served before, or viewed."""

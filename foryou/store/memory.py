@@ -263,8 +263,8 @@ class MemoryStore:
         mine = [row.item for row in self._r(region).served.values() if row.user == user_id]
         return mine[::-1][:limit]
 
-    def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
-        return [replace(row) for row in self._r(region).served.values() if row.user == user_id]
+    def user_served(self, region: str, user_id: str, after: int = 0) -> list[ServedRecord]:
+        return [replace(row) for s, row in self._r(region).served.items() if row.user == user_id and s > after]
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         r = self._r(region)

@@ -408,9 +408,10 @@ class SQLiteStore:
         q = "SELECT item FROM served WHERE user=? ORDER BY seq DESC LIMIT ?"
         return [str(r[0]) for r in self._region[region].execute(q, (user_id, limit))]
 
-    def user_served(self, region: str, user_id: str) -> list[ServedRecord]:
-        q = "SELECT seq, user, item, request_id, ts, variant FROM served WHERE user=? ORDER BY seq"
-        return [ServedRecord(u, i, r, ts, s, v) for s, u, i, r, ts, v in self._region[region].execute(q, (user_id,))]
+    def user_served(self, region: str, user_id: str, after: int = 0) -> list[ServedRecord]:
+        q = "SELECT seq, user, item, request_id, ts, variant FROM served WHERE user=? AND seq>? ORDER BY seq"
+        return [ServedRecord(u, i, r, ts, s, v)
+                for s, u, i, r, ts, v in self._region[region].execute(q, (user_id, after))]
 
     def excluded_items(self, region: str, user_id: str) -> set[str]:
         conn = self._region[region]

@@ -555,6 +555,7 @@ class TestServed:
         got = store.user_served("us", "u")
         assert [(r.item, r.request_id, r.ts) for r in got] == [("a", "r1", 5.0), ("c", "r2", 1.0)]
         assert got[0].seq < got[1].seq and store.user_served("eu", "u") == []
+        assert [r.item for r in store.user_served("us", "u", after=got[0].seq)] == ["c"]  # what a saved set lacks
 
     def test_controls_are_per_user_and_region(self, store: Store) -> None:
         assert store.get_controls("us", "u") is None
