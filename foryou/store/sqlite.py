@@ -12,10 +12,8 @@ import heapq
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from itertools import groupby
 from pathlib import Path
-from typing import TypeVar
 
 import orjson
 
@@ -23,98 +21,13 @@ from foryou.datadir import private_dir, private_file
 from foryou.errors import Conflict, Stale
 from foryou.store import log_index
 from foryou.store.base import event_key, event_key_secret, first_catalogue_version
-from foryou.store.wal import KEEP_BYTES, WalFolder
+from foryou.store.sqlite_models import ModelTables
+from foryou.store.sqlite_schema import CATALOG_SCHEMA, REGION_SCHEMA, chunks, connect, marks, next_seq, tx
+from foryou.store.wal import WalFolder
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
-T = TypeVar("T")
 _EVENT_TYPES = ("view", "like", "comment", "share", "follow", "not_interested", "report")
 _TYPE_CODE = {t: i for i, t in enumerate(_EVENT_TYPES)}
-
-_CATALOG_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, creator TEXT NOT NULL, duration_s REAL NOT NULL,
-    created_at REAL NOT NULL, caption TEXT, tags TEXT NOT NULL, topic TEXT, sound TEXT, lang TEXT,
-    regions TEXT, mature INTEGER NOT NULL, down INTEGER NOT NULL, ver INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS item_stats (id TEXT PRIMARY KEY, {", ".join(f"{n} REAL NOT NULL" for n in STAT_NAMES)},
-    early_swipes REAL NOT NULL, pool REAL NOT NULL DEFAULT 0, first_served REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS trend (region TEXT, id TEXT, score REAL NOT NULL, PRIMARY KEY (region, id))
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS coeng_rows (id TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS watermarks (region TEXT PRIMARY KEY, events INTEGER NOT NULL,
-    served INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (tbl, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS model_deltas (version INTEGER PRIMARY KEY, blob BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS tombstones (subject TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS vocab (kind TEXT, code INTEGER, name TEXT NOT NULL, PRIMARY KEY (kind, code)) WITHOUT ROWID;
-"""
-
-# user_state keeps its rowid: its rows are kilobytes, and a WITHOUT ROWID table stores rows inside the
-# key's B-tree, which made batch look-ups about 5x slower.
-_REGION_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, interests TEXT NOT NULL, lang TEXT,
-    age_band TEXT, created_at REAL NOT NULL, personalized INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS user_controls (user TEXT PRIMARY KEY, controls BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
-    type INTEGER NOT NULL, watch_s REAL NOT NULL, ts REAL NOT NULL, id TEXT, request_id TEXT);
-CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL,
-    request_id TEXT NOT NULL, ts REAL NOT NULL, variant TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS served_user ON served (user);
-CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (tbl, key)) WITHOUT ROWID;
-"""
-
-# Columns added after a table was first released: (table, column, declaration).
-_ADDED_COLUMNS = (("item_stats", "pool", "REAL NOT NULL DEFAULT 0"),
-                  ("item_stats", "first_served", "REAL NOT NULL DEFAULT 0"),
-                  ("users", "personalized", "INTEGER NOT NULL DEFAULT 1"),
-                  ("items", "ver", "INTEGER NOT NULL DEFAULT 0"),
-                  ("served", "variant", "TEXT NOT NULL DEFAULT ''"),
-                  ("model_rows", "ver", "INTEGER NOT NULL DEFAULT 0"),
-                  ("events", "k", "INTEGER"),  # the idempotency key's hash (log_index.py)
-                  ("events", "accepted", "REAL"),
-                  ("users", "v", "INTEGER NOT NULL DEFAULT 0"),  # the user's version (`Profiles`)
-                  ("users", "last_event", "INTEGER NOT NULL DEFAULT 0"))
-# Indexes on added columns: (table, statement), made once the column is there.
-_ADDED_INDEXES = (("items", "CREATE INDEX IF NOT EXISTS items_ver ON items (ver)"),
-                  ("model_rows", "CREATE INDEX IF NOT EXISTS model_rows_ver ON model_rows (tbl, ver)"))
-
-
-def _connect(path: Path, schema: str, cache_mib: int = 64) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
-    conn.execute("PRAGMA temp_store=MEMORY")
-    # The WAL is folded back into the database by a thread of its own (`_WalFolder`), not by whichever
-    # commit finds it full: that commit would hold the server for the whole copy (40+ ms). This bound
-    # (~1 GB) only matters if the thread has stopped.
-    conn.execute("PRAGMA wal_autocheckpoint=250000")
-    conn.execute(f"PRAGMA journal_size_limit={KEEP_BYTES}")
-    conn.executescript(schema)
-    for table, column, kind in _ADDED_COLUMNS:  # data directories made by earlier versions
-        found = conn.execute(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{table}'").fetchone()
-        if found and column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    for table, statement in _ADDED_INDEXES:
-        if conn.execute(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{table}'").fetchone():
-            conn.execute(statement)
-    return conn
-
-
-@contextmanager
-def _tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _item_row(i: ItemRecord) -> tuple[object, ...]:
@@ -137,7 +50,7 @@ def _item(row: tuple) -> ItemRecord:  # type: ignore[type-arg]
 _ITEM_COLS = "id, creator, duration_s, created_at, caption, tags, topic, sound, lang, regions, mature, down"
 
 
-class SQLiteStore:
+class SQLiteStore(ModelTables):
     """`Store` on SQLite files in `directory`: `catalog.db` and `region-<code>.db` per region."""
 
     def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b"", fold: bool = True):
@@ -159,8 +72,8 @@ class SQLiteStore:
         # fills to its bound over a long run (six of 64 MiB were +384 MiB in a soak), and the operating
         # system's page cache already holds the same pages once.
         cache = 64 if fold else 16
-        self._catalog = _connect(self.directory / "catalog.db", _CATALOG_SCHEMA, cache)
-        self._region = {r: _connect(self.directory / f"region-{r}.db", _REGION_SCHEMA, cache) for r in self.regions}
+        self._catalog = connect(self.directory / "catalog.db", CATALOG_SCHEMA, cache)
+        self._region = {r: connect(self.directory / f"region-{r}.db", REGION_SCHEMA, cache) for r in self.regions}
         for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
             conn.execute("PRAGMA secure_delete=ON")
         # The log's look-ups by key and by user (log_index.py): one handle per process merges them
@@ -183,7 +96,7 @@ class SQLiteStore:
 
     # -- catalogue --
     def upsert_items(self, items: Sequence[ItemRecord]) -> None:
-        with _tx(self._catalog) as c:
+        with tx(self._catalog) as c:
             row = c.execute("SELECT value FROM meta WHERE key='catalogue_version'").fetchone()
             version = int(row[0]) + 1 if row else first_catalogue_version()
             c.executemany(
@@ -214,7 +127,7 @@ class SQLiteStore:
         return [_item(row) for row in self._catalog.execute(q, (version,))]
 
     def save_vocab(self, kind: str, start: int, names: Sequence[str]) -> None:
-        with _tx(self._catalog) as c:
+        with tx(self._catalog) as c:
             c.executemany("INSERT OR IGNORE INTO vocab VALUES (?,?,?)",
                           [(kind, start + k, name) for k, name in enumerate(names)])
 
@@ -230,9 +143,9 @@ class SQLiteStore:
         watermarks: Mapping[str, tuple[int, int]],
         meta: Mapping[str, str],
     ) -> None:
-        marks = ",".join("?" * (len(STAT_NAMES) + 4))
-        with _tx(self._catalog) as c:
-            c.executemany(f"INSERT OR REPLACE INTO item_stats VALUES ({marks})",
+        places = ",".join("?" * (len(STAT_NAMES) + 4))
+        with tx(self._catalog) as c:
+            c.executemany(f"INSERT OR REPLACE INTO item_stats VALUES ({places})",
                           [(k, *v) for k, v in stats.items()])
             for region, scores in trend.items():
                 c.executemany("INSERT OR REPLACE INTO trend VALUES (?,?,?)",
@@ -272,7 +185,7 @@ class SQLiteStore:
                 yield from heapq.nsmallest(limit, group, key=lambda abw: (-abw[2], abw[1]))
 
     def drop_legacy_coengagement(self) -> None:
-        with _tx(self._catalog) as c:
+        with tx(self._catalog) as c:
             c.execute("DROP TABLE IF EXISTS coeng")
 
     # -- users --
@@ -281,9 +194,9 @@ class SQLiteStore:
 
     def get_users(self, region: str, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         out: dict[str, UserRecord] = {}
-        for chunk in _chunks(user_ids):
+        for chunk in chunks(user_ids):
             q = ("SELECT id, interests, lang, age_band, created_at, personalized, v, last_event FROM users "
-                 f"WHERE id IN ({_marks(chunk)})")
+                 f"WHERE id IN ({marks(chunk)})")
             for user_id, interests, lang, age_band, created_at, personal, v, last in self._region[region].execute(
                     q, chunk):
                 out[user_id] = UserRecord(user_id, region, tuple(orjson.loads(interests)), lang, age_band, created_at,
@@ -291,15 +204,15 @@ class SQLiteStore:
         return out
 
     def put_user(self, user: UserRecord) -> None:
-        with _tx(self._region[user.region]) as c:
+        with tx(self._region[user.region]) as c:
             c.execute(f"{_INSERT_USER} ON CONFLICT (id) DO UPDATE SET interests=excluded.interests, "
                       "lang=excluded.lang, age_band=excluded.age_band, created_at=excluded.created_at, "
                       "personalized=excluded.personalized, v=v+1", (*_user_row(user), 1))
 
     def user_versions(self, region: str, user_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for chunk in _chunks(user_ids):
-            out.update(self._region[region].execute(f"SELECT id, v FROM users WHERE id IN ({_marks(chunk)})", chunk))
+        for chunk in chunks(user_ids):
+            out.update(self._region[region].execute(f"SELECT id, v FROM users WHERE id IN ({marks(chunk)})", chunk))
         return out
 
     def find_user_region(self, user_id: str) -> str | None:
@@ -309,8 +222,8 @@ class SQLiteStore:
         out: dict[str, str] = {}
         for region, conn in self._region.items():
             missing = [u for u in dict.fromkeys(user_ids) if u not in out]
-            for chunk in _chunks(missing):
-                for (user_id,) in conn.execute(f"SELECT id FROM users WHERE id IN ({_marks(chunk)})", chunk):
+            for chunk in chunks(missing):
+                for (user_id,) in conn.execute(f"SELECT id FROM users WHERE id IN ({marks(chunk)})", chunk):
                     out[user_id] = region
         return out
 
@@ -338,12 +251,12 @@ class SQLiteStore:
     ) -> list[int]:
         accepted = time.time() if accepted_at is None else accepted_at
         keys = [None if e.id is None else self._key(region, e.user, e.id) for e in events]
-        with _tx(self._region[region]) as c:
+        with tx(self._region[region]) as c:
             given = [k for k in keys if k is not None]  # checked in the transaction: no append between
             if len(set(given)) < len(given) or self._lookups[region].known(given):
                 raise Conflict("an event id of this batch is already recorded for its user", field="id")
             c.executemany(f"{_INSERT_USER} ON CONFLICT (id) DO NOTHING", [(*_user_row(u), 0) for u in new_users])
-            first = _next_seq(c, "events", len(events))
+            first = next_seq(c, "events", len(events))
             last = {e.user: first + n for n, e in enumerate(events)}
             c.executemany("UPDATE users SET v=v+1, last_event=? WHERE id=?", [(s, u) for u, s in last.items()])
             c.executemany(
@@ -367,14 +280,14 @@ class SQLiteStore:
 
     def _events_at(self, region: str, seqs: Sequence[int], views: bool = False) -> list[tuple]:  # type: ignore[type-arg]
         out: list[tuple] = []  # type: ignore[type-arg]
-        for chunk in _chunks(seqs):
-            q = (f"SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE seq IN ({_marks(chunk)})"
+        for chunk in chunks(seqs):
+            q = (f"SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE seq IN ({marks(chunk)})"
                  + (" AND type=0" if views else "") + " ORDER BY seq")
             out.extend(self._region[region].execute(q, chunk))
         return out
 
     def delete_events(self, region: str, before_ts: float, through_seq: int) -> int:
-        with _tx(self._region[region]) as c:
+        with tx(self._region[region]) as c:
             q = "DELETE FROM events WHERE ts<? AND seq<=? AND seq<(SELECT max(seq) FROM events) RETURNING seq"
             seqs = [r[0] for r in c.execute(q, (before_ts, through_seq))]
         self._lookups[region].drop_seqs(seqs)
@@ -386,15 +299,15 @@ class SQLiteStore:
     # -- served --
     def record_served(self, region: str, rows: Sequence[ServedRecord],
                       expect: Mapping[str, int] | None = None) -> list[int]:
-        with _tx(self._region[region]) as c:
+        with tx(self._region[region]) as c:
             if expect:
                 ids = list(expect)
-                found = dict(c.execute(f"SELECT id, v FROM users WHERE id IN ({_marks(ids)})", ids))
+                found = dict(c.execute(f"SELECT id, v FROM users WHERE id IN ({marks(ids)})", ids))
                 moved = [u for u, v in expect.items() if found.get(u, 0) != v]
                 if moved:
                     raise Stale(f"user {moved[0]!r} was changed by another server since this one read them", "user")
             c.executemany("UPDATE users SET v=v+1 WHERE id=?", [(u,) for u in dict.fromkeys(r.user for r in rows)])
-            first = _next_seq(c, "served", len(rows))
+            first = next_seq(c, "served", len(rows))
             c.executemany("INSERT INTO served (seq, user, item, request_id, ts, variant) VALUES (?,?,?,?,?,?)",
                           [(first + n, r.user, r.item, r.request_id, r.ts, r.variant) for n, r in enumerate(rows)])
         return list(range(first, first + len(rows)))
@@ -420,7 +333,7 @@ class SQLiteStore:
         return out
 
     def put_controls(self, region: str, user_id: str, controls: bytes) -> None:
-        with _tx(self._region[region]) as c:
+        with tx(self._region[region]) as c:
             c.execute("INSERT OR REPLACE INTO user_controls VALUES (?,?)", (user_id, controls))
             c.execute("UPDATE users SET v=v+1 WHERE id=?", (user_id,))
 
@@ -430,7 +343,7 @@ class SQLiteStore:
 
     # -- interest state --
     def save_user_states(self, region: str, states: Mapping[str, bytes], watermark: int) -> None:
-        with _tx(self._region[region]) as c:
+        with tx(self._region[region]) as c:
             c.executemany("INSERT OR REPLACE INTO user_state VALUES (?,?)", list(states.items()))
             c.execute("INSERT OR REPLACE INTO meta VALUES ('state_watermark', ?)", (str(watermark),))
 
@@ -440,8 +353,8 @@ class SQLiteStore:
 
     def load_user_states(self, region: str, user_ids: Sequence[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        for chunk in _chunks(user_ids):
-            q = f"SELECT user, state FROM user_state WHERE user IN ({_marks(chunk)})"
+        for chunk in chunks(user_ids):
+            q = f"SELECT user, state FROM user_state WHERE user IN ({marks(chunk)})"
             out.update((u, bytes(s)) for u, s in self._region[region].execute(q, chunk))
         return out
 
@@ -450,28 +363,20 @@ class SQLiteStore:
         return 0 if row is None else int(row[0])
 
     # -- erasure --
-    def drop_model(self) -> None:
-        for conn in (*self._region.values(), self._catalog):  # the shared blob last: it holds the marks
-            with _tx(conn) as c:
-                c.execute("DELETE FROM model_rows")
-                if conn is self._catalog:
-                    c.execute("DELETE FROM model_deltas")
-                    c.execute("DELETE FROM model_blobs")
-
     def erase_user(self, region: str, user_id: str, event_ids: Sequence[str]) -> dict[str, int]:
         conn, lookups = self._region[region], self._lookups[region]
         counts: dict[str, int] = {}
         with lookups.lock:  # no merge between finding the user's rows and deleting them
             seqs = self._lookups[region].user_seqs(user_id)
-            with _tx(conn) as c:  # the log first: a look-up row left by a crash here is found again
+            with tx(conn) as c:  # the log first: a look-up row left by a crash here is found again
                 for kind, query in (("profile", "DELETE FROM users WHERE id=?"),
                                     ("served", "DELETE FROM served WHERE user=?"),
                                     ("interest_state", "DELETE FROM user_state WHERE user=?"),
                                     ("controls", "DELETE FROM user_controls WHERE user=?"),
                                     ("model_rows", "DELETE FROM model_rows WHERE key=?")):  # the region's: its users'
                     counts[kind] = c.execute(query, (user_id,)).rowcount
-                counts["events"] = sum(c.execute(f"DELETE FROM events WHERE seq IN ({_marks(chunk)})", chunk).rowcount
-                                       for chunk in _chunks(seqs))
+                counts["events"] = sum(c.execute(f"DELETE FROM events WHERE seq IN ({marks(chunk)})", chunk).rowcount
+                                       for chunk in chunks(seqs))
             # the keys of this version, and the unkeyed ones of earlier versions (until they expire)
             keys = [h for i in event_ids for h in (self._key(region, user_id, i), _legacy_key(i))]
             counts["event_ids"] = lookups.erase(user_id, keys)
@@ -493,85 +398,11 @@ class SQLiteStore:
         return counts
 
     def save_tombstone(self, subject: str, until: float) -> None:
-        with _tx(self._catalog) as c:
+        with tx(self._catalog) as c:
             c.execute("INSERT OR REPLACE INTO tombstones VALUES (?,?)", (subject, until))
 
     def iter_tombstones(self) -> Iterator[tuple[str, float]]:
         yield from self._catalog.execute("SELECT subject, until FROM tombstones")
-
-    # -- learned models: embedding rows (users' in their region, the rest shared) and dense blobs --
-    def _model_conn(self, region: str | None) -> sqlite3.Connection:
-        return self._catalog if region is None else self._region[region]
-
-    def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
-                        removed: Sequence[str], version: int = 0, guard: str | None = None) -> list[str]:
-        with _tx(self._model_conn(region)) as c:
-            put, left_out = list(rows), []
-            if guard is not None and region is not None and put:
-                keys = [k for k, _ in put]
-                users: set[str] = set()
-                guarded: set[str] = set()
-                for chunk in _chunks(keys):
-                    users.update(k for (k,) in c.execute(f"SELECT id FROM users WHERE id IN ({_marks(chunk)})", chunk))
-                    q = f"SELECT key FROM model_rows WHERE tbl=? AND key IN ({_marks(chunk)})"
-                    guarded.update(k for (k,) in c.execute(q, (guard, *chunk)))
-                left_out = [k for k in keys if k not in users or k in guarded]
-                if left_out:
-                    out = set(left_out)
-                    put = [(k, v) for k, v in put if k not in out]
-            c.executemany("INSERT OR REPLACE INTO model_rows VALUES (?,?,?,?)",
-                          [(table, k, v, version) for k, v in put])
-            c.executemany("DELETE FROM model_rows WHERE tbl=? AND key=?", [(table, k) for k in removed])
-        return left_out
-
-    def iter_model_rows(self, region: str | None, table: str) -> Iterator[tuple[str, bytes]]:
-        for key, row in self._model_conn(region).execute("SELECT key, row FROM model_rows WHERE tbl=?", (table,)):
-            yield key, bytes(row)
-
-    def get_model_rows(self, region: str | None, table: str, keys: Sequence[str]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        conn = self._model_conn(region)
-        for chunk in _chunks(keys):
-            q = f"SELECT key, row FROM model_rows WHERE tbl=? AND key IN ({_marks(chunk)})"
-            out.update((key, bytes(row)) for key, row in conn.execute(q, (table, *chunk)))
-        return out
-
-    def model_rows_after(self, region: str | None, table: str, after: str, limit: int) -> list[tuple[str, bytes]]:
-        q = "SELECT key, row FROM model_rows WHERE tbl=? AND key>? ORDER BY key LIMIT ?"
-        return [(key, bytes(row)) for key, row in self._model_conn(region).execute(q, (table, after, limit))]
-
-    def delete_model_rows_if(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]]) -> int:
-        with _tx(self._model_conn(region)) as c:
-            return sum(c.execute("DELETE FROM model_rows WHERE tbl=? AND key=? AND row=?", (table, k, v)).rowcount
-                       for k, v in rows)
-
-    def model_rows_since(self, region: str | None, table: str, after: int, through: int) -> list[tuple[str, bytes]]:
-        q = "SELECT key, row FROM model_rows WHERE tbl=? AND ver>? AND ver<=?"
-        return [(key, bytes(row)) for key, row in self._model_conn(region).execute(q, (table, after, through))]
-
-    def clear_model_rows(self, region: str | None, table: str) -> None:
-        with _tx(self._model_conn(region)) as c:
-            c.execute("DELETE FROM model_rows WHERE tbl=?", (table,))
-
-    def append_model_delta(self, version: int, blob: bytes) -> None:
-        with _tx(self._catalog) as c:
-            c.execute("INSERT OR REPLACE INTO model_deltas VALUES (?,?)", (version, blob))
-
-    def model_deltas(self, after: int) -> list[tuple[int, bytes]]:
-        q = "SELECT version, blob FROM model_deltas WHERE version>? ORDER BY version"
-        return [(v, bytes(b)) for v, b in self._catalog.execute(q, (after,))]
-
-    def keep_model_deltas(self, after: int, through: int) -> None:
-        with _tx(self._catalog) as c:
-            c.execute("DELETE FROM model_deltas WHERE version<=? OR version>?", (after, through))
-
-    def save_model_blob(self, key: str, value: bytes) -> None:
-        with _tx(self._catalog) as c:
-            c.execute("INSERT OR REPLACE INTO model_blobs VALUES (?,?)", (key, value))
-
-    def get_model_blob(self, key: str) -> bytes | None:
-        row = self._catalog.execute("SELECT value FROM model_blobs WHERE key=?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
 
     def close(self) -> None:
         if self._closed:
@@ -584,28 +415,6 @@ class SQLiteStore:
             lookups.close()
         for conn in (self._catalog, *self._region.values()):
             conn.close()
-
-
-def _next_seq(c: sqlite3.Connection, table: str, count: int) -> int:
-    """The first of `count` new seqs of `table` ("events" or "served"), in the caller's transaction.
-    Seqs are never handed out twice: an erasure may delete the newest rows, so the highest seq ever
-    given is kept in meta (a reader that has taken the log up to a seq would skip a reused one)."""
-    newest = c.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()[0]
-    row = c.execute("SELECT value FROM meta WHERE key=?", (f"{table}_seq",)).fetchone()
-    first = max(newest, int(row[0]) if row else 0) + 1
-    if count:
-        c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"{table}_seq", str(first + count - 1)))
-    return int(first)
-
-
-def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
-    """Slices small enough for SQLite's limit on bound parameters."""
-    for start in range(0, len(values), 900):
-        yield values[start:start + 900]
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ",".join("?" * len(values))
 
 
 def _legacy_key(event_id: str) -> int:
