@@ -1,6 +1,7 @@
 """The engine's derived state, in memory: catalogue index and counters, regional trending, and the
-interest state of recently active users. It is rebuilt at start from the last checkpoint plus the
-events and served rows logged after it, and checkpointed back to the store every few seconds. Its
+interest state of recently active users. The item aggregates are rebuilt at start from the last
+checkpoint plus the events and served rows logged after it; a user's state is read when needed and
+caught up with the user's events logged after it; both are checkpointed every few seconds. Its
 parts, by concern: users.py, items.py, checkpoints.py (their shared fields: fields.py)."""
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ class Live(Users, Items, Checkpoints):
                            expire_s=p.pool_expire_days * 86400)
 
     def load(self, users: bool = True) -> None:
-        """The catalogue, the item aggregates and (with `users`) the users' interest state, replaying
-        the log past their checkpoints. A trainer process loads no users' state: it never serves."""
+        """The catalogue and the item aggregates, replaying the log past their watermark (users' states
+        are not replayed: each catches up with the log when read); with `users`, the co-engagement
+        rows and the users' last positives they pair with. A trainer process (no `users`) never serves."""
         store = self.store
         persisted = {kind: store.vocab(kind) for kind in self.vocab_saved}
         restored = snapshot.load(Path(self.settings.server.data), self.catalog.regions, store.catalogue_version())
