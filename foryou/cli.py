@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import signal
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from foryou.config import Settings, load_settings
-from foryou.datadir import private_dir, private_file, write_private
+from foryou.datadir import exclusive, model_lock, private_dir, write_private
 from foryou.errors import ForYouError
 from foryou.evaluation import MODELS
 from foryou.privacy.keys import SCOPES, KeyRing
 
 ADMIN_KEY_ENV = "FORYOU_ADMIN_KEY"
-LOCK_FILE = "foryou.lock"  # held (flock) by a server, and by commands that must not run beside one
-TRAINER_LOCK = "trainer.lock"  # held by the one trainer process of a data directory
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
@@ -47,37 +44,6 @@ def _server_args(p: argparse.ArgumentParser, serving: bool = True) -> None:
 
 def _keyring(settings: Settings) -> KeyRing:
     return KeyRing(Path(settings.server.data), os.environ.get(ADMIN_KEY_ENV) or None)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, busy: str) -> Iterator[None]:
-    with open(private_file(path), "a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ForYouError(busy, field="--data") from None
-        yield
-
-
-@contextlib.contextmanager
-def _exclusive(settings: Settings, doing: str, model: bool = True) -> Iterator[None]:
-    """Hold the data directory's lock: one server at a time, and `load`, `retrain` and `retention run`
-    never beside a server (whose live state would not see their writes). With `model`, the trainer's
-    lock too: no trainer process may write the model meanwhile. `keys` needs no lock."""
-    directory = private_dir(Path(settings.server.data))
-    with _flock(directory / LOCK_FILE, f"another foryou process (a server?) is using {directory}: stop it before "
-                                       f"{doing}"):
-        if model:
-            with _model_lock(settings, doing):
-                yield
-        else:
-            yield
-
-
-def _model_lock(settings: Settings, doing: str) -> contextlib.AbstractContextManager[None]:
-    """The trainer's lock: held by the one process that writes the learned model."""
-    directory = private_dir(Path(settings.server.data))
-    return _flock(directory / TRAINER_LOCK, f"a trainer process is running on {directory}: stop it before {doing}")
 
 
 def _serve(settings: Settings, keys: KeyRing, banner: Callable[[], list[str]] = list,
@@ -146,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def banner() -> list[str]:
         return [] if keys.any_active(time.time()) else _new_key_lines(keys, settings, "admin")[0]
 
-    with _exclusive(settings, "serving it", model=settings.learning.trainer == "inline"):
+    with exclusive(settings.server.data, "serving it", model=settings.learning.trainer == "inline"):
         _serve(settings, keys, banner, args.config)
     return 0
 
@@ -159,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not settings.learning.enabled:
         print("learning is off (learning.enabled = false): nothing to train")
         return 0
-    with _model_lock(settings, "starting another"):
+    with model_lock(settings.server.data, "starting another"):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -188,7 +154,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     # With a trainer process (the default), the loader does not train: the trainer learns what was
     # loaded once it runs (`foryou_model_events_behind` says how far it has to go).
     inline = settings.learning.trainer == "inline" or not settings.learning.enabled
-    with _exclusive(settings, "loading into it"), Engine.open(settings, role="all" if inline else "serve") as engine:
+    role = "all" if inline else "serve"
+    with exclusive(settings.server.data, "loading into it"), Engine.open(settings, role=role) as engine:
         report = load_files(engine, args.items and Path(args.items), args.events and Path(args.events),
                             progress=not args.quiet)
         behind = engine.learner.gauges()["model_events_behind"] if not inline else 0
@@ -217,8 +184,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return [*lines, f'Try: curl -H "Authorization: Bearer {token}" \'{base}/v1/users/{some_user}/feed?n=5\'']
 
     inline = settings.learning.trainer == "inline"
-    with _exclusive(settings, "serving it", model=inline):
-        with contextlib.nullcontext() if inline else _model_lock(settings, "loading the demo"), \
+    with exclusive(settings.server.data, "serving it", model=inline):
+        with contextlib.nullcontext() if inline else model_lock(settings.server.data, "loading the demo"), \
                 Engine.open(settings) as engine:
             if len(engine.live.catalog) == 0:
                 print("Loading the bundled demo catalogue (KuaiRand-Pure sample, CC BY-SA 4.0)...", flush=True)
@@ -358,7 +325,7 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
     if settings.privacy.retention_days <= 0:
         print("retention is off (privacy.retention_days = 0): nothing deleted")
         return 0
-    with _exclusive(settings, "running retention on it"), Engine.open(settings) as engine:
+    with exclusive(settings.server.data, "running retention on it"), Engine.open(settings) as engine:
         deleted = engine.retention.run()
     print(f"deleted {sum(deleted.values())} events older than {settings.privacy.retention_days:g} days "
           f"({', '.join(f'{r}: {n}' for r, n in deleted.items())})")
@@ -374,7 +341,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         raise ForYouError("learning is off (learning.enabled = false): there is no model to retrain",
                           field="learning.enabled")
     started = time.perf_counter()
-    with _exclusive(settings, "retraining"), Engine.relearn(settings) as engine:
+    with exclusive(settings.server.data, "retraining"), Engine.relearn(settings) as engine:
         gauges = engine.learner.gauges()
     open_audit(settings).append("retrain", None, "ok", time.time())
     print(f"retrained from the log: {gauges['model_examples']:.0f} examples, {gauges['model_rows']:.0f} rows, "

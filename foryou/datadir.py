@@ -1,15 +1,22 @@
 """The data directory and its files, which hold user data or secrets: the directory is 0700 and every
 file in it is created 0600, never created wider and narrowed afterwards (a reader could open it in
 between). SQLite gives a database's -wal and -shm files the database's own mode, so creating the
-database file first covers them."""
+database file first covers them. Locks on the directory keep a server, a trainer and the commands that
+must not run beside them (`load`, `retrain`, `retention run`) apart."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from foryou.errors import ForYouError
+
 DIR_MODE, FILE_MODE = 0o700, 0o600
+LOCK_FILE = "foryou.lock"  # held (flock) by a server, and by commands that must not run beside one
+TRAINER_LOCK = "trainer.lock"  # held by the one trainer process of a data directory
 
 
 def private_dir(path: Path) -> Path:
@@ -39,3 +46,34 @@ def write_private(path: Path, data: bytes, exclusive: bool = False) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
+
+
+@contextlib.contextmanager
+def _flock(path: Path, busy: str) -> Iterator[None]:
+    with open(private_file(path), "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ForYouError(busy, field="--data") from None
+        yield
+
+
+@contextlib.contextmanager
+def exclusive(data: str | Path, doing: str, model: bool = True) -> Iterator[None]:
+    """Hold the data directory's lock: one server at a time, and `load`, `retrain` and `retention run`
+    never beside a server (whose live state would not see their writes). With `model`, the trainer's
+    lock too: no trainer process may write the model meanwhile. `keys` needs no lock."""
+    directory = private_dir(Path(data))
+    with _flock(directory / LOCK_FILE, f"another foryou process (a server?) is using {directory}: stop it before "
+                                       f"{doing}"):
+        if model:
+            with model_lock(data, doing):
+                yield
+        else:
+            yield
+
+
+def model_lock(data: str | Path, doing: str) -> contextlib.AbstractContextManager[None]:
+    """The trainer's lock: held by the one process that writes the learned model."""
+    directory = private_dir(Path(data))
+    return _flock(directory / TRAINER_LOCK, f"a trainer process is running on {directory}: stop it before {doing}")

@@ -393,10 +393,10 @@ def test_retrain_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     assert main(["retrain", "--data", str(tmp_path)]) == 0
     assert re.match(r"retrained from the log: \d+ examples, \d+ rows, in ", capsys.readouterr().out)
     assert '"action":"retrain"' in (tmp_path / "audit.log").read_text()
-    from foryou.cli import _exclusive
+    from foryou.datadir import exclusive
 
     monkeypatch.setenv("FORYOU_PRIVACY_RETENTION_DAYS", "30")
-    with _exclusive(settings, "a test"):  # as a running server holds it
+    with exclusive(settings.server.data, "a test"):  # as a running server holds it
         for command in (["retrain"], ["retention", "run"], ["load", "--items", str(tmp_path / "x.jsonl")]):
             assert main([*command, "--data", str(tmp_path)]) == 2
             assert "another foryou process (a server?) is using" in capsys.readouterr().err
