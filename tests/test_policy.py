@@ -266,3 +266,18 @@ def test_selecting_from_the_best_candidates_picks_what_selecting_from_all_does(s
     full = _select(utility, creators, sounds, topics, tags, sensitive, n, recent, limits, slots, groups)
     assert (fast.picks, fast.values, fast.steps, fast.yielded, fast.recent) == (
         full.picks, full.values, full.steps, full.yielded, full.recent)
+
+
+def test_groups_covering_every_candidate_select_from_them_all() -> None:
+    """A new catalogue is all in the fresh pool: every candidate is a group member, none is left out of
+    the best `TOP * n`, and `select` must still pick (a regression: it took the max of nothing, a 500)."""
+    from foryou.policy.arrange import TOP
+
+    count = 2 * TOP + 50
+    rng = np.random.default_rng(3)
+    utility = rng.normal(0, 1, count)
+    codes = np.arange(count)
+    tags = np.full((count, 1), -1)
+    pick = select(utility, codes, codes, codes, tags, np.zeros(count, np.bool_), 1, slots=["pool"],
+                  groups={"pool": rng.random(count)})
+    assert len(pick.picks) == 1 and pick.steps == [["fresh_pool"]]

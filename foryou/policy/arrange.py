@@ -85,6 +85,8 @@ def select(utility: np.ndarray, creators: np.ndarray, sounds: np.ndarray, topics
         kept = np.unique(np.concatenate([best, *members]))
         rest = np.ones(len(utility), np.bool_)
         rest[kept] = False
+        if not rest.any():  # the groups' members cover every candidate: nothing to leave out
+            return _select(utility, creators, sounds, topics, tags, sensitive, n, recent, limits, slots, groups)
         bound = float(utility[rest].max())
         sub = _select(utility[kept], creators[kept], sounds[kept], topics[kept], tags[kept], sensitive[kept], n,
                       recent, limits, slots, {k: g[kept] for k, g in groups.items()})
