@@ -2,8 +2,8 @@
 applied in batches of up to 10,000. A bad line stops the import with its line number; the batches
 before it are kept (each batch is all-or-nothing).
 
-Events take a path of their own: a batch is parsed once (orjson) and checked field by field against
-the API's rules in one plain loop (`ingest.plain_events`, as `POST /v1/events` does), which accepts
+Events take a path of their own: a batch is parsed once (orjson) and checked column by column against
+the API's rules (`ingest.plain_events`, as `POST /v1/events` does), which accepts
 only the plain shapes and hands anything else to the API's own validation (pydantic), so that a bad
 line gets exactly the API's error."""
 
@@ -105,17 +105,17 @@ def load_events(engine: Engine, path: Path, bar: Any, report: LoadReport) -> Non
     service = engine.events
     for n, (numbers, lines) in enumerate(_batches(path), 1):
         objects = _parsed(lines)
-        records = None
+        events = None
         if objects is not None:
-            records = plain_events(objects, engine.live.catalog.index, engine.live.clock(), users)
+            events = plain_events(objects, engine.live.catalog.index, engine.live.clock(), users)
         try:
-            if records is None:
-                records = service.validate(_validate(_EVENTS, path, numbers, lines))
+            if events is None:
+                events = service.validate(_validate(_EVENTS, path, numbers, lines))
             else:
-                records = service.check(records)
+                events = service.check(events)
         except InvalidInput as exc:
             raise _located(path, numbers, exc.errors) from None
-        result = service.append(records)
+        result = service.append(events)
         report.events += result.accepted
         report.duplicates += result.duplicates
         if n % CHECKPOINT_EVERY == 0:  # bounds memory: saved state can leave the cache

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from foryou.columns import EventColumns
 from foryou.learning import Learner
 from foryou.state import Live
 from foryou.types import EventRecord
@@ -61,9 +62,9 @@ class LogFollower:
 
     def take_read(self, region: str, page: Sequence[EventRecord]) -> None:
         """Take a page the caller read from the log after `position(region)`."""
-        self._take(region, page, [e.seq for e in page])
+        self._take(region, EventColumns.of(page), [e.seq for e in page], page)
 
-    def take(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
+    def take(self, region: str, events: EventColumns, seqs: Sequence[int]) -> None:
         """In-process, right after an append: `events` are the region's log at `seqs` (ascending,
         consecutive). When they are the next the follower needs they are taken as they are, without
         reading them back; otherwise the follower reads the log up to them."""
@@ -72,13 +73,17 @@ class LogFollower:
         else:
             self.follow()
 
-    def _take(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
-        """The next events of the region's log: the trainer learns them, then the item aggregates move."""
+    def _take(self, region: str, events: EventColumns, seqs: Sequence[int],
+              records: Sequence[EventRecord] | None = None) -> None:
+        """The next events of the region's log (`records`: the same, where the caller has them): the
+        trainer learns them, then the item aggregates move."""
         learner = self.learner
         if learner is not None and learner.settings.enabled:
             mark = learner.marks[region]
             fresh = [k for k, s in enumerate(seqs) if s > mark]
-            learner.learn_many(region, [events[k] for k in fresh], [seqs[k] for k in fresh])
+            if records is None:
+                records = events.records(seqs[0])
+            learner.learn_many(region, [records[k] for k in fresh], [seqs[k] for k in fresh])
             learner.learned_through(region, seqs[-1])
         self.live.apply_item_events(region, events, seqs)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+import numpy as np
+
+from foryou.columns import EventColumns
 from foryou.errors import FieldError, InvalidInput
 from foryou.follower import LogFollower
 from foryou.learning import Learner
@@ -25,60 +27,93 @@ _TYPES = frozenset(EVENT_TYPES)
 _ID = re.compile(ID_PATTERN)
 # The plain RFC 3339 shape (upper-case T and Z, at most microseconds), which datetime reads as it is;
 # every other timestamp goes to the API's validation.
-_PLAIN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
-_FIRST = datetime.fromisoformat("0001-01-02T00:00:00Z")
+_PLAIN_TIME = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z"
+_PLAIN_TIMES = re.compile(f"(?:{_PLAIN_TIME}\n)*{_PLAIN_TIME}")  # the batch's, joined by newlines
+_FIRST = np.datetime64("0001-01-02T00:00:00", "us")
 
 
 def plain_events(objects: list[Any], index: Mapping[str, int], now: float,
-                 users: set[str]) -> list[EventRecord] | None:
-    """The records of a batch of parsed events when every one is valid and of a plain shape; None
+                 users: set[str]) -> EventColumns | None:
+    """The columns of a batch of parsed events when every one is valid and of a plain shape; None
     otherwise (the API's validation then says what is wrong, or accepts a shape this does not take).
     It never accepts what the API refuses (tests/test_bulk.py checks it against the API's cases).
+    Column by column: each check is one pass in C (a set of types, one regular expression over every
+    timestamp, numpy's parse of them) or runs once per distinct value (ids, items, kinds).
     `users`: ids already found valid (few users, many events)."""
-    out: list[EventRecord] = []
-    types, fields, match_id, plain_time = _TYPES, _EVENT_FIELDS, _ID.fullmatch, _PLAIN_TIME.fullmatch
-    latest = now + MAX_FUTURE_S
-    for o in objects:
-        if type(o) is not dict or not o.keys() <= fields:
+    if not objects:
+        return EventColumns([], [], [], np.zeros(0), np.zeros(0), [], [])
+    if _types(objects) != {dict} or not all(o.keys() <= _EVENT_FIELDS for o in objects):
+        return None
+    user, item, kind = _column(objects, "user"), _column(objects, "item"), _column(objects, "type")
+    if _types(user) != {str} or _types(item) != {str} or _types(kind) != {str} or not set(kind) <= _TYPES:
+        return None
+    if not all(i in index for i in set(item)):  # catalogue ids were checked when upserted
+        return None
+    new = set(user) - users
+    if not all(map(_ID.fullmatch, new)):
+        return None
+    users |= new
+    watch = _watch(_column(objects, "watch_s"), kind)
+    ts = _times(_column(objects, "ts"), now)
+    event_id, request_id = _column(objects, "id"), _column(objects, "request_id")
+    if watch is None or ts is None or not _lengths(event_id, 256) or not _lengths(request_id, 128):
+        return None
+    return EventColumns(user, item, kind, watch, ts, event_id, request_id)
+
+
+def _types(values: list[Any]) -> set[type]:
+    return set(map(type, values))
+
+
+def _column(objects: list[dict[str, Any]], name: str) -> list[Any]:
+    return [o.get(name) for o in objects]
+
+
+def _watch(values: list[Any], kinds: list[str]) -> np.ndarray | None:
+    """Watch seconds in [0, 86400]; absent only where the event is not a view (then 0)."""
+    if not _types(values) <= {float, int, type(None)}:
+        return None
+    if None in values:
+        if any(w is None and k == "view" for w, k in zip(values, kinds, strict=True)):
             return None
-        user, item, kind = o.get("user"), o.get("item"), o.get("type")
-        if type(user) is not str or type(item) is not str or type(kind) is not str or kind not in types:
-            return None
-        if item not in index:  # catalogue ids were checked when upserted
-            return None
-        if user not in users:
-            if not match_id(user):
-                return None
-            users.add(user)
-        watch = o.get("watch_s")
-        if watch is None:
-            if kind == "view":
-                return None
-            watch = 0.0
-        elif (type(watch) is not float and type(watch) is not int) or not 0 <= watch <= 86400:
-            return None
-        ts = o.get("ts")
-        if ts is None:
-            ts = now
-        else:
-            if type(ts) is not str or not plain_time(ts):
-                return None
-            try:
-                moment = datetime.fromisoformat(ts)
-            except ValueError:  # an impossible date: the models' error
-                return None
-            if moment < _FIRST:
-                return None
-            ts = moment.timestamp()
-            if ts > latest:
-                return None
-        event_id, request_id = o.get("id"), o.get("request_id")
-        if event_id is not None and (type(event_id) is not str or not 1 <= len(event_id) <= 256):
-            return None
-        if request_id is not None and (type(request_id) is not str or not 1 <= len(request_id) <= 128):
-            return None
-        out.append(EventRecord(user, item, kind, float(watch), ts, event_id, request_id))
-    return out
+        values = [0.0 if w is None else w for w in values]
+    try:
+        watch = np.array(values, np.float64)
+    except OverflowError:
+        return None
+    return watch if ((watch >= 0) & (watch <= 86400)).all() else None
+
+
+def _times(values: list[Any], now: float) -> np.ndarray | None:
+    """Epoch seconds of plain RFC 3339 timestamps (absent: `now`), none more than MAX_FUTURE_S ahead."""
+    given = values if None not in values else [t for t in values if t is not None]
+    if _types(given) - {str}:
+        return None
+    joined = "\n".join(given)  # one match for the batch; the count: no timestamp holds a newline itself
+    if given and (not _PLAIN_TIMES.fullmatch(joined) or joined.count("\n") != len(given) - 1):
+        return None
+    try:  # numpy refuses impossible dates and times as datetime does (a 30 February, a 60th second)
+        moments = np.array([t[:-1] for t in given], "datetime64[us]")
+    except ValueError:
+        return None
+    if len(moments) and moments.min() < _FIRST:
+        return None
+    micros = moments.astype(np.int64)
+    if len(micros) and np.abs(micros).max() >= 2 ** 53:  # beyond float's exact integers: as datetime divides
+        seconds = np.array([m / 1_000_000 for m in micros.tolist()], np.float64)
+    else:
+        seconds = micros / 1e6
+    if len(given) < len(values):
+        out = np.full(len(values), now)
+        out[[k for k, t in enumerate(values) if t is not None]] = seconds
+        seconds = out
+    return seconds if not len(seconds) or seconds.max() <= now + MAX_FUTURE_S else None
+
+
+def _lengths(values: list[Any], most: int) -> bool:
+    """Every value is absent or a string of 1 to `most` characters."""
+    given = values if None not in values else [v for v in values if v is not None]
+    return not given or (_types(given) == {str} and min(map(len, given)) >= 1 and max(map(len, given)) <= most)
 
 
 @dataclass(frozen=True)
@@ -102,7 +137,7 @@ class IngestService:
         """Validate the whole batch, then append it."""
         return self.append(self.validate(events))
 
-    def validate(self, events: Sequence[EventIn], region: str | None = None) -> list[EventRecord]:
+    def validate(self, events: Sequence[EventIn], region: str | None = None) -> EventColumns:
         """The checks that need the catalogue and the clock; raises `InvalidInput` listing them all.
         `region` is the one the request names (X-Region): every user in the batch must be of it."""
         live = self.live
@@ -131,30 +166,35 @@ class IngestService:
             records.append(EventRecord(e.user, e.item, e.type, e.watch_s or 0.0, ts, e.id, e.request_id))
         if errors:
             raise InvalidInput(errors)
-        return self.check(records, region)
+        return self.check(EventColumns.of(records), region)
 
-    def check(self, records: list[EventRecord], region: str | None = None) -> list[EventRecord]:
-        """The checks of stored state on records whose fields are valid: `region` is held and is each
-        user's, and no user was erased lately (410). Returns `records`."""
+    def check(self, events: EventColumns, region: str | None = None) -> EventColumns:
+        """The checks of stored state on events whose fields are valid: `region` is held and is each
+        user's, and no user was erased lately (410). Returns `events`."""
         live = self.live
         live.check_held(region)  # even for an empty batch
+        users = list(dict.fromkeys(events.user))
         if region is not None:
-            live.place_many((r.user for r in records), region)
+            live.place_many(users, region)
         if self.tombstones is not None:  # last: a 410 only for a batch otherwise valid
-            self.tombstones.refuse(dict.fromkeys(r.user for r in records), live.clock())
-        return records
+            self.tombstones.refuse(users, live.clock())
+        return events
 
-    def append(self, records: Sequence[EventRecord], region: str | None = None) -> IngestResult:
-        """Append already-validated records; users not seen before are created in `region` (default:
-        the server's first), atomically with their events. Users in this server's memory have their
+    def append(self, events: EventColumns | Sequence[EventRecord], region: str | None = None) -> IngestResult:
+        """Append already-validated events; users not seen before are created in `region` (default:
+        the server's first), atomically with their events. An event whose idempotency key its user's
+        region already holds (or an earlier event of the batch) is dropped in the append's own
+        transaction, so a concurrent duplicate counts once. Users in this server's memory have their
         interest state moved before this returns; the others are not read for it: their saved state
         catches up with the log when they are next read (`Users.catch_up`, by their newest event), so
         either way a user's next feed reflects the batch. The item aggregates, co-engagement and the
         model follow the log (`follower.py`), and derived state is checkpointed by the periodic work
         (`Engine.tick`), never here."""
+        if not isinstance(events, EventColumns):
+            events = EventColumns.of(events)
         live = self.live
         now = live.clock()
-        users = list(dict.fromkeys(r.user for r in records))
+        users = list(dict.fromkeys(events.user))
         # memory for users held, one look-up per region for the others (not those a batch is placing:
         # new, or created by its chunk before this one)
         placed = live.regions_of([u for u in users if u not in live.pending])
@@ -164,47 +204,47 @@ class IngestService:
             held = live.users.get(user_id)
             return placed.get(user_id) or live.pending.get(user_id) or (held.profile.region if held else home)
 
-        by_region: dict[str, list[EventRecord]] = {}
-        for r in records:
-            by_region.setdefault(region_of(r.user), []).append(r)
-        duplicates = 0
+        where_of = {u: region_of(u) for u in users}
+        regions = set(where_of.values())
+        if len(regions) == 1:
+            by_region = {regions.pop(): events}
+        else:
+            positions: dict[str, list[int]] = {}
+            for k, u in enumerate(events.user):
+                positions.setdefault(where_of[u], []).append(k)
+            by_region = {where: events.take(at) for where, at in positions.items()}
+        accepted = 0
         for where, batch in by_region.items():
-            fresh = _drop_known(batch, live.store.known_event_ids(
-                where, [(r.user, r.id) for r in batch if r.id is not None]))
-            duplicates += len(batch) - len(fresh)
-            if not fresh:
-                continue
-            mine = list(dict.fromkeys(r.user for r in fresh))
-            cached = [live.users[u] for u in mine if u in live.users]
+            mine = [u for u in users if where_of[u] == where]
+            held = [live.users[u] for u in mine if u in live.users]
             created = {u: UserRecord(u, where, created_at=now) for u in mine if u not in placed}
-            created.update((user.profile.id, user.profile) for user in cached if not user.stored)
-            seqs = live.store.append_events(where, fresh, list(created.values()), now)
-            placed.update(dict.fromkeys(created, where))
-            for user in cached:
+            created.update((user.profile.id, user.profile) for user in held if not user.stored)
+            appended = live.store.append_new_events(where, batch, list(created.values()), now)
+            if len(appended.kept) < len(batch):
+                batch = batch.take(appended.kept)
+                kept = set(batch.user)
+                held = [user for user in held if user.profile.id in kept]
+            if not len(batch):
+                continue
+            accepted += len(batch)
+            seqs = range(appended.first, appended.first + len(batch))
+            placed.update(dict.fromkeys(set(created) & set(batch.user), where))
+            for user in held:
                 live.mark_stored(user)
             # A user another server wrote about meanwhile is read again up to this batch, which then
             # applies as usual, and then brought past what came after it.
-            moved = live.wrote(where, cached)
+            moved = live.wrote(where, held)
             for user in moved:
                 live.reload(user, through=seqs[0] - 1)
             if self.learner is not None:  # before the users' state moves on: the duel's fallback needs it
-                self.learner.before_apply(where, fresh, seqs)
-            live.apply_user_events(where, fresh, seqs)
+                self.learner.before_apply(where, batch, seqs)
+            ids = {user.profile.id for user in held}  # only the users in memory: the others are not read
+            at = [k for k, u in enumerate(batch.user) if u in ids] if ids else []
+            live.apply_user_events(where, batch.records(appended.first, at), [seqs[k] for k in at], seqs[-1])
             for user in moved:
                 live.catch_up(user.state, user.profile)
             if self.follower is not None:
-                self.follower.take(where, fresh, seqs)
-        return IngestResult(len(records) - duplicates, duplicates)
+                self.follower.take(where, batch, seqs)
+        return IngestResult(accepted, len(events) - accepted)
 
 
-def _drop_known(records: Sequence[EventRecord], known: set[tuple[str, str]]) -> list[EventRecord]:
-    """The records whose idempotency key (user, id) is neither `known` nor repeated earlier in the batch."""
-    fresh: list[EventRecord] = []
-    for r in records:
-        if r.id is not None:
-            pair = (r.user, r.id)
-            if pair in known:
-                continue
-            known.add(pair)
-        fresh.append(r)
-    return fresh

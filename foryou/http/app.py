@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import PlainTextResponse, Response
 
 from foryou import __version__
+from foryou.columns import EventColumns
 from foryou.engine import TICK_S, Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
@@ -29,7 +30,7 @@ from foryou.ingest import IngestResult, plain_events
 from foryou.metrics import LAG_PROBE_S, Metrics
 from foryou.periodic import where
 from foryou.privacy.keys import KeyRing
-from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, EventRecord, ItemBatch, UserIn
+from foryou.types import ID_PATTERN, REGION_PATTERN, ControlsIn, EventBatch, ItemBatch, UserIn
 
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="1-128 chars of [A-Za-z0-9._:-], not . or ..")]
 XRegion = Annotated[str | None, Header(
@@ -91,8 +92,8 @@ def parse_raw(raw: bytes, model: type[M]) -> M:
         raise InvalidInput([errors.field_error(dict(p)) for p in problems]) from None
 
 
-def _plain_batch(raw: bytes, engine: Engine) -> list[EventRecord] | None:
-    """The records of a body `{"events": [...]}` of plain events, checked field by field in one loop
+def _plain_batch(raw: bytes, engine: Engine) -> EventColumns | None:
+    """The columns of a body `{"events": [...]}` of plain events, checked column by column
     (`plain_events`: several times cheaper than the models); None for anything else, which the models
     then validate, so that every error is theirs."""
     try:
@@ -297,15 +298,16 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         given = parse_raw(raw, EventBatch).events if plain is None else []
         async with users_changing:  # from the checks to the last chunk
             with refusals.watching(request.state.key, "POST /v1/events"):
-                check_region(request.state.key, [e.user for e in (plain if plain is not None else given)],
+                check_region(request.state.key, plain.user if plain is not None else [e.user for e in given],
                              engine.live.regions_of)
-            records = engine.events.check(plain, region) if plain is not None else engine.events.validate(given, region)
-            limits.new_users(request.state.key.id, len(engine.live.unknown({r.user for r in records})))
+            events = engine.events.check(plain, region) if plain is not None else engine.events.validate(given, region)
+            users = set(events.user)
+            limits.new_users(request.state.key.id, len(engine.live.unknown(users)))
             result = IngestResult(0, 0)
-            with engine.live.placing({r.user for r in records}, region):  # new users' region, told to others
-                for start in range(0, len(records), INGEST_CHUNK):
+            with engine.live.placing(users, region):  # new users' region, told to others
+                for part in events.split(INGEST_CHUNK):
                     await asyncio.sleep(0)  # let feed requests in: after the checks, between chunks
-                    result += engine.events.append(records[start:start + INGEST_CHUNK], region=region)
+                    result += engine.events.append(part, region=region)
         metrics.inc("events_ingested_total", result.accepted)
         metrics.inc("events_duplicate_total", result.duplicates)
         return JSON({"accepted": result.accepted, "duplicates": result.duplicates})

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from foryou.columns import EventColumns
 from foryou.interest import UserState, decay
 from foryou.learning import publication
 from foryou.learning.duel import Duel
@@ -118,29 +119,29 @@ class Learner(IndexUpkeep):
                 and (self.duel.learned_wins or not self.settings.duel))
 
     # -- learning --
-    def before_apply(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+    def before_apply(self, region: str, events: EventColumns, seqs: Sequence[int],
                      accepted: float | None = None) -> None:
         """Called by the request that appended `events` (at `seqs`), before their users' interest state
         moves on: sample the duel, snapshotting what the fallback needs, and note when they were
         accepted (wall time), for the lag."""
-        if not self.settings.enabled or not events:
+        if not self.settings.enabled or not len(events):
             return
         self._accepted[region].append((seqs[-1], time.time() if accepted is None else accepted))
         if not self.settings.duel or self.examples < self.settings.min_examples:
             return
         live, catalog = self.live, self.live.catalog
-        index, duration = catalog.index, catalog.duration_l
-        done = [k for k, e in enumerate(events) if e.type == "view" and e.item in index
-                and e.watch_s >= 0.9 * duration[index[e.item]]]
-        if not done or len(catalog) < 2:
+        codes = events.item_codes(catalog.index)
+        view = np.fromiter((t == "view" for t in events.type), np.bool_, len(events))
+        done = np.flatnonzero(view & (codes >= 0) & (events.watch_s >= 0.9 * catalog.duration[np.maximum(codes, 0)]))
+        if not len(done) or len(catalog) < 2:
             return
         take = min(int(self._rng.binomial(len(done), _DUEL_RATE)), max(_DUEL_MAX, len(events) // 50))
-        for k in (done[j] for j in self._rng.choice(len(done), take, replace=False)):
-            e = events[k]
-            idx = np.concatenate([[index[e.item]], self._rng.integers(0, len(catalog), _DUEL_NEGATIVES)])
-            state = live.state_before(e.user, region, seqs[k])
-            self._duel[region].append((seqs[k], e.user, idx, UserState(ref=state.ref, weights=dict(state.weights),
-                                                                       follows=set(state.follows))))
+        for k in done[self._rng.choice(len(done), take, replace=False)].tolist():
+            user = events.user[k]
+            idx = np.concatenate([[codes[k]], self._rng.integers(0, len(catalog), _DUEL_NEGATIVES)])
+            state = live.state_before(user, region, seqs[k])
+            self._duel[region].append((seqs[k], user, idx, UserState(ref=state.ref, weights=dict(state.weights),
+                                                                     follows=set(state.follows))))
 
     def learn_many(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int] | None = None) -> None:
         """Learn events of `region`'s log, in order (`seqs`: their log positions, past `marks[region]`)."""

@@ -4,18 +4,23 @@ co-engagement neighbours. Their one writer is the log follower (follower.py), wh
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from foryou.catalog import STATS
+from foryou.columns import EventColumns
 from foryou.signals import TREND_VIEW, TREND_WEIGHT, completion_mask, early_swipe_mask, strong_mask
 from foryou.state.fields import LiveUser, StateFields
-from foryou.types import EventRecord, ServedRecord
+from foryou.types import EVENT_TYPES, ServedRecord
 
 _ACTION_COLUMN = {k: STATS[v] for k, v in (
     ("like", "likes"), ("comment", "comments"), ("share", "shares"), ("follow", "follows"),
     ("not_interested", "not_interested"), ("report", "reports"))}
+_KIND = {k: n for n, k in enumerate(EVENT_TYPES)}  # "view" is 0
+_COLUMN_OF_KIND = np.array([_ACTION_COLUMN.get(k, -1) for k in EVENT_TYPES], np.int64)
+_TREND_OF_KIND = np.array([TREND_WEIGHT.get(k, 0.0) for k in EVENT_TYPES], np.float64)
 _VIEWS, _WATCH, _COMPLETIONS, _EARLY, _SERVED = (
     STATS["views"], STATS["watch_s"], STATS["completions"], STATS["early_swipes"], STATS["served"])
 
@@ -26,26 +31,30 @@ class Items(StateFields):
         sums = self.catalog.topic_sums[: len(self.catalog.tags)]
         return np.where(sums[:, 0] > 0, sums[:, 1], -1.0), sums[:, 2].copy()
 
-    def apply_item_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
+    def apply_item_events(self, region: str, events: EventColumns, seqs: Sequence[int]) -> None:
         """The log follower's part (the one writer of the item aggregates): counters, catalogue-wide
-        sums and trending for the events past `item_mark`, in log order."""
+        sums and trending for the events past `item_mark` (`seqs`: theirs, ascending), in log order."""
         mark = self.item_mark[region]
-        index = self.catalog.index
-        rows = [(e, index[e.item]) for e, seq in zip(events, seqs, strict=True) if seq > mark and e.item in index]
-        if rows:
-            self._apply_items(region, [e for e, _ in rows], np.fromiter((i for _, i in rows), np.int64, len(rows)))
-        if seqs and seqs[-1] > mark:
-            self.item_mark[region] = seqs[-1]
+        if not seqs or seqs[-1] <= mark:
+            return
+        if seqs[0] <= mark:
+            events = events.take(range(bisect.bisect_right(seqs, mark), len(seqs)))
+        idx = events.item_codes(self.catalog.index)
+        if (idx < 0).any():
+            known = np.flatnonzero(idx >= 0)
+            events, idx = events.take(known.tolist()), idx[known]
+        if len(idx):
+            self._apply_items(region, events, idx)
+        self.item_mark[region] = seqs[-1]
 
-    def _apply_items(self, region: str, events: list[EventRecord], idx: np.ndarray) -> None:
+    def _apply_items(self, region: str, events: EventColumns, idx: np.ndarray) -> None:
         """Item counters and trending for a batch, vectorised."""
         stats = self.catalog.stats
         n = len(events)
-        kinds = [e.type for e in events]
-        watch = np.fromiter((e.watch_s for e in events), np.float64, n)
-        ts = np.fromiter((e.ts for e in events), np.float64, n)
+        kinds, watch = events.type, events.watch_s
         duration = self.catalog.duration[idx]
-        view = np.fromiter((k == "view" for k in kinds), np.bool_, n)
+        kind = np.fromiter(map(_KIND.__getitem__, kinds), np.int64, n)
+        view = kind == 0
         complete = view & completion_mask(watch, duration)
         early = view & ~complete & early_swipe_mask(watch, duration)
         np.add.at(stats[:, _VIEWS], idx[view], 1.0)
@@ -60,31 +69,30 @@ class Items(StateFields):
         totals[_EARLY] += early.sum()
         if not view.all():
             action = ~view
-            columns = np.fromiter((_ACTION_COLUMN[k] for k in kinds if k != "view"), np.int64)
+            columns = _COLUMN_OF_KIND[kind[action]]
             np.add.at(stats, (idx[action], columns), 1.0)
             np.add.at(totals, columns, 1.0)
         weights = np.where(view, np.where(complete, TREND_VIEW[0], np.where(early, TREND_VIEW[2], TREND_VIEW[1])),
-                           np.fromiter((TREND_WEIGHT.get(k, 0.0) for k in kinds), np.float64, n))
-        self.trending.add_many(region, idx, weights, ts)
+                           _TREND_OF_KIND[kind])
+        self.trending.add_many(region, idx, weights, events.ts)
         self.dirty_items.update(idx.tolist())
         if self.coeng_on:  # each strong positive with its user's previous ones
-            pairs = self._positives(events, idx, strong_mask(kinds, watch, duration))
+            pairs = self._positives(events.user, idx, strong_mask(kinds, watch, duration))
             if pairs:
                 both = np.asarray(pairs, np.int64).reshape(-1, 2)
                 self.coeng.add(np.concatenate([both[:, 0], both[:, 1]]), np.concatenate([both[:, 1], both[:, 0]]))
 
-    def _positives(self, events: Sequence[EventRecord], idx: np.ndarray, strong: np.ndarray) -> list[int]:
+    def _positives(self, users: Sequence[str], idx: np.ndarray, strong: np.ndarray) -> list[int]:
         """The co-engaged pairs of a batch's strong positives, as `Positives.pairs` finds them."""
-        return self.positives.pairs([events[k].user for k in np.flatnonzero(strong).tolist()], idx[strong].tolist())
+        return self.positives.pairs([users[k] for k in np.flatnonzero(strong).tolist()], idx[strong].tolist())
 
-    def warm_positives(self, events: Sequence[EventRecord]) -> None:
+    def warm_positives(self, events: EventColumns) -> None:
         """Take in the strong positives of logged events the aggregates already hold (the log before
         their watermark, at a start), counting nothing: what the next positives pair with."""
-        index, duration = self.catalog.index, self.catalog.duration
-        known = [e for e in events if e.item in index]
-        idx = np.fromiter((index[e.item] for e in known), np.int64, len(known))
-        watch = np.fromiter((e.watch_s for e in known), np.float64, len(known))
-        self._positives(known, idx, strong_mask([e.type for e in known], watch, duration[idx]))
+        idx = events.item_codes(self.catalog.index)
+        known = np.flatnonzero(idx >= 0)
+        events, idx = events.take(known.tolist()), idx[known]
+        self._positives(events.user, idx, strong_mask(events.type, events.watch_s, self.catalog.duration[idx]))
 
     def count_served(self, region: str, rows: Iterable[ServedRecord]) -> None:
         """Impressions read back from the log (at a start, or by a trainer process): counted, and

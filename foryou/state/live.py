@@ -17,6 +17,7 @@ import numpy as np
 
 from foryou import snapshot
 from foryou.catalog import STATS, Catalog
+from foryou.columns import EventColumns
 from foryou.config import Settings
 from foryou.policy import Pools
 from foryou.state.checkpoints import Checkpoints
@@ -114,15 +115,15 @@ class Live(Users, Items, Checkpoints):
             self.item_mark[region] = item_events
             if users:  # the positives that the replay's and the next events' pair with (not saved)
                 start = max(0, item_events - WARM_POSITIVES)
-                self.warm_positives(list(store.events_after(region, start, item_events - start)))
+                self.warm_positives(EventColumns.of(list(store.events_after(region, start, item_events - start))))
             chunk: list[EventRecord] = []
             for event in store.events_after(region, item_events):
                 chunk.append(event)
                 if len(chunk) >= 10_000:
-                    self.apply_item_events(region, chunk, [e.seq for e in chunk])
+                    self.apply_item_events(region, EventColumns.of(chunk), [e.seq for e in chunk])
                     chunk = []
             if chunk:
-                self.apply_item_events(region, chunk, [e.seq for e in chunk])
+                self.apply_item_events(region, EventColumns.of(chunk), [e.seq for e in chunk])
             self.count_served(region, store.served_after(region, item_served))
             self.event_mark[region] = max(self.event_mark[region], self.item_mark[region],
                                           store.user_state_watermark(region) if users else 0)

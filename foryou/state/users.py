@@ -263,7 +263,8 @@ class Users(StateFields):
             live.dirty_since = seq or self.event_mark[region] + 1
             self.dirty_users[region][live.profile.id] = live
 
-    def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int]) -> None:
+    def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
+                          through: int = 0) -> None:
         """The request's part of ingestion: each event (its seq in the region's log, ascending) changes
         its user's interest state, if the user is in memory, so that the user's next feed reflects it.
         A user not in memory is not read for it: their saved state catches up with the log when they
@@ -279,5 +280,6 @@ class Users(StateFields):
             live.state.seq = seq
             learn_one(live.state, catalog, i, event.type, event.watch_s, event.ts, tau, mute_s)
             self.touch(live, seq)
-        if seqs and seqs[-1] > self.event_mark[region]:
-            self.event_mark[region] = seqs[-1]
+        last = max(seqs[-1] if seqs else 0, through)  # `through`: the append's last seq, when `events` are part of it
+        if last > self.event_mark[region]:
+            self.event_mark[region] = last

@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from foryou.columns import EventColumns
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
 
@@ -161,6 +163,13 @@ class EventLog(Protocol):
         set. Their idempotency keys are remembered from `accepted_at` (default: the wall clock). A key
         the region already holds, or one repeated in the batch, is a `Conflict`, and nothing is appended."""
 
+    def append_new_events(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
+                          accepted_at: float | None = None) -> Appended:
+        """`append_events` for the events of the batch whose idempotency key neither the region holds
+        nor an earlier event of the batch has: those are dropped in the append's own transaction, so of
+        two concurrent appends of one key exactly one takes it. Of `new_users` only those with an
+        appended event are created. Returns the first seq and the positions appended."""
+
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
         """The region's events with seq above `seq`, in seq order (at most `limit`)."""
 
@@ -288,6 +297,43 @@ def event_key(key: bytes, region: str, user: str, event_id: str) -> int:
     is not kept readable, and nobody without the secret can test a guess against the stored keys."""
     message = f"{len(region)}:{region}{len(user)}:{user}{event_id}".encode()
     return int.from_bytes(hashlib.blake2b(message, key=key, digest_size=8).digest(), "big", signed=True)
+
+
+def event_keys(key: bytes, region: str, users: Sequence[str], ids: Sequence[str | None]) -> list[int | None]:
+    """`event_key` of each (user, id), None where the id is: one keyed hash state copied per key."""
+    prefix, keyed, read = f"{len(region)}:{region}", hashlib.blake2b(key=key, digest_size=8), int.from_bytes
+    out: list[int | None] = []
+    for user, event_id in zip(users, ids, strict=True):
+        if event_id is None:
+            out.append(None)
+            continue
+        h = keyed.copy()
+        h.update(f"{prefix}{len(user)}:{user}{event_id}".encode())
+        out.append(read(h.digest(), "big", signed=True))
+    return out
+
+
+def first_new(keys: Sequence[int | None], known: set[int]) -> list[int] | None:
+    """The positions of the keys neither `known` nor repeated earlier (None keys always count); None
+    when that is every position."""
+    given = [k for k in keys if k is not None]
+    if not known and len(set(given)) == len(given):
+        return None
+    seen, kept = set(known), []
+    for n, k in enumerate(keys):
+        if k is None or k not in seen:
+            kept.append(n)
+            if k is not None:
+                seen.add(k)
+    return kept
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What `append_new_events` appended: `kept[n]` (a position in the batch) at seq `first + n`."""
+
+    first: int
+    kept: Sequence[int]
 
 
 def first_catalogue_version() -> int:

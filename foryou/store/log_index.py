@@ -109,11 +109,11 @@ class Tail:
 
     def add_many(self, first: int, users: Sequence[str], keys: Sequence[int | None], accepted: float) -> None:
         """`add` for the rows of one append: seqs `first`, `first + 1`, ..."""
-        rows, held, by_user = self.rows, self.keys, self.users
-        for seq, (user, key) in enumerate(zip(users, keys, strict=True), first):
-            rows.append((seq, user, key))
-            if key is not None:
-                held[key] = (seq, accepted)
+        seqs = range(first, first + len(users))
+        self.rows.extend(zip(seqs, users, keys, strict=True))
+        self.keys.update({key: (seq, accepted) for key, seq in zip(keys, seqs, strict=True) if key is not None})
+        by_user = self.users
+        for user, seq in zip(users, seqs, strict=True):
             by_user.setdefault(user, []).append(seq)
         if users:
             self.seen = max(self.seen, first + len(users) - 1)
@@ -176,7 +176,7 @@ class Lookups:
     def known(self, keys: Sequence[int]) -> set[int]:
         """Those of `keys` (idempotency key hashes) the log holds."""
         tail = self.read()  # first: a merge meanwhile moves rows from the tail to the look-up
-        found = {k for k in keys if k in tail.keys}
+        found = tail.keys.keys() & keys
         for chunk in _chunks(keys):
             q = f"SELECT h FROM event_keys WHERE h IN ({','.join('?' * len(chunk))})"
             found.update(r[0] for r in self.conn.execute(q, chunk))

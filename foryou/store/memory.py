@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from foryou.columns import EventColumns
 from foryou.errors import Conflict, Stale
-from foryou.store.base import event_key, event_key_secret, first_catalogue_version
+from foryou.store.base import Appended, event_key, event_key_secret, event_keys, first_catalogue_version, first_new
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
 
@@ -184,28 +185,40 @@ class MemoryStore:
 
     def append_events(self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
                       accepted_at: float | None = None) -> list[int]:
+        appended = self._append(region, EventColumns.of(events), new_users, accepted_at, drop_known=False)
+        return list(range(appended.first, appended.first + len(appended.kept)))
+
+    def append_new_events(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
+                          accepted_at: float | None = None) -> Appended:
+        return self._append(region, events, new_users, accepted_at, drop_known=True)
+
+    def _append(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
+                accepted_at: float | None, drop_known: bool) -> Appended:
         r = self._r(region)
-        batch, created = list(events), [replace(u) for u in new_users]
         accepted = time.time() if accepted_at is None else accepted_at
-        hashes = [event_key(self._id_key, region, e.user, e.id) for e in batch if e.id]
-        keys = dict.fromkeys(hashes, accepted)
-        if len(keys) < len(hashes) or any(h in r.event_keys for h in keys):
-            raise Conflict("an event id of this batch is already recorded for its user", field="id")
-        for user in created:
-            if user.id not in r.users:
+        keys = event_keys(self._id_key, region, events.user, events.id)
+        kept = first_new(keys, {k for k in keys if k in r.event_keys})
+        if kept is not None:
+            if not drop_known:
+                raise Conflict("an event id of this batch is already recorded for its user", field="id")
+            events, keys = events.take(kept), [keys[n] for n in kept]
+        if not len(events) and drop_known:
+            return Appended(0, [])
+        users = dict.fromkeys(events.user)
+        for user in new_users:
+            if (user.id in users or not drop_known) and user.id not in r.users:
                 r.users[user.id], r.versions[user.id] = replace(user, version=0, last_event=0), 0
         first = r.last_event + 1
-        for n, e in enumerate(batch):
-            r.last_events[e.user] = first + n
-        for user_id in dict.fromkeys(e.user for e in batch):
+        r.last_events.update(zip(events.user, range(first, first + len(events)), strict=True))
+        for user_id in users:
             if user_id in r.versions:
                 r.versions[user_id] += 1
-        for n, e in enumerate(batch):
-            r.events[first + n] = EventRecord(e.user, e.item, e.type, e.watch_s, e.ts, e.id, e.request_id, first + n)
-        r.event_seqs.extend(range(first, first + len(batch)))
-        r.last_event += len(batch)
-        r.event_keys.update(keys)
-        return list(range(first, first + len(batch)))
+        for seq, e in enumerate(events.records(first), first):
+            r.events[seq] = e
+        r.event_seqs.extend(range(first, first + len(events)))
+        r.last_event += len(events)
+        r.event_keys.update(dict.fromkeys((k for k in keys if k is not None), accepted))
+        return Appended(first, range(len(keys)) if kept is None else kept)
 
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
         r = self._r(region)

@@ -12,15 +12,16 @@ import heapq
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from itertools import groupby
+from itertools import groupby, repeat
 from pathlib import Path
 
 import orjson
 
+from foryou.columns import EventColumns
 from foryou.datadir import private_dir, private_file
 from foryou.errors import Conflict, Stale
 from foryou.store import log_index
-from foryou.store.base import event_key, event_key_secret, first_catalogue_version
+from foryou.store.base import Appended, event_key, event_key_secret, event_keys, first_catalogue_version, first_new
 from foryou.store.sqlite_models import ModelTables
 from foryou.store.sqlite_schema import CATALOG_SCHEMA, REGION_SCHEMA, chunks, connect, marks, next_seq, tx
 from foryou.store.wal import WalFolder
@@ -57,7 +58,6 @@ class SQLiteStore(ModelTables):
         self.directory = Path(directory)
         self.regions = tuple(regions)
         self._id_key = event_key_secret(secret)  # `secret`: the privacy secret
-        self._recent_keys: dict[tuple[str, str, str], int] = {}
         self._closed = False
         private_dir(self.directory)
         # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
@@ -237,36 +237,47 @@ class SQLiteStore(ModelTables):
         return {by_key[k] for k in self._lookups[region].known(list(by_key))}
 
     def _key(self, region: str, user: str, event_id: str) -> int:
-        key = (region, user, event_id)
-        found = self._recent_keys.get(key)  # known_event_ids, then append_events, hash the same ids
-        if found is None:
-            found = self._recent_keys[key] = event_key(self._id_key, region, user, event_id)
-            if len(self._recent_keys) > 50_000:  # a batch of the bulk loader (10,000) and its known check
-                self._recent_keys.clear()
-        return found
+        return event_key(self._id_key, region, user, event_id)
 
     def append_events(
         self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
         accepted_at: float | None = None,
     ) -> list[int]:
+        appended = self._append(region, EventColumns.of(events), new_users, accepted_at, drop_known=False)
+        return list(range(appended.first, appended.first + len(appended.kept)))
+
+    def append_new_events(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
+                          accepted_at: float | None = None) -> Appended:
+        return self._append(region, events, new_users, accepted_at, drop_known=True)
+
+    def _append(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
+                accepted_at: float | None, drop_known: bool) -> Appended:
         accepted = time.time() if accepted_at is None else accepted_at
-        keys = [None if e.id is None else self._key(region, e.user, e.id) for e in events]
+        keys = event_keys(self._id_key, region, events.user, events.id)
         with tx(self._region[region]) as c:
-            given = [k for k in keys if k is not None]  # checked in the transaction: no append between
-            if len(set(given)) < len(given) or self._lookups[region].known(given):
-                raise Conflict("an event id of this batch is already recorded for its user", field="id")
-            c.executemany(f"{_INSERT_USER} ON CONFLICT (id) DO NOTHING", [(*_user_row(u), 0) for u in new_users])
-            first = next_seq(c, "events", len(events))
-            last = {e.user: first + n for n, e in enumerate(events)}
+            # checked in the transaction: no append between
+            kept = first_new(keys, self._lookups[region].known([k for k in keys if k is not None]))
+            if kept is not None:
+                if not drop_known:
+                    raise Conflict("an event id of this batch is already recorded for its user", field="id")
+                events, keys = events.take(kept), [keys[n] for n in kept]
+            n = len(events)
+            if not n and drop_known:
+                return Appended(0, [])
+            users = dict.fromkeys(events.user)
+            c.executemany(f"{_INSERT_USER} ON CONFLICT (id) DO NOTHING",
+                          [(*_user_row(u), 0) for u in new_users if u.id in users or not drop_known])
+            first = next_seq(c, "events", n)
+            last = dict(zip(events.user, range(first, first + n), strict=True))  # each user's newest
             c.executemany("UPDATE users SET v=v+1, last_event=? WHERE id=?", [(s, u) for u, s in last.items()])
             c.executemany(
                 "INSERT INTO events (seq, user, item, type, watch_s, ts, id, request_id, k, accepted) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(first + n, e.user, e.item, _TYPE_CODE[e.type], e.watch_s, e.ts, e.id, e.request_id, k, accepted)
-                 for n, (e, k) in enumerate(zip(events, keys, strict=True))],
-            )
-        self._lookups[region].tail.add_many(first, [e.user for e in events], keys, accepted)
-        return list(range(first, first + len(events)))
+                zip(range(first, first + n), events.user, events.item, map(_TYPE_CODE.__getitem__, events.type),
+                    events.watch_s.tolist(), events.ts.tolist(), events.id, events.request_id, keys,
+                    repeat(accepted, n), strict=True))
+        self._lookups[region].tail.add_many(first, events.user, keys, accepted)
+        return Appended(first, range(len(keys)) if kept is None else kept)
 
     def events_after(self, region: str, seq: int, limit: int | None = None) -> Iterator[EventRecord]:
         q = ("SELECT seq, user, item, type, watch_s, ts, id, request_id FROM events WHERE seq>? ORDER BY seq"

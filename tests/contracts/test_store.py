@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from foryou.catalog import STATS
+from foryou.columns import EventColumns
 from foryou.errors import Conflict, Stale
 from foryou.store import SQLiteStore, Store, open_store
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
@@ -516,6 +517,34 @@ class TestServed:
                 store.append_events("us", batch, [UserRecord("new", "us", (), None, None, 1.0)])
         assert [e.item for e in store.events_after("us", 0)] == ["a"] and store.get_user("us", "new") is None
         assert store.known_event_ids("us", [("u", "k2"), ("u", "k3")]) == set()
+
+    def test_append_new_events_drops_known_and_repeated_ids_in_its_transaction(self, store: Store) -> None:
+        """The append that ingestion uses: a key held, or repeated in the batch, is dropped (the first of
+        a batch is kept), the rest appended in order at consecutive seqs, and only users with an appended
+        event created, each with its version raised once and its newest seq."""
+        first = store.append_events("us", [event("u", "a", event_id="k1")], [UserRecord("u", "us", (), None, None, 1.0)])
+        batch = EventColumns.of([event("u", "b", event_id="k1"), event("v", "c", event_id="k2"), event("u", "d"),
+                                 event("v", "e", event_id="k2"), event("w", "f", event_id="k1"),
+                                 event("x", "g", event_id="k1")])
+        new = [UserRecord(u, "us", (), None, None, 1.0) for u in ("v", "w", "x")]
+        appended = store.append_new_events("us", batch, new)
+        assert list(appended.kept) == [1, 2, 4, 5] and appended.first == first[0] + 1
+        got = list(store.events_after("us", first[0]))
+        assert [(e.user, e.item, e.seq) for e in got] == [
+            ("v", "c", appended.first), ("u", "d", appended.first + 1), ("w", "f", appended.first + 2),
+            ("x", "g", appended.first + 3)]
+        assert {u: store.get_user("us", u) is not None for u in "uvwx"} == dict.fromkeys("uvwx", True)
+        versions = store.user_versions("us", ["u", "v", "w"])
+        assert versions["u"] == 2 and versions["v"] == 1 and versions["w"] == 1
+        assert store.get_user("us", "v").last_event == appended.first  # type: ignore[union-attr]
+        again = store.append_new_events("us", batch, new)  # every key held now; "d" has none: taken again
+        assert list(again.kept) == [2]
+        held = store.append_new_events("us", EventColumns.of([event("v", "a", event_id="k2")]),
+                                       [UserRecord("y", "us", (), None, None, 1.0)])
+        assert list(held.kept) == [] and store.get_user("us", "y") is None
+        own = store.append_new_events("us", EventColumns.of([event("q", "a", event_id="k2")]),
+                                      [UserRecord("q", "us", (), None, None, 1.0)])
+        assert list(own.kept) == [0] and store.get_user("us", "q") is not None  # another user's key: its own
 
     def test_records_read_are_copies(self, store: Store) -> None:
         store.upsert_items([item("a")])
