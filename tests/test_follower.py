@@ -19,7 +19,7 @@ from foryou.catalog import STATS
 from foryou.config import load_settings
 from foryou.engine import Engine
 from foryou.interest import UserState, decay
-from foryou.learning import online
+from foryou.learning import duel, online
 from foryou.learning.features import HEAD
 from foryou.ranking import value
 from foryou.types import EventIn, ItemIn
@@ -134,7 +134,7 @@ def test_a_refresh_while_the_follower_is_behind_is_not_undone_by_it(tmp_path: Pa
 
 def test_the_duel_scores_the_fallback_with_the_state_before_the_view(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(online, "_DUEL_RATE", 1.0)
+    monkeypatch.setattr(duel, "RATE", 1.0)
     clock = Clock(T0)
     with open_engine(tmp_path / "d", clock) as engine:
         fill(engine, clock, passes=3)
@@ -145,7 +145,7 @@ def test_the_duel_scores_the_fallback_with_the_state_before_the_view(tmp_path: P
         before = dict(engine.live.user(user).state.weights)
         fresh = next(i for i in engine.live.catalog.index if i.startswith("g0-"))
         engine.events.ingest([EventIn(user=user, item=fresh, type="view", watch_s=10.0)])
-        (_, who, idx, snapshot), = learner._duel["us"]
+        (_, who, idx, snapshot), = learner.samples.pending["us"]
         assert who == user and engine.live.catalog.ids[int(idx[0])] == fresh
         assert snapshot.weights == before != engine.live.user(user).state.weights
         calls: list[np.ndarray] = []
@@ -159,7 +159,7 @@ def test_the_duel_scores_the_fallback_with_the_state_before_the_view(tmp_path: P
         expected, leaked = fallback(snapshot), fallback(engine.live.user(user).state)
         assert not np.allclose(expected, leaked)  # the view itself would lift its item's score
         catch_up(engine, clock)
-        assert not learner._duel["us"] and len(calls) == 1
+        assert not learner.samples.pending["us"] and len(calls) == 1
         assert np.allclose(calls[0], expected)
 
 

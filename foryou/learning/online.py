@@ -5,7 +5,8 @@ Requests never train: the log follower (`foryou/follower.py`) hands the trainer 
 before the item aggregates move on, so an example's item features are as of before it. What a view
 says (completion, watch quantile, early skip) is learned at once; its action labels wait in the join
 buffers (`joins.py`) for `join_window_s`. The request that appends events only samples the duel
-(`before_apply`): the fallback's side of it needs the user's interest state as of before the event.
+(`before_apply`): the fallback's side of it needs the user's interest state as of before the event,
+copied from memory when the user is held, else read from the store when scored (a few a turn).
 
 A training step whose loss is not finite or explodes is dropped and counted, never applied. The model
 serves only once healthy: enough examples learned and most recent steps accepted.
@@ -27,9 +28,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from foryou.columns import EventColumns
-from foryou.interest import UserState, decay
+from foryou.interest import decay
 from foryou.learning import publication
-from foryou.learning.duel import Duel
+from foryou.learning.duel import Duel, Samples
 from foryou.learning.features import HEAD, popularity
 from foryou.learning.indexing import IndexUpkeep
 from foryou.learning.joins import ExampleList, Joins
@@ -46,10 +47,6 @@ _INLINE_INDEX = 32  # a feed request re-indexes only when at most this many item
 _TICK_INDEX_S = 0.02  # time a tick may spend re-indexing (the event loop waits meanwhile)
 _RELAPSE = 20  # steps dropped in a row after which a higher loss is taken as the new normal
 _EXPIRE_EVERY_S = 3600.0
-_DUEL_RATE = 1 / 16  # share of completed views scored by both rankers for the duel ...
-_DUEL_MAX = 64  # ... at most this many per learned batch, or 1 per 50 events of a larger one (bounds its cost)
-_DUEL_NEGATIVES = 20  # random catalogue items each is ranked against
-_DUEL_PENDING = 4096  # duel samples waiting for the follower, at most (the oldest go first)
 log = logging.getLogger("foryou.learning")
 SKIP_TABLE = "refreshed"  # per region: users started afresh -> the last seq of theirs never to be learned
 VERSION_BLOB = "model.version"  # the published version alone: what a server polls
@@ -101,10 +98,8 @@ class Learner(IndexUpkeep):
         self._rows_to_convert = False  # item-side rows saved as rows by an earlier version, restored
         self.fallback = HeuristicRanker()
         self._rng = np.random.default_rng(seed)
-        # Appended but not learned yet, per region: duel samples (seq, user, items, the user's interest
-        # state as of before the event) and (last seq, wall time) of each batch, for the lag.
-        self._duel: dict[str, deque[tuple[int, str, np.ndarray, UserState]]] = {
-            r: deque(maxlen=_DUEL_PENDING) for r in live.catalog.regions}
+        self.samples = Samples(live.catalog.regions)  # the duel's, appended and not scored yet
+        # (last seq, wall time) of each batch appended and not learned yet, per region, for the lag
         self._accepted: dict[str, deque[tuple[int, float]]] = {r: deque(maxlen=_ACCEPTED_MAX)
                                                                for r in live.catalog.regions}
         self._skip: dict[tuple[str, str], int] = {}  # (region, user) refreshed or erased -> seq learned no further
@@ -129,19 +124,7 @@ class Learner(IndexUpkeep):
         self._accepted[region].append((seqs[-1], time.time() if accepted is None else accepted))
         if not self.settings.duel or self.examples < self.settings.min_examples:
             return
-        live, catalog = self.live, self.live.catalog
-        codes = events.item_codes(catalog.index)
-        view = np.fromiter((t == "view" for t in events.type), np.bool_, len(events))
-        done = np.flatnonzero(view & (codes >= 0) & (events.watch_s >= 0.9 * catalog.duration[np.maximum(codes, 0)]))
-        if not len(done) or len(catalog) < 2:
-            return
-        take = min(int(self._rng.binomial(len(done), _DUEL_RATE)), max(_DUEL_MAX, len(events) // 50))
-        for k in done[self._rng.choice(len(done), take, replace=False)].tolist():
-            user = events.user[k]
-            idx = np.concatenate([[codes[k]], self._rng.integers(0, len(catalog), _DUEL_NEGATIVES)])
-            state = live.state_before(user, region, seqs[k])
-            self._duel[region].append((seqs[k], user, idx, UserState(ref=state.ref, weights=dict(state.weights),
-                                                                     follows=set(state.follows))))
+        self.samples.draw(self.live, region, events, seqs, self._rng)
 
     def learn_many(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int] | None = None) -> None:
         """Learn events of `region`'s log, in order (`seqs`: their log positions, past `marks[region]`)."""
@@ -190,12 +173,9 @@ class Learner(IndexUpkeep):
         """The duel: the sampled completed views up to seq `through`, each with random catalogue items,
         scored by both rankers before anything learns them (the fallback with the user's interest state
         as sampled, before the view)."""
-        pending = self._duel[region]
-        if not pending or pending[0][0] > through:
-            return
-        live, weights, totals, now = self.live, self.live.settings.weights, self.live.totals(), self.live.clock()
-        while pending and pending[0][0] <= through:
-            _, user, idx, state = pending.popleft()
+        live, weights = self.live, self.live.settings.weights
+        totals, now = live.totals(), live.clock()
+        for user, idx, state in self.samples.due(live, region, through):
             mine = self.fallback.predict(live.catalog, state, idx, decay(state, now, live.tau), totals)
             self.duel.record(value(self.predict(region, user, idx), weights), value(mine, weights))
 
@@ -331,7 +311,7 @@ class Learner(IndexUpkeep):
             self._skip[(region, user)] = mark
             # kept in the user's region too, so that a restart's replay does not learn them either
             self.live.store.save_model_rows(region, SKIP_TABLE, [(user, str(mark).encode())], [])
-        self._duel[region] = deque((d for d in self._duel[region] if d[1] != user), maxlen=_DUEL_PENDING)
+        self.samples.forget(region, user)
         table = self.model.users[region]
         table.remove([user])
         if self.settings.enabled:  # saved too, whether or not the row was in memory

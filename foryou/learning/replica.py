@@ -108,8 +108,7 @@ class ModelReplica(Learner):
         if self.settings.enabled:
             self.live.store.save_model_rows(region, SKIP_TABLE, [(user, str(mark).encode())], [])
             self.live.store.save_model_rows(region, "user", [], [user])
-        self._duel[region] = type(self._duel[region])((d for d in self._duel[region] if d[1] != user),
-                                                      maxlen=self._duel[region].maxlen)
+        self.samples.forget(region, user)
         table = self.model.users[region]
         table.remove([user])
         table.removed.discard(user)

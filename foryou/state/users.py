@@ -149,18 +149,16 @@ class Users(StateFields):
                 learn_one(state, self.catalog, i, event.type, event.watch_s, event.ts, self.tau, mute_s)
                 state.seq = event.seq
 
-    def state_before(self, user_id: str, region: str, seq: int) -> UserState:
-        """The user's interest state as of just before their event `seq` was applied (the duel's
-        fallback): the one in memory (events apply after this is asked), or the saved one brought up
-        to `seq - 1`, not kept."""
-        live = self.users.get(user_id)
-        if live is not None:
-            return live.state
+    def state_before(self, user_id: str, region: str, seq: int) -> UserState | None:
+        """The user's interest state as of just before their event `seq`, from the store (the duel's
+        fallback, for a user who was not in memory when the event came): the saved state brought up to
+        `seq - 1`, not kept; None when the saved state already holds the event, or the user is gone."""
         profile = self.store.get_users(region, [user_id]).get(user_id)
         if profile is None:
-            return UserState()
+            return None
         blob = self.store.load_user_states(region, [user_id]).get(user_id)
-        return self._saved_state(profile, blob, self.clock(), through=seq - 1)[0]
+        state, _ = self._saved_state(profile, blob, self.clock(), through=seq - 1)
+        return state if state.seq < seq else None
 
     def reload(self, live: LiveUser, through: int | None = None) -> None:
         """Read a cached user again from the store (another server wrote about them): the profile with

@@ -522,7 +522,8 @@ class TestServed:
         """The append that ingestion uses: a key held, or repeated in the batch, is dropped (the first of
         a batch is kept), the rest appended in order at consecutive seqs, and only users with an appended
         event created, each with its version raised once and its newest seq."""
-        first = store.append_events("us", [event("u", "a", event_id="k1")], [UserRecord("u", "us", (), None, None, 1.0)])
+        first = store.append_events("us", [event("u", "a", event_id="k1")],
+                                    [UserRecord("u", "us", (), None, None, 1.0)])
         batch = EventColumns.of([event("u", "b", event_id="k1"), event("v", "c", event_id="k2"), event("u", "d"),
                                  event("v", "e", event_id="k2"), event("w", "f", event_id="k1"),
                                  event("x", "g", event_id="k1")])
