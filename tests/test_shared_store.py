@@ -27,8 +27,9 @@ def pair(tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
     url = f"memory://shared-{next(_names)}"
     opened = []
     for k in range(2):
-        settings = load_settings(overrides={"server.data": str(tmp_path / f"server{k}"), "learning.enabled": False},
-                                 env={})
+        # one privacy secret, as servers sharing a store must have: it keys the idempotency keys' hashes
+        settings = load_settings(overrides={"server.data": str(tmp_path / f"server{k}"), "learning.enabled": False,
+                                            "privacy.secret": "5e" * 32}, env={})
         engine = Engine.open(settings, clock=Clock(T0), store_url=url, seed=k)
         if k == 0:  # the catalogue first, so that both load it
             engine.items.upsert([ItemIn(id=f"v{i}", creator=f"c{i % 4}", duration_s=10.0, tags=[f"t{i % 5}"],
@@ -99,3 +100,14 @@ def test_a_user_erased_on_one_server_is_gone_on_the_other(pair: tuple[Engine, En
     with pytest.raises(Gone):
         b.feeds.feed("amy", 5)
     assert "amy" not in b.live.users and a.store.get_user("us", "amy") is None
+
+
+def test_an_event_id_sent_to_both_servers_is_recorded_once(pair: tuple[Engine, Engine]) -> None:
+    """The duplicate check runs inside the append's transaction: the second server's copy of a batch
+    (a client retrying against another server) counts as a duplicate, neither a second event nor a 409."""
+    a, b = pair
+    batch = [EventIn(user="amy", item="v1", type="like", id="once"), EventIn(user="amy", item="v2", type="like")]
+    first, again = a.events.ingest(batch), b.events.ingest(batch)
+    assert (first.accepted, first.duplicates) == (2, 0)
+    assert (again.accepted, again.duplicates) == (1, 1)  # the event without an id is another event
+    assert [e.item for e in a.store.user_events("us", "amy")] == ["v1", "v2", "v2"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 
+from foryou.datadir import private_dir
 from foryou.errors import ForYouError, Unavailable
 from foryou.types import format_time
 
@@ -90,8 +91,11 @@ class AuditLog:
         self._indexes: dict[tuple[int, int], _Index] = {}
         self._mutex = threading.Lock()  # the indexes are shared by the threads that page
         # The lock file exists from the start, so that readers always have it to lock (and a request
-        # does not create it); where it cannot be created yet, the first append reports why.
+        # does not create it); where it cannot be created yet, the first append reports why. The
+        # directory is made (private) where no store made it: a store that is not a file (memory://).
         with contextlib.suppress(OSError):
+            if not directory.exists():
+                private_dir(directory)
             os.close(os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600))
 
     def append(self, action: str, subject: str | None, outcome: str, now: float,
