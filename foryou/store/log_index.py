@@ -85,20 +85,35 @@ class Tail:
 
     def read(self, log: sqlite3.Connection, merged: int) -> None:
         """Drop rows merged (seq <= `merged`), then read the log's new rows."""
-        rows, keys, users = self.rows, self.keys, self.users
-        while rows and rows[0][0] <= merged:
-            seq, user, key = rows.popleft()
-            if key is not None and keys.get(key, (0, 0.0))[0] == seq:
-                del keys[key]
-            seqs = users.get(user)
-            if seqs is not None:
-                if seqs and seqs[0] == seq:
-                    seqs.pop(0)
-                if not seqs:
-                    del users[user]
+        self._drop(merged)
         q = "SELECT seq, user, k, coalesce(accepted, 0) FROM events WHERE seq>?"
         for seq, user, key, accepted in log.execute(q, (max(self.seen, merged),)):
             self.add(seq, user, key, accepted)
+
+    def _drop(self, merged: int) -> None:
+        """Forget the rows through `merged`. A merge takes most of the tail at once (100,000 rows or
+        more), and the request whose read finds it pays for this: the rows left are kept, not those
+        merged dropped one by one. A key or user forgotten meanwhile (an erasure) stays forgotten."""
+        rows = self.rows
+        if not rows or rows[0][0] > merged:
+            return
+        if rows[-1][0] <= merged:
+            rows.clear()
+            self.keys.clear()
+            self.users.clear()
+            return
+        first = len(rows)  # of the rows kept: found from the end (a deque indexes from its nearer end)
+        while rows[first - 1][0] > merged:
+            first -= 1
+        kept = [rows[k] for k in range(first, len(rows))]
+        keys, users = self.keys, self.users
+        self.rows = deque(kept)
+        self.keys = {key: keys[key] for _, _, key in kept if key is not None and key in keys}
+        left: dict[str, list[int]] = {}
+        for seq, user, _ in kept:
+            if user in users:
+                left.setdefault(user, []).append(seq)
+        self.users = left
 
     def add(self, seq: int, user: str, key: int | None, accepted: float) -> None:
         self.rows.append((seq, user, key))
