@@ -336,6 +336,24 @@ class Appended:
     kept: Sequence[int]
 
 
+class EventAppends:
+    """`append_events` and `append_new_events` for a backend, over its one `_append`."""
+
+    def _append(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
+                accepted_at: float | None, drop_known: bool) -> Appended:
+        """Append `events` (dropping known or repeated keys when `drop_known`, else a `Conflict`)."""
+        raise NotImplementedError
+
+    def append_events(self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
+                      accepted_at: float | None = None) -> list[int]:
+        appended = self._append(region, EventColumns.of(events), new_users, accepted_at, drop_known=False)
+        return list(range(appended.first, appended.first + len(appended.kept)))
+
+    def append_new_events(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
+                          accepted_at: float | None = None) -> Appended:
+        return self._append(region, events, new_users, accepted_at, drop_known=True)
+
+
 def first_catalogue_version() -> int:
     """Where a store's catalogue version starts: random, so that two stores' versions never match."""
     return secrets.randbelow(1 << 53) + 1

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field, replace
 
 from foryou.columns import EventColumns
 from foryou.errors import Conflict, Stale
-from foryou.store.base import Appended, event_key, event_key_secret, event_keys, first_catalogue_version, first_new
+from foryou.store.base import (
+    Appended,
+    EventAppends,
+    event_key,
+    event_key_secret,
+    event_keys,
+    first_catalogue_version,
+    first_new,
+)
 from foryou.types import EventRecord, ItemRecord, ServedRecord, UserRecord
 
 
@@ -66,7 +74,7 @@ class _Data:
 _NAMESPACES: dict[str, _Data] = {}
 
 
-class MemoryStore:
+class MemoryStore(EventAppends):
     """`Store` in memory, in namespace `name` of this process."""
 
     def __init__(self, name: str, regions: Sequence[str], secret: bytes = b"") -> None:
@@ -182,15 +190,6 @@ class MemoryStore:
     def known_event_ids(self, region: str, events: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         keys = self._r(region).event_keys
         return {(u, i) for u, i in events if event_key(self._id_key, region, u, i) in keys}
-
-    def append_events(self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
-                      accepted_at: float | None = None) -> list[int]:
-        appended = self._append(region, EventColumns.of(events), new_users, accepted_at, drop_known=False)
-        return list(range(appended.first, appended.first + len(appended.kept)))
-
-    def append_new_events(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
-                          accepted_at: float | None = None) -> Appended:
-        return self._append(region, events, new_users, accepted_at, drop_known=True)
 
     def _append(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
                 accepted_at: float | None, drop_known: bool) -> Appended:

@@ -21,7 +21,15 @@ from foryou.columns import EventColumns
 from foryou.datadir import private_dir, private_file
 from foryou.errors import Conflict, Stale
 from foryou.store import log_index
-from foryou.store.base import Appended, event_key, event_key_secret, event_keys, first_catalogue_version, first_new
+from foryou.store.base import (
+    Appended,
+    EventAppends,
+    event_key,
+    event_key_secret,
+    event_keys,
+    first_catalogue_version,
+    first_new,
+)
 from foryou.store.sqlite_models import ModelTables
 from foryou.store.sqlite_schema import CATALOG_SCHEMA, REGION_SCHEMA, chunks, connect, marks, next_seq, tx
 from foryou.store.wal import WalFolder
@@ -51,7 +59,7 @@ def _item(row: tuple) -> ItemRecord:  # type: ignore[type-arg]
 _ITEM_COLS = "id, creator, duration_s, created_at, caption, tags, topic, sound, lang, regions, mature, down"
 
 
-class SQLiteStore(ModelTables):
+class SQLiteStore(ModelTables, EventAppends):
     """`Store` on SQLite files in `directory`: `catalog.db` and `region-<code>.db` per region."""
 
     def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b"", fold: bool = True):
@@ -238,17 +246,6 @@ class SQLiteStore(ModelTables):
 
     def _key(self, region: str, user: str, event_id: str) -> int:
         return event_key(self._id_key, region, user, event_id)
-
-    def append_events(
-        self, region: str, events: Sequence[EventRecord], new_users: Sequence[UserRecord],
-        accepted_at: float | None = None,
-    ) -> list[int]:
-        appended = self._append(region, EventColumns.of(events), new_users, accepted_at, drop_known=False)
-        return list(range(appended.first, appended.first + len(appended.kept)))
-
-    def append_new_events(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
-                          accepted_at: float | None = None) -> Appended:
-        return self._append(region, events, new_users, accepted_at, drop_known=True)
 
     def _append(self, region: str, events: EventColumns, new_users: Sequence[UserRecord],
                 accepted_at: float | None, drop_known: bool) -> Appended:
