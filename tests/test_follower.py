@@ -289,3 +289,25 @@ def test_joins_wait_for_the_follower_to_close(tmp_path: Path) -> None:
         clock.advance(120.0)
         engine.learner.tick(clock())
         assert labels == [1]  # one row for the view, with its like
+
+
+def test_an_in_process_trainer_scores_every_duel_sample_of_users_not_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples of users not in memory are read from the store when scored; a server reads a few a turn
+    (its loop waits), but an in-process trainer (a load, `foryou demo`, the step drivers) reads them all,
+    so that a loaded history fills the duel and the learned model can serve after it."""
+    monkeypatch.setattr(duel, "RATE", 1.0)
+    clock = Clock(T0)
+    with open_engine(tmp_path / "d", clock) as engine:
+        fill(engine, clock, passes=1)  # the model has its examples
+        learner = engine.learner
+        assert learner.examples >= learner.settings.min_examples
+        scored = len(learner.duel.samples)
+        engine.live.users.clear()  # nobody in memory
+        rng = np.random.default_rng(11)
+        items = list(engine.live.catalog.index)
+        views = [EventIn(user=f"g0-u{k % 10:02d}", item=items[int(rng.integers(len(items)))], type="view",
+                         watch_s=600.0) for k in range(60)]  # each finished
+        engine.events.ingest(views)
+        assert not learner.samples.pending["us"]
+        assert len(learner.duel.samples) - scored == 60 > duel.READS

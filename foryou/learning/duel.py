@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 RATE = 1 / 16  # share of completed views scored by both rankers for the duel ...
 MOST = 64  # ... at most this many per appended batch, or 1 per 50 events of a larger one (bounds its cost)
 NEGATIVES = 20  # random catalogue items each is ranked against
-READS = 4  # samples of users not in memory scored per turn, at most (each reads the user's log)
+READS = 4  # samples of users not in memory a server scores per turn, at most (each reads the user's log)
 PENDING = 4096  # samples waiting to be scored, at most (the oldest go first)
 
 
@@ -75,8 +75,8 @@ class Duel:
 class Samples:
     """Duel samples appended but not scored yet, per region: (seq, user, items, the user's interest
     state as of before the event). A user held in memory is copied as the request finds them (before
-    the event applies); a user who is not is read from the store when scored, at most `READS` a turn,
-    so that no request reads a log for the duel."""
+    the event applies); a user who is not is read from the store when scored, so that no request reads
+    a log for the duel (a server reads at most `READS` a turn; an in-process trainer reads them all)."""
 
     def __init__(self, regions: Sequence[str]) -> None:
         self.pending: dict[str, deque[tuple[int, str, np.ndarray, UserState | None]]] = {
@@ -99,9 +99,12 @@ class Samples:
             self.pending[region].append((seqs[k], user, idx, None if held is None else UserState(
                 ref=held.state.ref, weights=dict(held.state.weights), follows=set(held.state.follows))))
 
-    def due(self, live: Live, region: str, through: int) -> Iterator[tuple[str, np.ndarray, UserState]]:
-        """(user, items, state before) of the samples up to seq `through`, leaving the queue."""
-        pending, reads = self.pending[region], READS
+    def due(self, live: Live, region: str, through: int,
+            reads: int | None = None) -> Iterator[tuple[str, np.ndarray, UserState]]:
+        """(user, items, state before) of the samples up to seq `through`, leaving the queue; of those
+        read from the store, at most `reads` (None: all)."""
+        pending = self.pending[region]
+        reads = len(pending) if reads is None else reads
         while pending and pending[0][0] <= through:
             seq, user, idx, state = pending.popleft()
             if state is None:  # read from the store as of before the event

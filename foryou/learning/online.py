@@ -169,13 +169,13 @@ class Learner(IndexUpkeep):
         for k in done:  # their refresh marks go once a checkpoint with these marks is saved
             self._skips_done[k] = self._skip.pop(k)
 
-    def _score_both(self, region: str, through: int) -> None:
+    def _score_both(self, region: str, through: int, reads: int | None = None) -> None:
         """The duel: the sampled completed views up to seq `through`, each with random catalogue items,
         scored by both rankers before anything learns them (the fallback with the user's interest state
         as sampled, before the view)."""
         live, weights = self.live, self.live.settings.weights
         totals, now = live.totals(), live.clock()
-        for user, idx, state in self.samples.due(live, region, through):
+        for user, idx, state in self.samples.due(live, region, through, reads):
             mine = self.fallback.predict(live.catalog, state, idx, decay(state, now, live.tau), totals)
             self.duel.record(value(self.predict(region, user, idx), weights), value(mine, weights))
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from foryou.learning import publication
+from foryou.learning import duel, publication
 from foryou.learning.online import SKIP_TABLE, VERSION_BLOB, Learner, dense_version
 
 log = logging.getLogger("foryou.learning")
@@ -70,7 +70,7 @@ class ModelReplica(Learner):
         if deltas is None and whole is None:  # a snapshot newer than `through` came meanwhile: next tick
             return False
         for region in self.marks:  # the samples accepted under the version served until now
-            self._score_both(region, sys.maxsize)
+            self._score_both(region, sys.maxsize, duel.READS)  # a few a turn: the server's loop waits
         before = self.version
         if not self._restore_dense(blob):
             return False
@@ -143,9 +143,9 @@ class ModelReplica(Learner):
         blob = store.get_model_blob("model")
         if blob is not None:  # with the duel's record an in-process trainer saved, if any ...
             self._restore(blob)
-        duel = store.get_model_blob(DUEL_BLOB)
-        if duel is not None:  # ... unless a server saved its own
-            self.duel.load(np.frombuffer(duel, np.float64).reshape(-1, 2))
+        record = store.get_model_blob(DUEL_BLOB)
+        if record is not None:  # ... unless a server saved its own
+            self.duel.load(np.frombuffer(record, np.float64).reshape(-1, 2))
         self._resume_index()
         self.model.warm(self.live.catalog)
         self._rows_to_convert = False
