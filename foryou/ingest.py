@@ -1,4 +1,4 @@
-"""Event ingestion: validate a whole batch (plain events field by field, anything else through the
+"""Event ingestion: validate a whole batch (plain events column by column, anything else through the
 models), drop duplicates by idempotency key (a user's own: the same id from another user is another
 event), append durably to each user's region log, then apply to the interest state of the users held in
 memory (the others catch up from the log when read); the item aggregates and the model follow the log.
