@@ -26,7 +26,10 @@ from foryou.ingest import plain_events
 from foryou.types import EventIn, ItemIn
 
 BATCH = 10_000
-CHECKPOINT_EVERY = 20  # batches
+# Batches between checkpoints: each rewrites the item aggregates' rows the batches touched (at 1M items
+# ~150,000 random rows per 200,000 events), so fewer are faster (1M events at 1M items: 44.0 s every 20
+# batches, 35.8 s every 100); a crash replays what came after the last one at the next start.
+CHECKPOINT_EVERY = 100
 _ITEMS = TypeAdapter(list[ItemIn])
 _EVENTS = TypeAdapter(list[EventIn])
 
@@ -118,7 +121,7 @@ def load_events(engine: Engine, path: Path, bar: Any, report: LoadReport) -> Non
         result = service.append(events)
         report.events += result.accepted
         report.duplicates += result.duplicates
-        if n % CHECKPOINT_EVERY == 0:  # bounds memory: saved state can leave the cache
+        if n % CHECKPOINT_EVERY == 0:  # bounds the replay after a crash
             engine.checkpoint()
         bar.update(len(numbers))
 
