@@ -295,8 +295,9 @@ def event_key(key: bytes, region: str, user: str, event_id: str) -> int:
     """An idempotency key as every backend keeps it: a 64-bit keyed hash of (region, user, id). An
     integer is several times cheaper to insert and look up than text, an id that might carry a user id
     is not kept readable, and nobody without the secret can test a guess against the stored keys."""
-    message = f"{len(region)}:{region}{len(user)}:{user}{event_id}".encode()
-    return int.from_bytes(hashlib.blake2b(message, key=key, digest_size=8).digest(), "big", signed=True)
+    found = event_keys(key, region, [user], [event_id])[0]
+    assert found is not None
+    return found
 
 
 def event_keys(key: bytes, region: str, users: Sequence[str], ids: Sequence[str | None]) -> list[int | None]:
