@@ -120,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """The train role alone: one per data directory (its own lock; a server's child takes it too)."""
     from foryou.roles import Trainer
+    from foryou.roles.train import run_behind
 
     settings = _settings(args)
     if not settings.learning.enabled:
@@ -130,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         parent = args.parent
+        run_behind(settings.learning.trainer_nice)
 
         def stopping() -> bool:  # asked to, or the server that started it is gone
             return stop.is_set() or (parent is not None and os.getppid() != parent)

@@ -358,7 +358,7 @@ def test_users_data_files_are_private(make_client: MakeClient, tmp_path: Path) -
     client.post("/v1/events", json={"events": [{"user": "amy", "item": "a", "type": "like"}]})
     assert client.get("/v1/users/amy/data").status_code == 200  # audited: the log and its head exist
     assert client.post("/v1/events", json={"events": []}, headers={"X-Region": "cn"}).status_code == 409
-    names = ["region-us.db", "region-eu.db", "region-us.db-wal", "region-us.db-shm", "audit.log", "audit.head",
-             "keys.db", "privacy.key"]
+    names = ["region-us.db", "region-eu.db", "region-us-model.db", "region-us.db-wal", "region-us.db-shm",
+             "audit.log", "audit.head", "keys.db", "privacy.key"]
     for name in names:
         assert (tmp_path / "d" / name).stat().st_mode & 0o777 == 0o600, name

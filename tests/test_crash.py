@@ -354,6 +354,11 @@ def test_sigkill_of_the_trainer_process_loses_nothing_and_versions_only_move_on(
         before = wait_for(lambda g: g["foryou_model_version"] > 0 and g["foryou_model_events_behind"] == 0,
                           "the first published version")
         (trainer,) = children(server.proc.pid)
+        # It runs behind the server (learning.trainer_nice, 10): requests first, on shared cores.
+        niceness = os.getpriority(os.PRIO_PROCESS, server.proc.pid)
+        assert os.getpriority(os.PRIO_PROCESS, trainer) == min(niceness + 10, 19)
+        group = Path(f"/proc/{trainer}/autogroup")
+        assert not group.exists() or group.read_text().split()[-1] == "10", group.read_text()
         post(10, "b")  # the trainer may be mid-way through these
         os.kill(trainer, signal.SIGKILL)
         post(10, "c")  # accepted while no trainer runs
@@ -366,7 +371,7 @@ def test_sigkill_of_the_trainer_process_loses_nothing_and_versions_only_move_on(
         assert 4000 <= after["foryou_model_examples"] <= 4000 + 10 * 100 * 2, after  # ... or re-learned once
         # An erasure and a refresh, with the trainer holding both users' rows: neither row comes back.
         erased, refreshed = USERS[0], USERS[1]
-        db = server.data / "region-us.db"
+        db = server.data / "region-us-model.db"
 
         def rows_of(user: str) -> int:
             with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:

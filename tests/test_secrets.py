@@ -80,8 +80,8 @@ def test_the_data_directory_is_private_from_creation(tmp_path: Path, make_client
     engine.close()  # checkpoints, and writes the ANN index
     capsys.readouterr()
     names = {p.name for p in data.iterdir()}
-    assert {"catalog.db", "region-us.db", "region-eu.db", "keys.db", "foryou.lock", "audit.log", "audit.head",
-            "privacy.key", "ann-index.bin"} <= names
+    assert {"catalog.db", "region-us.db", "region-eu.db", "region-us-model.db", "keys.db", "foryou.lock", "audit.log",
+            "audit.head", "privacy.key", "ann-index.bin"} <= names
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     loose = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in data.rglob("*")
              if p.is_file() and stat.S_IMODE(p.stat().st_mode) != 0o600}

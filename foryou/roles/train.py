@@ -20,7 +20,9 @@ of the refresh table it is done with and the model's rows and blobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -39,6 +41,19 @@ log = logging.getLogger("foryou.trainer")
 
 PAGE = 4096  # events of a region's log learned per step
 SERVED_PAGE = 16384  # served rows taken per step
+
+
+def run_behind(niceness: int) -> None:
+    """Lower this process's CPU priority by `niceness`: on two cores the server's requests and the
+    trainer contend, and requests come first (the trainer catches up as they pause). A process that
+    leads a session of its own (a server's child) is also its own Linux autogroup, and a plain nice
+    weighs nothing against processes of other groups: the group's niceness is set too."""
+    if niceness <= 0:
+        return
+    os.nice(niceness)
+    if os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError):  # not Linux, or no autogroups
+            Path("/proc/self/autogroup").write_text(str(min(niceness, 19)))
 
 
 class Trainer:

@@ -31,7 +31,17 @@ from foryou.store.base import (
     first_new,
 )
 from foryou.store.sqlite_models import ModelTables
-from foryou.store.sqlite_schema import CATALOG_SCHEMA, REGION_SCHEMA, chunks, connect, marks, next_seq, tx
+from foryou.store.sqlite_schema import (
+    CATALOG_SCHEMA,
+    REGION_MODEL_SCHEMA,
+    REGION_SCHEMA,
+    chunks,
+    connect,
+    marks,
+    move_model_rows,
+    next_seq,
+    tx,
+)
 from foryou.store.wal import WalFolder
 from foryou.types import STAT_NAMES, EventRecord, ItemRecord, ServedRecord, UserRecord
 
@@ -60,7 +70,8 @@ _ITEM_COLS = "id, creator, duration_s, created_at, caption, tags, topic, sound, 
 
 
 class SQLiteStore(ModelTables, EventAppends):
-    """`Store` on SQLite files in `directory`: `catalog.db` and `region-<code>.db` per region."""
+    """`Store` on SQLite files in `directory`: `catalog.db`, and per region `region-<code>.db` (its
+    users and log), `-index.db` (the log's look-ups) and `-model.db` (its users' model rows)."""
 
     def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b"", fold: bool = True):
         self.directory = Path(directory)
@@ -70,7 +81,7 @@ class SQLiteStore(ModelTables, EventAppends):
         private_dir(self.directory)
         # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
         # when it creates them, so the database is made first (files of earlier versions are narrowed).
-        names = ["catalog.db", *(f"region-{r}{part}.db" for part in ("", "-index") for r in self.regions)]
+        names = ["catalog.db", *(f"region-{r}{part}.db" for part in ("", "-index", "-model") for r in self.regions)]
         for name in names:
             private_file(self.directory / name)
             for extra in (f"{name}-wal", f"{name}-shm"):
@@ -82,8 +93,13 @@ class SQLiteStore(ModelTables, EventAppends):
         cache = 64 if fold else 16
         self._catalog = connect(self.directory / "catalog.db", CATALOG_SCHEMA, cache)
         self._region = {r: connect(self.directory / f"region-{r}.db", REGION_SCHEMA, cache) for r in self.regions}
-        for conn in self._region.values():  # deleted user data is overwritten, not left in free pages
-            conn.execute("PRAGMA secure_delete=ON")
+        self._region_models = {r: connect(self.directory / f"region-{r}-model.db", REGION_MODEL_SCHEMA, cache)
+                               for r in self.regions}
+        for conn in (*self._region.values(), *self._region_models.values()):  # deleted user data is
+            conn.execute("PRAGMA secure_delete=ON")  # overwritten, not left in free pages
+        if fold:
+            for r in self.regions:
+                move_model_rows(self._region_models[r], self.directory / f"region-{r}.db")
         # The log's look-ups by key and by user (log_index.py): one handle per process merges them
         # (the others read); data directories of earlier versions are converted first.
         self._lookups = {r: log_index.Lookups(self.directory / f"region-{r}-index.db",
@@ -380,11 +396,14 @@ class SQLiteStore(ModelTables, EventAppends):
                 for kind, query in (("profile", "DELETE FROM users WHERE id=?"),
                                     ("served", "DELETE FROM served WHERE user=?"),
                                     ("interest_state", "DELETE FROM user_state WHERE user=?"),
-                                    ("controls", "DELETE FROM user_controls WHERE user=?"),
-                                    ("model_rows", "DELETE FROM model_rows WHERE key=?")):  # the region's: its users'
+                                    ("controls", "DELETE FROM user_controls WHERE user=?")):
                     counts[kind] = c.execute(query, (user_id,)).rowcount
                 counts["events"] = sum(c.execute(f"DELETE FROM events WHERE seq IN ({marks(chunk)})", chunk).rowcount
                                        for chunk in chunks(seqs))
+            # After the profile: a trainer's write of the user's row, which checks the profile in its
+            # transaction on this file, either came first (and is deleted here) or leaves the row out.
+            with tx(self._region_models[region]) as c:
+                counts["model_rows"] = c.execute("DELETE FROM model_rows WHERE key=?", (user_id,)).rowcount
             # the keys of this version, and the unkeyed ones of earlier versions (until they expire)
             keys = [h for i in event_ids for h in (self._key(region, user_id, i), _legacy_key(i))]
             counts["event_ids"] = lookups.erase(user_id, keys)
@@ -392,9 +411,11 @@ class SQLiteStore(ModelTables, EventAppends):
         # which secure_delete does not reach: rebuild the indexes keyed by user (~1.7 s per million
         # events, benchmarks/erasure.py).
         for db, reindex, path in ((conn, "served_user", self.directory / f"region-{region}.db"),
-                                  (lookups.conn, "event_users_user", self.directory / f"region-{region}-index.db")):
+                                  (lookups.conn, "event_users_user", self.directory / f"region-{region}-index.db"),
+                                  (self._region_models[region], "", self.directory / f"region-{region}-model.db")):
             with self._folder.locks[path]:
-                db.execute(f"REINDEX {reindex}")
+                if reindex:
+                    db.execute(f"REINDEX {reindex}")
                 # The WAL held the deleted pages' old images: it must be emptied, not merely folded.
                 for _ in range(50):
                     busy = db.execute("PRAGMA main.wal_checkpoint(TRUNCATE)").fetchone()[0]
@@ -421,7 +442,7 @@ class SQLiteStore(ModelTables, EventAppends):
             self._folder.join()
         for lookups in self._lookups.values():
             lookups.close()
-        for conn in (self._catalog, *self._region.values()):
+        for conn in (self._catalog, *self._region.values(), *self._region_models.values()):
             conn.close()
 
 

@@ -11,13 +11,14 @@ from foryou.store.sqlite_schema import chunks, marks, tx
 
 
 class ModelTables:
-    """`Models` over the shared connection and the regions' (`SQLiteStore` holds them)."""
+    """`Models` over the shared connection and the regions' model files (`SQLiteStore` holds them)."""
 
     _catalog: sqlite3.Connection
-    _region: dict[str, sqlite3.Connection]
+    _region: dict[str, sqlite3.Connection]  # the regions' logs and profiles
+    _region_models: dict[str, sqlite3.Connection]
 
     def drop_model(self) -> None:
-        for conn in (*self._region.values(), self._catalog):  # the shared blob last: it holds the marks
+        for conn in (*self._region_models.values(), self._catalog):  # the shared blob last: it holds the marks
             with tx(conn) as c:
                 c.execute("DELETE FROM model_rows")
                 if conn is self._catalog:
@@ -25,7 +26,7 @@ class ModelTables:
                     c.execute("DELETE FROM model_blobs")
 
     def _model_conn(self, region: str | None) -> sqlite3.Connection:
-        return self._catalog if region is None else self._region[region]
+        return self._catalog if region is None else self._region_models[region]
 
     def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
                         removed: Sequence[str], version: int = 0, guard: str | None = None) -> list[str]:
@@ -35,8 +36,10 @@ class ModelTables:
                 keys = [k for k, _ in put]
                 users: set[str] = set()
                 guarded: set[str] = set()
+                profiles = self._region[region]  # read in this transaction: see `erase_user`
                 for chunk in chunks(keys):
-                    users.update(k for (k,) in c.execute(f"SELECT id FROM users WHERE id IN ({marks(chunk)})", chunk))
+                    users.update(k for (k,) in profiles.execute(f"SELECT id FROM users WHERE id IN ({marks(chunk)})",
+                                                                chunk))
                     q = f"SELECT key FROM model_rows WHERE tbl=? AND key IN ({marks(chunk)})"
                     guarded.update(k for (k,) in c.execute(q, (guard, *chunk)))
                 left_out = [k for k in keys if k not in users or k in guarded]

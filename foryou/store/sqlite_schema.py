@@ -3,6 +3,7 @@ indexes added since a table was first released, and how a connection and a write
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,12 @@ CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY, user TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS served_user ON served (user);
 CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# A region's users' model rows, in a file of their own (`region-<code>-model.db`): its writer is the
+# trainer, whose transactions on the log's file made the server's appends wait on SQLite's busy handler
+# (8-12% of the server's time while ingesting).
+REGION_MODEL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 """
@@ -121,3 +128,22 @@ def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
 
 def marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
+
+
+def move_model_rows(model: sqlite3.Connection, log: Path) -> None:
+    """Move the model rows that earlier versions kept in the region's log file (`log`) into its model
+    file (`model`'s): rows already there win (a crash between the copy and the drop copies again)."""
+    with contextlib.closing(sqlite3.connect(log, isolation_level=None)) as old:
+        if not old.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='model_rows'").fetchone():
+            return
+        columns = {r[1] for r in old.execute("PRAGMA table_info(model_rows)")}
+    model.execute("ATTACH DATABASE ? AS old", (str(log),))
+    try:
+        with tx(model) as c:
+            ver = "ver" if "ver" in columns else "0"
+            c.execute(f"INSERT OR IGNORE INTO main.model_rows SELECT tbl, key, row, {ver} FROM old.model_rows")
+    finally:
+        model.execute("DETACH DATABASE old")
+    with contextlib.closing(sqlite3.connect(log, isolation_level=None)) as old:
+        old.execute("PRAGMA secure_delete=ON")  # users' rows: overwritten, not left in free pages
+        old.execute("DROP TABLE IF EXISTS model_rows")
