@@ -54,8 +54,14 @@ class LogFollower:
         return more
 
     def take_page(self, region: str, limit: int = PAGE) -> int:
-        """Take the next page of at most `limit` events of the region's log; returns how many."""
-        page = list(self.live.store.events_after(region, self.position(region), limit))
+        """Take the next page of at most `limit` events of the region's log; returns how many. Those
+        this process appended are taken as the request kept them (`Items.keep_appended`), not read back."""
+        position = self.position(region)
+        kept = self.live.appended_after(region, position, limit)
+        if kept is not None:
+            self._take(region, *kept)
+            return len(kept[1])
+        page = list(self.live.store.events_after(region, position, limit))
         if page:
             self.take_read(region, page)
         return len(page)

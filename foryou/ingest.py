@@ -245,6 +245,8 @@ class IngestService:
                 live.catch_up(user.state, user.profile)
             if self.follower is not None:
                 self.follower.take(where, batch, seqs)
+            else:  # the follower runs beside the requests: it takes them from memory, later
+                live.keep_appended(where, seqs[0], batch)
         return IngestResult(accepted, len(events) - accepted)
 
 

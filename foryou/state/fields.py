@@ -4,13 +4,14 @@ makes them; each part's methods read and write them."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from foryou.catalog import Catalog
+from foryou.columns import EventColumns
 from foryou.config import Settings
 from foryou.interest import UserState
 from foryou.policy import Controls, KeywordFilter, Pools
@@ -50,7 +51,9 @@ class StateFields:
     tau: float
     users: OrderedDict[str, LiveUser]
     pending: dict[str, str]
+    stored_regions: dict[str, str]
     dirty_items: set[int]
+    appended: dict[str, deque[tuple[int, EventColumns]]]
     writer: AggregateWriter | None
     dirty_users: dict[str, dict[str, LiveUser]]
     coeng: CoEngagement

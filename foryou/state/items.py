@@ -25,7 +25,33 @@ _VIEWS, _WATCH, _COMPLETIONS, _EARLY, _SERVED = (
     STATS["views"], STATS["watch_s"], STATS["completions"], STATS["early_swipes"], STATS["served"])
 
 
+APPENDED_MAX = 50_000  # appended events kept for the log follower; past it, it reads the log back
+
+
 class Items(StateFields):
+    def keep_appended(self, region: str, first: int, events: EventColumns) -> None:
+        """Events this process just appended to the region's log, at seqs from `first` on: the log
+        follower beside the requests takes them from here (`appended_after`)."""
+        held = self.appended[region]
+        held.append((first, events))
+        if sum(len(e) for _, e in held) > APPENDED_MAX:  # the follower is far behind: it reads the log
+            held.clear()
+
+    def appended_after(self, region: str, position: int, limit: int) -> tuple[EventColumns, range] | None:
+        """Up to `limit` kept events of the region's log from seq `position + 1` on, with their seqs; None
+        when the next one is not kept (appended by another process, or dropped): read the log then."""
+        held = self.appended[region]
+        while held and held[0][0] + len(held[0][1]) <= position + 1:  # taken already
+            held.popleft()
+        if not held or held[0][0] > position + 1:
+            return None
+        first, events = held[0]
+        lo = position + 1 - first
+        hi = min(len(events), lo + limit)
+        if hi == len(events):
+            held.popleft()
+        return (events if lo == 0 and hi == len(events) else events.take(range(lo, hi))), range(first + lo, first + hi)
+
     def topic_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue-wide views and completions by topic code (-1 views: no item has that topic)."""
         sums = self.catalog.topic_sums[: len(self.catalog.tags)]

@@ -21,6 +21,8 @@ from foryou.policy import Controls
 from foryou.state.fields import LiveUser, StateFields
 from foryou.types import EventRecord, UserRecord
 
+REGIONS_KEPT = 4  # stored users' regions remembered, per user the cache holds (~20 MB at the default)
+
 
 class Users(StateFields):
     def region_of(self, user_id: str) -> str | None:
@@ -32,14 +34,23 @@ class Users(StateFields):
         look-up per region in the store for the others."""
         out: dict[str, str] = {}
         ask: list[str] = []
+        known = self.stored_regions
         for user_id in user_ids:
             live = self.users.get(user_id)
             if live is None:
-                ask.append(user_id)
+                region = known.get(user_id)
+                if region is None:
+                    ask.append(user_id)
+                else:
+                    out[user_id] = region
             elif live.stored:
                 out[user_id] = live.profile.region
         if ask:
-            out.update(self.store.find_user_regions(ask))
+            found = self.store.find_user_regions(ask)
+            if len(known) + len(found) > REGIONS_KEPT * self.settings.store.user_cache:
+                known.clear()
+            known.update(found)
+            out.update(found)
         return out
 
     def unknown(self, user_ids: Iterable[str]) -> list[str]:
@@ -224,7 +235,10 @@ class Users(StateFields):
     def forget_user(self, user_id: str, region: str) -> None:
         """Drop everything held in memory about the user of `region` (erasure): cached state, pending saves."""
         self.users.pop(user_id, None)
+        self.stored_regions.pop(user_id, None)
         self.dirty_users[region].pop(user_id, None)
+        for held in self.appended.values():  # may hold the user's events, which the log no longer does
+            held.clear()
         self.positives.forget(user_id)
 
     def persist_user(self, live: LiveUser) -> None:
