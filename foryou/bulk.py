@@ -118,7 +118,7 @@ def load_events(engine: Engine, path: Path, bar: Any, report: LoadReport) -> Non
                 events = service.check(events)
         except InvalidInput as exc:
             raise _located(path, numbers, exc.errors) from None
-        result = service.append(events)
+        result = service.append(events, hold_new=False)  # users take their events in when first read
         report.events += result.accepted
         report.duplicates += result.duplicates
         if n % CHECKPOINT_EVERY == 0:  # bounds the replay after a crash

@@ -16,9 +16,11 @@ import numpy as np
 from foryou.columns import EventColumns
 from foryou.errors import FieldError, InvalidInput
 from foryou.follower import LogFollower
+from foryou.interest import UserState
 from foryou.learning import Learner
 from foryou.privacy.erasure import Tombstones
 from foryou.state import Live
+from foryou.state.fields import LiveUser
 from foryou.types import EVENT_TYPES, ID_PATTERN, EventIn, EventRecord, UserRecord, parse_time
 
 MAX_FUTURE_S = 300.0
@@ -180,16 +182,18 @@ class IngestService:
             self.tombstones.refuse(users, live.clock())
         return events
 
-    def append(self, events: EventColumns | Sequence[EventRecord], region: str | None = None) -> IngestResult:
+    def append(self, events: EventColumns | Sequence[EventRecord], region: str | None = None,
+               hold_new: bool = True) -> IngestResult:
         """Append already-validated events; users not seen before are created in `region` (default:
         the server's first), atomically with their events. An event whose idempotency key its user's
         region already holds (or an earlier event of the batch) is dropped in the append's own
-        transaction, so a concurrent duplicate counts once. Users in this server's memory have their
-        interest state moved before this returns; the others are not read for it: their saved state
+        transaction, so a concurrent duplicate counts once. Users in this server's memory, and new ones,
+        have their interest state moved before this returns; the others are not read for it: their saved state
         catches up with the log when they are next read (`Users.catch_up`, by their newest event), so
         either way a user's next feed reflects the batch. The item aggregates, co-engagement and the
         model follow the log (`follower.py`), and derived state is checkpointed by the periodic work
-        (`Engine.tick`), never here."""
+        (`Engine.tick`), never here. Without `hold_new` (a bulk load: holding them would apply every
+        event at once, twice the load's time) new users are not held either."""
         if not isinstance(events, EventColumns):
             events = EventColumns.of(events)
         live = self.live
@@ -226,6 +230,14 @@ class IngestService:
                 held = [user for user in held if user.profile.id in kept]
             if not len(batch):
                 continue
+            # New users have nothing stored to read: they are held from now on, their events applied
+            # at once, with the catalogue as it is now (folded later, a "not interested" or a follow
+            # would take the creator an edit gave the item meanwhile).
+            fresh = [LiveUser(created[u], UserState(served_seq=0), serving_loaded=True)  # nothing served before
+                     for u in dict.fromkeys(batch.user) if hold_new and u in created and u not in live.users]
+            for user in fresh:
+                live.users[user.profile.id] = user
+            held += fresh
             accepted += len(batch)
             seqs = range(appended.first, appended.first + len(batch))
             placed.update(dict.fromkeys(set(created) & set(batch.user), where))

@@ -132,7 +132,7 @@ class Users(StateFields):
                 break
         for user_id in missing:  # new users, created in `region` (stored once something is kept of them)
             profile = UserRecord(user_id, region or self.settings.server.regions[0], created_at=now)
-            self.users[user_id] = LiveUser(profile, UserState(), stored=False, serving_loaded=True)
+            self.users[user_id] = LiveUser(profile, UserState(served_seq=0), stored=False, serving_loaded=True)
 
     def _saved_state(self, profile: UserRecord, blob: bytes | None, now: float,
                      through: int | None = None) -> tuple[UserState, int]:
