@@ -143,6 +143,8 @@ def test_a_load_makes_what_the_api_makes_of_the_same_events(tmp_path: Path) -> N
             got = again.live.user(user_id).state
             assert got.seq == state.seq and got.recent == state.recent and got.follows == state.follows
             assert got.weights == pytest.approx(state.weights) and got.muted == state.muted
+            # the whole log was taken in: its views need not be read again to serve the user
+            assert got.served_seq == 0 and set(got.excluded.array()) == set(state.excluded.array())
         assert np.allclose(again.live.catalog.stats, want_stats)
         again.live.checkpoint()  # a state caught up is saved again: the next read need not catch up
         saved = again.store.load_user_states("us", list(want))

@@ -140,7 +140,9 @@ class Users(StateFields):
         saved state lacks the events appended while the user was not in this server's memory (by
         this one, another, or a bulk load), and those after its last checkpoint before a crash. With
         the seq of the first event it lacked (0: none)."""
-        state = loads(blob, self.catalog) if blob else UserState()
+        # Without a saved state the user's whole log is taken in: every view is in it, and only the
+        # served rows are left to read (`serving`), not the log's views again.
+        state = loads(blob, self.catalog) if blob else UserState(served_seq=0)
         if not blob and profile.interests:
             seed_interests(state, self.catalog, profile.interests, now, self.tau)
         saved = state.seq
