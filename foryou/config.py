@@ -106,7 +106,7 @@ class LearningSettings:
     checkpoint_interval_s: float = 30.0  # model rows changed since are saved this often (in-process training)
     trainer: str = "process"  # where `serve` trains: "process" (its child), "inline", "external" (`foryou train`)
     publish_interval_s: float = 0.5  # a trainer process publishes a model version this often
-    trainer_nice: int = 10  # a trainer process runs this much below the server's CPU priority (0: level)
+    trainer_nice: int = 0  # a trainer process runs this much below the server's CPU priority (0: level)
     duel: bool = True  # serve only while the learned value ranks live completions better than the fallback's
     duel_window: int = 2000  # ... judged on this many recent sampled views (AUC), scored before learning them
 
