@@ -176,7 +176,7 @@ def test_item_rows_saved_as_rows_by_an_earlier_version_are_converted(trained, tm
     for name, table in engine.learner.model.item_tables().items():  # as an earlier version saved them
         rows, _ = type(table).changes(_all_dirty(table))
         store.save_model_rows(None, name, rows, [], engine.learner.version)
-    with sqlite3.connect(tmp_path / "data" / "catalog.db") as conn:
+    with sqlite3.connect(tmp_path / "data" / "model.db") as conn:
         conn.execute("DELETE FROM model_deltas")
         conn.execute("DELETE FROM model_blobs WHERE key=?", (publication.SNAPSHOT_BLOB,))
     again = open_engine(tmp_path / "data", clock)

@@ -149,19 +149,34 @@ def test_the_trainers_writes_never_take_the_logs_write_lock(tmp_path: Path) -> N
         server.close()
 
 
-def test_model_rows_kept_in_the_log_file_by_earlier_versions_move_to_the_model_file(tmp_path: Path) -> None:
+def test_model_tables_kept_with_the_log_and_the_catalogue_by_earlier_versions_move_to_model_files(
+        tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path, ["us"])
     store.save_model_rows("us", "user", [("u1", b"new")], [])
+    store.save_model_blob("model", b"new")
     store.close()
-    with sqlite3.connect(tmp_path / "region-us.db") as old:  # as an earlier version left it
-        old.execute("CREATE TABLE model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PRIMARY KEY (tbl, key))")
+    rows = "CREATE TABLE model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, PRIMARY KEY (tbl, key))"
+    with sqlite3.connect(tmp_path / "region-us.db") as old:  # as an earlier version left them
+        old.execute(rows)
         old.executemany("INSERT INTO model_rows VALUES (?,?,?)", [("user", "u1", b"old"), ("user", "u2", b"two")])
+    old.close()
+    with sqlite3.connect(tmp_path / "catalog.db") as old:
+        old.execute(rows)
+        old.execute("INSERT INTO model_rows VALUES ('item', 'i1', x'01')")
+        old.execute("CREATE TABLE model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        old.executemany("INSERT INTO model_blobs VALUES (?,?)", [("model", b"old"), ("duel", b"d")])
+        old.execute("CREATE TABLE model_deltas (version INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
+        old.execute("INSERT INTO model_deltas VALUES (3, x'02')")
     old.close()
     store = SQLiteStore(tmp_path, ["us"])
     try:
         assert dict(store.iter_model_rows("us", "user")) == {"u1": b"new", "u2": b"two"}  # the model file's win
+        assert dict(store.iter_model_rows(None, "item")) == {"i1": b"\x01"}
+        assert (store.get_model_blob("model"), store.get_model_blob("duel")) == (b"new", b"d")
+        assert store.model_deltas(0) == [(3, b"\x02")]
     finally:
         store.close()
-    with sqlite3.connect(tmp_path / "region-us.db") as log:
-        assert not log.execute("SELECT 1 FROM sqlite_master WHERE name='model_rows'").fetchone()
-    log.close()
+    for name in ("region-us.db", "catalog.db"):
+        with sqlite3.connect(tmp_path / name) as left:
+            assert not left.execute("SELECT 1 FROM sqlite_master WHERE name LIKE 'model_%'").fetchone(), name
+        left.close()

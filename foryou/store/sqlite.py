@@ -33,12 +33,13 @@ from foryou.store.base import (
 from foryou.store.sqlite_models import ModelTables
 from foryou.store.sqlite_schema import (
     CATALOG_SCHEMA,
+    MODEL_SCHEMA,
     REGION_MODEL_SCHEMA,
     REGION_SCHEMA,
     chunks,
     connect,
     marks,
-    move_model_rows,
+    move_model_tables,
     next_seq,
     tx,
 )
@@ -70,8 +71,9 @@ _ITEM_COLS = "id, creator, duration_s, created_at, caption, tags, topic, sound, 
 
 
 class SQLiteStore(ModelTables, EventAppends):
-    """`Store` on SQLite files in `directory`: `catalog.db`, and per region `region-<code>.db` (its
-    users and log), `-index.db` (the log's look-ups) and `-model.db` (its users' model rows)."""
+    """`Store` on SQLite files in `directory`: `catalog.db`, `model.db` (the trainer's, but users' rows),
+    and per region `region-<code>.db` (its users and log), `-index.db` (the log's look-ups) and
+    `-model.db` (its users' model rows)."""
 
     def __init__(self, directory: str | Path, regions: Sequence[str], secret: bytes = b"", fold: bool = True):
         self.directory = Path(directory)
@@ -81,7 +83,8 @@ class SQLiteStore(ModelTables, EventAppends):
         private_dir(self.directory)
         # Readable by the server's user only. SQLite gives the -wal and -shm files the database's mode
         # when it creates them, so the database is made first (files of earlier versions are narrowed).
-        names = ["catalog.db", *(f"region-{r}{part}.db" for part in ("", "-index", "-model") for r in self.regions)]
+        names = ["catalog.db", "model.db",
+                 *(f"region-{r}{part}.db" for part in ("", "-index", "-model") for r in self.regions)]
         for name in names:
             private_file(self.directory / name)
             for extra in (f"{name}-wal", f"{name}-shm"):
@@ -97,9 +100,11 @@ class SQLiteStore(ModelTables, EventAppends):
                                for r in self.regions}
         for conn in (*self._region.values(), *self._region_models.values()):  # deleted user data is
             conn.execute("PRAGMA secure_delete=ON")  # overwritten, not left in free pages
+        self._models = connect(self.directory / "model.db", MODEL_SCHEMA, cache)
         if fold:
+            move_model_tables(self._models, self.directory / "catalog.db")
             for r in self.regions:
-                move_model_rows(self._region_models[r], self.directory / f"region-{r}.db")
+                move_model_tables(self._region_models[r], self.directory / f"region-{r}.db")
         # The log's look-ups by key and by user (log_index.py): one handle per process merges them
         # (the others read); data directories of earlier versions are converted first.
         self._lookups = {r: log_index.Lookups(self.directory / f"region-{r}-index.db",
@@ -442,7 +447,7 @@ class SQLiteStore(ModelTables, EventAppends):
             self._folder.join()
         for lookups in self._lookups.values():
             lookups.close()
-        for conn in (self._catalog, *self._region.values(), *self._region_models.values()):
+        for conn in (self._catalog, self._models, *self._region.values(), *self._region_models.values()):
             conn.close()
 
 

@@ -13,20 +13,20 @@ from foryou.store.sqlite_schema import chunks, marks, tx
 class ModelTables:
     """`Models` over the shared connection and the regions' model files (`SQLiteStore` holds them)."""
 
-    _catalog: sqlite3.Connection
+    _models: sqlite3.Connection  # the shared model file
     _region: dict[str, sqlite3.Connection]  # the regions' logs and profiles
     _region_models: dict[str, sqlite3.Connection]
 
     def drop_model(self) -> None:
-        for conn in (*self._region_models.values(), self._catalog):  # the shared blob last: it holds the marks
+        for conn in (*self._region_models.values(), self._models):  # the shared blob last: it holds the marks
             with tx(conn) as c:
                 c.execute("DELETE FROM model_rows")
-                if conn is self._catalog:
+                if conn is self._models:
                     c.execute("DELETE FROM model_deltas")
                     c.execute("DELETE FROM model_blobs")
 
     def _model_conn(self, region: str | None) -> sqlite3.Connection:
-        return self._catalog if region is None else self._region_models[region]
+        return self._models if region is None else self._region_models[region]
 
     def save_model_rows(self, region: str | None, table: str, rows: Sequence[tuple[str, bytes]],
                         removed: Sequence[str], version: int = 0, guard: str | None = None) -> list[str]:
@@ -81,21 +81,21 @@ class ModelTables:
             c.execute("DELETE FROM model_rows WHERE tbl=?", (table,))
 
     def append_model_delta(self, version: int, blob: bytes) -> None:
-        with tx(self._catalog) as c:
+        with tx(self._models) as c:
             c.execute("INSERT OR REPLACE INTO model_deltas VALUES (?,?)", (version, blob))
 
     def model_deltas(self, after: int) -> list[tuple[int, bytes]]:
         q = "SELECT version, blob FROM model_deltas WHERE version>? ORDER BY version"
-        return [(v, bytes(b)) for v, b in self._catalog.execute(q, (after,))]
+        return [(v, bytes(b)) for v, b in self._models.execute(q, (after,))]
 
     def keep_model_deltas(self, after: int, through: int) -> None:
-        with tx(self._catalog) as c:
+        with tx(self._models) as c:
             c.execute("DELETE FROM model_deltas WHERE version<=? OR version>?", (after, through))
 
     def save_model_blob(self, key: str, value: bytes) -> None:
-        with tx(self._catalog) as c:
+        with tx(self._models) as c:
             c.execute("INSERT OR REPLACE INTO model_blobs VALUES (?,?)", (key, value))
 
     def get_model_blob(self, key: str) -> bytes | None:
-        row = self._catalog.execute("SELECT value FROM model_blobs WHERE key=?", (key,)).fetchone()
+        row = self._models.execute("SELECT value FROM model_blobs WHERE key=?", (key,)).fetchone()
         return None if row is None else bytes(row[0])

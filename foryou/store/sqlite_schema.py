@@ -28,10 +28,6 @@ CREATE TABLE IF NOT EXISTS coeng_rows (id TEXT PRIMARY KEY, row BLOB NOT NULL) W
 CREATE TABLE IF NOT EXISTS watermarks (region TEXT PRIMARY KEY, events INTEGER NOT NULL,
     served INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (tbl, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS model_deltas (version INTEGER PRIMARY KEY, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones (subject TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vocab (kind TEXT, code INTEGER, name TEXT NOT NULL, PRIMARY KEY (kind, code)) WITHOUT ROWID;
 """
@@ -51,12 +47,17 @@ CREATE TABLE IF NOT EXISTS user_state (user TEXT PRIMARY KEY, state BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-# A region's users' model rows, in a file of their own (`region-<code>-model.db`): its writer is the
-# trainer, whose transactions on the log's file made the server's appends wait on SQLite's busy handler
-# (8-12% of the server's time while ingesting).
+# The trainer's tables, in files of their own: a region's users' model rows (`region-<code>-model.db`)
+# and the shared rest (`model.db`). Its transactions on the log's file made the server's appends wait on
+# SQLite's busy handler (8-12% of the server's time while ingesting), and on the catalogue's file it
+# waited for the server's aggregates (10% of the trainer's time at 1M items).
 REGION_MODEL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_rows (tbl TEXT, key TEXT, row BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+"""
+MODEL_SCHEMA = REGION_MODEL_SCHEMA + """
+CREATE TABLE IF NOT EXISTS model_blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS model_deltas (version INTEGER PRIMARY KEY, blob BLOB NOT NULL);
 """
 
 # Columns added after a table was first released: (table, column, declaration).
@@ -130,20 +131,25 @@ def marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
 
-def move_model_rows(model: sqlite3.Connection, log: Path) -> None:
-    """Move the model rows that earlier versions kept in the region's log file (`log`) into its model
-    file (`model`'s): rows already there win (a crash between the copy and the drop copies again)."""
-    with contextlib.closing(sqlite3.connect(log, isolation_level=None)) as old:
-        if not old.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='model_rows'").fetchone():
+def move_model_tables(model: sqlite3.Connection, old_path: Path) -> None:
+    """Move the model tables that earlier versions kept in another file (`old_path`: the region's log,
+    or the catalogue) into `model`'s file: rows already there win (a crash between the copy and the
+    drop copies again)."""
+    with contextlib.closing(sqlite3.connect(old_path, isolation_level=None)) as old:
+        found = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = [t for t in ("model_rows", "model_blobs", "model_deltas") if t in found]
+        if not tables:
             return
-        columns = {r[1] for r in old.execute("PRAGMA table_info(model_rows)")}
-    model.execute("ATTACH DATABASE ? AS old", (str(log),))
+        has_ver = "ver" in {r[1] for r in old.execute("PRAGMA table_info(model_rows)")}
+    model.execute("ATTACH DATABASE ? AS old", (str(old_path),))
     try:
         with tx(model) as c:
-            ver = "ver" if "ver" in columns else "0"
-            c.execute(f"INSERT OR IGNORE INTO main.model_rows SELECT tbl, key, row, {ver} FROM old.model_rows")
+            for table in tables:
+                what = f"tbl, key, row, {'ver' if has_ver else '0'}" if table == "model_rows" else "*"
+                c.execute(f"INSERT OR IGNORE INTO main.{table} SELECT {what} FROM old.{table}")
     finally:
         model.execute("DETACH DATABASE old")
-    with contextlib.closing(sqlite3.connect(log, isolation_level=None)) as old:
+    with contextlib.closing(sqlite3.connect(old_path, isolation_level=None)) as old:
         old.execute("PRAGMA secure_delete=ON")  # users' rows: overwritten, not left in free pages
-        old.execute("DROP TABLE IF EXISTS model_rows")
+        for table in tables:
+            old.execute(f"DROP TABLE IF EXISTS {table}")
