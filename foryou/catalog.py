@@ -71,10 +71,13 @@ class Vocab:
 
 class Catalog:
     """Items by dense index. Posting lists may hold stale entries after a re-upsert changes an item's
-    tags; readers check membership (`has_feature`) rather than paying to rewrite lists."""
+    tags; readers check membership (`has_feature`) rather than paying to rewrite lists. Without
+    `serving` (a trainer's copy) what only feeds read is not kept: the postings, the order of arrival,
+    each item's tag tuple and words (~380 MiB at 1M items)."""
 
-    def __init__(self, regions: tuple[str, ...], capacity: int = 1024) -> None:
+    def __init__(self, regions: tuple[str, ...], capacity: int = 1024, serving: bool = True) -> None:
         self.regions = regions
+        self.serving = serving
         self.region_bit = {r: 1 << i for i, r in enumerate(regions)}
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
@@ -140,22 +143,24 @@ class Catalog:
                 self._alloc(max(1024, 2 * len(self.alive)))
             self.ids.append(item.id)
             self.index[item.id] = idx
-            self.item_tags.append(())
-            self.arrivals.append(idx)
+            if self.serving:
+                self.item_tags.append(())
+                self.arrivals.append(idx)
             self.creator_l.append(-1)
             self.sound_l.append(-1)
             self.topic_l.append(-1)
             self.duration_l.append(1.0)
             old_creator, old_sound, old_topic = -1, -1, -1
         else:
-            old_tags = self.item_tags[idx]
+            old_tags = self.item_tags[idx] if self.serving else ()
             old_creator, old_sound, old_topic = int(self.creator[idx]), int(self.sound[idx]), int(self.topic[idx])
         tags = tuple(dict.fromkeys(self.tags(t) for t in item.tags))
         topic_name = item.topic if item.topic is not None else (item.tags[0] if item.tags else None)
         topic = self.tags(topic_name) if topic_name is not None else -1
         creator = self.creators(item.creator)
         sound = self.sounds(item.sound) if item.sound is not None else -1
-        self.item_tags[idx] = tags
+        if self.serving:
+            self.item_tags[idx] = tags
         self.tag_cols[idx] = (*tags[:RANK_TAGS], *(-1,) * (RANK_TAGS - len(tags[:RANK_TAGS])))
         self.tag_count[idx] = len(tags)
         self.creator_l[idx], self.sound_l[idx], self.topic_l[idx] = creator, sound, topic
@@ -169,15 +174,17 @@ class Catalog:
             self.region_mask[idx] = ALL_REGIONS
         else:
             self.region_mask[idx] = sum(self.region_bit.get(r, 0) for r in set(item.regions))
+        if topic != old_topic:  # the item and what it was watched move to its new topic
+            row = np.asarray([1.0, self.stats[idx, _VIEWS], self.stats[idx, _COMPLETIONS]])
+            self._topic_rows(np.asarray([old_topic, topic]), np.stack([-row, row]))
+        if not self.serving:
+            return idx
         self._put_terms(idx, item)
         for t in tags:
             if t not in old_tags:
                 self.by_tag.setdefault(t, []).append(idx)
         if topic >= 0 and topic != old_topic:
             self.by_topic.setdefault(topic, []).append(idx)
-        if topic != old_topic:  # the item and what it was watched move to its new topic
-            row = np.asarray([1.0, self.stats[idx, _VIEWS], self.stats[idx, _COMPLETIONS]])
-            self._topic_rows(np.asarray([old_topic, topic]), np.stack([-row, row]))
         if creator != old_creator:
             self.by_creator.setdefault(creator, []).append(idx)
         if sound >= 0 and sound != old_sound:
@@ -228,16 +235,18 @@ class Catalog:
         for k, item in enumerate(items):
             self.index[item.id] = start + k
         self.ids.extend(i.id for i in items)
-        for k, item in enumerate(items):
-            self._put_terms(start + k, item)
-        self.item_tags.extend(tags)
-        self.arrivals.extend(range(start, stop))
         self.creator_l.extend(creators)
         self.sound_l.extend(sounds)
         self.topic_l.extend(topics)
         self.duration_l.extend(durations)
         topic_codes = np.asarray(topics, np.int64)
         self._topic_rows(topic_codes, np.tile([1.0, 0.0, 0.0], (len(topic_codes), 1)))
+        if not self.serving:
+            return
+        for k, item in enumerate(items):
+            self._put_terms(start + k, item)
+        self.item_tags.extend(tags)
+        self.arrivals.extend(range(start, stop))
         by_tag, by_topic, by_creator, by_sound = self.by_tag, self.by_topic, self.by_creator, self.by_sound
         for idx in range(start, stop):
             k = idx - start

@@ -44,8 +44,9 @@ def save(catalog: Catalog, directory: Path, version: int) -> None:
     tmp.replace(directory / FILE)
 
 
-def load(directory: Path, regions: tuple[str, ...], version: int) -> Catalog | None:
-    """The catalogue as snapshotted, if the snapshot is of `version` and `regions`; else None."""
+def load(directory: Path, regions: tuple[str, ...], version: int, serving: bool = True) -> Catalog | None:
+    """The catalogue as snapshotted, if the snapshot is of `version` and `regions`; else None. Without
+    `serving`, a trainer's copy (`Catalog`)."""
     try:
         saved = np.load(io.BytesIO((directory / FILE).read_bytes()))
         header = orjson.loads(bytes(saved["header"]))
@@ -55,7 +56,7 @@ def load(directory: Path, regions: tuple[str, ...], version: int) -> Catalog | N
         return None
     ids, tag_names, creators, sounds, words = orjson.loads(bytes(saved["names"]))
     n = len(ids)
-    catalog = Catalog(regions, capacity=max(1024, n))
+    catalog = Catalog(regions, capacity=max(1024, n), serving=serving)
     for column in _COLUMNS:
         getattr(catalog, column)[:n] = saved[column]
     catalog.ids = ids
@@ -64,8 +65,15 @@ def load(directory: Path, regions: tuple[str, ...], version: int) -> Catalog | N
     indexes = list(range(n))
     catalog.index = dict(zip(ids, indexes, strict=True))
     for vocab, names in ((catalog.tags, tag_names), (catalog.creators, creators), (catalog.sounds, sounds),
-                         (catalog.words, words)):
+                         *(((catalog.words, words),) if serving else ())):
         _fill(vocab, names, indexes)
+    catalog.creator_l = _shared(catalog.creator[:n])
+    catalog.sound_l = _shared(catalog.sound[:n])
+    catalog.topic_l = _shared(catalog.topic[:n])
+    catalog.duration_l = _shared(catalog.duration[:n])
+    if not serving:
+        catalog.term_len[:n] = 0  # no words kept
+        return catalog
     catalog.terms = array("i", saved["terms"].tobytes())
     lengths, codes = saved["tag_lengths"], saved["tag_codes"]
     owners = np.repeat(np.arange(n), lengths)
@@ -73,10 +81,6 @@ def load(directory: Path, regions: tuple[str, ...], version: int) -> Catalog | N
     codes_l = _shared(codes)
     catalog.item_tags = [tuple(codes_l[e - k:e]) for e, k in zip(ends.tolist(), lengths.tolist(), strict=True)]
     catalog.arrivals = list(indexes)
-    catalog.creator_l = _shared(catalog.creator[:n])
-    catalog.sound_l = _shared(catalog.sound[:n])
-    catalog.topic_l = _shared(catalog.topic[:n])
-    catalog.duration_l = _shared(catalog.duration[:n])
     catalog.by_tag = _postings(codes, owners)
     catalog.by_topic, catalog.by_creator, catalog.by_sound = (
         _postings(column[:n][column[:n] >= 0].astype(np.int64), np.flatnonzero(column[:n] >= 0))

@@ -171,3 +171,42 @@ def test_aggregates_saved_after_the_snapshot_win_over_it(tmp_path: Path) -> None
     assert snapshot.load_aggregates(tmp_path / "d", token, ("us", "eu"), 10_000) is None
     assert snapshot.load_aggregates(tmp_path / "d", token, ("us",), 3) is None  # of more items than held
     assert snapshot.load_aggregates(tmp_path / "d", "another", ("us",), 10_000) is None
+
+
+@pytest.mark.parametrize("from_snapshot", [True, False])
+def test_a_trainers_catalogue_holds_the_columns_and_not_what_only_feeds_read(tmp_path: Path,
+                                                                            from_snapshot: bool) -> None:
+    """A trainer never serves: its copy of the catalogue (`Live.load(users=False)`) keeps the columns
+    and vocabularies the model reads, and not the postings, arrivals, tag tuples and words (~380 MiB
+    at 1M items), also as items change after it loaded; and it never saves its copy as the snapshot."""
+    from foryou.state import Live
+
+    engine = open_engine(tmp_path / "d")
+    fill(engine)
+    if from_snapshot:
+        engine.close()
+        engine = open_engine(tmp_path / "d")
+    settings = load_settings(overrides={"server.data": str(tmp_path / "d"), "learning.enabled": False}, env={})
+    trainer = Live(engine.store, settings, Clock(T0))
+    trainer.load(users=False)
+    try:
+        changed = [ItemIn(id="v5", creator="moved", duration_s=12.0, tags=["t9", "t1"], sound="s9", topic="topic9"),
+                   ItemIn(id="v999", creator="c1", duration_s=8.0, tags=["fresh"])]
+        engine.items.upsert(changed)
+        trainer.catalog.put_many(engine.store.items_since(trainer.store.catalogue_version() - 1))
+        a, b = trainer.catalog, engine.live.catalog
+        n = len(b)
+        assert not a.serving and a.ids == b.ids and a.index == b.index and len(a) == n
+        for column in ("creator", "sound", "topic", "duration", "created_at", "alive", "mature", "region_mask",
+                       "tag_cols", "tag_count"):
+            assert np.array_equal(getattr(a, column)[:n], getattr(b, column)[:n]), column
+        assert (a.creator_l, a.sound_l, a.topic_l, a.duration_l) == (b.creator_l, b.sound_l, b.topic_l, b.duration_l)
+        assert a.tags.names == b.tags.names and a.creators.names == b.creators.names
+        assert np.allclose(a.topic_sums[: len(a.tags), 0], b.topic_sums[: len(b.tags), 0])
+        assert not (a.by_tag or a.by_topic or a.by_creator or a.by_sound or a.arrivals or a.item_tags or len(a.words))
+        stamp = (tmp_path / "d" / snapshot.FILE).stat().st_mtime_ns if from_snapshot else None
+        trainer.save_snapshot()
+        assert (tmp_path / "d" / snapshot.FILE).exists() == from_snapshot
+        assert not from_snapshot or (tmp_path / "d" / snapshot.FILE).stat().st_mtime_ns == stamp
+    finally:
+        engine.close()

@@ -49,7 +49,7 @@ class Checkpoints(StateFields):
         """At a clean stop, once the aggregates are saved: the catalogue and the item aggregates as of
         now, for the next start to load instead of reading them from the store."""
         directory = Path(self.settings.server.data)
-        if directory.is_dir():
+        if directory.is_dir() and self.catalog.serving:  # a trainer's copy lacks what feeds read
             catalog, n = self.catalog, len(self.catalog)
             snapshot.save(catalog, directory, self.store.catalogue_version())
             # Only while what is held is what was saved under the token (nothing changed since).

@@ -86,7 +86,10 @@ class Live(Users, Items, Checkpoints):
         rows and the users' last positives they pair with. A trainer process (no `users`) never serves."""
         store = self.store
         persisted = {kind: store.vocab(kind) for kind in self.vocab_saved}
-        restored = snapshot.load(Path(self.settings.server.data), self.catalog.regions, store.catalogue_version())
+        if not users:  # never serves: what only feeds read is not kept (`Catalog`)
+            self.catalog = Catalog(self.catalog.regions, serving=False)
+        restored = snapshot.load(Path(self.settings.server.data), self.catalog.regions, store.catalogue_version(),
+                                 serving=users)
         if restored is not None and all(getattr(restored, kind).names[: len(names)] == names
                                         for kind, names in persisted.items()):
             self.catalog = restored  # the catalogue as of the last clean stop, and unchanged since
