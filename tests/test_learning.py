@@ -248,6 +248,35 @@ def test_a_step_with_nan_is_never_applied(trained, monkeypatch: pytest.MonkeyPat
     assert np.array_equal(learner.model.weights, weights)
 
 
+def test_an_item_is_indexed_again_only_once_its_vector_moved_past_the_drift(trained) -> None:
+    """Training moves thousands of items' vectors a second: an item is re-inserted into the index
+    only once its vector is DRIFT (relative) away from the one indexed, which catches small moves
+    adding up; a vector not indexed is always put in."""
+    from foryou.learning import indexing
+
+    engine, _, _ = trained
+    learner, catalog = engine.learner, engine.live.catalog
+    learner.refresh_index()
+    idx = np.arange(3)
+    held = learner.index.stored(idx)
+    inserted: list[list[int]] = []
+    upsert = learner.index.upsert
+    learner.index.upsert = lambda keys, vectors: inserted.append(keys.tolist()) or upsert(keys, vectors)  # type: ignore[method-assign]
+    real = learner.model.item_vectors
+    for scale in (1 + indexing.DRIFT / 2, 1 + indexing.DRIFT * 0.9, 1 + 2 * indexing.DRIFT):
+        learner.model.item_vectors = lambda c, i, pop, s=scale: np.where(  # type: ignore[method-assign]
+            np.isin(i, [0, 1])[:, None], held[np.minimum(i, 2)] * s, real(c, i, pop))
+        learner.dirty_items.update(dict.fromkeys([0, 1, 2]))
+        learner.refresh_index(1.0)
+        assert not learner.dirty_items
+    assert inserted == [[0, 1]]  # only once moved 2 x DRIFT away: the smaller moves are measured from what is held
+    assert np.allclose(learner.index.stored(idx[:2]), held[:2] * (1 + 2 * indexing.DRIFT))
+    learner.index.remove(np.array([2]))
+    learner.dirty_items.update({2: None})
+    learner.refresh_index(1.0)
+    assert inserted[-1] == [2] and catalog.alive[2]
+
+
 def test_taken_down_items_leave_the_index_and_new_items_enter_it(trained) -> None:
     engine, _, _ = trained
     learner, catalog = engine.learner, engine.live.catalog

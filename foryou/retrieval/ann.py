@@ -25,6 +25,7 @@ class VectorIndex(Protocol):
 
     def upsert(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, keys: np.ndarray) -> None: ...
+    def stored(self, keys: np.ndarray) -> np.ndarray: ...  # the vectors held for keys; a NaN row if none
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
     def __len__(self) -> int: ...
     def to_bytes(self) -> bytes: ...
@@ -114,6 +115,12 @@ class ExactIndex:
                 self._vecs[row], moved = self._vecs[last], int(self._keys[last])
                 self._keys[row], self._row[moved] = moved, row
 
+    def stored(self, keys: np.ndarray) -> np.ndarray:
+        rows = np.fromiter((self._row.get(key, -1) for key in _keys(keys).tolist()), np.int64, len(keys))
+        out = np.full((len(rows), self.dim), np.nan, np.float32)
+        out[rows >= 0] = self._vecs[rows[rows >= 0]]
+        return out
+
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _query(query, k, self.dim)
         n = len(self._row)
@@ -175,6 +182,16 @@ class HnswIndex:
         k = k[k >= 0]  # negative keys can't be present, and usearch would wrap them to uint64
         if len(k):
             self._index.remove(k)
+
+    def stored(self, keys: np.ndarray) -> np.ndarray:
+        k = _keys(keys)
+        out = np.full((len(k), self.dim), np.nan, np.float32)
+        if len(k):
+            got = self._index.get(k.astype(np.uint64))  # a tuple: a vector, or None where absent
+            for row, vector in enumerate(got if isinstance(got, tuple) else [got]):
+                if vector is not None:
+                    out[row] = vector
+        return out
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _query(query, k, self.dim)

@@ -104,6 +104,17 @@ def test_upsert_replaces_an_existing_vector(new: Callable[[int], VectorIndex]) -
     assert scores[found.tolist().index(target)] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_stored_gives_the_vectors_held_and_nan_rows_for_keys_not_held(new: Callable[[int], VectorIndex]) -> None:
+    index = new(3)
+    index.upsert(np.array([4, 9]), np.array([[1, 2, 3], [4, 5, 6]], np.float32))
+    index.upsert(np.array([9]), np.array([[7, 8, 9]], np.float32))
+    index.remove(np.array([4]))
+    got = index.stored(np.array([9, 4, 11]))
+    assert got.shape == (3, 3) and got.dtype == np.float32
+    assert np.array_equal(got[0], [7, 8, 9]) and np.isnan(got[1:]).all()
+    assert index.stored(np.array([], np.int64)).shape == (0, 3)
+
+
 def test_replacing_every_vector_matches_a_fresh_build(new: Callable[[int], VectorIndex]) -> None:
     index, keys, _ = filled(new)
     _, fresh = data(seed=1)
