@@ -22,10 +22,10 @@ from foryou.state import Live
 
 log = logging.getLogger("foryou.learning")
 
-# Items looked at at once within a budget, and vectors re-inserted at once: at a million items an HNSW
-# insert costs 0.25-0.7 ms, so a part holds the event loop 4-11 ms.
+# Items looked at at once within a budget, and vectors re-inserted at once at most: at a million items
+# an HNSW insert cost 0.25-0.7 ms on a quiet machine and up to ~8 ms on a busy one (cache misses).
 _INDEX_CHUNK = 256
-_INSERT_PART = 16
+_INSERT_PART = 8
 # An item is re-inserted only once its vector moved this far from the one indexed (relative L2): training
 # moves the rows of thousands of items a second (a creator's or a tag's row moves all of its items), and
 # re-inserting each took 17% of a server's time at 1M items while never catching up. Retrieval only
@@ -50,6 +50,7 @@ class IndexUpkeep:
     _rebuilt: VectorIndex | None
     _stop_rebuild: threading.Event
     _rows_to_convert: bool
+    insert_s: float = 0.001  # what an insert into the index cost lately, per item
 
     def _popularity(self, idx: np.ndarray) -> np.ndarray:  # online.py
         raise NotImplementedError
@@ -85,12 +86,20 @@ class IndexUpkeep:
             vectors = self.model.item_vectors(catalog, idx, self._popularity(idx))
             moved = _moved(self.index.stored(idx), vectors)
             idx, vectors = idx[moved], vectors[moved]
-            part = max(len(idx), 1) if budget_s is None else _INSERT_PART
-            for lo in range(0, len(idx), part):
-                if budget_s is not None and time.perf_counter() - started >= budget_s:
+            lo = 0
+            while lo < len(idx):
+                now = time.perf_counter()
+                if budget_s is None:
+                    part = len(idx)
+                elif now - started >= budget_s:
                     self.dirty_items.update(dict.fromkeys(idx[lo:].tolist()))  # next time
                     return
+                else:  # as many as the budget left allows, at the cost inserts had lately (it varies 10x)
+                    part = int(min(_INSERT_PART, max(1.0, (budget_s - (now - started)) / self.insert_s)))
                 self.index.upsert(idx[lo:lo + part], vectors[lo:lo + part])
+                took = (time.perf_counter() - now) / len(idx[lo:lo + part])
+                self.insert_s = 0.7 * self.insert_s + 0.3 * took
+                lo += part
             if budget_s is not None and time.perf_counter() - started >= budget_s:
                 return
 

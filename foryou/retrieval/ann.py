@@ -174,8 +174,8 @@ class HnswIndex:
         present = np.asarray(self._index.contains(k), dtype=bool)
         if present.any():
             self._index.remove(k[present])
-        if len(k):
-            self._index.add(k, v, threads=0)  # one call for the whole batch: usearch spreads it over all cores
+        if len(k):  # a large batch spread over all cores; a few in this thread (a pool's hand-offs cost more)
+            self._index.add(k, v, threads=0 if len(k) >= 256 else 1)
 
     def remove(self, keys: np.ndarray) -> None:
         k = _keys(keys)
