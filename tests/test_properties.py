@@ -62,6 +62,7 @@ class UserModel:
     # meanwhile are taken in then, with the catalogue as it is then ("not interested": the creator
     # and sound the item has at that read).
     cold: bool = False
+    stored: bool = False  # the engine holds the user (a new user's first event is taken in at once)
     unread: list[tuple[str, float]] = field(default_factory=list)  # "not interested" items meanwhile, when
 
 
@@ -133,6 +134,7 @@ class FeedWorld:
         for k, (uid, user) in enumerate(self.users.items()):
             if users[k] is not None:
                 self.engine.users.put(uid, UserIn(region=user.region, age_band=user.age_band))  # type: ignore[arg-type]
+                user.stored = True
 
     def _open(self) -> Engine:
         # The learned model serves from its first example: the invariants must hold for both rankings.
@@ -144,7 +146,7 @@ class FeedWorld:
         self.engine.close()
         self.engine = self._open()
         for user in self.users.values():
-            user.cold = True
+            user.cold = user.stored
 
     def mute(self, user: UserModel, item_id: str, at: float) -> None:
         spec, until = self.items[item_id], at + 30 * 86400  # that creator and sound: not served for 30 days
@@ -175,7 +177,7 @@ class FeedWorld:
         user = self.users[uid]
         for item_id, at in user.unread:  # the engine reads the user now
             self.mute(user, item_id, at)
-        user.cold, user.unread = False, []
+        user.cold, user.unread, user.stored = False, [], True
         before = self.available(user)
         response = self.engine.feeds.feed(uid, n).as_dict()
         got = [entry["id"] for entry in response["items"]]
@@ -225,6 +227,7 @@ class FeedWorld:
             uid, item_id = uids[op[1] % len(uids)], ids[op[2] % len(ids)]
             self.engine.events.ingest([EventIn(user=uid, item=item_id, type="view", watch_s=op[3] * 20.0)])
             self.users[uid].viewed.add(item_id)
+            self.users[uid].stored = True
         elif kind == "act":
             uid, item_id = uids[op[1] % len(uids)], ids[op[2] % len(ids)]
             self.engine.events.ingest([EventIn(user=uid, item=item_id, type=op[3])])
@@ -234,6 +237,7 @@ class FeedWorld:
                     user.unread.append((item_id, self.clock.now))
                 else:
                     self.mute(user, item_id, self.clock.now)
+            user.stored = True
         elif kind in ("down", "restore"):
             item_id = ids[op[1] % len(ids)]
             self.engine.items.set_down(item_id, kind == "down")
