@@ -234,7 +234,7 @@ class IngestService:
             # at once, with the catalogue as it is now (folded later, a "not interested" or a follow
             # would take the creator an edit gave the item meanwhile).
             fresh = [LiveUser(created[u], UserState(served_seq=0), serving_loaded=True)  # nothing served before
-                     for u in dict.fromkeys(batch.user) if hold_new and u in created and u not in live.users]
+                     for u in dict.fromkeys(batch.user) if u in created and u not in live.users] if hold_new else []
             for user in fresh:
                 live.users[user.profile.id] = user
             held += fresh

@@ -133,10 +133,8 @@ def test_the_trainers_writes_never_take_the_logs_write_lock(tmp_path: Path) -> N
         server.append_events("us", [], [UserRecord("u1", "us")])
         log = sqlite3.connect(tmp_path / "region-us.db", isolation_level=None, timeout=0)
         log.execute("BEGIN IMMEDIATE")  # a writer holds the log
-        try:
-            started = time.perf_counter()
+        try:  # needing the log's lock, this would wait out the busy timeout and raise "database is locked"
             assert trainer.save_model_rows("us", "user", [("u1", b"r"), ("gone", b"g")], [], 1, "refreshed") == ["gone"]
-            assert time.perf_counter() - started < 0.5
         finally:
             log.execute("ROLLBACK")
             log.close()
