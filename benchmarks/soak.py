@@ -23,7 +23,7 @@ from typing import Any
 
 import harness as bench
 import orjson
-from scenarios import model_lag
+from scenarios import lag_p99, model_lag
 
 
 def children_rss_mb(pid: int) -> float:
@@ -70,15 +70,18 @@ def main() -> None:
     try:
         time.sleep(2)
         for minute in range(1, a.minutes + 1):
+            before = model_lag(port, key)
             r = client.run(f"minute {minute}", port, ("feed", a.users, 10), a.conns, 60.0, srv.pid, quiet=False,
                            key=key)
             rss, _ = bench.rss_mb(srv.pid)
+            after = model_lag(port, key)
             row = {"minute": minute, "rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "errors": r.errors,
-                   "server_mb": rss, "trainer_mb": children_rss_mb(srv.pid),
-                   "behind": model_lag(port, key)["behind"]}
+                   "server_mb": rss, "trainer_mb": children_rss_mb(srv.pid), "behind": after["behind"],
+                   "lag_p99": lag_p99(before["buckets"], after["buckets"])}
             minutes.append(row)
             bench.log(f"minute {minute}: {r.rps:,.0f} feeds/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, server "
-                      f"{rss:,.0f} MiB, trainer {row['trainer_mb']:,.0f} MiB, follower {row['behind']:.0f} behind")
+                      f"{rss:,.0f} MiB, trainer {row['trainer_mb']:,.0f} MiB, follower {row['behind']:.0f} behind, "
+                      f"99% of batches learned within {row['lag_p99']:g} s")
         out, _ = ing.communicate(timeout=120)
     finally:
         if ing.poll() is None:
@@ -99,6 +102,7 @@ def render(a: argparse.Namespace, rows: list[dict[str, Any]], ingest: dict[str, 
     warm = rows[min(1, len(rows) - 1)]
     warm_mb = warm["server_mb"] + warm["trainer_mb"]
     mem_growth = rows[-1]["server_mb"] + rows[-1]["trainer_mb"] - warm_mb
+    worst_lag = max(r["lag_p99"] for r in rows)
     offered = a.rate * (60 * a.minutes + 5)  # what the ingester was asked to post, on its schedule
     verdict = [
         ("feed throughput, every minute within 10% of the first", f"lowest {worst_rps:,.0f} of {first['rps']:,.0f} "
@@ -107,6 +111,8 @@ def render(a: argparse.Namespace, rows: list[dict[str, Any]], ingest: dict[str, 
          f"({worst_p99 / first['p99'] - 1:+.1%})", worst_p99 <= 1.1 * first["p99"]),
         ("memory flat after the first minute (server + trainer)", f"{mem_growth:+,.0f} MiB from minute "
          f"{warm['minute']} to {rows[-1]['minute']}", abs(mem_growth) <= 0.1 * warm_mb),
+        ("model lag p99 <= 1 s every minute (`foryou_model_update_lag_seconds`, by bucket)",
+         f"highest: 99% within {worst_lag:g} s", worst_lag <= 1.0),
         ("every offered event accepted", f"{ingest.get('events', 0):,} of {offered:,.0f} offered, "
          f"{ingest.get('n_failures', '?')} failed batches", ingest.get("events", 0) >= 0.99 * offered
          and not ingest.get("n_failures")),
@@ -126,10 +132,10 @@ def render(a: argparse.Namespace, rows: list[dict[str, Any]], ingest: dict[str, 
         f"Events: {ingest.get('events_per_s', 0):,.0f}/s accepted on average (batch p50 "
         f"{ingest.get('p50_ms', float('nan')):,.0f} ms, p99 {ingest.get('p99_ms', float('nan')):,.0f} ms).",
         "",
-        "| Minute | Feeds/s | p50 ms | p99 ms | Errors | Server MiB | Trainer MiB | Follower behind |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Minute | Feeds/s | p50 ms | p99 ms | Errors | Server MiB | Trainer MiB | Follower behind | Lag p99 <= s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(f"| {r['minute']} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | "
-          f"{r['server_mb']:,.0f} | {r['trainer_mb']:,.0f} | {r['behind']:,.0f} |" for r in rows
+          f"{r['server_mb']:,.0f} | {r['trainer_mb']:,.0f} | {r['behind']:,.0f} | {r['lag_p99']:g} |" for r in rows
           if r["minute"] in (1, 2, len(rows)) or r["minute"] % 5 == 0),  # every minute is in the log
         "<!-- /soak -->",
     ]
