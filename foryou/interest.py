@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,9 +86,10 @@ def item_features(catalog: Catalog, idx: int) -> list[tuple[int, float]]:
 
 
 def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: float, ts: float,
-              tau: float, mute_s: float = 30 * 86400.0) -> float:
+              tau: float, mute_s: float = 30 * 86400.0, views: list[tuple[int, bool]] | None = None) -> float:
     """Update `state` with one event on item `idx`; returns the event's strength. "Not interested"
-    also mutes the item's creator and sound for `mute_s`."""
+    also mutes the item's creator and sound for `mute_s`. `views`: where a view's (topic, completed)
+    goes for the caller to count (`learn_many`), instead of counting it now."""
     strength = event_strength(kind, watch_s, catalog.duration_l[idx])
     if state.ref == 0.0:
         state.ref = ts
@@ -106,7 +108,11 @@ def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: 
         state.follows.add(catalog.creator_l[idx])
     if kind == "view":
         state.excluded.add(idx)
-        _count_topic(state, catalog.topic_l[idx], is_completion(watch_s, catalog.duration_l[idx]))
+        topic = catalog.topic_l[idx]
+        if views is None:
+            _count_topic(state, topic, is_completion(watch_s, catalog.duration_l[idx]))
+        elif topic >= 0:
+            views.append((topic, is_completion(watch_s, catalog.duration_l[idx])))
     elif kind == "not_interested" and mute_s > 0:
         state.muted[(CREATOR << _KIND_SHIFT) | catalog.creator_l[idx]] = ts + mute_s
         sound = catalog.sound_l[idx]
@@ -118,6 +124,17 @@ def learn_one(state: UserState, catalog: Catalog, idx: int, kind: str, watch_s: 
         state.recent.append(idx)
         del state.recent[:-RECENT]
     return strength
+
+
+def learn_many(state: UserState, catalog: Catalog, events: Iterable[tuple[int, str, float, float]], tau: float,
+               mute_s: float = 30 * 86400.0) -> None:
+    """`learn_one` for each (item index, kind, watch_s, ts), in order, with the topic counts taken at
+    the end, all at once (nothing in between reads them)."""
+    views: list[tuple[int, bool]] = []
+    for idx, kind, watch_s, ts in events:
+        learn_one(state, catalog, idx, kind, watch_s, ts, tau, mute_s, views)
+    if views:
+        state.topic_views.count_many(views, MAX_TOPICS, MAX_TOPIC_VIEWS)
 
 
 def _count_topic(state: UserState, topic: int, completed: bool) -> None:

@@ -6,7 +6,7 @@ in the cache); two arrays take 5 KB and load as copies of the saved bytes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +39,30 @@ class TopicViews:
         if views > halve_at:
             views, completions = views / 2, completions / 2
         self.counts[j] = views, completions
+
+    def count_many(self, views: Sequence[tuple[int, bool]], most: int, halve_at: float) -> None:
+        """`count` for each (topic, completed) in order, on lists: a user read again folds their
+        logged views at once, where a numpy call per view cost more than the rest of the fold."""
+        codes, counts = self.codes.tolist(), self.counts.tolist()
+        at = {c: j for j, c in enumerate(codes)}
+        for topic, completed in views:
+            j = at.get(topic)
+            if j is None:
+                if len(codes) >= most:
+                    j = min(range(len(counts)), key=lambda k: counts[k][0])  # the first least viewed, as argmin
+                    del at[codes[j]]
+                    codes[j], counts[j] = topic, [0.0, 0.0]
+                else:
+                    j = len(codes)
+                    codes.append(topic)
+                    counts.append([0.0, 0.0])
+                at[topic] = j
+            views_j, completions = counts[j][0] + 1.0, counts[j][1] + float(completed)
+            if views_j > halve_at:
+                views_j, completions = views_j / 2, completions / 2
+            counts[j] = [views_j, completions]
+        self.codes = np.asarray(codes, np.int32)
+        self.counts = np.asarray(counts, np.float64).reshape(-1, 2)
 
     def get(self, topic: int) -> tuple[float, float] | None:
         hit = np.flatnonzero(self.codes == topic)

@@ -35,3 +35,18 @@ def test_the_least_viewed_topic_makes_room() -> None:
     views.count(4, True, most=3, halve_at=100.0)
     assert dict(views.items()) == {1: (5.0, 0.0), 3: (3.0, 0.0), 4: (1.0, 1.0)}
     assert len(views) == 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_counting_many_at_once_counts_as_one_at_a_time(seed: int) -> None:
+    """The fold of a user's logged views (`count_many`) and the views counted as they come agree,
+    halving and making room included (few topics allowed, so that some are dropped)."""
+    rng = np.random.default_rng(seed)
+    one, many = TopicViews(), TopicViews()
+    for _ in range(3):  # several folds, each on what the last left
+        views = [(int(rng.integers(0, 9)), bool(rng.random() < 0.4)) for _ in range(int(rng.integers(0, 80)))]
+        for topic, done in views:
+            one.count(topic, done, most=5, halve_at=6.0)
+        many.count_many(views, most=5, halve_at=6.0)
+        assert one.codes.tolist() == many.codes.tolist() and one.counts.tolist() == many.counts.tolist()
+    assert len(many) == 5

@@ -28,6 +28,7 @@ N_DENSE = 2 + len(_RATE_COLUMNS) + len(DURATION_EDGES) + 1 + len(AGE_EDGES_H) + 
 
 
 _POSITIVE_COLUMNS = [STATS[c] for c in ("completions", "likes", "comments", "shares", "follows")]
+_RATE_STATS = [STATS[c] for c in _RATE_COLUMNS]
 
 
 def popularity(catalog: Catalog, idx: np.ndarray, trend: np.ndarray) -> np.ndarray:
@@ -50,11 +51,10 @@ def dense(catalog: Catalog, idx: np.ndarray, now: float, totals: np.ndarray) -> 
     out = np.zeros((len(idx), N_DENSE), np.float32)
     out[:, 0] = 1.0
     out[:, 1] = np.log1p(views) / 8.0
-    for j, name in enumerate(_RATE_COLUMNS):
-        base = (float(totals[STATS[name]]) + 0.01) / (total_views + 1.0)
-        rate = (stats[:, STATS[name]] + _PRIOR_VIEWS * base) / (views + _PRIOR_VIEWS)
-        rate = np.clip(rate, 1e-4, 1 - 1e-4)
-        out[:, 2 + j] = np.log(rate / (1 - rate)) / 4.0
+    # every rate at once: a feed ranks some 600 candidates, where a numpy call's overhead is most of its cost
+    base = (totals[_RATE_STATS].astype(np.float64) + 0.01) / (total_views + 1.0)
+    rate = np.clip((stats[:, _RATE_STATS] + _PRIOR_VIEWS * base) / (views + _PRIOR_VIEWS)[:, None], 1e-4, 1 - 1e-4)
+    out[:, 2:2 + len(_RATE_COLUMNS)] = np.log(rate / (1 - rate)) / 4.0
     at = 2 + len(_RATE_COLUMNS)
     out[np.arange(len(idx)), at + duration_bucket(catalog.duration[idx])] = 1.0
     at += len(DURATION_EDGES) + 1

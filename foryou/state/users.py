@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from foryou.errors import Conflict, Gone
-from foryou.interest import UserState, learn_one, loads, seed_interests
+from foryou.interest import UserState, learn_many, learn_one, loads, seed_interests
 from foryou.policy import Controls
 from foryou.state.fields import LiveUser, StateFields
 from foryou.types import EventRecord, UserRecord
@@ -156,11 +156,11 @@ class Users(StateFields):
         if last <= state.seq:
             return
         index, mute_s = self.catalog.index, self.settings.policy.not_interested_days * 86400
-        for event in self.store.user_events(profile.region, profile.id, after=state.seq):
-            i = index.get(event.item)
-            if event.seq <= last and i is not None:
-                learn_one(state, self.catalog, i, event.type, event.watch_s, event.ts, self.tau, mute_s)
-                state.seq = event.seq
+        found = [(index.get(e.item), e) for e in self.store.user_events(profile.region, profile.id, after=state.seq)]
+        applied = [(i, e) for i, e in found if e.seq <= last and i is not None]
+        learn_many(state, self.catalog, [(i, e.type, e.watch_s, e.ts) for i, e in applied], self.tau, mute_s)
+        if applied:
+            state.seq = applied[-1][1].seq
 
     def state_before(self, user_id: str, region: str, seq: int) -> UserState | None:
         """The user's interest state as of just before their event `seq`, from the store (the duel's
