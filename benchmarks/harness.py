@@ -76,6 +76,22 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return values.get("VmRSS:", float("nan")), values.get("VmHWM:", float("nan"))
 
 
+def children(pid: int) -> list[int]:
+    """The live process's child processes (a server's trainer)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return out
+
+
+def rss_tree_mb(pid: int) -> float:
+    """VmRSS of a live process and its children together, in MiB."""
+    return sum(rss_mb(p)[0] for p in (pid, *children(pid)))
+
+
 def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         rest = fh.read().rsplit(")", 1)[1].split()

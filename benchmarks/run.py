@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-load", action="store_true", help="reuse an already loaded data directory")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--duel", action="store_true",
+                   help="keep the learned model's duel on: by default it is off (FORYOU_LEARNING_DUEL=false), so that "
+                        "the learned model serves as soon as it is trained, as the targets ask (a bulk-loaded "
+                        "directory gives the duel no live traffic to decide on)")
     p.add_argument("--user-cache", type=int,
                    help="set store.user_cache (FORYOU_STORE_USER_CACHE) for every process (default: the server's)")
     p.add_argument("--load-timeout", type=float, default=3600.0, help="kill a bulk load that runs longer")

@@ -40,7 +40,7 @@ class ScaleRun:
     m: dict[str, str]
     command: str
     client: str  # "wrk" or "python"
-    rows: list[bench.Result]  # floor, healthz, (b), (c), (d), (e), mixed
+    rows: list[bench.Result]  # floor, healthz, (b), (b4), (c), (d), (e), mixed
     floor: bench.Result
     floors: list[bench.Result]  # the floor before and after the ForYou server
     ceiling: bench.Result
@@ -161,16 +161,17 @@ def uvicorn_floor(port: int) -> list[str]:
 
 def sanity(port: int, users: int, items: int, key: str | None = None) -> str:
     """One feed and one small event batch through the real API, checked, before timing anything."""
-    status, raw = bench.get(port, "/v1/users/u1/feed?n=10", timeout=60, key=key)
+    status, raw = bench.get(port, "/v1/users/u1/feed?n=10&explain=true", timeout=60, key=key)
     if status != 200:
         raise RuntimeError(f"feed answered {status}: {raw[:500]!r}")
-    got = len(orjson.loads(raw)["items"])
+    served: list[dict[str, Any]] = orjson.loads(raw)["items"]
+    ranker = served[0]["explain"]["ranker"] if served else "none"
     ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     payload = bench.events_body(random.Random(1), f"s{time.time_ns()}", 0, 10, users, items, ts)
     status, raw = bench.post(port, "/v1/events", payload, key=key)
     if status != 200:
         raise RuntimeError(f"events answered {status}: {raw[:500]!r}")
-    return f"feed returned {got} items; events: {raw.decode()}"
+    return f"feed returned {len(served)} items, ranked by the {ranker} ranker; events: {raw.decode()}"
 
 
 def _open_engine(data: Path) -> Any:
@@ -188,6 +189,7 @@ def inprocess_feed(data: Path, users: int, seconds: float, warmup: float, max_fe
     engine = _open_engine(data)
     try:
         feed = engine.feeds.feed
+        ranker = "learned" if engine.feeds._learned(engine.feeds.config()) is not None else "hand-set"
         t_end = time.perf_counter() + warmup
         while time.perf_counter() < t_end:
             feed(f"u{rng.randrange(users)}", 10)
@@ -207,7 +209,7 @@ def inprocess_feed(data: Path, users: int, seconds: float, warmup: float, max_fe
         row = bench.Result("(c) feed, in-process", 1, len(lat), total, bench.pct(lat, 0.5) * 1000,
                            bench.pct(lat, 0.99) * 1000, server_cpu=own / total,
                            other_cpu=max(0.0, (bench.system_busy() - busy0 - own) / total),
-                           extra={"mean_ms": 1000 * sum(lat) / len(lat)})
+                           extra={"mean_ms": 1000 * sum(lat) / len(lat), "ranker": ranker})
         if profile:
             n = min(500, max(50, len(lat)))
             prof = cProfile.Profile()
@@ -287,9 +289,13 @@ def run_scale(a: argparse.Namespace, client_kind: str, command: str) -> ScaleRun
     profile = not a.no_profile
     notes: list[str] = []
     details: list[str] = []
-    others = sorted(k for k in os.environ if k.startswith("FORYOU_"))
+    others = sorted(k for k in os.environ if k.startswith("FORYOU_") and k != "FORYOU_LEARNING_DUEL")
     if others:
         notes.append(f"FORYOU_* variables set in the environment: {', '.join(others)}.")
+    if not a.duel:
+        os.environ["FORYOU_LEARNING_DUEL"] = "false"
+        notes.append("The learned model's duel was off (FORYOU_LEARNING_DUEL=false, in every process): the learned "
+                     "model served once trained, as the targets ask (`--duel` keeps it on).")
     if a.user_cache:
         os.environ["FORYOU_STORE_USER_CACHE"] = str(a.user_cache)
         notes.append(f"Run with store.user_cache = {a.user_cache:,} (FORYOU_STORE_USER_CACHE) in every process.")
@@ -385,6 +391,9 @@ def run_scale(a: argparse.Namespace, client_kind: str, command: str) -> ScaleRun
         feed_http = client.run(f"(b) feed over HTTP, n=10, {a.conns} conns", port, feed_mode, a.conns,
                                a.duration, srv.pid, key=api_key)
         serve["rss_feed"], _ = bench.rss_mb(srv.pid)
+        serve["rss_all_feed"] = bench.rss_tree_mb(srv.pid)  # with the trainer
+        feed_http4 = client.run("(b4) feed over HTTP, n=10, 4 conns", port, feed_mode, 4, a.duration, srv.pid,
+                                key=api_key)
         bench.log(f"feed/http: {feed_http.rps:,.0f} req/s, p50 {feed_http.p50_ms:.2f} ms, "
                   f"p99 {feed_http.p99_ms:.2f} ms")
         spy(srv, f"feed over HTTP ({a.conns} conns), server process", feed_mode, a.conns, "feed")
@@ -418,6 +427,7 @@ def run_scale(a: argparse.Namespace, client_kind: str, command: str) -> ScaleRun
         mixed_ingest["follower_behind"] = lag_after["behind"]
         bench.log(f"mixed: feed p99 {mixed.p99_ms:.1f} ms; ingest {mixed_ingest.get('events_per_s', 0):,.0f} events/s")
         serve["rss_end"], serve["hwm_end"] = bench.rss_mb(srv.pid)
+        serve["rss_all_end"] = bench.rss_tree_mb(srv.pid)
         serve["stop_s"] = srv.stop()
         floors.append(measure_floor())
         floor = max(floors, key=lambda r: r.rps)
@@ -435,7 +445,7 @@ def run_scale(a: argparse.Namespace, client_kind: str, command: str) -> ScaleRun
     profiles.extend(got)
     bench.log(f"  {ingest_ip.events_per_s:,.0f} events/s, p50 {ingest_ip.p50_ms:.1f} ms")
 
-    rows = [floor, healthz, feed_http, feed_ip, events_http, ingest_ip, mixed]
+    rows = [floor, healthz, feed_http, feed_http4, feed_ip, events_http, ingest_ip, mixed]
     for r in rows:
         if r.errors:
             notes.append(f"{r.name}: {r.errors} failed requests (non-200 or socket errors).")
