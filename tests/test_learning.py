@@ -429,3 +429,33 @@ def test_a_feeds_settings_are_one_value_resolved_per_request(trained, monkeypatc
     assert {s.variant for s in engine.store.user_served("us", "g0-u00")} == {""}
     exported = engine.privacy.export("g0-u01")
     assert {row["variant"] for row in exported["served"]} == {"b"}  # type: ignore[index, union-attr]
+
+
+def test_an_index_its_vectors_outgrew_is_built_again_beside_the_ticks(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item vectors longer than the graph was laid out for are held at its bound and counted; past a
+    share of the index, a tick has a thread build a new one around the longest, and swaps it in."""
+    from foryou.learning import indexing
+    from foryou.retrieval import ann
+
+    engine, _, _ = trained
+    learner = engine.learner
+    monkeypatch.setattr(ann, "REBOUND_MOST", 0)
+    monkeypatch.setattr(indexing, "_CLAMPED_MOST", 0)
+    monkeypatch.setattr(indexing, "_REBUILD_AT", 0)
+    learner.index = ann.HnswIndex(learner.settings.dim + 1)
+    learner.index.reserve(1e-3)  # laid out for vectors far shorter than the model's
+    learner.index.upsert(np.array([0]), np.full((1, learner.settings.dim + 1), 1e-4, np.float32))
+    learner.dirty_items.update(dict.fromkeys(range(N_ITEMS)))
+    learner.refresh_index()  # without a budget: in place, every vector clamped
+    assert learner.index.clamped == N_ITEMS
+    old = learner.index
+    learner.refresh_index(budget_s=0.01)  # a tick: the rebuild starts
+    assert learner._rebuilding is not None
+    learner._rebuilding.join()
+    learner.refresh_index(budget_s=0.01)  # the next swaps it in
+    assert learner.index is not old and learner.index.clamped == 0 and len(learner.index) == N_ITEMS
+    p = learner.model.query(learner.model.user_vectors(["us"], ["g0-u00"])[0])
+    exact = ann.ExactIndex(learner.settings.dim + 1)
+    idx = np.arange(N_ITEMS)
+    exact.upsert(idx, learner.model.item_vectors(engine.live.catalog, idx, learner._popularity(idx)))
+    assert learner.index.search(p, 10)[0].tolist() == exact.search(p, 10)[0].tolist()

@@ -32,6 +32,7 @@ _INSERT_PART = 8
 # proposes candidates; the ranker scores them with the current rows.
 DRIFT = 0.05
 _REBUILD_AT = 50_000  # items waiting for the index above which a tick has a thread build a new one
+_CLAMPED_MOST = 1_000  # vectors beyond an index's bound on norms (and 1% of it) that have a new one built
 _REBUILD_CHUNK = 50_000
 _REBUILD_PART = 5_000  # items a rebuild adds between looks at whether to stop (a few seconds at most)
 
@@ -66,11 +67,19 @@ class IndexUpkeep:
         started = time.perf_counter()
         if self._rebuilt is not None:  # a rebuild finished: swap it in
             self.index, self._rebuilt, self._rebuilding = self._rebuilt, None, None
+        index = self.index
+        outgrown = index.clamped > max(_CLAMPED_MOST, len(index) // 100)
+        if outgrown and budget_s is not None and self._rebuilding is None:
+            # vectors have outgrown the bound on norms the graph was laid out for: a new one, for all
+            log.info("the ANN index holds %d vectors longer than it was laid out for: building a new one",
+                     index.clamped)
+            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
         if (budget_s is not None and len(self.dirty_items) > _REBUILD_AT and self._rebuilding is None
-                and len(self.index) == 0):
+                and (len(index) == 0 or outgrown)):
             idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
             self.dirty_items.clear()
-            self._rebuilding = threading.Thread(target=self._rebuild, args=(idx,), name="foryou-index", daemon=True)
+            self._rebuilding = threading.Thread(target=self._rebuild, args=(idx, index.longest),
+                                                name="foryou-index", daemon=True)
             self._rebuilding.start()
             return
         size = _INDEX_CHUNK if budget_s is not None else _REBUILD_CHUNK  # small only to keep to a budget
@@ -103,13 +112,15 @@ class IndexUpkeep:
             if budget_s is not None and time.perf_counter() - started >= budget_s:
                 return
 
-    def _rebuild(self, idx: np.ndarray) -> None:
-        """In a thread of its own: a new index of `idx`'s current vectors. usearch adds without the
-        GIL; the vectors are read while the event loop may change rows, and any item changed after
-        the rebuild began is queued again (`dirty_items`), so it is put in after the swap."""
+    def _rebuild(self, idx: np.ndarray, longest: float = 0.0) -> None:
+        """In a thread of its own: a new index of `idx`'s current vectors, laid out for vectors
+        `longest` long (the old index's longest). usearch adds without the GIL; the vectors are read
+        while the event loop may change rows, and any item changed after the rebuild began is queued
+        again (`dirty_items`), so it is put in after the swap."""
         catalog = self.live.catalog
         try:
             index = make_index(self.settings.dim + 1, self.settings.index)
+            index.reserve(longest)
             idx = idx[catalog.alive[idx]]
             for lo in range(0, len(idx), _REBUILD_PART):
                 if self._stop_rebuild.is_set():  # a stop: no thread may be left inside usearch at exit

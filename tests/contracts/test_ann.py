@@ -236,3 +236,36 @@ def test_hnsw_recall_at_10_against_exact_through_updates_and_removals() -> None:
         np.testing.assert_allclose(scores, [current[key] @ q for key in found.tolist()], rtol=1e-4, atol=1e-4)
         hits += len(np.intersect1d(found, exact.search(q, k)[0]))
     assert hits / (k * 200) >= 0.95
+
+
+def test_vectors_longer_than_the_first_keep_the_search_exact(new: Callable[[int], VectorIndex]) -> None:
+    """A graph laid out for the first vectors' norms takes longer ones later (a model's vectors grow as it
+    trains): the search stays exact and its scores the products."""
+    index = new(DIM)
+    keys, vecs = data()
+    vecs = np.vstack([vecs[:10] * 0.01, vecs[10:] * 10]).astype(np.float32)
+    index.upsert(keys[:10], vecs[:10])
+    index.upsert(keys[10:], vecs[10:])
+    assert index.clamped == 0 and index.longest == pytest.approx(float(np.linalg.norm(vecs, axis=1).max()))
+    for q in queries():
+        found, scores = index.search(q, 5)
+        assert found.tolist() == brute(keys, vecs, q, 5)
+        np.testing.assert_allclose(scores, vecs[[keys.tolist().index(k) for k in found.tolist()]] @ q, rtol=1e-4)
+
+
+def test_a_large_graph_counts_the_vectors_it_clamps_until_laid_out_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from foryou.retrieval import ann
+
+    monkeypatch.setattr(ann, "REBOUND_MOST", 20)  # "large": more than 20 vectors
+    index = HnswIndex(DIM)
+    keys, vecs = data()
+    index.upsert(keys[:30], vecs[:30])
+    index.upsert(keys[30:], vecs[30:] * 100)  # far beyond the bound: held at it, ranked low
+    assert index.clamped == N - 30
+    index.reserve(index.longest)
+    long = np.vstack([vecs[:30], vecs[30:] * 100])
+    assert index.clamped == 0 and len(index) == N and np.allclose(index.stored(keys), long)
+    for q in queries():
+        assert index.search(q, 5)[0].tolist() == brute(keys, long, q, 5)
+    restored = HnswIndex.from_bytes(index.to_bytes())
+    assert (restored.bound, restored.longest, restored.clamped) == (index.bound, index.longest, 0)
