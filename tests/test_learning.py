@@ -441,7 +441,7 @@ def test_an_index_its_vectors_outgrew_is_built_again_beside_the_ticks(trained, m
     learner = engine.learner
     monkeypatch.setattr(ann, "REBOUND_MOST", 0)
     monkeypatch.setattr(indexing, "_CLAMPED_MOST", 0)
-    monkeypatch.setattr(indexing, "_REBUILD_AT", 0)
+    monkeypatch.setattr(indexing, "_REBUILD_AT", 10**9)  # outgrown, it is rebuilt however few items wait
     learner.index = ann.HnswIndex(learner.settings.dim + 1)
     learner.index.reserve(1e-3)  # laid out for vectors far shorter than the model's
     learner.index.upsert(np.array([0]), np.full((1, learner.settings.dim + 1), 1e-4, np.float32))
@@ -459,3 +459,31 @@ def test_an_index_its_vectors_outgrew_is_built_again_beside_the_ticks(trained, m
     idx = np.arange(N_ITEMS)
     exact.upsert(idx, learner.model.item_vectors(engine.live.catalog, idx, learner._popularity(idx)))
     assert learner.index.search(p, 10)[0].tolist() == exact.search(p, 10)[0].tolist()
+
+
+def test_what_changes_while_the_index_is_rebuilt_is_indexed_again_after_the_swap(
+        trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foryou.learning import indexing
+    from foryou.retrieval import ann
+
+    engine, _, _ = trained
+    learner, catalog = engine.learner, engine.live.catalog
+    learner.index = ann.HnswIndex(learner.settings.dim + 1)
+    learner.dirty_items.update(dict.fromkeys(range(N_ITEMS)))
+    learner.refresh_index()
+    monkeypatch.setattr(indexing, "_CLAMPED_MOST", 0)
+    monkeypatch.setattr(ann, "REBOUND_MOST", 0)
+    learner.index.upsert(np.array([0]), np.full((1, learner.settings.dim + 1), 1e3, np.float32))  # outgrown
+    learner.refresh_index(budget_s=0.01)  # the rebuild starts
+    assert learner._rebuilding is not None
+    learner._rebuilding.join()
+    built, learner._rebuilt = learner._rebuilt, None  # as if still running: it read item 5 alive ...
+    catalog.alive[5] = False  # ... and then it was taken down: out of the old index at once
+    learner.dirty_items[5] = None
+    learner.refresh_index()
+    assert np.isnan(learner.index.stored(np.array([5]))).all()
+    learner._rebuilt = built
+    learner.refresh_index(budget_s=0.01)  # the swap, and item 5 queued again ...
+    learner.refresh_index()  # ... and taken out of the new index too
+    assert learner.index is built and learner.index.clamped == 0
+    assert np.isnan(learner.index.stored(np.array([5]))).all() and len(learner.index) == N_ITEMS - 1

@@ -49,6 +49,7 @@ class IndexUpkeep:
     dirty_items: dict[int, None]  # items to re-index, oldest change first
     _rebuilding: threading.Thread | None
     _rebuilt: VectorIndex | None
+    _meanwhile: set[int]  # items indexed in place while a rebuild runs (queued again at the swap)
     _stop_rebuild: threading.Event
     _rows_to_convert: bool
     insert_s: float = 0.001  # what an insert into the index cost lately, per item
@@ -65,19 +66,20 @@ class IndexUpkeep:
         an index of only the items waiting would drop every other."""
         catalog = self.live.catalog
         started = time.perf_counter()
-        if self._rebuilt is not None:  # a rebuild finished: swap it in
+        if self._rebuilt is not None:  # a rebuild finished: swap it in, and index again what changed meanwhile
             self.index, self._rebuilt, self._rebuilding = self._rebuilt, None, None
+            self.dirty_items.update(dict.fromkeys(self._meanwhile))
         index = self.index
         outgrown = index.clamped > max(_CLAMPED_MOST, len(index) // 100)
-        if outgrown and budget_s is not None and self._rebuilding is None:
-            # vectors have outgrown the bound on norms the graph was laid out for: a new one, for all
-            log.info("the ANN index holds %d vectors longer than it was laid out for: building a new one",
-                     index.clamped)
-            self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
-        if (budget_s is not None and len(self.dirty_items) > _REBUILD_AT and self._rebuilding is None
-                and (len(index) == 0 or outgrown)):
+        if budget_s is not None and self._rebuilding is None and (
+                outgrown or (len(index) == 0 and len(self.dirty_items) > _REBUILD_AT)):
+            if outgrown:  # vectors have outgrown the bound on norms the graph was laid out for: all anew
+                log.info("the ANN index holds %d vectors longer than it was laid out for: building a new one",
+                         index.clamped)
+                self.dirty_items.update(dict.fromkeys(np.flatnonzero(catalog.alive[:len(catalog)]).tolist()))
             idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
             self.dirty_items.clear()
+            self._meanwhile.clear()
             self._rebuilding = threading.Thread(target=self._rebuild, args=(idx, index.longest),
                                                 name="foryou-index", daemon=True)
             self._rebuilding.start()
@@ -87,6 +89,8 @@ class IndexUpkeep:
             chunk = list(islice(self.dirty_items, size))
             for i in chunk:
                 del self.dirty_items[i]
+            if self._rebuilding is not None:  # the new index holds them as they were: again after the swap
+                self._meanwhile.update(chunk)
             idx = np.array(chunk, np.int64)
             alive = catalog.alive[idx]
             if (~alive).any():
@@ -115,8 +119,8 @@ class IndexUpkeep:
     def _rebuild(self, idx: np.ndarray, longest: float = 0.0) -> None:
         """In a thread of its own: a new index of `idx`'s current vectors, laid out for vectors
         `longest` long (the old index's longest). usearch adds without the GIL; the vectors are read
-        while the event loop may change rows, and any item changed after the rebuild began is queued
-        again (`dirty_items`), so it is put in after the swap."""
+        while the event loop may change rows, and any item indexed in place after the rebuild began is
+        queued again at the swap (`_meanwhile`)."""
         catalog = self.live.catalog
         try:
             index = make_index(self.settings.dim + 1, self.settings.index)

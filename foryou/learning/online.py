@@ -88,6 +88,7 @@ class Learner(IndexUpkeep):
         self.dirty_items: dict[int, None] = {}  # items to re-index, oldest change first
         self._rebuilding: threading.Thread | None = None  # a new index being built (`refresh_index`)
         self._rebuilt: VectorIndex | None = None
+        self._meanwhile: set[int] = set()
         self._stop_rebuild = threading.Event()
         self._dropped_in_row = 0
         self._last_checkpoint = 0.0

@@ -22,8 +22,10 @@ class VectorIndex(Protocol):
     """Item vectors keyed by int64; `search` returns (keys int64, scores float32), best score first."""
 
     dim: int
-    clamped: int  # vectors put in beyond the bound on norms the index was laid out for (ranked a little low)
     longest: float  # the longest vector put in
+
+    @property
+    def clamped(self) -> int: ...  # vectors held beyond the bound on norms the index was laid out for
 
     def reserve(self, norm: float) -> None: ...  # lay the index out for vectors up to `norm` long
     def upsert(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
@@ -78,7 +80,8 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
 
 
 _EXACT = struct.Struct("<8sQQ")  # magic, dim, count; then the keys and the rows
-# magic, dim, expansion_add, expansion_search, bound, longest, clamped; then usearch's own bytes
+# magic, dim, expansion_add, expansion_search, bound, longest, number of keys clamped; then those keys
+# (int64) and usearch's own bytes
 _HNSW = struct.Struct("<8sQQQddQ")
 HEADROOM = 2.0  # an HNSW graph's bound on norms: this times the longest vector it was laid out for
 REBOUND_MOST = 20_000  # vectors up to which a graph is rebuilt at once around a longer vector
@@ -168,8 +171,8 @@ class HnswIndex:
     short: at 1M items it found 48% of a user's true 400 best, and 99% this way, a third faster
     (`benchmarks/ann_recall.py`). M is twice the longest vector of the first insert; a longer one
     later has the graph rebuilt around a new bound while it is small (`REBOUND_MOST`), and beyond that
-    is held at M (ranked as if its product were lower by (|x|^2 - M^2) / 2) and counted in `clamped`,
-    for the owner to build a new index (`reserve` first)."""
+    is held at M (ranked as if its product were lower by (|x|^2 - M^2) / 2) and counted in `clamped`
+    while held, for the owner to build a new index (`reserve` first)."""
 
     MAGIC = b"FYHNSW02"
 
@@ -177,7 +180,7 @@ class HnswIndex:
         self.dim = _dim(dim)
         self.bound = 0.0  # M
         self.longest = 0.0  # the longest vector put in
-        self.clamped = 0  # vectors put in longer than the bound, since it was set
+        self._clamped: set[int] = set()  # keys held longer than the bound (at it)
         self._index = self._new(connectivity, expansion_add, expansion_search)
 
     def _new(self, connectivity: int, expansion_add: int, expansion_search: int) -> Index:
@@ -186,6 +189,10 @@ class HnswIndex:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    @property
+    def clamped(self) -> int:
+        return len(self._clamped)
 
     def _held(self, v: np.ndarray, norms: np.ndarray) -> np.ndarray:
         extra = np.sqrt(np.maximum(self.bound * self.bound - norms.astype(np.float64) ** 2, 0.0))
@@ -199,7 +206,8 @@ class HnswIndex:
         keys = np.asarray(self._index.keys, dtype=np.int64)
         vecs = self.stored(keys)
         ix = self._index
-        self.bound, self.clamped = float(norm) * HEADROOM, 0
+        self.bound = float(norm) * HEADROOM
+        self._clamped.clear()
         self._index = self._new(ix.connectivity, ix.expansion_add, ix.expansion_search)
         if len(keys):
             self._index.add(keys, self._held(vecs, np.linalg.norm(vecs, axis=1)), threads=0 if len(keys) >= 256 else 1)
@@ -211,7 +219,9 @@ class HnswIndex:
         self.longest = max(self.longest, top)
         if top > self.bound and len(self) <= REBOUND_MOST:
             self.reserve(top)
-        self.clamped += int((norms > self.bound).sum())
+        over = norms > self.bound
+        self._clamped.difference_update(k[~over].tolist())
+        self._clamped.update(k[over].tolist())
         # usearch refuses to re-add a key, so replacing is remove-then-add: the old node is tombstoned
         # (never returned again) and its slot is reused by the add.
         present = np.asarray(self._index.contains(k), dtype=bool)
@@ -225,6 +235,7 @@ class HnswIndex:
         k = k[k >= 0]  # negative keys can't be present, and usearch would wrap them to uint64
         if len(k):
             self._index.remove(k)
+            self._clamped.difference_update(k.tolist())
 
     def stored(self, keys: np.ndarray) -> np.ndarray:
         k = _keys(keys)
@@ -253,24 +264,29 @@ class HnswIndex:
     def to_bytes(self) -> bytes:
         ix, blob = self._index, self._index.save()  # no path given: usearch returns the bytes
         assert blob is not None
+        clamped = np.array(sorted(self._clamped), np.int64)
         return _HNSW.pack(self.MAGIC, self.dim, ix.expansion_add, ix.expansion_search, self.bound, self.longest,
-                          self.clamped) + blob
+                          len(clamped)) + clamped.tobytes() + blob
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         if len(data) < _HNSW.size or data[:8] != cls.MAGIC:
             raise ValueError("not an HnswIndex serialisation (or one of an earlier version, built again)")
-        _, dim, ex_add, ex_search, bound, longest, clamped = _HNSW.unpack_from(data)
+        _, dim, ex_add, ex_search, bound, longest, n_clamped = _HNSW.unpack_from(data)
+        start = _HNSW.size + 8 * n_clamped
+        if len(data) < start:
+            raise ValueError("truncated HnswIndex serialisation")
+        clamped = np.frombuffer(data, np.int64, n_clamped, _HNSW.size).tolist()
         # A memoryview slice, as usearch copies what it loads anyway. The graph and its connectivity come
         # from usearch's bytes, which don't hold the expansion settings, hence our header.
         try:
-            ix = Index.restore(memoryview(data)[_HNSW.size :], expansion_add=ex_add, expansion_search=ex_search)
+            ix = Index.restore(memoryview(data)[start:], expansion_add=ex_add, expansion_search=ex_search)
         except (RuntimeError, ValueError) as e:
             raise ValueError(f"corrupt HnswIndex serialisation: {e}") from e
         if ix is None or ix.ndim != dim + 1:
             raise ValueError("corrupt HnswIndex serialisation")
         index = cls(dim, ix.connectivity, ex_add, ex_search)
-        index._index, index.bound, index.longest, index.clamped = ix, bound, longest, clamped
+        index._index, index.bound, index.longest, index._clamped = ix, bound, longest, set(clamped)
         return index
 
 

@@ -269,3 +269,21 @@ def test_a_large_graph_counts_the_vectors_it_clamps_until_laid_out_again(monkeyp
         assert index.search(q, 5)[0].tolist() == brute(keys, long, q, 5)
     restored = HnswIndex.from_bytes(index.to_bytes())
     assert (restored.bound, restored.longest, restored.clamped) == (index.bound, index.longest, 0)
+
+
+def test_clamped_counts_the_vectors_held_beyond_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from foryou.retrieval import ann
+
+    monkeypatch.setattr(ann, "REBOUND_MOST", 2)
+    index = HnswIndex(DIM)
+    keys, vecs = data()
+    index.upsert(keys[:3], vecs[:3])
+    for _ in range(5):  # one item, long again and again: one vector held beyond the bound
+        index.upsert(keys[:1], vecs[:1] * 200)
+    assert index.clamped == 1
+    assert HnswIndex.from_bytes(index.to_bytes()).clamped == 1
+    index.upsert(keys[1:2], vecs[1:2] * 200)
+    index.upsert(keys[:1], vecs[:1])  # short again
+    assert index.clamped == 1
+    index.remove(keys[1:2])
+    assert index.clamped == 0 and HnswIndex.from_bytes(index.to_bytes()).clamped == 0
