@@ -144,6 +144,19 @@ def model_lag(port: int, key: str | None) -> dict[str, Any]:
     return {"buckets": buckets, "behind": float(behind.group(1)) if behind else float("nan")}
 
 
+def settle(port: int, key: str | None, most_s: float = 180.0) -> float:
+    """Wait (at most `most_s`) until the server's model is less than 1,000 events behind its log, so that
+    the mixed run's model lag is not the backlog the ingest runs before it left; returns how long."""
+    started = time.monotonic()
+    while time.monotonic() - started < most_s:
+        status, body = bench.get(port, "/metrics", key=key)
+        behind = re.search(r"^foryou_model_events_behind (\S+)", body.decode(), re.M)
+        if status != 200 or behind is None or float(behind.group(1)) < 1000:
+            break
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
 def lag_p99(before: dict[float, int], after: dict[float, int]) -> float:
     """The bucket bound under which 99% of the batches learned between two scrapes were (inf: above
     the largest bound; nan: none learned)."""
@@ -405,7 +418,10 @@ def run_scale(a: argparse.Namespace, client_kind: str, command: str) -> ScaleRun
         spy(srv, f"POST /v1/events over HTTP ({a.batch}/batch), server process", events_mode, a.ingest_conns,
             "events")
 
-        # mixed: feeds while another client ingests at a fixed rate
+        # mixed: feeds while another client ingests at a fixed rate, once the trainer caught up
+        settled = settle(port, api_key)
+        details.append(f"Before the mixed run the trainer took {settled:.0f} s to catch up with the ingest runs.")
+        bench.log(f"trainer caught up in {settled:.0f} s")
         ingest_s = a.duration + a.warmup + 2
         ing = subprocess.Popen([bench.PY, str(bench.BENCH / "ingester.py"), "--port", str(port),
                                 "--rate", str(a.mixed_rate), "--batch", str(a.batch), "--seconds", str(ingest_s),

@@ -30,8 +30,12 @@ def private_dir(path: Path) -> Path:
 
 def private_file(path: Path) -> Path:
     """Create `path` empty as 0600 unless it exists; narrow an existing one (made by an earlier
-    version) to 0600."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    version) to 0600. An existing file is never opened here: closing any descriptor of a file drops
+    every POSIX lock this process holds on it, SQLite's included, so a second store handle opened
+    beside the first let another process take a database's locks under it (a corrupted `model.db`
+    after a few starts and stops of `foryou serve` with its trainer)."""
+    if not path.exists():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
     if path.stat().st_mode & 0o777 != FILE_MODE:
         path.chmod(FILE_MODE)
     return path

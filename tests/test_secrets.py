@@ -133,3 +133,21 @@ def test_a_secret_given_as_a_value_wins_and_is_never_shown(tmp_path: Path, make_
     client = make_client(**{"privacy.secret": phrase})
     card = client.get("/v1/algorithm").text
     assert phrase not in card and "secret" not in card
+
+
+def test_making_a_file_private_keeps_this_process_s_locks_on_it(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included: a second store handle making the data directory's files private must not open an existing
+    one (it let another process write a database under this one's locks: a corrupted `model.db`)."""
+    import fcntl
+    import subprocess
+
+    from foryou.datadir import private_file
+
+    path = private_file(tmp_path / "x.db")
+    with open(path, "r+b") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as SQLite locks a database's bytes
+        private_file(path)
+        probe = "import fcntl, sys; fcntl.lockf(open(sys.argv[1], 'r+b'), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        taken = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, timeout=60)
+        assert taken.returncode != 0, "another process took the lock this one holds"
