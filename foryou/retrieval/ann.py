@@ -172,11 +172,13 @@ class HnswIndex:
     (`benchmarks/ann_recall.py`). M is twice the longest vector of the first insert; a longer one
     later has the graph rebuilt around a new bound while it is small (`REBOUND_MOST`), and beyond that
     is held at M (ranked as if its product were lower by (|x|^2 - M^2) / 2) and counted in `clamped`
-    while held, for the owner to build a new index (`reserve` first)."""
+    while held, for the owner to build a new index (`reserve` first). The search's beam is 128 wide at
+    least (usearch's default 64 gave recall@10 0.955-0.975 on the conformance suite's clustered data,
+    128 gave 0.988-0.999, by hand); a feed asks 400, which widens it to that."""
 
     MAGIC = b"FYHNSW02"
 
-    def __init__(self, dim: int, connectivity: int = 16, expansion_add: int = 128, expansion_search: int = 64) -> None:
+    def __init__(self, dim: int, connectivity: int = 16, expansion_add: int = 128, expansion_search: int = 128) -> None:
         self.dim = _dim(dim)
         self.bound = 0.0  # M
         self.longest = 0.0  # the longest vector put in

@@ -21,7 +21,7 @@ BACKENDS: dict[str, Callable[[int], VectorIndex]] = {
 }
 
 DIM = 8
-N = 50  # below HnswIndex's default expansion_search (64)
+N = 50  # below HnswIndex's default expansion_search (128)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
