@@ -32,7 +32,7 @@ _INSERT_PART = 8
 # proposes candidates; the ranker scores them with the current rows.
 DRIFT = 0.05
 _REBUILD_AT = 50_000  # items waiting for the index above which a tick has a thread build a new one
-_CLAMPED_MOST = 1_000  # vectors beyond an index's bound on norms (and 1% of it) that have a new one built
+_CLAMPED_MOST = 10  # vectors beyond an index's bound on norms (and 1% of it) that have a thread build a new one
 _REBUILD_CHUNK = 50_000
 _REBUILD_PART = 5_000  # items a rebuild adds between looks at whether to stop (a few seconds at most)
 

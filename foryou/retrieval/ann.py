@@ -84,7 +84,8 @@ _EXACT = struct.Struct("<8sQQ")  # magic, dim, count; then the keys and the rows
 # (int64) and usearch's own bytes
 _HNSW = struct.Struct("<8sQQQddQ")
 HEADROOM = 2.0  # an HNSW graph's bound on norms: this times the longest vector it was laid out for
-REBOUND_MOST = 20_000  # vectors up to which a graph is rebuilt at once around a longer vector
+REBOUND_MOST = 1_000  # vectors up to which a graph is rebuilt at once around a longer vector: ~20 ms on the
+# caller's thread, a tick's budget (2,000: 44 ms; 20,000: 0.75 s, a stall of the server's event loop)
 
 
 class ExactIndex:
