@@ -241,6 +241,16 @@ class Server:
         self.ready_s = time.perf_counter() - started
         self.pid = self.proc.pid
 
+    def wait_for(self, text: str, most_s: float = 300.0) -> float:
+        """Wait (at most `most_s`) until the server's output has `text` (the trainer it started prints
+        "ForYou trainer:" once it has loaded); returns how long."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < most_s and self.proc.poll() is None:
+            if text in self.log_path.read_text(errors="replace"):
+                break
+            time.sleep(0.2)
+        return time.perf_counter() - started
+
     def stop(self) -> float:
         """SIGINT (graceful: ForYou checkpoints on the way out), SIGKILL after 120 s; returns seconds taken."""
         started = time.perf_counter()

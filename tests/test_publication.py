@@ -131,3 +131,65 @@ def test_only_removals_get_a_version_of_their_own() -> None:
     publication.load(follower, *found)
     assert state(follower) == state(writer)
 
+
+
+def _blob_keys(store: object) -> set[str]:
+    return set(store._data.blobs)  # type: ignore[attr-defined]  # the memory store's blobs, to see what is left
+
+
+def test_a_snapshot_is_written_a_chunk_per_publication_and_replaces_the_last() -> None:
+    rng = np.random.default_rng(3)
+    store = open_store(f"memory://publication-{next(_names)}", ["us"])
+    writer, pub = tables(), Publisher(keep_s=0.0, chunk_bytes=256)
+    train(writer, rng, 1.0)
+    pub.publish(store, writer, 1)
+    assert pub.compact(store, writer, 1.0, force=True)  # all chunks at once
+    first = _blob_keys(store)
+    assert len(first) > 3  # the manifest and several chunks
+    for step in range(2, 200):  # until the deltas outweigh it and a second snapshot completes
+        train(writer, rng, float(step))
+        version = pub.publish(store, writer, step)
+        if pub.compact(store, writer, float(step)):
+            break
+        # while one is being written, a start reads the last complete snapshot and the deltas after it
+        found = publication.snapshot_and_after(store, version)
+        assert found is not None
+        fresh = tables()
+        publication.load(fresh, *found)
+        assert state(fresh) == state(writer)
+    else:
+        pytest.fail("no second snapshot")
+    snap = publication.read_snapshot(store)
+    assert snap is not None and snap is not False and 1 < snap.version < version  # as of when it began
+    assert not (first - {publication.SNAPSHOT_BLOB}) & _blob_keys(store)  # the first one's chunks went
+    assert publication.PENDING_BLOB not in _blob_keys(store)
+    for later in range(step + 1, step + 40):  # the deltas it holds go, a chunk's worth per publication
+        train(writer, rng, float(later))
+        version = pub.publish(store, writer, later)
+        pub.compact(store, writer, float(later))
+    assert min(v for v, _ in store.model_deltas(0)) > snap.version
+    fresh = tables()
+    found = publication.snapshot_and_after(store, version)
+    assert found is not None
+    publication.load(fresh, *found)
+    assert state(fresh) == state(writer)
+
+
+def test_the_chunks_of_a_snapshot_a_killed_writer_left_go_with_the_next() -> None:
+    rng = np.random.default_rng(4)
+    store = open_store(f"memory://publication-{next(_names)}", ["us"])
+    writer, killed = tables(), Publisher(chunk_bytes=256)
+    train(writer, rng, 1.0)
+    killed.publish(store, writer, 1)
+    assert not killed.compact(store, writer, 1.0)  # due: one chunk written of several, then killed
+    left = _blob_keys(store)
+    assert publication.PENDING_BLOB in left and publication.snapshot_and_after(store, 1) is not None
+    again = Publisher(chunk_bytes=256)
+    again.loaded(1, None, [])
+    assert again.compact(store, writer, 2.0, force=True)
+    assert not (left - {publication.PENDING_BLOB}) & _blob_keys(store)
+    found = publication.snapshot_and_after(store, 1)
+    assert found is not None and found[0] is not None
+    fresh = tables()
+    publication.load(fresh, *found)
+    assert state(fresh) == state(writer)

@@ -70,7 +70,8 @@ class Learner(IndexUpkeep):
         self.live = live
         self.settings = s
         self.serves = serves
-        self.checkpoint_s = s.checkpoint_interval_s if serves else s.publish_interval_s
+        # A trainer process publishes at the end of each step of its loop, one per interval (`Trainer.run`)
+        self.checkpoint_s = s.checkpoint_interval_s if serves else s.publish_interval_s / 2
         self.model = Model(live.catalog.regions, s.dim, (s.popularity_weight, s.trending_weight), s.memory, s.lr,
                            s.dense_lr, 1e-4, s.min_count, s.ttl_days * 86400.0, seed)
         self.index: VectorIndex = make_index(s.dim + 1, s.index)

@@ -1,7 +1,9 @@
 """The item-side tables of the model (items, creators, tags) as a trainer publishes them and a server
 takes them in: each published version saves one delta (the rows it changed and the ids it removed
 since the version published before it), and once the deltas since the last snapshot outweigh that
-snapshot, a snapshot of the whole tables replaces them (`Store.keep_model_deltas`).
+snapshot, a snapshot of the whole tables replaces them (`Store.keep_model_deltas`). A snapshot is
+written a chunk per publication (blobs of its own, then a small manifest naming them), so that a
+large one never holds the writer for long.
 
 Why: a publication used to upsert each changed row into a B-tree keyed by table and id, one random
 page a row written twice through the WAL, twice a second: 36% of a trainer's time at 1M items, and
@@ -18,11 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -33,6 +36,10 @@ log = logging.getLogger("foryou.learning")
 TABLES = ("item", "creator", "tag")
 SNAPSHOT_BLOB = "model.items"  # the latest snapshot of the item-side tables
 _LEN = struct.Struct("<I")
+_SNAP_MAGIC = b"FYSNAP01"  # a snapshot's manifest: its version, chunks and size; the chunks are blobs of their own
+_MANIFEST = struct.Struct("<QQQQ")  # version, a nonce (chunk keys are never reused), chunks, bytes
+PENDING_BLOB = SNAPSHOT_BLOB + ".pending"  # the manifest of a snapshot being written (chunks to clear if killed)
+CHUNK_BYTES = 16 << 20  # a snapshot's bytes written per publication
 
 
 @dataclass
@@ -147,12 +154,40 @@ def chain(store: Store, after: int, through: int) -> list[Publication] | None:
     return out if at == through else None
 
 
+def _manifest(raw: bytes) -> tuple[int, int, int, int]:
+    """(version, nonce, chunks, bytes) of a snapshot's manifest."""
+    return _MANIFEST.unpack_from(raw, len(_SNAP_MAGIC))
+
+
+def _chunk_keys(raw: bytes) -> list[str]:
+    """The keys of the chunks a manifest names."""
+    version, nonce, chunks, _ = _manifest(raw)
+    return [f"{SNAPSHOT_BLOB}@{version}.{nonce:x}/{k}" for k in range(chunks)]
+
+
+def read_snapshot(store: Store) -> Publication | Literal[False] | None:
+    """The latest complete snapshot; None before the first; False when one of its chunks is gone (a
+    newer snapshot replaced it while it was read: read again)."""
+    raw = store.get_model_blob(SNAPSHOT_BLOB)
+    if raw is None:
+        return None
+    if not raw.startswith(_SNAP_MAGIC):  # written whole, as before chunks
+        return decode(raw)
+    size = _manifest(raw)[3]
+    parts = [store.get_model_blob(key) for key in _chunk_keys(raw)]
+    if any(p is None for p in parts):
+        return False
+    blob = b"".join(p for p in parts if p is not None)
+    return decode(blob) if len(blob) == size else False
+
+
 def snapshot_and_after(store: Store, through: int) -> tuple[Publication | None, list[Publication]] | None:
     """The latest snapshot (None before the first) and the deltas after it up to version `through`;
     None when they do not reach `through` as read (a snapshot newer than `through` replaced the deltas
     meanwhile, or `through` is not published yet): read the version again, then these."""
-    blob = store.get_model_blob(SNAPSHOT_BLOB)
-    snap = decode(blob) if blob is not None else None
+    snap = read_snapshot(store)
+    if snap is False:
+        return None
     start = snap.version if snap is not None else 0
     if start > through:
         return None
@@ -190,18 +225,23 @@ class Publisher:
     about twice the deltas). Deltas published in the last `keep_s` stay past a snapshot, so that a
     server that read the version before it still finds them and does not read the whole snapshot."""
 
-    def __init__(self, keep_s: float = 10.0) -> None:
+    def __init__(self, keep_s: float = 10.0, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.keep_s = keep_s
+        self.chunk_bytes = chunk_bytes
         self.published = 0
         self.delta_bytes = 0
         self.snapshot_bytes = 0
         self._times: deque[tuple[float, int]] = deque()  # (when, version) of recent publications
+        self._writing: tuple[bytes, bytes, int] | None = None  # a snapshot being written: manifest, bytes, chunks done
+        self._deltas: deque[tuple[int, int]] = deque()  # (version, bytes) of the deltas kept, oldest first
+        self._trim = 0  # deltas up to this version are to go (a snapshot holds them), a chunk's worth a call
 
     def loaded(self, version: int, snap: Publication | None, deltas: Sequence[Publication]) -> None:
         """The tables were restored as of `version` from these."""
         self.published = version
         self.snapshot_bytes = snap.size if snap is not None else 0
         self.delta_bytes = sum(d.size for d in deltas)
+        self._deltas = deque((d.version, d.size) for d in deltas)
 
     def publish(self, store: Store, tables: Mapping[str, Table], version: int) -> int:
         """Save the rows changed since the last publication as the delta of `version`; returns the
@@ -214,23 +254,70 @@ class Publisher:
         store.append_model_delta(version, blob)
         self.published = version
         self.delta_bytes += len(blob)
+        self._deltas.append((version, len(blob)))
         return version
 
     def compact(self, store: Store, tables: Mapping[str, Table], now: float, force: bool = False) -> bool:
-        """Once the version is published: the snapshot when due (or `force`); returns whether one was
-        written."""
+        """Once the version is published: the snapshot when due (or `force`), `chunk_bytes` of it per
+        call; returns whether one was completed. Why in chunks: at 1M items a snapshot is ~220 MB,
+        and writing it at once held the trainer ~1 s (2-4 s beside a busy server), during which
+        nothing was published: the model lag's tail. `force` writes all that is left at once."""
         times = self._times
         if not times or times[-1][1] != self.published:
             times.append((now, self.published))
         while len(times) > 1 and times[1][0] <= now - self.keep_s:
             times.popleft()
-        if self.delta_bytes <= self.snapshot_bytes and not force:
+        self._trim_some(store, force)
+        if self._writing is None:
+            if self.delta_bytes <= self.snapshot_bytes and not force:
+                return False
+            self._start(store, encode(Publication(self.published, 0, {n: t.whole() for n, t in tables.items()})))
+        assert self._writing is not None
+        manifest, blob, done = self._writing
+        keys = _chunk_keys(manifest)
+        for k in range(done, len(keys) if force else min(done + 1, len(keys))):
+            store.save_model_blob(keys[k], blob[k * self.chunk_bytes:(k + 1) * self.chunk_bytes])
+            done = k + 1
+        if done < len(keys):
+            self._writing = (manifest, blob, done)
             return False
-        blob = encode(Publication(self.published, 0, {n: t.whole() for n, t in tables.items()}))
-        store.save_model_blob(SNAPSHOT_BLOB, blob)
+        self._writing = None
+        version = _manifest(manifest)[0]
+        old = store.get_model_blob(SNAPSHOT_BLOB)
+        store.save_model_blob(SNAPSHOT_BLOB, manifest)
+        if old is not None and old.startswith(_SNAP_MAGIC):
+            store.delete_model_blobs(_chunk_keys(old))
+        store.delete_model_blobs([PENDING_BLOB])
         kept_after = times[0][1] if times[0][0] <= now - self.keep_s else 0
-        store.keep_model_deltas(min(kept_after, self.published), self.published)
-        log.debug("model snapshot of version %d: %d bytes, after %d bytes of deltas", self.published, len(blob),
-                  self.delta_bytes)
-        self.snapshot_bytes, self.delta_bytes = len(blob), 0
+        self._trim = min(kept_after, version)
+        self._trim_some(store, force)
+        log.debug("model snapshot of version %d: %d bytes", version, len(blob))
+        self.snapshot_bytes = len(blob)
         return True
+
+    def _trim_some(self, store: Store, everything: bool) -> None:
+        """Delete the oldest deltas a snapshot holds, about `chunk_bytes` of them (all with
+        `everything`): at 1M items a snapshot replaces ~200 MB of deltas, and deleting them at once
+        held the writer over a second. The last call also takes any a killed writer left."""
+        if not self._trim:
+            return
+        deltas, upto, freed = self._deltas, 0, 0
+        while deltas and deltas[0][0] <= self._trim and (everything or freed < self.chunk_bytes):
+            upto, size = deltas.popleft()
+            freed += size
+        if not deltas or deltas[0][0] > self._trim:
+            upto, self._trim = self._trim, 0
+        if upto:
+            store.keep_model_deltas(upto, self.published)
+
+    def _start(self, store: Store, blob: bytes) -> None:
+        """Begin a snapshot of the tables as published: the chunks of one a killed writer left unfinished go
+        first; its manifest is saved as pending, so that a writer killed during this one clears them."""
+        stale = store.get_model_blob(PENDING_BLOB)
+        if stale is not None and stale != store.get_model_blob(SNAPSHOT_BLOB):  # (killed once it was complete)
+            store.delete_model_blobs(_chunk_keys(stale))
+        chunks = max(1, -(-len(blob) // self.chunk_bytes))
+        manifest = _SNAP_MAGIC + _MANIFEST.pack(self.published, secrets.randbits(63), chunks, len(blob))
+        store.save_model_blob(PENDING_BLOB, manifest)
+        self._writing = (manifest, blob, 0)
+        self.delta_bytes = 0  # the deltas after this version count towards the next snapshot

@@ -256,6 +256,9 @@ class Models(Protocol):
     def get_model_blob(self, key: str) -> bytes | None:
         """The blob as last saved under `key`; None if never (or dropped)."""
 
+    def delete_model_blobs(self, keys: Sequence[str]) -> None:
+        """Delete the blobs under `keys` (those not there are no error), in one transaction."""
+
     def drop_model(self) -> None:
         """Delete every embedding row (shared and per region), delta and blob, atomically per file:
         the next start learns the model again from the log."""

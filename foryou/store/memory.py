@@ -410,6 +410,10 @@ class MemoryStore(EventAppends):
     def get_model_blob(self, key: str) -> bytes | None:
         return self._data.blobs.get(key)
 
+    def delete_model_blobs(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._data.blobs.pop(key, None)
+
     def drop_model(self) -> None:
         for region in self.regions:
             self._r(region).model_rows.clear()

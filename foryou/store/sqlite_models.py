@@ -96,6 +96,10 @@ class ModelTables:
         with tx(self._models) as c:
             c.execute("INSERT OR REPLACE INTO model_blobs VALUES (?,?)", (key, value))
 
+    def delete_model_blobs(self, keys: Sequence[str]) -> None:
+        with tx(self._models) as c:
+            c.executemany("DELETE FROM model_blobs WHERE key=?", [(k,) for k in keys])
+
     def get_model_blob(self, key: str) -> bytes | None:
         row = self._models.execute("SELECT value FROM model_blobs WHERE key=?", (key,)).fetchone()
         return None if row is None else bytes(row[0])

@@ -830,6 +830,14 @@ def test_model_blobs_replace_and_survive_reopen(opener: Opener, store: Store) ->
     assert opener.reopen(store).get_model_blob("model") == b"v2" * 1000
 
 
+def test_model_blobs_are_deleted_by_key(opener: Opener, store: Store) -> None:
+    for key in ("a", "b", "c"):
+        store.save_model_blob(key, key.encode())
+    store.delete_model_blobs(["a", "c", "never"])
+    again = opener.reopen(store)
+    assert [again.get_model_blob(k) for k in ("a", "b", "c")] == [None, b"b", None]
+
+
 def test_drop_model_forgets_every_row_and_blob(opener: Opener, store: Store) -> None:
     store.save_model_rows(None, "item", [("a", b"\x01")], [])
     store.save_model_rows("us", "user", [("u1", b"us-row")], [])
