@@ -83,6 +83,7 @@ class SignalSettings:
 class StoreSettings:
     checkpoint_interval_s: float = 5.0  # derived state (counters, interests) is persisted this often
     user_cache: int = 30_000  # users whose state is kept in memory (least recently used are evicted)
+    user_save_after_s: float = 60.0  # a user's changed interest state is saved once unsaved this long
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ _RANGES = (("policy.topic_run_cap", 1, None), ("policy.sensitive_run_cap", 1, No
            ("policy.pool_eval_delay_s", 0, None), ("policy.pool_expire_days", 0, None),
            ("policy.topic_weight_gain", 0, None), ("policy.not_interested_days", 0, None),
            ("policy.max_keyword_words", 1, None), ("policy.max_phrase_words", 1, None),
-           ("server.feed_budget_ms", 0, None),
+           ("server.feed_budget_ms", 0, None), ("store.user_save_after_s", 0, None),
            ("learning.publish_interval_s", 0.05, None), ("server.max_concurrency", 1, None),
            ("server.header_timeout_s", 0.1, None), ("server.body_timeout_s", 0.1, None),
            ("server.keep_alive_s", 0.1, None), ("limits.requests_per_s", 0, None), ("limits.burst", 1, None),

@@ -11,6 +11,7 @@ from factories import item
 from foryou.catalog import Catalog
 from foryou.interest import (
     CREATOR,
+    MAX_FEATURES,
     RECENT,
     SOUND,
     TAG,
@@ -24,6 +25,7 @@ from foryou.interest import (
     key,
     learn_one,
     loads,
+    prune,
     seed_interests,
 )
 from foryou.seen import Seen
@@ -263,3 +265,20 @@ def test_round_trip_of_an_empty_state() -> None:
     back = loads(dumps(UserState(), cat), cat)
     assert back.weights == {} and back.follows == set() and back.recent == []
     assert (back.last_creator, back.last_sound) == (-1, -1)
+
+
+def test_prune_keeps_the_strongest_weights_strongest_first_ties_in_the_order_they_came() -> None:
+    n = MAX_FEATURES + 40
+    order = [(k * 7919) % n for k in range(n)]  # magnitudes 0..n-1, shuffled, with alternating signs
+    state = UserState(weights={key(TAG, k): (-1.0) ** k * float(m) for k, m in enumerate(order)})
+    cut = n - MAX_FEATURES  # the weakest magnitude kept ...
+    state.weights[key(SOUND, 1)] = float(cut)  # ... which this ties, coming last: left out
+    prune(state)
+    kept = list(state.weights.items())
+    assert len(kept) == MAX_FEATURES
+    assert [abs(w) for _, w in kept] == sorted((abs(w) for _, w in kept), reverse=True)
+    assert min(abs(w) for _, w in kept) == cut and key(SOUND, 1) not in state.weights
+    assert all(state.weights[key(TAG, k)] == (-1.0) ** k * m for k, m in enumerate(order) if m >= cut)
+    small = UserState(weights={key(TAG, 1): 0.5, key(TAG, 2): -2.0})
+    prune(small)
+    assert list(small.weights) == [key(TAG, 1), key(TAG, 2)]  # under the bound: as it was

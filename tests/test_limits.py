@@ -327,9 +327,11 @@ def test_under_steady_ingestion_the_periodic_slices_keep_the_user_cache_bounded(
     """Users with unsaved state cannot be evicted (nor saved before the item aggregates of their events
     are, once per `store.checkpoint_interval_s`): when more become dirty per tick than a slice saves,
     the slices grow, so the cache stays within about one interval's arrivals of its bound, and
-    returns to it without a full checkpoint."""
+    returns to it without a full checkpoint; the users left in it are saved once unsaved for
+    `store.user_save_after_s`."""
     engine, clock = small_cache, small_cache.clock
     interval_ticks = int(engine.settings.store.checkpoint_interval_s / 0.5)
+    save_ticks = int(engine.settings.store.user_save_after_s / 0.5)
     sizes = []
     for tick in range(60):
         engine.events.ingest([EventIn(user=f"t{tick}-{u}", item=f"v{u % 200}", type="view", watch_s=10.0)
@@ -341,4 +343,8 @@ def test_under_steady_ingestion_the_periodic_slices_keep_the_user_cache_bounded(
     for _ in range(3 * interval_ticks):
         clock.advance(0.5)  # type: ignore[attr-defined]
         engine.tick(clock())
-    assert len(engine.live.users) <= 20 and not any(engine.live.dirty_users.values())
+    assert len(engine.live.users) <= 20
+    for _ in range(save_ticks):
+        clock.advance(0.5)  # type: ignore[attr-defined]
+        engine.tick(clock())
+    assert not any(engine.live.dirty_users.values())

@@ -137,8 +137,46 @@ def test_a_checkpoint_behind_a_backlog_runs_in_several_slices_a_round(make_clien
         return sum(len(users) for users in engine.live.dirty_users.values())
 
     assert dirty() == 3000
-    clock.advance(10.0)  # past the checkpoint interval
+    clock.advance(engine.settings.store.user_save_after_s + 1)  # past the interval and the users' save age
     asyncio.run(run_periodic(engine))
     assert dirty() == 3000 - 10 * 200
     asyncio.run(run_periodic(engine))
     assert dirty() == 0
+
+
+def test_a_changed_user_is_saved_once_unsaved_for_the_save_age_and_read_right_meanwhile(tmp_path: Any) -> None:
+    """A user active all along is not saved at every checkpoint interval, only once their state has been
+    unsaved for `store.user_save_after_s`; the watermark stays below their change until then; another
+    engine reading the user meanwhile catches up from the log."""
+    from foryou.config import load_settings
+    from foryou.engine import Engine
+    from foryou.types import EventIn, ItemIn
+
+    clock = Clock(1_700_000_000.0)
+    settings = load_settings(overrides={"server.data": str(tmp_path / "d"), "learning.enabled": False}, env={})
+    engine = Engine.open(settings, clock=clock, seed=0)
+    try:
+        engine.items.upsert([ItemIn(id=f"v{k}", creator=f"c{k}", duration_s=10.0, tags=[f"t{k}"]) for k in range(3)])
+        engine.live.prefetch(["u1"])
+        engine.events.ingest([EventIn(user="u1", item="v1", type="like")])
+        seq = engine.live.users["u1"].dirty_since
+        assert seq > 0
+        age = settings.store.user_save_after_s
+        for _ in range(int(age / 0.5) - 2):  # checkpoints come and go: u1 waits
+            clock.advance(0.5)
+            engine.tick(clock())
+        assert engine.live.users["u1"].dirty and engine.store.load_user_state("us", "u1") is None
+        assert engine.store.user_state_watermark("us") < seq
+        weights = dict(engine.live.users["u1"].state.weights)
+        other = Engine.open(settings, clock=clock, seed=0)  # as another server would read u1 now
+        try:
+            assert other.live.user("u1").state.weights == weights
+        finally:
+            other.store.close()
+        for _ in range(12):
+            clock.advance(0.5)
+            engine.tick(clock())
+        assert not engine.live.users["u1"].dirty and engine.store.load_user_state("us", "u1") is not None
+        assert engine.store.user_state_watermark("us") >= seq
+    finally:
+        engine.close()

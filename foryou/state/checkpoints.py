@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from itertools import islice
+from itertools import islice, takewhile
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,11 @@ _MAX_SLICE = 1_000
 
 class Checkpoints(StateFields):
     def maybe_checkpoint(self, max_users: int = 200) -> bool:
-        """The periodic work's (never a request's): every `checkpoint_interval_s`, save a bounded slice
-        of state, so that no tick holds the server for a whole checkpoint; the slices continue, a tick
-        each, until nothing is dirty. Decides the new-video pools that are due. Once an hour,
-        idempotency keys past their time to live are dropped. Returns whether slices are still due."""
+        """The periodic work's (never a request's): every `checkpoint_interval_s`, the item aggregates,
+        and a bounded slice of the users whose state has been unsaved for `user_save_after_s`, so that no
+        tick holds the server for a whole checkpoint; the slices continue, a tick each, until no such
+        user is left. Decides the new-video pools that are due. Once an hour, idempotency keys past
+        their time to live are dropped. Returns whether slices are still due."""
         now = self.clock()
         if now - self._last_purge >= 3600:  # keys are remembered from acceptance, in the engine's time
             self._last_purge = now
@@ -42,7 +43,10 @@ class Checkpoints(StateFields):
         if due or (pending and (self._in_progress or over > 0)):
             # The item aggregates once per interval; the users' slices continue between (under a
             # steady load they would otherwise never end, and each would save every item again).
-            self._in_progress = not self.checkpoint(max_users, wait=False, items=due)
+            # Users a while after their first unsaved change, or the oldest when the cache is over
+            # its bound: a user active all along is then saved once a minute, not every interval.
+            saved_before = None if over > 0 else now - self.settings.store.user_save_after_s
+            self._in_progress = not self.checkpoint(max_users, wait=False, items=due, saved_before=saved_before)
         return self._in_progress
 
     def save_snapshot(self) -> None:
@@ -66,15 +70,16 @@ class Checkpoints(StateFields):
         self.writer = writer
         writer.start()
 
-    def checkpoint(self, max_users: int | None = None, wait: bool = True, items: bool = True) -> bool:
+    def checkpoint(self, max_users: int | None = None, wait: bool = True, items: bool = True,
+                   saved_before: float | None = None) -> bool:
         """Save dirty item aggregates (unless not `items`) and (up to `max_users`, oldest first) users'
-        interest state. Each region's state watermark stays below the oldest change still unsaved, so
-        replay after a crash re-applies exactly what is missing. Returns True when no user is left
-        dirty. With a writer beside (`write_beside`) the aggregates are written by it; `wait`: before
-        returning."""
+        interest state (with `saved_before`, only users whose state first changed before that time).
+        Each region's state watermark stays below the oldest change still unsaved, so replay after a
+        crash re-applies exactly what is missing. Returns True when no user is left to save. With a
+        writer beside (`write_beside`) the aggregates are written by it; `wait`: before returning."""
         if items:
             self._save_items(wait)
-        return self._save_users(max_users)
+        return self._save_users(max_users, saved_before)
 
     def _save_items(self, wait: bool) -> None:
         catalog, trending = self.catalog, self.trending
@@ -111,13 +116,15 @@ class Checkpoints(StateFields):
                 self.vocab_saved[kind] = len(names)
         return {uid: dumps(state, self.catalog) for uid, state in states.items()}
 
-    def _save_users(self, max_users: int | None) -> bool:
+    def _save_users(self, max_users: int | None, saved_before: float | None = None) -> bool:
         catalog = self.catalog
         budget = max_users if max_users is not None else sum(len(d) for d in self.dirty_users.values())
         share = max(1, budget // len(catalog.regions))
         done = True
         for region, dirty_users in self.dirty_users.items():
             batch = list(islice(dirty_users.items(), share))  # the oldest changes first
+            if saved_before is not None:
+                batch = list(takewhile(lambda kv: kv[1].dirty_at <= saved_before, batch))
             states = self.state_blobs({uid: u.state for uid, u in batch})
             for uid, u in batch:
                 u.dirty_since = 0
@@ -125,6 +132,6 @@ class Checkpoints(StateFields):
             rest = next(iter(dirty_users.values()), None)
             mark = rest.dirty_since - 1 if rest is not None else self.event_mark[region]
             self.store.save_user_states(region, states, mark)
-            done = done and rest is None
+            done = done and (rest is None or (saved_before is not None and rest.dirty_at > saved_before))
         self._trim()
         return done

@@ -27,6 +27,7 @@ class LiveUser:
     profile: UserRecord
     state: UserState
     dirty_since: int = 0  # seq of the first logged event not yet in the saved state; 0 when saved
+    dirty_at: float = 0.0  # when the state first changed since it was saved (the clock's time)
     stored: bool = True  # False until the profile is written to the store
     serving_loaded: bool = False  # served/viewed items, the last served ones and the controls read
     controls: Controls = field(default_factory=Controls)

@@ -275,6 +275,7 @@ class Users(StateFields):
         if not live.dirty_since:
             region = live.profile.region
             live.dirty_since = seq or self.event_mark[region] + 1
+            live.dirty_at = self.clock()
             self.dirty_users[region][live.profile.id] = live
 
     def apply_user_events(self, region: str, events: Sequence[EventRecord], seqs: Sequence[int],
