@@ -102,21 +102,39 @@ def _unstrings(lengths: bytes, data: bytes, n: int) -> list[str]:
 
 
 def encode(pub: Publication) -> bytes:
+    return b"".join(encode_buffers(pub))
+
+
+def encode_buffers(pub: Publication) -> list[memoryview]:
+    """`encode`'s bytes as the buffers they join, the arrays' own memory among them (a snapshot at 1M
+    items is ~220 MB: copying it twice more to join it would triple what writing it holds)."""
     tables, sections = [], []
     for name, part in pub.parts.items():
         key_lens, keys = _strings(part.keys)
         gone_lens, gone = _strings(part.removed)
-        arrays = [np.ascontiguousarray(part.vectors, np.float32).tobytes(),
-                  np.ascontiguousarray(part.accum, np.float32).tobytes(),
-                  np.ascontiguousarray(part.seen, np.float64).tobytes(),
-                  np.ascontiguousarray(part.ver, np.int64).tobytes()]
-        parts = [key_lens, keys, gone_lens, gone, *arrays]
+        arrays: list[np.ndarray] = [
+            np.ascontiguousarray(part.vectors, np.float32), np.ascontiguousarray(part.accum, np.float32),
+            np.ascontiguousarray(part.seen, np.float64), np.ascontiguousarray(part.ver, np.int64)]
+        strings: list[bytes] = [key_lens, keys, gone_lens, gone]
+        parts = [memoryview(b) for b in strings] + [a.reshape(-1).view(np.uint8).data for a in arrays]
         dim = int(part.vectors.shape[1]) if part.vectors.ndim == 2 else 0
         tables.append({"name": name, "n": len(part), "gone": len(part.removed), "dim": dim,
                        "sizes": [len(p) for p in parts]})
         sections += parts
     header = json.dumps({"version": pub.version, "prev": pub.prev, "tables": tables}).encode()
-    return b"".join([_LEN.pack(len(header)), header, *sections])
+    return [memoryview(_LEN.pack(len(header))), memoryview(header), *sections]
+
+
+def _span(buffers: Sequence[memoryview], start: int, stop: int) -> bytes:
+    """Bytes `start` to `stop` of the buffers, joined."""
+    out, at = [], 0
+    for b in buffers:
+        if at >= stop:
+            break
+        if at + len(b) > start:
+            out.append(b[max(0, start - at):stop - at])
+        at += len(b)
+    return b"".join(out)
 
 
 def decode(blob: bytes) -> Publication:
@@ -232,7 +250,7 @@ class Publisher:
         self.delta_bytes = 0
         self.snapshot_bytes = 0
         self._times: deque[tuple[float, int]] = deque()  # (when, version) of recent publications
-        self._writing: tuple[bytes, bytes, int] | None = None  # a snapshot being written: manifest, bytes, chunks done
+        self._writing: tuple[bytes, list[memoryview], int] | None = None  # being written: manifest, bytes, chunks done
         self._deltas: deque[tuple[int, int]] = deque()  # (version, bytes) of the deltas kept, oldest first
         self._trim = 0  # deltas up to this version are to go (a snapshot holds them), a chunk's worth a call
 
@@ -271,12 +289,13 @@ class Publisher:
         if self._writing is None:
             if self.delta_bytes <= self.snapshot_bytes and not force:
                 return False
-            self._start(store, encode(Publication(self.published, 0, {n: t.whole() for n, t in tables.items()})))
+            whole = Publication(self.published, 0, {n: t.whole() for n, t in tables.items()})
+            self._start(store, encode_buffers(whole))
         assert self._writing is not None
         manifest, blob, done = self._writing
         keys = _chunk_keys(manifest)
         for k in range(done, len(keys) if force else min(done + 1, len(keys))):
-            store.save_model_blob(keys[k], blob[k * self.chunk_bytes:(k + 1) * self.chunk_bytes])
+            store.save_model_blob(keys[k], _span(blob, k * self.chunk_bytes, (k + 1) * self.chunk_bytes))
             done = k + 1
         if done < len(keys):
             self._writing = (manifest, blob, done)
@@ -291,8 +310,9 @@ class Publisher:
         kept_after = times[0][1] if times[0][0] <= now - self.keep_s else 0
         self._trim = min(kept_after, version)
         self._trim_some(store, force)
-        log.debug("model snapshot of version %d: %d bytes", version, len(blob))
-        self.snapshot_bytes = len(blob)
+        size = _manifest(manifest)[3]
+        log.debug("model snapshot of version %d: %d bytes", version, size)
+        self.snapshot_bytes = size
         return True
 
     def _trim_some(self, store: Store, everything: bool) -> None:
@@ -310,14 +330,15 @@ class Publisher:
         if upto:
             store.keep_model_deltas(upto, self.published)
 
-    def _start(self, store: Store, blob: bytes) -> None:
+    def _start(self, store: Store, blob: list[memoryview]) -> None:
         """Begin a snapshot of the tables as published: the chunks of one a killed writer left unfinished go
         first; its manifest is saved as pending, so that a writer killed during this one clears them."""
         stale = store.get_model_blob(PENDING_BLOB)
         if stale is not None and stale != store.get_model_blob(SNAPSHOT_BLOB):  # (killed once it was complete)
             store.delete_model_blobs(_chunk_keys(stale))
-        chunks = max(1, -(-len(blob) // self.chunk_bytes))
-        manifest = _SNAP_MAGIC + _MANIFEST.pack(self.published, secrets.randbits(63), chunks, len(blob))
+        size = sum(len(b) for b in blob)
+        chunks = max(1, -(-size // self.chunk_bytes))
+        manifest = _SNAP_MAGIC + _MANIFEST.pack(self.published, secrets.randbits(63), chunks, size)
         store.save_model_blob(PENDING_BLOB, manifest)
         self._writing = (manifest, blob, 0)
         self.delta_bytes = 0  # the deltas after this version count towards the next snapshot
