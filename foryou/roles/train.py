@@ -129,11 +129,11 @@ class Trainer:
         """Step until `stopping()`; then publish what was learned and close. Caught up, it steps once
         per publishing interval and publishes at the end of the step (`Learner.checkpoint_s` is half
         the interval, so a step a little early still publishes): an event is read within an interval
-        and published by the same step. Stepping twice as often and publishing every other step
-        left publications 0.75 s apart (the second step came a few ms early) and an event waiting
-        for one after it was learned; a step's cost is also mostly fixed (numpy's per-call work), so
-        fewer, larger steps learn the same for less. Behind the log, it steps without a pause and
-        publishes every half interval."""
+        and published by the same step. Stepping twice as often and publishing once an interval had
+        passed left publications 0.5 or 0.75 s apart (the check compared the end of a step with the end
+        of the one that published: a step with less work came short) and an event learned waiting for
+        one; a step's cost is also mostly fixed (numpy's per-call work), so fewer, larger steps learn
+        the same for less. Behind the log, it steps without a pause and publishes every half interval."""
         pause = self.settings.learning.publish_interval_s
         try:
             while not stopping():
