@@ -168,6 +168,7 @@ def test_a_changed_user_is_saved_once_unsaved_for_the_save_age_and_read_right_me
         assert engine.live.users["u1"].dirty and engine.store.load_user_state("us", "u1") is None
         assert engine.store.user_state_watermark("us") < seq
         weights = dict(engine.live.users["u1"].state.weights)
+        assert weights  # the like moved u1's interests: what the other engine must find too
         other = Engine.open(settings, clock=clock, seed=0)  # as another server would read u1 now
         try:
             assert other.live.user("u1").state.weights == weights
