@@ -296,6 +296,11 @@ class Catalog:
         self._topic_rows(self.topic[idx].astype(np.int64),
                          np.stack([np.zeros(len(idx)), np.ones(len(idx)), completed.astype(np.float64)], axis=1))
 
+    def add_topic_counts(self, idx: np.ndarray, views: np.ndarray, completions: np.ndarray) -> None:
+        """Add views and completions (changes of items `idx`' counters, which may be negative) to their
+        topics' sums."""
+        self._topic_rows(self.topic[idx].astype(np.int64), np.stack([np.zeros(len(idx)), views, completions], axis=1))
+
     def recount_topics(self) -> None:
         """The topic sums from the counters (after they were loaded from the store)."""
         n = len(self.ids)

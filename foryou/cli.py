@@ -156,7 +156,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     # With a trainer process (the default), the loader does not train: the trainer learns what was
     # loaded once it runs (`foryou_model_events_behind` says how far it has to go).
     inline = settings.learning.trainer == "inline" or not settings.learning.enabled
-    role = "all" if inline else "serve"
+    role = "all" if inline else "load"
     with exclusive(settings.server.data, "loading into it"), Engine.open(settings, role=role) as engine:
         report = load_files(engine, args.items and Path(args.items), args.events and Path(args.events),
                             progress=not args.quiet)

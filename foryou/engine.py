@@ -20,6 +20,7 @@ from foryou.periodic import Periodic
 from foryou.privacy import ErasureService, ExportService, RetentionService, Tombstones, open_audit, privacy_secret
 from foryou.roles.supervise import TrainerProcess
 from foryou.state import Live
+from foryou.state.published import AggregateReader
 from foryou.store import Store, open_store
 from foryou.store.writer import AggregateWriter
 from foryou.users import UserService
@@ -36,12 +37,18 @@ class Engine:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self.role = role  # "all": trains in this process; "serve": a trainer process publishes (foryou/roles)
+        # "all": trains and writes the item aggregates in this process; "serve": a trainer process does
+        # both and publishes them (foryou/roles); "load": writes the item aggregates and leaves the
+        # training to a trainer process (the bulk loader, which runs alone on the data)
+        self.role = role
         self.live = Live(store, settings, clock)
         self.learner = Learner(self.live, seed or 0) if role == "all" else ModelReplica(self.live, seed or 0)
         self.audit = open_audit(settings)
         self.tombstones = Tombstones(self.audit.key)
-        self.follower = LogFollower(self.live, self.learner if role == "all" else None)
+        # The item aggregates' writer here (the log follower), or the reader of a trainer's
+        self.follower = LogFollower(self.live, self.learner if role == "all" else None) if role != "serve" else None
+        self.aggregates = AggregateReader(self.live, self.live.reload_items) if role == "serve" else None
+        self.live.items_owner = role != "serve"
         self.items = ItemService(self.live, self.learner, self.follower)
         self.users = UserService(self.live, self.learner, self.audit, self.tombstones)
         self.events = IngestService(self.live, self.learner, self.tombstones, self.follower)
@@ -52,7 +59,7 @@ class Engine:
         self.reopen: Callable[[], Store] | None = None  # another handle on the same store
         self.trainer: TrainerProcess | None = None  # the serve role's child trainer, when it started one
         self._follow_page: int | None = None  # events a run of the "follow" task takes (None: all that wait)
-        tasks = {"follow": lambda _: self.follower.follow(self._follow_page)}
+        tasks = {"follow": self._follow}
         if isinstance(self.learner, ModelReplica):  # polled as often as the follower runs: the lag counts it
             tasks["model"] = lambda _: self.learner.poll()  # type: ignore[attr-defined]
         self.periodic = Periodic({**tasks, "learning": self.learner.tick,
@@ -73,10 +80,14 @@ class Engine:
         engine = cls(open_store(url, settings.server.regions, secret), settings, clock, seed, role)
         if not url.startswith("memory://"):  # a second handle, for a writer thread (`follow_beside`)
             engine.reopen = lambda: open_store(url, settings.server.regions, secret, second=True)
+        if engine.aggregates is not None:
+            engine.aggregates.start()
         engine.live.load()
+        if engine.aggregates is not None:
+            engine.aggregates.loaded()
         engine.learner.load()
         if catch_up:
-            engine.follower.follow()
+            engine._follow(0.0)
         if role == "all":  # a server's replica builds what its saved index lacks beside its requests
             engine.learner.refresh_index()
         engine.tombstones.load(engine.store)
@@ -100,13 +111,28 @@ class Engine:
         (Path(settings.server.data) / INDEX_FILE).unlink(missing_ok=True)
         return cls.open(settings, clock, seed=seed)
 
+    def _follow(self, _: float) -> bool:
+        """Follow the log (the item aggregates' writer here) or take a trainer's deltas; returns
+        whether more wait."""
+        if self.follower is not None:
+            return self.follower.follow(self._follow_page)
+        assert self.aggregates is not None
+        return self.aggregates.poll()
+
+    def items_behind(self, region: str) -> int:
+        """How far the item aggregates held here are behind the region's log, as this process knows it."""
+        if self.follower is not None:
+            return self.follower.behind(region)
+        assert self.aggregates is not None
+        return self.aggregates.behind(region)
+
     def follow_beside(self, page: int) -> None:
         """From now on a request that appends events does not wait for the log follower: the caller
         runs the periodic task "follow" beside the requests (the server does, on its event loop), and
         each run takes at most `page` events of a region's log."""
         self.events.follower = None
         self._follow_page = page
-        if self.reopen is not None and self.live.writer is None:
+        if self.reopen is not None and self.live.writer is None and self.live.items_owner:
             live = self.live
             live.write_beside(AggregateWriter(self.reopen, lambda: live.catalog.ids))
 
@@ -132,7 +158,8 @@ class Engine:
         """Take the log's tail (the follower), checkpoint derived state, save the ANN index and the
         catalogue's snapshot, and close the store."""
         try:
-            self.follower.follow()
+            if self.follower is not None:
+                self.follower.follow()
             self.checkpoint()
             self.learner.save_index()
             self.live.save_snapshot()

@@ -60,6 +60,21 @@ class Trending:
         self.t0 = ts
         self._top = {r: (at, best, keep, bound * scale) for r, (at, best, keep, bound) in self._top.items()}
 
+    def rebase_to(self, t0: float) -> None:
+        """Express the scores in units of reference time `t0` (a writer's, whose scores are put here)."""
+        if self.t0 == 0.0:
+            self.t0 = t0
+        else:
+            self._rebase(t0)
+
+    def put(self, region: str, idx: np.ndarray, scores: np.ndarray) -> None:
+        """Set the scores of items `idx` (as their writer has them, in units of this `t0`)."""
+        if not len(idx):
+            return
+        self.ensure(int(idx.max()) + 1)
+        self.scores[region][idx] = scores
+        self._note_changed(region, idx.astype(np.int64))
+
     def add_many(self, region: str, idx: np.ndarray, weights: np.ndarray, ts: np.ndarray) -> None:
         """`add` for arrays of events."""
         keep = weights != 0.0

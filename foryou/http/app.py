@@ -147,7 +147,7 @@ async def _follow(engine: Engine) -> None:
     while True:
         try:
             started = time.perf_counter()
-            late = sum(engine.follower.behind(r) for r in regions) > FOLLOW_LATE
+            late = sum(engine.items_behind(r) for r in regions) > FOLLOW_LATE
             budget = FOLLOW_LATE_BUDGET_S if late else FOLLOW_BUDGET_S
             more = engine.periodic.run(engine.clock(), only="follow")
             while more and time.perf_counter() - started < budget:
@@ -350,7 +350,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
             "catalog_items_live": float(live.catalog.alive[: len(live.catalog)].sum()),
             "users_cached": float(len(live.users)),
             "checkpoint_age_seconds": engine.clock() - live.last_checkpoint,
-            "log_follower_events_behind": float(sum(engine.follower.behind(r) for r in live.catalog.regions)),
+            "log_follower_events_behind": float(sum(engine.items_behind(r) for r in live.catalog.regions)),
             **engine.learner.gauges(),
             **({"trainer_restarts": float(engine.trainer.restarts)} if engine.trainer is not None else {}),
         }

@@ -108,6 +108,14 @@ class Pools:
                 self.active.discard(i)
                 self.evaluating[i] = now
 
+    def sync(self, catalog: Catalog, idx: np.ndarray) -> None:
+        """Items `idx`' pool codes were set by their writer (a server takes the trainer's): which of
+        them are in a pool, still short of their impressions, follows."""
+        codes = catalog.stats[idx, POOL]
+        active = (codes >= 1) & (codes <= self.count) & (codes == np.floor(codes))
+        self.active.difference_update(idx[~active].tolist())
+        self.active.update(idx[active].tolist())
+
     def _peers(self, catalog: Catalog, k: int, item: int) -> list[float]:
         """The scores to compare an item of pool k with: the items that finished pool k before it, and
         while those are few, the others in pool k that have at least half of its impressions."""

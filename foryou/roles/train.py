@@ -1,8 +1,8 @@
 """The train role: a process of its own that follows the durable log and publishes the model.
 
-It holds a replica of the live state that it never saves (the catalogue as the snapshot or the store
-has it, and item counters and trending moved on by the events it reads, so that an example's item
-features are as of before it). Each step it takes in order:
+It holds the catalogue as the snapshot or the store has it, and is the one writer of the item
+aggregates (counters, trending, co-engagement, the new-video pools), moved on by the events and served
+rows it reads (so that an example's item features are as of before it). Each step it takes in order:
 
 1. a page of each region's event log and of its served rows (read first: the catalogue read after
    them knows every item they name);
@@ -11,11 +11,14 @@ features are as of before it). Each step it takes in order:
 4. the served rows, into the join buffers (impressions without a play); the events, learned, then
    applied to its item counters (a user erased meanwhile is left out: `Learner._drop_erased`);
 5. the learner's tick: joins that closed, expiry, and a published version every
-   `learning.publish_interval_s` (rows, dense weights, then the version: `Learner.checkpoint`).
+   `learning.publish_interval_s` (rows, dense weights, then the version: `Learner.checkpoint`);
+6. the pools' decisions, then the item aggregates' rows that changed, published as a delta for servers
+   (`foryou/state/published.py`) and saved to the store every `store.checkpoint_interval_s`.
 
-A kill at any point loses only what was not published: the next start restores the last published
-version and learns the log from its marks again. Nothing it reads is changed by it, except the rows
-of the refresh table it is done with and the model's rows and blobs.
+A kill at any point loses only what was not published or saved: the next start restores the last
+published version and learns the log from its marks again, and the aggregates from their saved
+watermarks (publishing every row that replay changes). Nothing it reads is changed by it, except the
+rows of the refresh table it is done with, the model's rows and blobs and the item aggregates.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from foryou.follower import LogFollower
 from foryou.learning import Learner
 from foryou.privacy import privacy_secret
 from foryou.state import Live
+from foryou.state.published import AggregatePublisher
 from foryou.store import Store, open_store
+from foryou.store.writer import AggregateCheckpoint
 from foryou.types import ServedRecord
 
 log = logging.getLogger("foryou.trainer")
@@ -67,6 +72,9 @@ class Trainer:
         self.follower = LogFollower(self.live, self.learner)
         self.catalogue_version = 0
         self.steps = 0
+        self.aggregates = AggregatePublisher(store)
+        self.unsaved: AggregateCheckpoint | None = None  # published, not saved to the store yet
+        self.saved_at = 0.0
 
     @classmethod
     def open(cls, settings: Settings, store_url: str | None = None, seed: int = 0,
@@ -81,8 +89,9 @@ class Trainer:
 
     def load(self) -> None:
         self.catalogue_version = self.store.catalogue_version()  # before: an upsert during the load comes again
-        self.live.load(users=False)
+        self.live.load(users=False, coengagement=True)
         self.learner.load()
+        self.saved_at = self.clock()
 
     def step(self) -> bool:
         """One round of the loop above; returns whether more of the log waits."""
@@ -103,9 +112,22 @@ class Trainer:
             # The log's end as far as this process knows: the joins close by time only once it is reached.
             live.event_mark[region] = self.follower.position(region) + (len(page) == PAGE)
             more = more or len(page) == PAGE
-        learner.tick(self.clock())
+        now = self.clock()
+        learner.tick(now)
+        live.dirty_items.update(live.pools.tick(live.catalog, now, live.totals()))
+        self.publish_items(now)
         self.steps += 1
         return more
+
+    def publish_items(self, now: float, save: bool = False) -> None:
+        """The item aggregates' changed rows as a delta for servers; saved to the store when due (or `save`)."""
+        live = self.live
+        taken = live.take_items()
+        self.aggregates.publish(taken, live.catalog.ids, live.coeng.k)
+        self.unsaved = taken if self.unsaved is None else self.unsaved.then(taken)
+        if save or now - self.saved_at >= self.settings.store.checkpoint_interval_s:
+            self.unsaved.save(self.store, live.catalog.ids)
+            self.unsaved, self.saved_at = None, now
 
     def _take_catalogue(self) -> None:
         version = self.store.catalogue_version()
@@ -113,9 +135,11 @@ class Trainer:
             return
         changed = self.store.items_since(self.catalogue_version)
         self.catalogue_version = version
-        catalog = self.live.catalog
+        live = self.live
+        catalog, before = live.catalog, len(live.catalog)
         catalog.put_many(changed)
-        self.live.trending.ensure(len(catalog))
+        live.trending.ensure(len(catalog))
+        live.dirty_items.update(live.pools.admit(catalog, list(range(before, len(catalog))), self.clock()))
 
     def _take_served(self, region: str, rows: list[ServedRecord]) -> None:
         joins, index = self.learner.joins, self.live.catalog.index
@@ -123,7 +147,9 @@ class Trainer:
             for row in rows:
                 if row.item in index:
                     joins.add_served(region, row.user, [index[row.item]], row.ts)
-        self.live.count_served(region, rows)
+        counted = self.live.count_served(region, rows)
+        if counted:  # full pools go to evaluation
+            self.live.pools.served(self.live.catalog, counted, rows[-1].ts)
 
     def run(self, stopping: Callable[[], bool]) -> None:
         """Step until `stopping()`; then publish what was learned and close. Caught up, it steps once
@@ -150,5 +176,9 @@ class Trainer:
             self.close()
 
     def close(self) -> None:
-        self.learner.checkpoint()
-        self.store.close()
+        try:
+            self.learner.checkpoint()
+            self.publish_items(self.clock(), save=True)
+            self.live.save_aggregates_snapshot()
+        finally:
+            self.store.close()

@@ -31,7 +31,8 @@ class Checkpoints(StateFields):
         if now - self._last_purge >= 3600:  # keys are remembered from acceptance, in the engine's time
             self._last_purge = now
             self.store.forget_event_ids(now - self.settings.signals.event_id_ttl_days * 86400)
-        self.dirty_items.update(self.pools.tick(self.catalog, now, self.totals()))
+        if self.items_owner:  # the pools' decisions are their writer's (a server takes the trainer's)
+            self.dirty_items.update(self.pools.tick(self.catalog, now, self.totals()))
         pending = any(self.dirty_users.values())
         due = self.clock() - self.last_checkpoint >= self.settings.store.checkpoint_interval_s
         # Users with unsaved state cannot leave the cache: when more of them arrive than the slices
@@ -54,15 +55,20 @@ class Checkpoints(StateFields):
         now, for the next start to load instead of reading them from the store."""
         directory = Path(self.settings.server.data)
         if directory.is_dir() and self.catalog.serving:  # a trainer's copy lacks what feeds read
-            catalog, n = self.catalog, len(self.catalog)
-            snapshot.save(catalog, directory, self.store.catalogue_version())
-            # Only while what is held is what was saved under the token (nothing changed since).
-            if self.aggregates_token and not (self.dirty_items or self.coeng.dirty
-                                              or any(self.trending.dirty.values())):
-                self.coeng.ensure(n)
-                snapshot.save_aggregates(directory, self.aggregates_token, snapshot.Aggregates(
-                    catalog.stats[:n, : len(STATS)], {r: self.trending.scores[r][:n] for r in catalog.regions},
-                    self.coeng.nb[:n], self.coeng.w[:n]))
+            snapshot.save(self.catalog, directory, self.store.catalogue_version())
+            self.save_aggregates_snapshot()
+
+    def save_aggregates_snapshot(self) -> None:
+        """At a clean stop of the aggregates' writer, once they are saved: the item aggregates as of
+        now, for the next start to load instead of reading them from the store (only while what is
+        held is what was saved under the token: nothing changed since)."""
+        directory, catalog, n = Path(self.settings.server.data), self.catalog, len(self.catalog)
+        if (directory.is_dir() and self.items_owner and self.coeng_on and self.aggregates_token
+                and not (self.dirty_items or self.coeng.dirty or any(self.trending.dirty.values()))):
+            self.coeng.ensure(n)
+            snapshot.save_aggregates(directory, self.aggregates_token, snapshot.Aggregates(
+                catalog.stats[:n, : len(STATS)], {r: self.trending.scores[r][:n] for r in catalog.regions},
+                self.coeng.nb[:n], self.coeng.w[:n]))
 
     def write_beside(self, writer: AggregateWriter) -> None:
         """From now on checkpoints hand the item aggregates to `writer`, a thread of their own (a
@@ -82,6 +88,23 @@ class Checkpoints(StateFields):
         return self._save_users(max_users, saved_before)
 
     def _save_items(self, wait: bool) -> None:
+        if not self.items_owner:  # a server's: the trainer writes them (published.py); nothing to save
+            self.dirty_items = set()
+            self.coeng.dirty = set()
+            for dirty in self.trending.dirty.values():
+                dirty.clear()
+            return
+        saved = self.take_items()
+        if self.writer is not None:
+            self.writer.submit(saved)
+            if wait:
+                self.writer.flush()
+        else:
+            saved.save(self.store, self.catalog.ids)
+
+    def take_items(self) -> AggregateCheckpoint:
+        """A copy of the item aggregates changed since the last (rows, trend scores, co-engagement
+        rows), with the watermarks and meta they are saved with; from now on they count as saved."""
         catalog, trending = self.catalog, self.trending
         width, n = len(STATS), len(catalog)
         idx = np.fromiter(self.dirty_items, np.int64, len(self.dirty_items))
@@ -99,12 +122,7 @@ class Checkpoints(StateFields):
         for dirty in trending.dirty.values():
             dirty.clear()
         self.last_checkpoint = self.clock()
-        if self.writer is not None:
-            self.writer.submit(saved)
-            if wait:
-                self.writer.flush()
-        else:
-            saved.save(self.store, catalog.ids)
+        return saved
 
     def state_blobs(self, states: Mapping[str, UserState]) -> dict[str, bytes]:
         """Users' states as saved: binary, with vocabulary codes, so the codes they use are recorded in

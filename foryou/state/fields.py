@@ -60,6 +60,7 @@ class StateFields:
     coeng: CoEngagement
     positives: Positives
     coeng_on: bool
+    items_owner: bool
     aggregates_token: str
     event_mark: dict[str, int]
     item_mark: dict[str, int]

@@ -1,6 +1,8 @@
 """The item aggregates' part of the live state: counters, catalogue-wide sums, trending and the
 co-engagement neighbours. Their one writer is the log follower (follower.py), which calls
-`apply_item_events`; a feed counts what it serves (`apply_served`)."""
+`apply_item_events`: in the trainer process where a server runs (`foryou/roles/train.py`, which
+publishes them to servers: `published.py`), else in the process that runs every role. A feed counts
+what it serves (`apply_served`), until the writer's rows replace that count."""
 
 from __future__ import annotations
 
@@ -31,7 +33,10 @@ APPENDED_MAX = 50_000  # appended events kept for the log follower; past it, it 
 class Items(StateFields):
     def keep_appended(self, region: str, first: int, events: EventColumns) -> None:
         """Events this process just appended to the region's log, at seqs from `first` on: the log
-        follower beside the requests takes them from here (`appended_after`)."""
+        follower beside the requests takes them from here (`appended_after`). None are kept where
+        another process writes the item aggregates."""
+        if not self.items_owner:
+            return
         held = self.appended[region]
         held.append((first, events))
         if sum(len(e) for _, e in held) > APPENDED_MAX:  # the follower is far behind: it reads the log
@@ -120,16 +125,19 @@ class Items(StateFields):
         events, idx = events.take(known.tolist()), idx[known]
         self._positives(events.user, idx, strong_mask(events.type, events.watch_s, self.catalog.duration[idx]))
 
-    def count_served(self, region: str, rows: Iterable[ServedRecord]) -> None:
+    def count_served(self, region: str, rows: Iterable[ServedRecord]) -> list[int]:
         """Impressions read back from the log (at a start, or by a trainer process): counted, and
-        `served_mark` moves past them."""
-        catalog = self.catalog
+        `served_mark` moves past them. Returns the items counted, in order."""
+        catalog, counted = self.catalog, []
         for served in rows:
             idx = catalog.index.get(served.item)
             if idx is not None:
                 catalog.stats[idx, _SERVED] += 1
-                self.dirty_items.add(idx)
+                counted.append(idx)
             self.served_mark[region] = served.seq
+        self.dirty_items.update(counted)
+        self._totals[_SERVED] += len(counted)
+        return counted
 
     def apply_served(self, region: str, live: LiveUser, idxs: list[int], last_seq: int) -> None:
         catalog = self.catalog

@@ -64,6 +64,9 @@ class Live(Users, Items, Checkpoints):
         self.coeng = CoEngagement()  # each item's most co-engaged items, and which rows changed
         self.positives = Positives()  # each user's last strong positives, as the log follower met them
         self.coeng_on = True  # co-engagement only serves feeds: a trainer's replica does not count it
+        # Whether this process writes the item aggregates (saves them, decides the pools): a server
+        # whose trainer process publishes them (state/published.py) only reads them
+        self.items_owner = True
         self.aggregates_token = ""  # of the last aggregates this process handed to the store
         self.event_mark = {r: 0 for r in regions}  # the log applied to users' interest state, through
         self.item_mark = {r: 0 for r in regions}  # ... and to the item aggregates (the log follower's)
@@ -80,10 +83,11 @@ class Live(Users, Items, Checkpoints):
                            p.pool_max_age_h * 3600, p.pool_within_h * 3600, (w.complete, w.like, w.share),
                            expire_s=p.pool_expire_days * 86400)
 
-    def load(self, users: bool = True) -> None:
+    def load(self, users: bool = True, coengagement: bool | None = None) -> None:
         """The catalogue and the item aggregates, replaying the log past their watermark (users' states
-        are not replayed: each catches up with the log when read); with `users`, the co-engagement
-        rows and the users' last positives they pair with. A trainer process (no `users`) never serves."""
+        are not replayed: each catches up with the log when read); with `coengagement` (by default
+        `users`), the co-engagement rows and the users' last positives they pair with. A trainer
+        process (no `users`) never serves."""
         store = self.store
         persisted = {kind: store.vocab(kind) for kind in self.vocab_saved}
         if not users:  # never serves: what only feeds read is not kept (`Catalog`)
@@ -100,7 +104,27 @@ class Live(Users, Items, Checkpoints):
                     vocab(name)
             self.catalog.put_many(store.iter_items())
         self.vocab_saved = {kind: len(names) for kind, names in persisted.items()}
-        catalog = self.catalog
+        self.load_items(users, users if coengagement is None else coengagement)
+        self.last_checkpoint = self.clock()
+
+    def reload_items(self) -> None:
+        """The item aggregates afresh, as a start loads them (a server that fell too far behind the
+        deltas its trainer publishes: `published.py`)."""
+        catalog, n = self.catalog, len(self.catalog)
+        catalog.stats[:n] = 0.0
+        for scores in self.trending.scores.values():
+            scores[:] = 0.0
+        self.trending.invalidate()
+        self.coeng.nb[:], self.coeng.w[:] = -1, 0.0
+        p = self.pools
+        p.active, p.evaluating = set(), {}
+        for reference in p.reference:
+            reference.clear()
+        self.load_items(True, self.coeng_on)
+
+    def load_items(self, users: bool, coengagement: bool) -> None:
+        """`load`'s item aggregates: the snapshot's or the store's, then the log after their watermark."""
+        store, catalog = self.store, self.catalog
         self.trending.t0 = float(store.get_meta("trend_t0") or 0.0)
         self.trending.ensure(len(catalog))
         saved = snapshot.load_aggregates(Path(self.settings.server.data), store.get_meta(snapshot.TOKEN),
@@ -110,21 +134,21 @@ class Live(Users, Items, Checkpoints):
             catalog.stats[:n, : saved.stats.shape[1]] = saved.stats
             for region, scores in saved.trend.items():
                 self.trending.scores[region][:n] = scores
-            if users:
+            if coengagement:
                 self.coeng.ensure(n)
                 self.coeng.nb[:n], self.coeng.w[:n] = saved.coeng_nb, saved.coeng_w
         else:
-            self._load_aggregates(users)
-        if users:
+            self._load_aggregates(coengagement)
+        if coengagement:
             self._convert_legacy_coengagement()
-        self.coeng_on = users
+        self.coeng_on = coengagement
         marks = store.item_watermarks()
         for region in catalog.regions:
             # The item aggregates replay the log past their watermark; users' states are not replayed:
             # each catches up with the log when next read (`Users.catch_up`, by the user's newest event).
             item_events, item_served = marks.get(region, (0, 0))
             self.item_mark[region] = item_events
-            if users:  # the positives that the replay's and the next events' pair with (not saved)
+            if coengagement:  # the positives that the replay's and the next events' pair with (not saved)
                 start = max(0, item_events - WARM_POSITIVES)
                 self.warm_positives(EventColumns.of(list(store.events_after(region, start, item_events - start))))
             chunk: list[EventRecord] = []
@@ -144,7 +168,6 @@ class Live(Users, Items, Checkpoints):
         self.pools.loads(store.get_meta("pool_reference"))
         self._totals = catalog.stats[: len(catalog)].sum(axis=0)  # once; from now on kept as things happen
         catalog.recount_topics()
-        self.last_checkpoint = self.clock()
 
     def _load_aggregates(self, users: bool) -> None:
         """The item aggregates as saved in the store, row by row (no snapshot of them was usable);
