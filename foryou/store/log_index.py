@@ -12,12 +12,14 @@ tail past it (`Tail`, rows past `through`)."""
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 
 SCHEMA = """
@@ -102,10 +104,10 @@ class Tail:
             self.keys.clear()
             self.users.clear()
             return
-        first = len(rows)  # of the rows kept: found from the end (a deque indexes from its nearer end)
-        while rows[first - 1][0] > merged:
-            first -= 1
-        kept = [rows[k] for k in range(first, len(rows))]
+        # One copy and a bisection: walking a deque by index from its end costs a walk of its blocks
+        # per step (quadratic: 14% of a server's event loop while ingesting at 1M items, py-spy).
+        whole = list(rows)
+        kept = whole[bisect.bisect_right(whole, merged, key=itemgetter(0)):]
         keys, users = self.keys, self.users
         self.rows = deque(kept)
         self.keys = {key: keys[key] for _, _, key in kept if key is not None and key in keys}
