@@ -22,6 +22,7 @@ from foryou.engine import TICK_S, Engine
 from foryou.errors import InvalidInput, MalformedRequest
 from foryou.http import errors
 from foryou.http.auth import OPEN_PATHS, Auth, check_named_region, check_region
+from foryou.http.batches import UsersChanging
 from foryou.http.holds import time_holds
 from foryou.http.limits import Limits
 from foryou.http.middleware import BodyLimit, RequestMetrics
@@ -208,10 +209,11 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     app.state.engine = engine
     app.state.limits = limits
     app.state.keys = keys
-    # A large batch of events yields between chunks (so that feeds get in). An erasure meanwhile would
-    # be undone by the later chunks, so it waits for the batch; the batch's new users are placed in
-    # their region at once (`Live.placing`), so that a feed or a profile meanwhile finds them there.
-    users_changing = asyncio.Lock()
+    # A large batch of events yields between chunks (so that feeds get in); batches interleave, but an
+    # erasure meanwhile would be undone by the later chunks, so it waits for them (batches.py); the
+    # batch's new users are placed in their region at once (`Live.placing`), so that a feed or a
+    # profile meanwhile finds them there.
+    users_changing = UsersChanging()
     app.state.metrics = metrics
 
     @app.get("/healthz", tags=["ops"])
@@ -275,7 +277,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
     async def erase(user_id: IdPath, region: XRegion = None) -> JSON:
         """Erase the user: everything held about them is deleted and a receipt returned; their events and
         requests are refused (410) for `privacy.erasure_refuse_days`."""
-        async with users_changing:
+        async with users_changing.alone():
             return JSON(engine.erasure.erase(user_id, region))
 
     @app.get("/v1/users/{user_id}/data", tags=["privacy"], openapi_extra=_op("privacy"))
@@ -296,7 +298,7 @@ def create_app(engine: Engine, keys: KeyRing, metrics: Metrics | None = None) ->
         raw = await request.body()
         plain = _plain_batch(raw, engine)
         given = parse_raw(raw, EventBatch).events if plain is None else []
-        async with users_changing:  # from the checks to the last chunk
+        async with users_changing.batch():  # from the checks to the last chunk
             with refusals.watching(request.state.key, "POST /v1/events"):
                 check_region(request.state.key, plain.user if plain is not None else [e.user for e in given],
                              engine.live.regions_of)
