@@ -69,7 +69,7 @@ def of_checkpoint(version: int, cp: AggregateCheckpoint, ids: list[str], k: int)
     nb = rows[:, : 4 * k].copy().view("<i4").astype(np.int32) if len(where) else np.zeros((0, k), np.int32)
     w = rows[:, 4 * k:].copy().view("<f4").astype(np.float32) if len(where) else np.zeros((0, k), np.float32)
     named = [cp.idx, where, nb[nb >= 0], *(at for at, _ in cp.trend.values())]
-    used = np.unique(np.concatenate([a.astype(np.int64) for a in named])) if named else np.zeros(0, np.int64)
+    used = np.unique(np.concatenate([a.astype(np.int64) for a in named]))
 
     def pos(a: np.ndarray) -> np.ndarray:
         return np.searchsorted(used, a).astype(np.int32)
