@@ -4,10 +4,10 @@ Why: a server that followed the log itself spent over a quarter of its event loo
 ingesting (py-spy at 24,800 events/s: the follower 28%, writing the aggregates' checkpoints most of
 the rest of its periodic work), on the one core its requests have; the trainer already read the log
 and kept the same counters in a replica of its own. Now the trainer is the aggregates' one writer
-(`foryou/roles/train.py`): each step it publishes the rows that changed as one delta, and saves them
-to the store every `store.checkpoint_interval_s`. A server only reads: each delta overwrites its rows
-(counters, trend scores, co-engagement neighbours) with the trainer's, within about a publishing
-interval of the log.
+(`foryou/roles/train.py`): once a publishing interval it publishes the rows that changed as one
+delta, and saves them to the store every `store.checkpoint_interval_s`. A server only reads: each
+delta overwrites its rows (counters, trend scores, co-engagement neighbours) with the trainer's,
+within about a publishing interval of the log.
 
 A delta is a blob in a ring of `RING` slots ("aggregates@<version % RING>"), then the version alone
 ("aggregates.version"): a server reads the version, then the slots after its own. A slot that holds
@@ -39,7 +39,7 @@ from foryou.store.writer import AggregateCheckpoint
 log = logging.getLogger("foryou.state")
 
 VERSION_BLOB = "aggregates.version"
-RING = 240  # delta slots: two minutes at the default publishing interval
+RING = 240  # delta slots: two minutes at the default publishing interval (0.5 s)
 _VIEWS, _COMPLETIONS = STATS["views"], STATS["completions"]
 
 
