@@ -67,6 +67,11 @@ def test_the_server_counts_nothing_until_the_trainer_publishes_then_holds_its_ro
             assert row[VIEWS] == 2 * views[item_id], item_id
         assert live.coeng.nb.max() >= 0  # co-engagement came with them
         assert_same_aggregates(live, trainer.live)
+        # a trainer started again goes on from the version published (a server would take a lower one
+        # for a trainer that started over, and reload)
+        again = published.AggregatePublisher(engine.store)
+        again.load()
+        assert again.version == trainer.aggregates.version == engine.aggregates.version
         # the server wrote no aggregates of its own: the store's watermark is the trainer's
         engine.checkpoint()
         assert engine.store.item_watermarks()["us"][0] == trainer.live.item_mark["us"]

@@ -92,6 +92,7 @@ class Trainer:
         self.catalogue_version = self.store.catalogue_version()  # before: an upsert during the load comes again
         self.live.load(users=False, coengagement=True)
         self.learner.load()
+        self.aggregates.load()
         self.saved_at = self.clock()
 
     def step(self) -> bool:

@@ -136,9 +136,13 @@ class AggregatePublisher:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        raw = store.get_model_blob(VERSION_BLOB)
-        self.version = int(raw) if raw else 0
+        self.version = 0
         self.marks: dict[str, tuple[int, int]] = {}
+
+    def load(self) -> None:
+        """Go on from the version last published (by an earlier run too)."""
+        raw = self.store.get_model_blob(VERSION_BLOB)
+        self.version = int(raw) if raw else 0
 
     def publish(self, cp: AggregateCheckpoint, ids: list[str], k: int) -> bool:
         """Publish the rows of `cp` (nothing when no row changed and the marks did not move)."""
