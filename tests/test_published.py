@@ -14,6 +14,7 @@ from factories import Clock
 from test_learning import N_USERS, T0
 from test_roles import fill, pair, publish
 
+from foryou import snapshot
 from foryou.catalog import STATS
 from foryou.state import Live, published
 from foryou.types import EventIn, ItemIn
@@ -73,7 +74,9 @@ def test_the_server_counts_nothing_until_the_trainer_publishes_then_holds_its_ro
         again.load()
         assert again.version == trainer.aggregates.version == engine.aggregates.version
         # the server wrote no aggregates of its own: the store's watermark is the trainer's
-        engine.checkpoint()
+        trainer.publish_items(clock(), save=True)
+        engine.checkpoint()  # a server's saves users' state only
+        assert engine.store.get_meta(snapshot.TOKEN) == trainer.live.aggregates_token
         assert engine.store.item_watermarks()["us"][0] == trainer.live.item_mark["us"]
 
 
