@@ -117,7 +117,9 @@ class Engine:
         if self.follower is not None:
             return self.follower.follow(self._follow_page)
         assert self.aggregates is not None
-        return self.aggregates.poll()
+        # beside the requests, a delta a call (one at 1M items can take ~10 ms): the loop calls again
+        # while its turn lasts; a step driver takes them all
+        return self.aggregates.poll(1 if self._follow_page is not None else None)
 
     def items_behind(self, region: str) -> int:
         """How far the item aggregates held here are behind the region's log, as this process knows it."""

@@ -181,14 +181,14 @@ class AggregateReader:
         live = self.live
         self.marks = {r: (live.item_mark[r], live.served_mark[r]) for r in live.catalog.regions}
 
-    def poll(self, most: int = 8) -> bool:
-        """Take up to `most` deltas; returns whether more wait."""
+    def poll(self, most: int | None = None) -> bool:
+        """Take up to `most` deltas (None: all that wait); returns whether more wait."""
         latest = self.published()
         if latest < self.version:  # the trainer started over (its model dropped): from the store again
             self._reload(latest)
             return False
         taken = 0
-        while self.version < latest and taken < most:
+        while self.version < latest and (most is None or taken < most):
             blob = self.live.store.get_model_blob(slot(self.version + 1))
             d = decode(blob) if blob is not None else None
             if d is None or d.version != self.version + 1:  # overwritten: over a ring behind
