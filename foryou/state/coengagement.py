@@ -159,8 +159,7 @@ def decode(rows: list[bytes], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The arrays of rows saved by `encode` (rows of another width are cut or padded to `k`)."""
     width = 8 * k
     if all(len(r) == width for r in rows):
-        raw = np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), width)
-        return raw[:, : 4 * k].copy().view("<i4").astype(np.int32), raw[:, 4 * k:].copy().view("<f4").astype(np.float32)
+        return decode_array(np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), width), k)
     nb, w = np.full((len(rows), k), -1, np.int32), np.zeros((len(rows), k), np.float32)
     for r, row in enumerate(rows):
         n = len(row) // 8
@@ -168,3 +167,10 @@ def decode(rows: list[bytes], k: int) -> tuple[np.ndarray, np.ndarray]:
         best = np.lexsort((items, -counts))[:k]
         nb[r, : len(best)], w[r, : len(best)] = items[best], counts[best]
     return nb, w
+
+
+def decode_array(raw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays of rows as `encode` returned them, one uint8 row of width 8 * `k` per item."""
+    if not len(raw):
+        return np.full((0, k), -1, np.int32), np.zeros((0, k), np.float32)
+    return raw[:, : 4 * k].copy().view("<i4").astype(np.int32), raw[:, 4 * k:].copy().view("<f4").astype(np.float32)

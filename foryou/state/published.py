@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 
 from foryou.catalog import STATS
+from foryou.state import coengagement
 from foryou.state.fields import StateFields
 from foryou.store import Store
 from foryou.store.writer import AggregateCheckpoint
@@ -66,8 +67,7 @@ class Delta:
 def of_checkpoint(version: int, cp: AggregateCheckpoint, ids: list[str], k: int) -> Delta:
     """A delta of the rows a trainer's checkpoint copy holds (its catalogue's indexes; `ids` by index)."""
     where, rows = cp.coengagement
-    nb = rows[:, : 4 * k].copy().view("<i4").astype(np.int32) if len(where) else np.zeros((0, k), np.int32)
-    w = rows[:, 4 * k:].copy().view("<f4").astype(np.float32) if len(where) else np.zeros((0, k), np.float32)
+    nb, w = coengagement.decode_array(rows, k)
     named = [cp.idx, where, nb[nb >= 0], *(at for at, _ in cp.trend.values())]
     used = np.unique(np.concatenate([a.astype(np.int64) for a in named]))
 
